@@ -1,0 +1,167 @@
+"""Real Redis and PostgreSQL for the suite, started once in a temporary directory."""
+
+import asyncio
+import contextlib
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from redis.asyncio import Redis
+
+from tracker.devstack import PostgresServer, RedisServer, free_port
+from tracker.settings import Settings
+from tracker.sink.clicks import ClickSink
+from tracker.store.db import create_pool, migrate
+from tracker.web.app import create_app, handler_args
+
+API_KEY = "test-api-key"
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[tuple[PostgresServer, RedisServer]]:
+    root = Path(tempfile.mkdtemp(prefix="tracker-test-"))
+    root.chmod(0o755)
+    pg = PostgresServer(root / "postgres", free_port(), fast_unsafe=True)
+    rd = RedisServer(root / "redis", free_port(), persistent=False)
+    try:
+        pg.start()
+        rd.start()
+        asyncio.run(migrate(pg.dsn()))
+        yield pg, rd
+    finally:
+        rd.stop()
+        pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+async def settings(servers: tuple[PostgresServer, RedisServer]) -> Settings:
+    """Settings for one test, with an emptied database and Redis."""
+    pg, rd = servers
+    conn = await asyncpg.connect(pg.dsn())
+    try:
+        tables = await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+            "AND tablename <> 'schema_migrations'"
+        )
+        names = ", ".join(row["tablename"] for row in tables)
+        await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+    finally:
+        await conn.close()
+    redis = Redis.from_url(rd.url())
+    await redis.flushdb()
+    await redis.aclose()
+    return Settings(
+        database_url=pg.dsn(),
+        redis_url=rd.url(),
+        api_key=API_KEY,
+        public_url="http://tracker.test",
+        config_refresh_seconds=0.2,
+    )
+
+
+async def start_client(app: web.Application, settings: Settings) -> TestClient[Any, Any]:
+    server = TestServer(app)
+    await server.start_server(**handler_args(settings))
+    client: TestClient[Any, Any] = TestClient(server)
+    await client.start_server()
+    return client
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
+    """The web app on a real socket, without the API key header."""
+    client = await start_client(create_app(settings), settings)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def api(client: TestClient[Any, Any]) -> "Api":
+    return Api(client)
+
+
+class Api:
+    """Authenticated JSON calls to the admin API."""
+
+    def __init__(self, client: TestClient[Any, Any]) -> None:
+        self.client = client
+        self.headers = {"Authorization": f"Bearer {API_KEY}"}
+
+    async def call(self, method: str, path: str, expect: int = 200, **kwargs: Any) -> Any:
+        resp = await self.client.request(method, path, headers=self.headers, **kwargs)
+        body = await resp.json()
+        assert resp.status == expect, (resp.status, body)
+        return body
+
+    async def create(self, path: str, body: dict[str, Any]) -> Any:
+        return await self.call("POST", path, expect=201, json=body)
+
+    async def setup_campaign(
+        self,
+        offer_url: str = "https://offer.example/lp?cid={clickid}",
+        payout: str | None = "3.00",
+        cost_model: str = "none",
+        cost_value: str | None = None,
+    ) -> dict[str, Any]:
+        """Source, network, offer and campaign; returns them by name."""
+        source = await self.create("/api/traffic-sources", {"name": "Source"})
+        network = await self.create("/api/affiliate-networks", {"name": "Network"})
+        offer_body: dict[str, Any] = {
+            "name": "Offer",
+            "url": offer_url,
+            "affiliate_network_id": network["id"],
+        }
+        if payout is not None:
+            offer_body["payout"] = payout
+        offer = await self.create("/api/offers", offer_body)
+        campaign_body: dict[str, Any] = {
+            "name": "Campaign",
+            "traffic_source_id": source["id"],
+            "offers": [{"offer_id": offer["id"], "weight": 100}],
+            "cost_model": cost_model,
+        }
+        if cost_value is not None:
+            campaign_body["cost_value"] = cost_value
+        campaign = await self.create("/api/campaigns", campaign_body)
+        return {"source": source, "network": network, "offer": offer, "campaign": campaign}
+
+
+@pytest.fixture
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(settings.database_url, 1, 4)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def redis(settings: Settings) -> AsyncIterator[Redis]:
+    client = Redis.from_url(settings.redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def sink(redis: Redis, pool: asyncpg.Pool) -> AsyncIterator[ClickSink]:
+    """The stream consumer, running in the test's event loop."""
+    sink = ClickSink(redis, pool, consumer="test-sink", block_ms=50, housekeeping_seconds=0.2)
+    task = asyncio.create_task(sink.run())
+    yield sink
+    sink.stop()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+
+
+async def wait_for_sink(sink: ClickSink, timeout: float = 10.0) -> None:
+    """Wait until every click on the stream is stored in Postgres."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while await sink.backlog():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("sink did not drain the click stream")
+        await asyncio.sleep(0.05)

@@ -1,0 +1,111 @@
+"""`tracker serve | sink | migrate | seed-demo | dev`."""
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+import uvloop
+from aiohttp import web
+
+from tracker.logs import setup_logging
+from tracker.settings import Settings
+
+log = logging.getLogger("tracker.cli")
+
+
+def serve(settings: Settings) -> None:
+    from tracker.web.app import create_app, handler_args
+
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    web.run_app(
+        create_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
+        handler_args=handler_args(settings),
+        print=None,
+        loop=loop,
+        shutdown_timeout=10.0,
+    )
+
+
+async def _run_sink(settings: Settings) -> None:
+    from tracker.sink.clicks import ClickSink
+    from tracker.store.db import create_pool
+    from tracker.store.redis import create_redis
+
+    pool = await create_pool(settings.database_url, 1, 4)
+    redis = create_redis(settings.redis_url)
+    sink = ClickSink(
+        redis,
+        pool,
+        batch_size=settings.sink_batch_size,
+        block_ms=settings.sink_block_ms,
+        claim_idle_ms=settings.sink_claim_idle_ms,
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, sink.stop)
+    log.info("sink %s started", sink.consumer)
+    try:
+        await sink.run()
+    finally:
+        await redis.aclose()
+        await pool.close()
+    log.info("sink %s stopped after storing %d clicks", sink.consumer, sink.stored)
+
+
+async def _seed_demo(settings: Settings) -> None:
+    from tracker.demo import seed_demo
+
+    demo = await seed_demo(settings.database_url)
+    base = settings.base_url()
+    print(f"click URL:    {base}/c/{demo.campaign_key}?external_id=demo&sub1=banner1")
+    print(
+        f"postback URL: {base}/postback?clickid={{clickid}}&payout=2.50&txid={{txid}}"
+        f"&token={demo.postback_token}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="tracker", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="run the web app")
+    serve_cmd.add_argument("--host")
+    serve_cmd.add_argument("--port", type=int)
+    commands.add_parser("sink", help="move clicks from the Redis stream into Postgres")
+    commands.add_parser("migrate", help="apply database migrations")
+    commands.add_parser("seed-demo", help="create the demo campaign (idempotent)")
+    commands.add_parser("dev", help="start local Redis and Postgres, the app and the sink")
+    args = parser.parse_args(argv)
+
+    setup_logging()
+    settings = Settings()
+    if args.command == "serve":
+        if args.host:
+            settings.http_host = args.host
+        if args.port:
+            settings.http_port = args.port
+        serve(settings)
+    elif args.command == "sink":
+        uvloop.run(_run_sink(settings))
+    elif args.command == "migrate":
+        from tracker.store.db import migrate
+
+        applied = asyncio.run(migrate(settings.database_url))
+        print(
+            f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else "")
+        )
+    elif args.command == "seed-demo":
+        asyncio.run(_seed_demo(settings))
+    elif args.command == "dev":
+        from tracker.dev import run_dev
+
+        sys.exit(run_dev())
+
+
+if __name__ == "__main__":
+    main()

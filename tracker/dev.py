@@ -1,0 +1,109 @@
+"""`tracker dev` (what `make run` starts): the whole tracker on one machine.
+
+Starts Redis and PostgreSQL under ./var (unless TRACKER_REDIS_URL /
+TRACKER_DATABASE_URL point elsewhere), migrates, seeds the demo, runs the web
+app and the sink, prints the URLs to try, and stops everything on Ctrl-C.
+"""
+
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tracker.demo import seed_demo
+from tracker.devstack import PostgresServer, RedisServer
+from tracker.settings import Settings
+from tracker.store.db import migrate
+
+DEV_PG_PORT = 54329
+DEV_REDIS_PORT = 63799
+
+
+def _api_key(var: Path) -> str:
+    path = var / "api_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(24) + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def run_dev() -> int:
+    var = Path(os.environ.get("TRACKER_VAR_DIR", "var")).resolve()
+    var.mkdir(exist_ok=True)
+    env = dict(os.environ)
+    started: list[PostgresServer | RedisServer] = []
+    children: list[subprocess.Popen[bytes]] = []
+
+    stopping = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        if "TRACKER_DATABASE_URL" not in env:
+            pg = PostgresServer(var / "postgres", DEV_PG_PORT)
+            pg.start()
+            started.append(pg)
+            env["TRACKER_DATABASE_URL"] = pg.dsn()
+        if "TRACKER_REDIS_URL" not in env:
+            rd = RedisServer(var / "redis", DEV_REDIS_PORT)
+            rd.start()
+            started.append(rd)
+            env["TRACKER_REDIS_URL"] = rd.url()
+        env.setdefault("TRACKER_API_KEY", _api_key(var))
+        os.environ.update(env)
+        settings = Settings()
+        asyncio.run(migrate(settings.database_url))
+        demo = asyncio.run(seed_demo(settings.database_url))
+
+        for command in ("serve", "sink"):
+            children.append(subprocess.Popen([sys.executable, "-m", "tracker", command], env=env))
+        base = settings.base_url()
+        key = env["TRACKER_API_KEY"]
+        click_url = f"{base}/c/{demo.campaign_key}?external_id=demo-1&sub1=banner1"
+        postback = (
+            f"{base}/postback?clickid=CLICKID&payout=2.50&txid=order-1&token={demo.postback_token}"
+        )
+        today = time.strftime("%Y-%m-%d", time.gmtime())
+        print(
+            f"""
+tracker is running at {base}  (Ctrl-C stops everything)
+
+API key:      {key}
+click URL:    {click_url}
+postback URL: {postback}
+              (put the click id from the redirect's clickid= in place of CLICKID)
+report URL:   {base}/api/reports?from={today}&to={today}&group_by=campaign,day
+
+Try it:
+  CLICKID=$(curl -s -o /dev/null -w '%{{redirect_url}}' '{click_url}' | sed 's/.*clickid=\\([^&]*\\).*/\\1/')
+  curl "{postback.replace("CLICKID", "$CLICKID")}"
+  curl -H 'Authorization: Bearer {key}' '{base}/api/reports?from={today}&to={today}&group_by=campaign,day'
+""",
+            flush=True,
+        )
+        while not stopping:
+            for child in children:
+                if child.poll() is not None:
+                    print(f"a tracker process exited with code {child.returncode}; stopping")
+                    stopping = True
+            time.sleep(0.2)
+        return 0
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        for server in reversed(started):
+            server.stop()

@@ -1,0 +1,193 @@
+"""Local Redis and PostgreSQL servers for `make run` and the test suite.
+
+Each server lives in a directory of its own. PostgreSQL refuses to run as
+root, so when we are root its files belong to, and it runs as, `postgres`.
+"""
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis as redis_sync
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _pg_bindir() -> Path:
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda path: int(path.split("/")[4]),
+        reverse=True,
+    )
+    if candidates:
+        return Path(candidates[0]).parent
+    initdb = shutil.which("initdb")
+    if initdb is None:
+        raise RuntimeError("PostgreSQL server binaries not found; run `make setup`")
+    return Path(initdb).parent
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *cmd]
+    return cmd
+
+
+def _wait_for_port(port: int, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not start listening on port {port}")
+
+
+class PostgresServer:
+    def __init__(self, root: Path, port: int, fast_unsafe: bool = False) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.log = root / "postgres.log"
+        self.port = port
+        self.fast_unsafe = fast_unsafe
+        self.bindir = _pg_bindir()
+
+    def dsn(self, database: str = "tracker") -> str:
+        return f"postgresql://tracker@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+        if not (self.data / "PG_VERSION").exists():
+            subprocess.run(
+                _as_postgres(
+                    [
+                        str(self.bindir / "initdb"),
+                        "-D",
+                        str(self.data),
+                        "-U",
+                        "tracker",
+                        "--auth=trust",
+                        "-E",
+                        "UTF8",
+                        "--no-locale",
+                    ]
+                ),
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+        options = f"-p {self.port} -k '' -c listen_addresses=127.0.0.1 -c max_connections=200"
+        if self.fast_unsafe:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        subprocess.run(
+            _as_postgres(
+                [
+                    str(self.bindir / "pg_ctl"),
+                    "-D",
+                    str(self.data),
+                    "-l",
+                    str(self.log),
+                    "-o",
+                    options,
+                    "-w",
+                    "start",
+                ]
+            ),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        _wait_for_port(self.port, "PostgreSQL")
+        self.create_database("tracker")
+
+    def create_database(self, name: str, template: str | None = None) -> None:
+        psql = [str(self.bindir / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "tracker"]
+        exists = subprocess.run(
+            [
+                *psql,
+                "-d",
+                "postgres",
+                "-tAc",
+                f"SELECT 1 FROM pg_database WHERE datname = '{name}'",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        if not exists:
+            clause = f" TEMPLATE {template}" if template else ""
+            subprocess.run(
+                [*psql, "-d", "postgres", "-qc", f'CREATE DATABASE "{name}"{clause}'],
+                check=True,
+            )
+
+    def stop(self) -> None:
+        subprocess.run(
+            _as_postgres([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "stop"]),
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+
+class RedisServer:
+    def __init__(self, root: Path, port: int, persistent: bool = True) -> None:
+        self.root = root
+        self.port = port
+        self.persistent = persistent
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server not found; run `make setup`")
+        self.root.mkdir(parents=True, exist_ok=True)
+        persistence = (
+            ["--appendonly", "yes"] if self.persistent else ["--save", "", "--appendonly", "no"]
+        )
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.root),
+                "--logfile",
+                str(self.root / "redis.log"),
+                *persistence,
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        _wait_for_port(self.port, "Redis")
+        client = redis_sync.Redis(port=self.port)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.ping()
+                break
+            except redis_sync.BusyLoadingError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        client.close()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+            self.process = None

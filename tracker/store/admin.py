@@ -1,0 +1,82 @@
+"""Row-level SQL for the admin API. Table and column names come from code, never input."""
+
+from collections import defaultdict
+from typing import Any
+
+import asyncpg
+
+SELECT_CAMPAIGN_OFFERS = """
+SELECT campaign_id, offer_id, weight FROM campaign_offers
+WHERE campaign_id = any($1::bigint[]) ORDER BY campaign_id, position
+"""
+DELETE_CAMPAIGN_OFFERS = "DELETE FROM campaign_offers WHERE campaign_id = $1"
+INSERT_CAMPAIGN_OFFER = """
+INSERT INTO campaign_offers (campaign_id, offer_id, weight, position) VALUES ($1, $2, $3, $4)
+"""
+
+
+async def insert_row(
+    conn: asyncpg.Connection, table: str, values: dict[str, Any]
+) -> asyncpg.Record:
+    columns = list(values)
+    placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+    query = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders}) RETURNING *"
+    row: asyncpg.Record = await conn.fetchrow(query, *values.values())
+    return row
+
+
+async def update_row(
+    conn: asyncpg.Connection, table: str, row_id: int, values: dict[str, Any]
+) -> asyncpg.Record | None:
+    sets = ", ".join(f"{column} = ${i}" for i, column in enumerate(values, start=2))
+    query = f"UPDATE {table} SET {sets}, updated_at = now() WHERE id = $1 RETURNING *"
+    row: asyncpg.Record | None = await conn.fetchrow(query, row_id, *values.values())
+    return row
+
+
+async def get_row(conn: asyncpg.Connection, table: str, row_id: int) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(f"SELECT * FROM {table} WHERE id = $1", row_id)
+    return row
+
+
+async def list_rows(
+    conn: asyncpg.Connection, table: str, include_archived: bool, limit: int, offset: int
+) -> list[asyncpg.Record]:
+    where = "" if include_archived else "WHERE archived_at IS NULL"
+    query = f"SELECT * FROM {table} {where} ORDER BY id LIMIT $1 OFFSET $2"
+    return list(await conn.fetch(query, limit, offset))
+
+
+async def archive_row(conn: asyncpg.Connection, table: str, row_id: int) -> asyncpg.Record | None:
+    query = (
+        f"UPDATE {table} SET archived_at = coalesce(archived_at, now()), updated_at = now() "
+        "WHERE id = $1 RETURNING *"
+    )
+    row: asyncpg.Record | None = await conn.fetchrow(query, row_id)
+    return row
+
+
+async def missing_ids(conn: asyncpg.Connection, table: str, ids: list[int]) -> list[int]:
+    """Those of `ids` with no active (unarchived) row in `table`."""
+    query = f"SELECT id FROM {table} WHERE id = any($1::bigint[]) AND archived_at IS NULL"
+    found = {row["id"] for row in await conn.fetch(query, ids)}
+    return [i for i in ids if i not in found]
+
+
+async def fetch_campaign_offers(
+    conn: asyncpg.Connection, campaign_ids: list[int]
+) -> dict[int, list[dict[str, int]]]:
+    result: dict[int, list[dict[str, int]]] = defaultdict(list)
+    for row in await conn.fetch(SELECT_CAMPAIGN_OFFERS, campaign_ids):
+        result[row["campaign_id"]].append({"offer_id": row["offer_id"], "weight": row["weight"]})
+    return result
+
+
+async def replace_campaign_offers(
+    conn: asyncpg.Connection, campaign_id: int, offers: list[tuple[int, int]]
+) -> None:
+    await conn.execute(DELETE_CAMPAIGN_OFFERS, campaign_id)
+    await conn.executemany(
+        INSERT_CAMPAIGN_OFFER,
+        [(campaign_id, offer_id, weight, pos) for pos, (offer_id, weight) in enumerate(offers)],
+    )

@@ -1,0 +1,123 @@
+"""Loads campaign configuration into memory and keeps it fresh across processes.
+
+The click path must not query Postgres, so every process holds a snapshot.
+Admin writes bump a version key and publish on a channel; each process
+reloads on the message, and also polls the version in case a message was missed.
+"""
+
+import asyncio
+import logging
+from collections import defaultdict
+
+import asyncpg
+from redis.asyncio import Redis
+
+from tracker.domain.campaign import CampaignRoute, ConfigSnapshot, OfferRoute
+from tracker.domain.macros import compile_template
+from tracker.domain.routing import WeightedChoice
+from tracker.store import keys
+
+log = logging.getLogger("tracker.config")
+
+SELECT_OFFERS = """
+SELECT o.id, o.url, o.affiliate_network_id, o.payout, o.currency, o.archived_at,
+       n.postback_token
+FROM offers o JOIN affiliate_networks n ON n.id = o.affiliate_network_id
+"""
+SELECT_CAMPAIGNS = """
+SELECT c.id, c.key, c.traffic_source_id, c.cost_model, c.cost_value,
+       c.attribution_window_days, t.external_id_param, t.cost_param
+FROM campaigns c JOIN traffic_sources t ON t.id = c.traffic_source_id
+WHERE c.archived_at IS NULL
+"""
+SELECT_CAMPAIGN_OFFERS = """
+SELECT co.campaign_id, co.offer_id, co.weight
+FROM campaign_offers co JOIN campaigns c ON c.id = co.campaign_id
+WHERE c.archived_at IS NULL
+ORDER BY co.campaign_id, co.position
+"""
+
+
+async def load_snapshot(pool: asyncpg.Pool) -> ConfigSnapshot:
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+        offer_rows = await conn.fetch(SELECT_OFFERS)
+        campaign_rows = await conn.fetch(SELECT_CAMPAIGNS)
+        link_rows = await conn.fetch(SELECT_CAMPAIGN_OFFERS)
+    snapshot = ConfigSnapshot()
+    active_offers: set[int] = set()
+    for row in offer_rows:
+        snapshot.offers[row["id"]] = OfferRoute(
+            id=row["id"],
+            url=compile_template(row["url"]),
+            affiliate_network_id=row["affiliate_network_id"],
+            payout=row["payout"],
+            currency=row["currency"],
+            postback_token=row["postback_token"],
+        )
+        if row["archived_at"] is None:
+            active_offers.add(row["id"])
+    links: dict[int, list[tuple[OfferRoute, int]]] = defaultdict(list)
+    for row in link_rows:
+        if row["offer_id"] in active_offers:
+            links[row["campaign_id"]].append((snapshot.offers[row["offer_id"]], row["weight"]))
+    for row in campaign_rows:
+        route = CampaignRoute(
+            id=row["id"],
+            key=row["key"],
+            traffic_source_id=row["traffic_source_id"],
+            external_id_param=row["external_id_param"],
+            cost_param=row["cost_param"],
+            cost_model=row["cost_model"],
+            cost_value=row["cost_value"],
+            attribution_window_days=row["attribution_window_days"],
+            offers=WeightedChoice(links[row["id"]]),
+        )
+        snapshot.campaigns_by_id[route.id] = route
+        if route.offers:
+            snapshot.campaigns[route.key] = route
+    return snapshot
+
+
+class ConfigCache:
+    """The process's current configuration snapshot, swapped whole on reload."""
+
+    def __init__(self, pool: asyncpg.Pool, redis: Redis, refresh_seconds: float) -> None:
+        self.snapshot = ConfigSnapshot()
+        self._pool = pool
+        self._redis = redis
+        self._refresh_seconds = refresh_seconds
+        self._version: bytes | None = None
+        self._lock = asyncio.Lock()
+
+    async def reload(self) -> None:
+        async with self._lock:
+            version = await self._redis.get(keys.CONFIG_VERSION)
+            self.snapshot = await load_snapshot(self._pool)
+            self._version = version
+        log.debug("configuration reloaded: %d campaigns", len(self.snapshot.campaigns))
+
+    async def changed(self) -> None:
+        """Reload here now, and tell every other process to reload."""
+        await self._redis.incr(keys.CONFIG_VERSION)
+        await self.reload()
+        await self._redis.publish(keys.CONFIG_CHANNEL, b"1")
+
+    async def watch(self) -> None:
+        """Reload on each change message; poll the version as a fallback. Runs until cancelled."""
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(keys.CONFIG_CHANNEL)
+                    while True:
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=self._refresh_seconds
+                        )
+                        if message is not None:
+                            await self.reload()
+                        elif await self._redis.get(keys.CONFIG_VERSION) != self._version:
+                            await self.reload()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("configuration watch failed; retrying")
+                await asyncio.sleep(1)

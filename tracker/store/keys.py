@@ -1,0 +1,11 @@
+"""Every Redis key and channel the tracker uses, in one place."""
+
+CLICK_PREFIX = "clk:"
+CLICK_STREAM = "stream:clicks"
+SINK_GROUP = "sink"
+CONFIG_VERSION = "cfg:version"
+CONFIG_CHANNEL = "cfg:changed"
+
+
+def click_key(click_id: str) -> str:
+    return CLICK_PREFIX + click_id

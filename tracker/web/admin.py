@@ -1,0 +1,238 @@
+"""Admin API: create, list, get, update and archive the tracker's configuration."""
+
+import secrets
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+import asyncpg
+import orjson
+from aiohttp import web
+from pydantic import BaseModel
+
+from tracker.store import admin as sql
+from tracker.web.appkeys import CONFIG, PG_POOL, SETTINGS
+from tracker.web.errors import ApiError, json_response
+from tracker.web.schemas import AffiliateNetworkIn, Body, CampaignIn, OfferIn, TrafficSourceIn
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    return body
+
+
+def _row_id(request: web.Request) -> int:
+    try:
+        return int(request.match_info["id"])
+    except ValueError:
+        raise ApiError(404, "not found") from None
+
+
+def _int_query(request: web.Request, name: str, default: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or int(raw) > high:
+        raise ApiError(400, "invalid query", [{"field": name, "message": f"0 to {high}"}])
+    return int(raw)
+
+
+class ResourceViews:
+    """CRUD handlers for one configuration table; subclasses add what differs."""
+
+    path: ClassVar[str]
+    table: ClassVar[str]
+    label: ClassVar[str]
+    model: ClassVar[type[Body]]
+    # Body field holding the id of a row in another table that must exist and be active.
+    references: ClassVar[dict[str, str]] = {}
+
+    def columns(self, item: BaseModel) -> dict[str, Any]:
+        """The table columns written from a validated body."""
+        return item.model_dump()
+
+    def creation_columns(self) -> dict[str, Any]:
+        return {}
+
+    async def referenced_ids(self, item: BaseModel) -> dict[str, tuple[str, list[int]]]:
+        return {field: (table, [getattr(item, field)]) for field, table in self.references.items()}
+
+    async def after_write(self, conn: asyncpg.Connection, row_id: int, item: BaseModel) -> None:
+        return None
+
+    async def current_input(self, conn: asyncpg.Connection, row: asyncpg.Record) -> dict[str, Any]:
+        columns = set(row.keys())
+        return {name: row[name] for name in self.model.model_fields if name in columns}
+
+    async def present(
+        self, request: web.Request, conn: asyncpg.Connection, rows: list[asyncpg.Record]
+    ) -> list[dict[str, Any]]:
+        return [dict(row) for row in rows]
+
+    async def _check_references(self, conn: asyncpg.Connection, item: BaseModel) -> None:
+        details = []
+        for field, (table, ids) in (await self.referenced_ids(item)).items():
+            for missing in await sql.missing_ids(conn, table, ids):
+                details.append({"field": field, "message": f"no active {table} row {missing}"})
+        if details:
+            raise ApiError(400, f"invalid {self.label}", details)
+
+    async def _save(self, request: web.Request, row_id: int | None, body: dict[str, Any]) -> Any:
+        pool = request.app[PG_POOL]
+        async with pool.acquire() as conn, conn.transaction():
+            if row_id is not None:
+                row = await sql.get_row(conn, self.table, row_id)
+                if row is None:
+                    raise ApiError(404, f"{self.label} {row_id} not found")
+                body = {**await self.current_input(conn, row), **body}
+            item = self.model.model_validate(body)
+            await self._check_references(conn, item)
+            if row_id is None:
+                values = {**self.columns(item), **self.creation_columns()}
+                row = await sql.insert_row(conn, self.table, values)
+            else:
+                row = await sql.update_row(conn, self.table, row_id, self.columns(item))
+            assert row is not None
+            await self.after_write(conn, row["id"], item)
+            [presented] = await self.present(request, conn, [row])
+        await request.app[CONFIG].changed()
+        return presented
+
+    async def create(self, request: web.Request) -> web.Response:
+        body = await read_json_object(request)
+        return json_response(await self._save(request, None, body), status=201)
+
+    async def update(self, request: web.Request) -> web.Response:
+        row_id = _row_id(request)
+        body = await read_json_object(request)
+        return json_response(await self._save(request, row_id, body))
+
+    async def get(self, request: web.Request) -> web.Response:
+        row_id = _row_id(request)
+        async with request.app[PG_POOL].acquire() as conn:
+            row = await sql.get_row(conn, self.table, row_id)
+            if row is None:
+                raise ApiError(404, f"{self.label} {row_id} not found")
+            [presented] = await self.present(request, conn, [row])
+        return json_response(presented)
+
+    async def list(self, request: web.Request) -> web.Response:
+        include_archived = request.query.get("include_archived", "").lower() in ("1", "true")
+        limit = _int_query(request, "limit", 100, 1000)
+        offset = _int_query(request, "offset", 0, 10**9)
+        async with request.app[PG_POOL].acquire() as conn:
+            rows = await sql.list_rows(conn, self.table, include_archived, limit, offset)
+            items = await self.present(request, conn, rows)
+        return json_response({"items": items, "limit": limit, "offset": offset})
+
+    async def archive(self, request: web.Request) -> web.Response:
+        row_id = _row_id(request)
+        async with request.app[PG_POOL].acquire() as conn:
+            row = await sql.archive_row(conn, self.table, row_id)
+            if row is None:
+                raise ApiError(404, f"{self.label} {row_id} not found")
+            [presented] = await self.present(request, conn, [row])
+        await request.app[CONFIG].changed()
+        return json_response(presented)
+
+    def add_routes(self, app: web.Application) -> None:
+        base = f"/api/{self.path}"
+        app.router.add_post(base, self.create)
+        app.router.add_get(base, self.list)
+        app.router.add_get(base + "/{id}", self.get)
+        app.router.add_patch(base + "/{id}", self.update)
+        app.router.add_delete(base + "/{id}", self.archive)
+
+
+class TrafficSources(ResourceViews):
+    path = "traffic-sources"
+    table = "traffic_sources"
+    label = "traffic source"
+    model = TrafficSourceIn
+
+
+class AffiliateNetworks(ResourceViews):
+    path = "affiliate-networks"
+    table = "affiliate_networks"
+    label = "affiliate network"
+    model = AffiliateNetworkIn
+
+    def creation_columns(self) -> dict[str, Any]:
+        return {"postback_token": secrets.token_urlsafe(18)}
+
+    async def present(
+        self, request: web.Request, conn: asyncpg.Connection, rows: list[asyncpg.Record]
+    ) -> list[dict[str, Any]]:
+        base = request.app[SETTINGS].base_url()
+        items = []
+        for row in rows:
+            item = dict(row)
+            item["postback_url"] = (
+                f"{base}/postback?clickid={{clickid}}&payout={{payout}}&txid={{txid}}"
+                f"&status={{status}}&token={quote(row['postback_token'], safe='')}"
+            )
+            items.append(item)
+        return items
+
+
+class Offers(ResourceViews):
+    path = "offers"
+    table = "offers"
+    label = "offer"
+    model = OfferIn
+    references = {"affiliate_network_id": "affiliate_networks"}
+
+
+class Campaigns(ResourceViews):
+    path = "campaigns"
+    table = "campaigns"
+    label = "campaign"
+    model = CampaignIn
+    references = {"traffic_source_id": "traffic_sources"}
+
+    def columns(self, item: BaseModel) -> dict[str, Any]:
+        return item.model_dump(exclude={"offers"})
+
+    def creation_columns(self) -> dict[str, Any]:
+        return {"key": secrets.token_urlsafe(9)}
+
+    async def referenced_ids(self, item: BaseModel) -> dict[str, tuple[str, list[int]]]:
+        assert isinstance(item, CampaignIn)
+        found = await super().referenced_ids(item)
+        found["offers"] = ("offers", [o.offer_id for o in item.offers])
+        return found
+
+    async def after_write(self, conn: asyncpg.Connection, row_id: int, item: BaseModel) -> None:
+        assert isinstance(item, CampaignIn)
+        offers = [(o.offer_id, o.weight) for o in item.offers]
+        await sql.replace_campaign_offers(conn, row_id, offers)
+
+    async def current_input(self, conn: asyncpg.Connection, row: asyncpg.Record) -> dict[str, Any]:
+        current = await super().current_input(conn, row)
+        current["offers"] = (await sql.fetch_campaign_offers(conn, [row["id"]]))[row["id"]]
+        return current
+
+    async def present(
+        self, request: web.Request, conn: asyncpg.Connection, rows: list[asyncpg.Record]
+    ) -> list[dict[str, Any]]:
+        base = request.app[SETTINGS].base_url()
+        offers = await sql.fetch_campaign_offers(conn, [row["id"] for row in rows])
+        items = []
+        for row in rows:
+            item = dict(row)
+            item["offers"] = offers[row["id"]]
+            item["click_url"] = f"{base}/c/{row['key']}"
+            items.append(item)
+        return items
+
+
+RESOURCES: tuple[ResourceViews, ...] = (
+    TrafficSources(),
+    AffiliateNetworks(),
+    Offers(),
+    Campaigns(),
+)

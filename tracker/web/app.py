@@ -1,0 +1,83 @@
+"""The web application: click redirect, postback, admin API and reports."""
+
+import asyncio
+import contextlib
+import hmac
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from tracker.settings import Settings
+from tracker.store.clicks import ClickWriter
+from tracker.store.config import ConfigCache
+from tracker.store.db import create_pool
+from tracker.store.redis import create_redis
+from tracker.web.appkeys import CLICK_WRITER, CONFIG, PG_POOL, REDIS, SETTINGS
+from tracker.web.errors import Handler, error_middleware, json_response
+from tracker.web.routes import setup_routes
+
+
+@web.middleware
+async def require_api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bearer-key check for everything under /api/."""
+    if request.path.startswith("/api/"):
+        expected = request.app[SETTINGS].api_key
+        given = request.headers.get("Authorization", "")
+        if (
+            expected is None
+            or not given.startswith("Bearer ")
+            or not hmac.compare_digest(given[7:].encode(), expected.get_secret_value().encode())
+        ):
+            return json_response({"error": "missing or wrong API key"}, status=401)
+    return await handler(request)
+
+
+async def postgres_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    app[PG_POOL] = await create_pool(
+        settings.database_url, settings.db_pool_min, settings.db_pool_max
+    )
+    yield
+    await app[PG_POOL].close()
+
+
+async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[REDIS] = create_redis(app[SETTINGS].redis_url)
+    yield
+    await app[REDIS].aclose()
+
+
+async def config_ctx(app: web.Application) -> AsyncIterator[None]:
+    cache = ConfigCache(app[PG_POOL], app[REDIS], app[SETTINGS].config_refresh_seconds)
+    await cache.reload()
+    app[CONFIG] = cache
+    watcher = asyncio.create_task(cache.watch(), name="config-watch")
+    yield
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
+
+
+async def click_writer_ctx(app: web.Application) -> AsyncIterator[None]:
+    writer = ClickWriter(app[REDIS])
+    writer.start()
+    app[CLICK_WRITER] = writer
+    yield
+    await writer.close()
+
+
+def handler_args(settings: Settings) -> dict[str, int]:
+    """Server options: URL lines may exceed our limit so that we, not the parser, answer 414."""
+    return {"max_line_size": settings.max_request_line * 4}
+
+
+def create_app(settings: Settings | None = None) -> web.Application:
+    settings = settings or Settings()
+    app = web.Application(
+        middlewares=[error_middleware(settings.max_request_line), require_api_key],
+        client_max_size=256 * 1024,
+    )
+    app[SETTINGS] = settings
+    app.cleanup_ctx.extend([postgres_ctx, redis_ctx, config_ctx, click_writer_ctx])
+    setup_routes(app)
+    return app

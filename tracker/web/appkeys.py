@@ -1,0 +1,15 @@
+"""Every object shared through the aiohttp application, keyed in one place."""
+
+import asyncpg
+from aiohttp import web
+from redis.asyncio import Redis
+
+from tracker.settings import Settings
+from tracker.store.clicks import ClickWriter
+from tracker.store.config import ConfigCache
+
+SETTINGS = web.AppKey("settings", Settings)
+PG_POOL = web.AppKey("pg_pool", asyncpg.Pool)
+REDIS = web.AppKey("redis", Redis)
+CLICK_WRITER = web.AppKey("click_writer", ClickWriter)
+CONFIG = web.AppKey("config", ConfigCache)

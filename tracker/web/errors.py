@@ -1,0 +1,88 @@
+"""JSON responses and the middleware that turns every failure into one."""
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import ValidationError
+
+from tracker.domain.money import format_money
+
+log = logging.getLogger("tracker.web")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return format_money(value)
+    if isinstance(value, date | datetime):
+        return value.isoformat()
+    raise TypeError
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data, default=_default),
+        status=status,
+        content_type="application/json",
+    )
+
+
+class ApiError(Exception):
+    """A client error answered as `{"error": ..., "details": [...]}`."""
+
+    def __init__(self, status: int, error: str, details: list[Any] | None = None) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.details = details
+
+    def response(self) -> web.Response:
+        body: dict[str, Any] = {"error": self.error}
+        if self.details is not None:
+            body["details"] = self.details
+        return json_response(body, self.status)
+
+
+def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
+    """Pydantic errors reduced to what a client needs: which field, what is wrong."""
+    details = []
+    for err in exc.errors(include_url=False, include_input=False, include_context=False):
+        field = ".".join(str(part) for part in err["loc"]) or "body"
+        details.append({"field": field, "message": err["msg"]})
+    return details
+
+
+def invalid(exc: ValidationError, what: str = "invalid request") -> ApiError:
+    return ApiError(400, what, validation_details(exc))
+
+
+def error_middleware(max_url_length: int) -> Callable[..., Any]:
+    """Answer every failure as JSON: client errors as 4xx, anything else as a logged 500."""
+
+    @web.middleware
+    async def answer_errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if len(request.raw_path) > max_url_length:
+            return json_response(
+                {"error": f"request URL longer than {max_url_length} bytes"}, status=414
+            )
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return exc.response()
+        except ValidationError as exc:
+            return invalid(exc).response()
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return json_response({"error": exc.reason}, exc.status)
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return json_response({"error": "internal error"}, 500)
+
+    return answer_errors_as_json

@@ -1,0 +1,79 @@
+"""ROI reports: `GET /api/reports`."""
+
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tracker.domain.metrics import derive
+from tracker.store.reports import DIMENSIONS, fetch_report
+from tracker.web.appkeys import PG_POOL
+from tracker.web.errors import json_response
+
+MAX_DAYS = 366
+
+
+class ReportQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    start: date = Field(alias="from")
+    end: date = Field(alias="to")
+    group_by: list[str] = ["campaign"]
+    campaign_id: int | None = None
+
+    @field_validator("group_by", mode="before")
+    @classmethod
+    def split_group_by(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not value:
+            raise ValueError("give at least one of " + ", ".join(DIMENSIONS))
+        unknown = [part for part in value if part not in DIMENSIONS]
+        if unknown:
+            raise ValueError(f"unknown {unknown}; use {', '.join(DIMENSIONS)}")
+        return list(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def check_range(self) -> "ReportQuery":
+        if self.end < self.start:
+            raise ValueError("'to' is before 'from'")
+        if (self.end - self.start).days >= MAX_DAYS:
+            raise ValueError(f"at most {MAX_DAYS} days per report")
+        return self
+
+
+async def report(request: web.Request) -> web.Response:
+    """Clicks, conversions, revenue, cost and the ratios, per group and in total."""
+    query = ReportQuery.model_validate(dict(request.query))
+    rows = await fetch_report(
+        request.app[PG_POOL], query.start, query.end, query.group_by, query.campaign_id
+    )
+    totals = {"clicks": 0, "conversions": 0, "revenue": Decimal(0), "cost": Decimal(0)}
+    out = []
+    for row in rows:
+        item: dict[str, Any] = {}
+        for name in query.group_by:
+            column = DIMENSIONS[name][0]
+            item[column] = row[column]
+            if f"{name}_name" in row:
+                item[f"{name}_name"] = row[f"{name}_name"]
+        for metric in totals:
+            totals[metric] += row[metric]
+        item.update(derive(row["clicks"], row["conversions"], row["revenue"], row["cost"]))
+        out.append(item)
+    return json_response(
+        {
+            "from": query.start,
+            "to": query.end,
+            "group_by": query.group_by,
+            "rows": out,
+            "totals": derive(
+                int(totals["clicks"]),
+                int(totals["conversions"]),
+                Decimal(totals["revenue"]),
+                Decimal(totals["cost"]),
+            ),
+        }
+    )

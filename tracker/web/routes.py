@@ -1,0 +1,14 @@
+from aiohttp import web
+
+from tracker.web import click, postback, reports
+from tracker.web.admin import RESOURCES
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/c/{campaign_key}", click.click, allow_head=False)
+    app.router.add_route("HEAD", "/c/{campaign_key}", click.probe_campaign)
+    app.router.add_get("/postback", postback.postback)
+    app.router.add_post("/postback", postback.postback)
+    app.router.add_get("/api/reports", reports.report)
+    for resource in RESOURCES:
+        resource.add_routes(app)

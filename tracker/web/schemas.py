@@ -1,0 +1,77 @@
+"""Request bodies of the admin API, and value types shared with the postback."""
+
+import re
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from tracker.domain.money import parse_currency, parse_money
+
+
+def _money_or_none(value: Any) -> Any:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return parse_money(value)
+
+
+def _http_url(value: Any) -> Any:
+    if not isinstance(value, str) or not re.match(r"https?://[^\s/]+", value):
+        raise ValueError("must be an http:// or https:// URL")
+    return value
+
+
+Money = Annotated[Decimal, BeforeValidator(parse_money)]
+OptionalMoney = Annotated[Decimal | None, BeforeValidator(_money_or_none)]
+Currency = Annotated[str, BeforeValidator(parse_currency)]
+Url = Annotated[str, BeforeValidator(_http_url), Field(max_length=4000)]
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+ParamName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class TrafficSourceIn(Body):
+    name: Name
+    postback_url: Url | None = None
+    external_id_param: ParamName = "external_id"
+    cost_param: ParamName = "cost"
+
+
+class AffiliateNetworkIn(Body):
+    name: Name
+
+
+class OfferIn(Body):
+    name: Name
+    url: Url
+    affiliate_network_id: int
+    payout: OptionalMoney = None
+    currency: Currency = "USD"
+
+
+class CampaignOfferIn(Body):
+    offer_id: int
+    weight: int = Field(default=100, ge=0, le=1_000_000)
+
+
+class CampaignIn(Body):
+    name: Name
+    traffic_source_id: int
+    offers: list[CampaignOfferIn] = Field(min_length=1, max_length=100)
+    cost_model: Literal["none", "cpc", "auto"] = "none"
+    cost_value: OptionalMoney = None
+    attribution_window_days: int = Field(default=30, ge=1, le=365)
+
+    @model_validator(mode="after")
+    def check_consistency(self) -> "CampaignIn":
+        if self.cost_model == "cpc" and (self.cost_value is None or self.cost_value < 0):
+            raise ValueError("cost_model 'cpc' needs a cost_value of zero or more")
+        ids = [o.offer_id for o in self.offers]
+        if len(set(ids)) != len(ids):
+            raise ValueError("an offer may appear only once in a campaign")
+        if not any(o.weight > 0 for o in self.offers):
+            raise ValueError("at least one offer needs a weight above zero")
+        return self
