@@ -1,0 +1,35 @@
+# Set-up, run and test the tracker on a Debian machine.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
+
+.PHONY: setup system-deps run test lint bench clean
+
+setup: system-deps $(VENV)/.installed
+
+# redis-server from apt when missing; PostgreSQL server binaries when missing.
+system-deps:
+	@command -v redis-server >/dev/null 2>&1 || { $(APT) update -qq && $(APT) install -y -qq redis-server; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+		{ $(APT) update -qq && $(APT) install -y -qq postgresql; }
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+run: setup
+	$(PY) -m tracker dev
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check tracker tests
+	$(VENV)/bin/ruff format --check tracker tests
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf var $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
