@@ -32,7 +32,10 @@ async def test_click_postback_report(client, api, sink):
     status, first = await postback(clickid=click_ids[0], payout="4.25", txid="t1")
     assert (status, first["result"]) == (200, "created")
     status, again = await postback(clickid=click_ids[0], payout="4.25", txid="t1")
-    assert (status, again) == (200, {"result": "duplicate", "conversion_id": first["conversion_id"]})
+    assert (status, again) == (
+        200,
+        {"result": "duplicate", "conversion_id": first["conversion_id"]},
+    )
     status, upsell = await postback(clickid=click_ids[0], payout="10.10", txid="t2")
     assert (status, upsell["result"]) == (200, "created")
     # No payout in the postback: the offer's 3.00 applies.
@@ -44,9 +47,7 @@ async def test_click_postback_report(client, api, sink):
 
     await wait_for_sink(sink)
     today = datetime.now(UTC).date().isoformat()
-    report = await api.call(
-        "GET", f"/api/reports?from={today}&to={today}&group_by=campaign,day"
-    )
+    report = await api.call("GET", f"/api/reports?from={today}&to={today}&group_by=campaign,day")
     [row] = report["rows"]
     assert row["campaign_id"] == campaign["id"]
     assert row["campaign_name"] == "Campaign"

@@ -1,0 +1,154 @@
+"""The click redirect: what is stored, where the visitor goes, what is refused."""
+
+from urllib.parse import urlsplit
+
+import orjson
+
+from tracker.store import keys
+
+
+def click_path(campaign):
+    return urlsplit(campaign["click_url"]).path
+
+
+async def test_redirect_substitutes_and_encodes_macros(client, api, redis):
+    setup = await api.setup_campaign(
+        offer_url=(
+            "https://offer.example/lp?cid={clickid}&c={campaign_id}&o={offer_id}"
+            "&t={traffic_source_id}&e={external_id}&s1={sub1}&s10={sub10}&z={zone}&u={unknown}"
+        )
+    )
+    campaign = setup["campaign"]
+    resp = await client.get(
+        click_path(campaign),
+        params={"external_id": "ext 1", "sub1": "a&b=c", "sub10": "é/?", "zone": "42#x"},
+        allow_redirects=False,
+    )
+    assert resp.status == 302
+    location = resp.headers["Location"]
+    click_id = location.split("cid=")[1].split("&")[0]
+    assert location == (
+        f"https://offer.example/lp?cid={click_id}&c={campaign['id']}&o={setup['offer']['id']}"
+        f"&t={setup['source']['id']}&e=ext%201&s1=a%26b%3Dc&s10=%C3%A9%2F%3F&z=42%23x&u="
+    )
+    record = orjson.loads(await redis.get(keys.click_key(click_id)))
+    assert record["external_id"] == "ext 1"
+    assert record["sub1"] == "a&b=c"
+    assert record["params"] == {"zone": "42#x"}
+    assert record["campaign_id"] == campaign["id"]
+    assert record["ip"] == "127.0.0.1"
+
+
+async def test_click_is_in_redis_with_ttl_and_on_stream(client, api, redis):
+    campaign = (await api.setup_campaign())["campaign"]
+    await api.call("PATCH", f"/api/campaigns/{campaign['id']}", json={"attribution_window_days": 7})
+    resp = await client.get(
+        click_path(campaign),
+        headers={"User-Agent": "UA/1.0", "Referer": "https://site.example/"},
+        allow_redirects=False,
+    )
+    click_id = resp.headers["Location"].split("cid=")[1]
+    ttl = await redis.ttl(keys.click_key(click_id))
+    assert 7 * 86400 - 5 < ttl <= 7 * 86400
+    [(_, fields)] = await redis.xrange(keys.CLICK_STREAM)
+    record = orjson.loads(fields[b"d"])
+    assert record["click_id"] == click_id
+    assert record["user_agent"] == "UA/1.0"
+    assert record["referrer"] == "https://site.example/"
+
+
+async def test_cost_models(client, api, redis):
+    setup = await api.setup_campaign(cost_model="auto")
+    campaign = setup["campaign"]
+    costs = []
+    for cost in ("0.0123", "abc", None):
+        params = {"cost": cost} if cost is not None else {}
+        resp = await client.get(click_path(campaign), params=params, allow_redirects=False)
+        click_id = resp.headers["Location"].split("cid=")[1]
+        costs.append(orjson.loads(await redis.get(keys.click_key(click_id)))["cost"])
+    # A malformed cost does not lose the click; it is stored without a cost.
+    assert costs == ["0.0123", None, None]
+
+    await api.call(
+        "PATCH",
+        f"/api/campaigns/{campaign['id']}",
+        json={"cost_model": "cpc", "cost_value": "0.07"},
+    )
+    resp = await client.get(click_path(campaign), params={"cost": "9"}, allow_redirects=False)
+    click_id = resp.headers["Location"].split("cid=")[1]
+    assert orjson.loads(await redis.get(keys.click_key(click_id)))["cost"] == "0.070000"
+
+
+async def test_free_parameters_are_bounded(client, api, redis, settings):
+    campaign = (await api.setup_campaign())["campaign"]
+    params = {"long": "v" * 600, **{f"p{i}": "v" * 350 for i in range(35)}}
+    resp = await client.get(click_path(campaign), params=params, allow_redirects=False)
+    assert resp.status == 302
+    click_id = resp.headers["Location"].split("cid=")[1]
+    record = orjson.loads(await redis.get(keys.click_key(click_id)))
+    assert len(record["params"]) == settings.click_max_params
+    assert len(record["params"]["long"]) == settings.click_max_param_length
+
+
+async def test_weights_route_to_offers(client, api, redis):
+    setup = await api.setup_campaign()
+    network_id = setup["network"]["id"]
+    other = await api.create(
+        "/api/offers",
+        {
+            "name": "B",
+            "url": "https://b.example/?cid={clickid}",
+            "affiliate_network_id": network_id,
+        },
+    )
+    campaign = setup["campaign"]
+    await api.call(
+        "PATCH",
+        f"/api/campaigns/{campaign['id']}",
+        json={
+            "offers": [{"offer_id": setup["offer"]["id"], "weight": 0}, {"offer_id": other["id"]}]
+        },
+    )
+    for _ in range(20):
+        resp = await client.get(click_path(campaign), allow_redirects=False)
+        assert resp.headers["Location"].startswith("https://b.example/")
+
+
+async def test_unknown_and_archived_campaigns_record_nothing(client, api, redis):
+    campaign = (await api.setup_campaign())["campaign"]
+    resp = await client.get("/c/nope", allow_redirects=False)
+    assert resp.status == 404
+    assert (await resp.json())["error"] == "unknown campaign"
+    await api.call("DELETE", f"/api/campaigns/{campaign['id']}")
+    resp = await client.get(click_path(campaign), allow_redirects=False)
+    assert resp.status == 404
+    assert await redis.xlen(keys.CLICK_STREAM) == 0
+    assert await redis.keys(keys.CLICK_PREFIX + "*") == []
+
+
+async def test_head_is_not_a_click(client, api, redis):
+    campaign = (await api.setup_campaign())["campaign"]
+    resp = await client.head(click_path(campaign), allow_redirects=False)
+    assert resp.status == 200
+    assert "Location" not in resp.headers
+    assert (await client.head("/c/nope")).status == 404
+    assert await redis.xlen(keys.CLICK_STREAM) == 0
+
+
+async def test_huge_query_string_gets_json_414(client, api, redis):
+    campaign = (await api.setup_campaign())["campaign"]
+    resp = await client.get(click_path(campaign) + "?sub1=" + "x" * 40_000, allow_redirects=False)
+    assert resp.status == 414
+    assert "longer than" in (await resp.json())["error"]
+    assert await redis.xlen(keys.CLICK_STREAM) == 0
+
+
+async def test_failed_redis_write_gives_no_redirect(client, api, redis):
+    campaign = (await api.setup_campaign())["campaign"]
+    # A stream key of the wrong type makes XADD fail inside the pipeline.
+    await redis.delete(keys.CLICK_STREAM)
+    await redis.set(keys.CLICK_STREAM, b"not a stream")
+    resp = await client.get(click_path(campaign), allow_redirects=False)
+    assert resp.status == 503
+    assert "Location" not in resp.headers
+    assert "could not be recorded" in (await resp.json())["error"]

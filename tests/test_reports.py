@@ -1,0 +1,92 @@
+"""Reports: grouping, filters, exact sums, and refused queries."""
+
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import asyncpg
+
+from tracker.store.db import migrate
+
+
+async def insert_facts(pool):
+    """Two campaigns over two days, written straight into the tables reports read."""
+    rollups = [
+        (date(2026, 3, 1), 1, 10, 100, 100, Decimal("5.00")),
+        (date(2026, 3, 2), 1, 10, 100, 50, Decimal("2.50")),
+        (date(2026, 3, 2), 2, 20, 100, 10, Decimal("0")),
+    ]
+    await pool.executemany(
+        "INSERT INTO click_rollups (day, campaign_id, offer_id, traffic_source_id, clicks, cost) "
+        "VALUES ($1, $2, $3, $4, $5, $6)",
+        rollups,
+    )
+    conversions = [
+        ("k1", 1, 10, datetime(2026, 3, 1, 23, 59, tzinfo=UTC), Decimal("1.10"), "approved"),
+        ("k2", 1, 10, datetime(2026, 3, 2, 0, 0, tzinfo=UTC), Decimal("2.205"), "approved"),
+        ("k3", 1, 10, datetime(2026, 3, 2, 1, 0, tzinfo=UTC), Decimal("100"), "rejected"),
+        ("k4", 2, 20, datetime(2026, 3, 2, 2, 0, tzinfo=UTC), Decimal("0.01"), "approved"),
+        ("k5", 2, 20, datetime(2026, 3, 3, 0, 0, tzinfo=UTC), Decimal("50"), "approved"),
+    ]
+    await pool.executemany(
+        "INSERT INTO conversions (click_id, campaign_id, offer_id, traffic_source_id, click_time,"
+        " created_at, payout, currency, status, params) "
+        "VALUES ($1, $2, $3, 100, $4, $4, $5, 'USD', $6, '{}')",
+        conversions,
+    )
+
+
+async def test_group_by_campaign_and_day(api, pool):
+    await insert_facts(pool)
+    report = await api.call(
+        "GET", "/api/reports?from=2026-03-01&to=2026-03-02&group_by=campaign,day"
+    )
+    rows = [
+        (r["campaign_id"], r["day"], r["clicks"], r["conversions"], r["revenue"], r["cost"])
+        for r in report["rows"]
+    ]
+    assert rows == [
+        (1, "2026-03-01", 100, 1, "1.10", "5.00"),
+        (1, "2026-03-02", 50, 1, "2.205", "2.50"),
+        (2, "2026-03-02", 10, 1, "0.01", "0.00"),
+    ]
+    totals = report["totals"]
+    assert (totals["clicks"], totals["conversions"]) == (160, 3)
+    assert (totals["revenue"], totals["cost"], totals["profit"]) == ("3.315", "7.50", "-4.185")
+    assert totals["roi"] == "-55.80"
+    assert report["rows"][2]["roi"] is None  # no cost, no ROI
+
+
+async def test_group_by_offer_and_source_with_filter(api, pool):
+    await insert_facts(pool)
+    report = await api.call(
+        "GET",
+        "/api/reports?from=2026-03-01&to=2026-03-03&group_by=offer,traffic_source&campaign_id=2",
+    )
+    [row] = report["rows"]
+    assert (row["offer_id"], row["traffic_source_id"]) == (20, 100)
+    assert (row["clicks"], row["conversions"], row["revenue"]) == (10, 2, "50.01")
+    assert row["cr"] == "20.00" and row["epc"] == "5.0010" and row["cpa"] == "0.0000"
+
+
+async def test_bad_queries_are_refused(api):
+    for query, field in [
+        ("to=2026-01-01", "from"),
+        ("from=2026-13-01&to=2026-01-01", "from"),
+        ("from=2026-01-01&to=2026-01-01&group_by=country", "group_by"),
+        ("from=2026-01-01&to=2026-01-01&campaign_id=x", "campaign_id"),
+        ("from=2026-01-01&to=2026-01-01&bogus=1", "bogus"),
+    ]:
+        body = await api.call("GET", f"/api/reports?{query}", expect=400)
+        assert field in [d["field"] for d in body["details"]], (query, body)
+    far = (date(2026, 1, 1) + timedelta(days=400)).isoformat()
+    await api.call("GET", f"/api/reports?from=2026-01-01&to={far}", expect=400)
+    await api.call("GET", "/api/reports?from=2026-01-02&to=2026-01-01", expect=400)
+
+
+async def test_migrations_apply_once(settings):
+    assert await migrate(settings.database_url) == []
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") >= 1
+    finally:
+        await conn.close()
