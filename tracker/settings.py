@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     click_max_params: int = 30
     click_max_param_length: int = 512
     access_log: bool = False
-    config_refresh_seconds: float = Field(default=5.0, gt=0)
+    config_refresh_seconds: float = Field(default=1.0, gt=0)
 
     sink_batch_size: int = 2000
     sink_block_ms: int = 500

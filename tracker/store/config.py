@@ -1,8 +1,9 @@
 """Loads campaign configuration into memory and keeps it fresh across processes.
 
 The click path must not query Postgres, so every process holds a snapshot.
-Admin writes bump a version key and publish on a channel; each process
-reloads on the message, and also polls the version in case a message was missed.
+Admin writes bump a version key in Redis; every process polls that key
+(one GET a second by default) and reloads when it moves. Polling rather than
+pub/sub: nothing to miss on a reconnect, and it works the same on a cluster.
 """
 
 import asyncio
@@ -97,27 +98,16 @@ class ConfigCache:
         log.debug("configuration reloaded: %d campaigns", len(self.snapshot.campaigns))
 
     async def changed(self) -> None:
-        """Reload here now, and tell every other process to reload."""
+        """Reload here now; other processes see the new version on their next poll."""
         await self._redis.incr(keys.CONFIG_VERSION)
         await self.reload()
-        await self._redis.publish(keys.CONFIG_CHANNEL, b"1")
 
     async def watch(self) -> None:
-        """Reload on each change message; poll the version as a fallback. Runs until cancelled."""
+        """Reload whenever the shared version moves. Runs until cancelled."""
         while True:
+            await asyncio.sleep(self._refresh_seconds)
             try:
-                async with self._redis.pubsub() as pubsub:
-                    await pubsub.subscribe(keys.CONFIG_CHANNEL)
-                    while True:
-                        message = await pubsub.get_message(
-                            ignore_subscribe_messages=True, timeout=self._refresh_seconds
-                        )
-                        if message is not None:
-                            await self.reload()
-                        elif await self._redis.get(keys.CONFIG_VERSION) != self._version:
-                            await self.reload()
-            except asyncio.CancelledError:
-                raise
+                if await self._redis.get(keys.CONFIG_VERSION) != self._version:
+                    await self.reload()
             except Exception:
-                log.exception("configuration watch failed; retrying")
-                await asyncio.sleep(1)
+                log.exception("configuration refresh failed; keeping the current one")

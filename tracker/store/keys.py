@@ -4,7 +4,6 @@ CLICK_PREFIX = "clk:"
 CLICK_STREAM = "stream:clicks"
 SINK_GROUP = "sink"
 CONFIG_VERSION = "cfg:version"
-CONFIG_CHANNEL = "cfg:changed"
 
 
 def click_key(click_id: str) -> str:
