@@ -158,9 +158,9 @@ async def sink(redis: Redis, pool: asyncpg.Pool) -> AsyncIterator[ClickSink]:
         await asyncio.wait_for(task, 5)
 
 
-async def wait_for_sink(sink: ClickSink, timeout: float = 10.0) -> None:
+async def wait_for_sink(sink: ClickSink, within: float = 10.0) -> None:
     """Wait until every click on the stream is stored in Postgres."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     while await sink.backlog():
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("sink did not drain the click stream")

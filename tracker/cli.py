@@ -25,7 +25,7 @@ def serve(settings: Settings) -> None:
         host=settings.http_host,
         port=settings.http_port,
         access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
-        handler_args=handler_args(settings),
+        **handler_args(settings),
         print=None,
         loop=loop,
         shutdown_timeout=10.0,

@@ -72,6 +72,16 @@ def run_dev() -> int:
             f"{base}/postback?clickid=CLICKID&payout=2.50&txid=order-1&token={demo.postback_token}"
         )
         today = time.strftime("%Y-%m-%d", time.gmtime())
+        report_url = f"{base}/api/reports?from={today}&to={today}&group_by=campaign,day"
+        follow = "curl -s -o /dev/null -w '%{redirect_url}'"
+        extract = "sed 's/.*clickid=\\([^&]*\\).*/\\1/'"
+        try_it = "\n".join(
+            [
+                f"  CLICKID=$({follow} '{click_url}' | {extract})",
+                f'  curl "{postback.replace("CLICKID", "$CLICKID")}"',
+                f"  curl -H 'Authorization: Bearer {key}' '{report_url}'",
+            ]
+        )
         print(
             f"""
 tracker is running at {base}  (Ctrl-C stops everything)
@@ -80,12 +90,10 @@ API key:      {key}
 click URL:    {click_url}
 postback URL: {postback}
               (put the click id from the redirect's clickid= in place of CLICKID)
-report URL:   {base}/api/reports?from={today}&to={today}&group_by=campaign,day
+report URL:   {report_url}
 
 Try it:
-  CLICKID=$(curl -s -o /dev/null -w '%{{redirect_url}}' '{click_url}' | sed 's/.*clickid=\\([^&]*\\).*/\\1/')
-  curl "{postback.replace("CLICKID", "$CLICKID")}"
-  curl -H 'Authorization: Bearer {key}' '{base}/api/reports?from={today}&to={today}&group_by=campaign,day'
+{try_it}
 """,
             flush=True,
         )

@@ -117,7 +117,7 @@ class ClickSink:
                     await self.claim_abandoned()
                     await self.trim()
                 block = None if next_id == "0" else self.block_ms
-                reply = await self.redis.xreadgroup(
+                reply: Any = await self.redis.xreadgroup(
                     keys.SINK_GROUP,
                     self.consumer,
                     {keys.CLICK_STREAM: next_id},

@@ -4,6 +4,10 @@ from collections import defaultdict
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+# A connection of its own or one borrowed from a pool.
+Conn = asyncpg.Connection | PoolConnectionProxy
 
 SELECT_CAMPAIGN_OFFERS = """
 SELECT campaign_id, offer_id, weight FROM campaign_offers
@@ -15,18 +19,17 @@ INSERT INTO campaign_offers (campaign_id, offer_id, weight, position) VALUES ($1
 """
 
 
-async def insert_row(
-    conn: asyncpg.Connection, table: str, values: dict[str, Any]
-) -> asyncpg.Record:
+async def insert_row(conn: Conn, table: str, values: dict[str, Any]) -> asyncpg.Record:
     columns = list(values)
     placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
     query = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders}) RETURNING *"
-    row: asyncpg.Record = await conn.fetchrow(query, *values.values())
+    row: asyncpg.Record | None = await conn.fetchrow(query, *values.values())
+    assert row is not None
     return row
 
 
 async def update_row(
-    conn: asyncpg.Connection, table: str, row_id: int, values: dict[str, Any]
+    conn: Conn, table: str, row_id: int, values: dict[str, Any]
 ) -> asyncpg.Record | None:
     sets = ", ".join(f"{column} = ${i}" for i, column in enumerate(values, start=2))
     query = f"UPDATE {table} SET {sets}, updated_at = now() WHERE id = $1 RETURNING *"
@@ -34,20 +37,20 @@ async def update_row(
     return row
 
 
-async def get_row(conn: asyncpg.Connection, table: str, row_id: int) -> asyncpg.Record | None:
+async def get_row(conn: Conn, table: str, row_id: int) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await conn.fetchrow(f"SELECT * FROM {table} WHERE id = $1", row_id)
     return row
 
 
 async def list_rows(
-    conn: asyncpg.Connection, table: str, include_archived: bool, limit: int, offset: int
+    conn: Conn, table: str, include_archived: bool, limit: int, offset: int
 ) -> list[asyncpg.Record]:
     where = "" if include_archived else "WHERE archived_at IS NULL"
     query = f"SELECT * FROM {table} {where} ORDER BY id LIMIT $1 OFFSET $2"
     return list(await conn.fetch(query, limit, offset))
 
 
-async def archive_row(conn: asyncpg.Connection, table: str, row_id: int) -> asyncpg.Record | None:
+async def archive_row(conn: Conn, table: str, row_id: int) -> asyncpg.Record | None:
     query = (
         f"UPDATE {table} SET archived_at = coalesce(archived_at, now()), updated_at = now() "
         "WHERE id = $1 RETURNING *"
@@ -56,7 +59,7 @@ async def archive_row(conn: asyncpg.Connection, table: str, row_id: int) -> asyn
     return row
 
 
-async def missing_ids(conn: asyncpg.Connection, table: str, ids: list[int]) -> list[int]:
+async def missing_ids(conn: Conn, table: str, ids: list[int]) -> list[int]:
     """Those of `ids` with no active (unarchived) row in `table`."""
     query = f"SELECT id FROM {table} WHERE id = any($1::bigint[]) AND archived_at IS NULL"
     found = {row["id"] for row in await conn.fetch(query, ids)}
@@ -64,7 +67,7 @@ async def missing_ids(conn: asyncpg.Connection, table: str, ids: list[int]) -> l
 
 
 async def fetch_campaign_offers(
-    conn: asyncpg.Connection, campaign_ids: list[int]
+    conn: Conn, campaign_ids: list[int]
 ) -> dict[int, list[dict[str, int]]]:
     result: dict[int, list[dict[str, int]]] = defaultdict(list)
     for row in await conn.fetch(SELECT_CAMPAIGN_OFFERS, campaign_ids):
@@ -73,7 +76,7 @@ async def fetch_campaign_offers(
 
 
 async def replace_campaign_offers(
-    conn: asyncpg.Connection, campaign_id: int, offers: list[tuple[int, int]]
+    conn: Conn, campaign_id: int, offers: list[tuple[int, int]]
 ) -> None:
     await conn.execute(DELETE_CAMPAIGN_OFFERS, campaign_id)
     await conn.executemany(

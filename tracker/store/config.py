@@ -9,6 +9,7 @@ pub/sub: nothing to miss on a reconnect, and it works the same on a cluster.
 import asyncio
 import logging
 from collections import defaultdict
+from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
@@ -87,7 +88,7 @@ class ConfigCache:
         self._pool = pool
         self._redis = redis
         self._refresh_seconds = refresh_seconds
-        self._version: bytes | None = None
+        self._version: Any = None
         self._lock = asyncio.Lock()
 
     async def reload(self) -> None:

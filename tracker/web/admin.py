@@ -61,19 +61,19 @@ class ResourceViews:
     async def referenced_ids(self, item: BaseModel) -> dict[str, tuple[str, list[int]]]:
         return {field: (table, [getattr(item, field)]) for field, table in self.references.items()}
 
-    async def after_write(self, conn: asyncpg.Connection, row_id: int, item: BaseModel) -> None:
+    async def after_write(self, conn: sql.Conn, row_id: int, item: BaseModel) -> None:
         return None
 
-    async def current_input(self, conn: asyncpg.Connection, row: asyncpg.Record) -> dict[str, Any]:
+    async def current_input(self, conn: sql.Conn, row: asyncpg.Record) -> dict[str, Any]:
         columns = set(row.keys())
         return {name: row[name] for name in self.model.model_fields if name in columns}
 
     async def present(
-        self, request: web.Request, conn: asyncpg.Connection, rows: list[asyncpg.Record]
+        self, request: web.Request, conn: sql.Conn, rows: list[asyncpg.Record]
     ) -> list[dict[str, Any]]:
         return [dict(row) for row in rows]
 
-    async def _check_references(self, conn: asyncpg.Connection, item: BaseModel) -> None:
+    async def _check_references(self, conn: sql.Conn, item: BaseModel) -> None:
         details = []
         for field, (table, ids) in (await self.referenced_ids(item)).items():
             for missing in await sql.missing_ids(conn, table, ids):
@@ -165,7 +165,7 @@ class AffiliateNetworks(ResourceViews):
         return {"postback_token": secrets.token_urlsafe(18)}
 
     async def present(
-        self, request: web.Request, conn: asyncpg.Connection, rows: list[asyncpg.Record]
+        self, request: web.Request, conn: sql.Conn, rows: list[asyncpg.Record]
     ) -> list[dict[str, Any]]:
         base = request.app[SETTINGS].base_url()
         items = []
@@ -184,7 +184,7 @@ class Offers(ResourceViews):
     table = "offers"
     label = "offer"
     model = OfferIn
-    references = {"affiliate_network_id": "affiliate_networks"}
+    references: ClassVar[dict[str, str]] = {"affiliate_network_id": "affiliate_networks"}
 
 
 class Campaigns(ResourceViews):
@@ -192,7 +192,7 @@ class Campaigns(ResourceViews):
     table = "campaigns"
     label = "campaign"
     model = CampaignIn
-    references = {"traffic_source_id": "traffic_sources"}
+    references: ClassVar[dict[str, str]] = {"traffic_source_id": "traffic_sources"}
 
     def columns(self, item: BaseModel) -> dict[str, Any]:
         return item.model_dump(exclude={"offers"})
@@ -206,18 +206,18 @@ class Campaigns(ResourceViews):
         found["offers"] = ("offers", [o.offer_id for o in item.offers])
         return found
 
-    async def after_write(self, conn: asyncpg.Connection, row_id: int, item: BaseModel) -> None:
+    async def after_write(self, conn: sql.Conn, row_id: int, item: BaseModel) -> None:
         assert isinstance(item, CampaignIn)
         offers = [(o.offer_id, o.weight) for o in item.offers]
         await sql.replace_campaign_offers(conn, row_id, offers)
 
-    async def current_input(self, conn: asyncpg.Connection, row: asyncpg.Record) -> dict[str, Any]:
+    async def current_input(self, conn: sql.Conn, row: asyncpg.Record) -> dict[str, Any]:
         current = await super().current_input(conn, row)
         current["offers"] = (await sql.fetch_campaign_offers(conn, [row["id"]]))[row["id"]]
         return current
 
     async def present(
-        self, request: web.Request, conn: asyncpg.Connection, rows: list[asyncpg.Record]
+        self, request: web.Request, conn: sql.Conn, rows: list[asyncpg.Record]
     ) -> list[dict[str, Any]]:
         base = request.app[SETTINGS].base_url()
         offers = await sql.fetch_campaign_offers(conn, [row["id"] for row in rows])

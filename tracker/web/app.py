@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import hmac
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -66,7 +67,7 @@ async def click_writer_ctx(app: web.Application) -> AsyncIterator[None]:
     await writer.close()
 
 
-def handler_args(settings: Settings) -> dict[str, int]:
+def handler_args(settings: Settings) -> dict[str, Any]:
     """Server options: URL lines may exceed our limit so that we, not the parser, answer 414."""
     return {"max_line_size": settings.max_request_line * 4}
 

@@ -50,7 +50,8 @@ async def report(request: web.Request) -> web.Response:
     rows = await fetch_report(
         request.app[PG_POOL], query.start, query.end, query.group_by, query.campaign_id
     )
-    totals = {"clicks": 0, "conversions": 0, "revenue": Decimal(0), "cost": Decimal(0)}
+    clicks = conversions = 0
+    revenue = cost = Decimal(0)
     out = []
     for row in rows:
         item: dict[str, Any] = {}
@@ -59,8 +60,10 @@ async def report(request: web.Request) -> web.Response:
             item[column] = row[column]
             if f"{name}_name" in row:
                 item[f"{name}_name"] = row[f"{name}_name"]
-        for metric in totals:
-            totals[metric] += row[metric]
+        clicks += row["clicks"]
+        conversions += row["conversions"]
+        revenue += row["revenue"]
+        cost += row["cost"]
         item.update(derive(row["clicks"], row["conversions"], row["revenue"], row["cost"]))
         out.append(item)
     return json_response(
@@ -69,11 +72,6 @@ async def report(request: web.Request) -> web.Response:
             "to": query.end,
             "group_by": query.group_by,
             "rows": out,
-            "totals": derive(
-                int(totals["clicks"]),
-                int(totals["conversions"]),
-                Decimal(totals["revenue"]),
-                Decimal(totals["cost"]),
-            ),
+            "totals": derive(clicks, conversions, revenue, cost),
         }
     )
