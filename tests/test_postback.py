@@ -166,3 +166,16 @@ async def test_empty_values_count_as_absent(client, api, pool):
     assert resp.status == 200
     row = await pool.fetchrow("SELECT payout, currency FROM conversions")
     assert (row["payout"], row["currency"]) == (Decimal("7.50"), "USD")
+
+
+async def test_storage_outage_is_a_json_503(client, api):
+    setup = await api.setup_campaign()
+    click_id = await make_click(client, setup["campaign"])
+    from tracker.web.appkeys import PG_POOL
+
+    client.server.app[PG_POOL].terminate()
+    resp = await client.get(
+        "/postback", params={"clickid": click_id, "token": setup["network"]["postback_token"]}
+    )
+    assert resp.status == 503
+    assert await resp.json() == {"error": "storage unavailable, retry later"}

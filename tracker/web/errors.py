@@ -6,13 +6,25 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 import orjson
 from aiohttp import web
 from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tracker.domain.money import format_money
 
 log = logging.getLogger("tracker.web")
+
+STORAGE_UNAVAILABLE = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    RedisConnectionError,
+    RedisTimeoutError,
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -81,6 +93,10 @@ def error_middleware(max_url_length: int) -> Callable[..., Any]:
             if exc.status < 400:
                 raise
             return json_response({"error": exc.reason}, exc.status)
+        except STORAGE_UNAVAILABLE as exc:
+            # Networks and browsers retry on 5xx; say so rather than fail silently.
+            log.error("storage unavailable on %s %s: %r", request.method, request.path, exc)
+            return json_response({"error": "storage unavailable, retry later"}, 503)
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
             return json_response({"error": "internal error"}, 500)

@@ -1,0 +1,89 @@
+"""The real processes: `tracker seed-demo`, `tracker serve` and `tracker sink`."""
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import aiohttp
+import asyncpg
+
+from tests.conftest import API_KEY
+from tracker.devstack import free_port
+
+
+def env_for(settings, port):
+    env = dict(os.environ)
+    env.update(
+        TRACKER_DATABASE_URL=settings.database_url,
+        TRACKER_REDIS_URL=settings.redis_url,
+        TRACKER_API_KEY=API_KEY,
+        TRACKER_HTTP_PORT=str(port),
+        TRACKER_SINK_BLOCK_MS="50",
+    )
+    return env
+
+
+def run_tracker(env, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "tracker", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+
+async def wait_until_listening(port):
+    for _ in range(200):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            await writer.wait_closed()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise AssertionError("tracker serve did not start")
+
+
+async def test_serve_and_sink_processes(settings):
+    port = free_port()
+    env = env_for(settings, port)
+    first = run_tracker(env, "seed-demo").stdout
+    second = run_tracker(env, "seed-demo").stdout
+    assert first == second  # seeding twice changes nothing
+    click_url = re.search(r"click URL:\s+(\S+)", first)[1]
+    token = re.search(r"token=(\S+)", first)[1]
+
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "tracker", cmd], env=env)
+        for cmd in ("serve", "sink")
+    ]
+    try:
+        await wait_until_listening(port)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(click_url, allow_redirects=False) as resp:
+                assert resp.status == 302
+                click_id = re.search(r"clickid=([0-9a-v]+)", resp.headers["Location"])[1]
+            params = {"clickid": click_id, "payout": "2.50", "token": token}
+            async with http.get(f"http://127.0.0.1:{port}/postback", params=params) as resp:
+                assert resp.status == 200
+                assert (await resp.json())["result"] == "created"
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            deadline = time.monotonic() + 5
+            while not await conn.fetchval(
+                "SELECT count(*) FROM clicks WHERE click_id = $1", click_id
+            ):
+                assert time.monotonic() < deadline, "sink did not store the click"
+                await asyncio.sleep(0.05)
+        finally:
+            await conn.close()
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        codes = [proc.wait(timeout=20) for proc in procs]
+    assert codes == [0, 0]
