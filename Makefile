@@ -26,6 +26,10 @@ run: setup
 test: setup
 	$(PY) -m pytest
 
+bench: setup
+	@command -v wrk >/dev/null 2>&1 || { $(APT) update -qq && $(APT) install -y -qq wrk; }
+	$(PY) bench/run.py $(BENCH_ARGS)
+
 lint: setup
 	$(VENV)/bin/ruff check tracker tests
 	$(VENV)/bin/ruff format --check tracker tests

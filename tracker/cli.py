@@ -4,7 +4,9 @@ import argparse
 import asyncio
 import logging
 import signal
+import subprocess
 import sys
+import time
 
 import uvloop
 from aiohttp import web
@@ -15,7 +17,7 @@ from tracker.settings import Settings
 log = logging.getLogger("tracker.cli")
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, reuse_port: bool = False) -> None:
     from tracker.web.app import create_app, handler_args
 
     loop = uvloop.new_event_loop()
@@ -24,12 +26,54 @@ def serve(settings: Settings) -> None:
         create_app(settings),
         host=settings.http_host,
         port=settings.http_port,
+        reuse_port=reuse_port,
         access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
         **handler_args(settings),
         print=None,
         loop=loop,
-        shutdown_timeout=10.0,
+        shutdown_timeout=settings.shutdown_timeout,
     )
+
+
+def supervise_workers(settings: Settings, workers: int) -> int:
+    """Run `workers` serve processes sharing the port (SO_REUSEPORT); restart any that die.
+
+    SIGTERM or SIGINT is passed on to every worker, each of which stops
+    accepting, finishes its requests and pending click writes, and exits.
+    """
+    command = [
+        sys.executable,
+        "-m",
+        "tracker",
+        "serve",
+        "--reuse-port",
+        "--host",
+        settings.http_host,
+        "--port",
+        str(settings.http_port),
+    ]
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    children = [subprocess.Popen(command) for _ in range(workers)]
+    log.info("started %d workers on port %d", workers, settings.http_port)
+    while not stopping:
+        for i, child in enumerate(children):
+            if child.poll() is not None and not stopping:
+                log.error("worker %d exited with %s; restarting it", child.pid, child.returncode)
+                time.sleep(0.5)
+                children[i] = subprocess.Popen(command)
+        time.sleep(0.2)
+    codes = [child.wait() for child in children]
+    return 0 if all(code == 0 for code in codes) else 1
 
 
 async def _run_sink(settings: Settings) -> None:
@@ -76,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     serve_cmd = commands.add_parser("serve", help="run the web app")
     serve_cmd.add_argument("--host")
     serve_cmd.add_argument("--port", type=int)
+    serve_cmd.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    serve_cmd.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     commands.add_parser("sink", help="move clicks from the Redis stream into Postgres")
     commands.add_parser("migrate", help="apply database migrations")
     commands.add_parser("seed-demo", help="create the demo campaign (idempotent)")
@@ -89,7 +135,9 @@ def main(argv: list[str] | None = None) -> None:
             settings.http_host = args.host
         if args.port:
             settings.http_port = args.port
-        serve(settings)
+        if args.workers > 1:
+            sys.exit(supervise_workers(settings, args.workers))
+        serve(settings, reuse_port=args.reuse_port)
     elif args.command == "sink":
         uvloop.run(_run_sink(settings))
     elif args.command == "migrate":

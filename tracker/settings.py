@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     click_max_params: int = 30
     click_max_param_length: int = 512
     access_log: bool = False
+    # Seconds a stopping web process waits for in-flight requests before closing.
+    shutdown_timeout: float = 10.0
     config_refresh_seconds: float = Field(default=1.0, gt=0)
 
     sink_batch_size: int = 2000

@@ -1,6 +1,5 @@
 """Click records: group-committed writes to Redis, reads from Redis or Postgres."""
 
-import asyncio
 import logging
 from typing import Any
 
@@ -9,6 +8,7 @@ import orjson
 from redis.asyncio import Redis
 
 from tracker.store import keys
+from tracker.store.batching import Batcher
 
 log = logging.getLogger("tracker.clicks")
 
@@ -19,6 +19,9 @@ SELECT click_id, (extract(epoch FROM created_at) * 1000)::bigint AS created_ms,
 FROM clicks WHERE click_id = $1
 """
 
+# (click id, JSON record, TTL in seconds)
+ClickWrite = tuple[str, bytes, int]
+
 
 class ClickWriteError(Exception):
     """The click could not be stored; the visitor must not be redirected as if it were."""
@@ -27,81 +30,49 @@ class ClickWriteError(Exception):
 class ClickWriter:
     """Stores click records with group commit.
 
-    Clicks that arrive while a pipeline is in flight wait together and go out in
-    the next single pipeline (SET with TTL plus XADD to the sink stream, per click).
+    Clicks that arrive while a pipeline is in flight go out together in the
+    next single pipeline (SET with TTL plus XADD to the sink stream, per click).
     Each caller resumes only when its own two commands have succeeded.
     """
 
     def __init__(self, redis: Redis, max_batch: int = 1000) -> None:
         self._redis = redis
-        self._max_batch = max_batch
-        self._pending: list[tuple[str, bytes, int, asyncio.Future[None]]] = []
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self.batcher: Batcher[ClickWrite, None] = Batcher(self._flush, max_batch, "click-writer")
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="click-writer")
+        self.batcher.start()
 
     async def close(self) -> None:
-        """Write what is still queued, then stop."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
-        while self._pending:
-            await self._flush(self._take())
+        await self.batcher.close()
 
     async def write(self, click_id: str, record: bytes, ttl_seconds: int) -> None:
         """Store one click; return once it is in Redis and on the stream."""
-        if self._task is None:
-            raise ClickWriteError("click writer is not running")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((click_id, record, ttl_seconds, future))
-        self._wakeup.set()
-        await future
+        try:
+            await self.batcher.submit((click_id, record, ttl_seconds))
+        except ClickWriteError:
+            raise
+        except Exception as exc:
+            raise ClickWriteError(repr(exc)) from exc
 
-    def _take(self) -> list[tuple[str, bytes, int, asyncio.Future[None]]]:
-        batch = self._pending[: self._max_batch]
-        del self._pending[: self._max_batch]
-        return batch
-
-    async def _run(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._pending:
-                await self._flush(self._take())
-
-    async def _flush(self, batch: list[tuple[str, bytes, int, asyncio.Future[None]]]) -> None:
+    async def _flush(self, batch: list[ClickWrite]) -> list[BaseException | None]:
         pipe = self._redis.pipeline(transaction=False)
-        for click_id, record, ttl, _ in batch:
+        for click_id, record, ttl in batch:
             pipe.set(keys.click_key(click_id), record, ex=ttl)
             pipe.xadd(keys.CLICK_STREAM, {b"d": record})
         try:
-            results = await pipe.execute(raise_on_error=False)
-        except asyncio.CancelledError:
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(ClickWriteError("click writer stopped"))
-            raise
+            replies = await pipe.execute(raise_on_error=False)
         except Exception as exc:
             log.warning("click pipeline failed for %d clicks: %r", len(batch), exc)
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(ClickWriteError(str(exc)))
-            return
-        for i, (*_, future) in enumerate(batch):
-            if future.done():
-                continue
-            stored, queued = results[2 * i], results[2 * i + 1]
+            return [ClickWriteError(repr(exc))] * len(batch)
+        results: list[BaseException | None] = []
+        for i in range(len(batch)):
+            stored, queued = replies[2 * i], replies[2 * i + 1]
             if isinstance(stored, Exception) or isinstance(queued, Exception):
                 error = stored if isinstance(stored, Exception) else queued
-                future.set_exception(ClickWriteError(repr(error)))
+                results.append(ClickWriteError(repr(error)))
             else:
-                future.set_result(None)
+                results.append(None)
+        return results
 
 
 async def fetch_click(redis: Redis, pool: asyncpg.Pool, click_id: str) -> dict[str, Any] | None:

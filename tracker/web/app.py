@@ -11,9 +11,10 @@ from aiohttp import web
 from tracker.settings import Settings
 from tracker.store.clicks import ClickWriter
 from tracker.store.config import ConfigCache
+from tracker.store.conversions import ConversionWriter
 from tracker.store.db import create_pool
 from tracker.store.redis import create_redis
-from tracker.web.appkeys import CLICK_WRITER, CONFIG, PG_POOL, REDIS, SETTINGS
+from tracker.web.appkeys import CLICK_WRITER, CONFIG, CONVERSION_WRITER, PG_POOL, REDIS, SETTINGS
 from tracker.web.errors import Handler, error_middleware, json_response
 from tracker.web.routes import setup_routes
 
@@ -67,6 +68,14 @@ async def click_writer_ctx(app: web.Application) -> AsyncIterator[None]:
     await writer.close()
 
 
+async def conversion_writer_ctx(app: web.Application) -> AsyncIterator[None]:
+    writer = ConversionWriter(app[PG_POOL])
+    writer.start()
+    app[CONVERSION_WRITER] = writer
+    yield
+    await writer.close()
+
+
 def handler_args(settings: Settings) -> dict[str, Any]:
     """Server options: URL lines may exceed our limit so that we, not the parser, answer 414."""
     return {"max_line_size": settings.max_request_line * 4}
@@ -79,6 +88,8 @@ def create_app(settings: Settings | None = None) -> web.Application:
         client_max_size=256 * 1024,
     )
     app[SETTINGS] = settings
-    app.cleanup_ctx.extend([postgres_ctx, redis_ctx, config_ctx, click_writer_ctx])
+    app.cleanup_ctx.extend(
+        [postgres_ctx, redis_ctx, config_ctx, click_writer_ctx, conversion_writer_ctx]
+    )
     setup_routes(app)
     return app

@@ -7,9 +7,11 @@ from redis.asyncio import Redis
 from tracker.settings import Settings
 from tracker.store.clicks import ClickWriter
 from tracker.store.config import ConfigCache
+from tracker.store.conversions import ConversionWriter
 
 SETTINGS = web.AppKey("settings", Settings)
 PG_POOL = web.AppKey("pg_pool", asyncpg.Pool)
 REDIS = web.AppKey("redis", Redis)
 CLICK_WRITER = web.AppKey("click_writer", ClickWriter)
 CONFIG = web.AppKey("config", ConfigCache)
+CONVERSION_WRITER = web.AppKey("conversion_writer", ConversionWriter)

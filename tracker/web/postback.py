@@ -11,8 +11,8 @@ from aiohttp import web
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from tracker.store.clicks import fetch_click
-from tracker.store.conversions import NewConversion, record_conversion, record_unmatched
-from tracker.web.appkeys import CONFIG, PG_POOL, REDIS
+from tracker.store.conversions import NewConversion, record_unmatched
+from tracker.web.appkeys import CONFIG, CONVERSION_WRITER, PG_POOL, REDIS
 from tracker.web.errors import ApiError, json_response, validation_details
 from tracker.web.schemas import Currency, OptionalMoney
 
@@ -116,11 +116,9 @@ async def postback(request: web.Request) -> web.Response:
     else:
         payout = Decimal(0)
     currency = pb.currency or (offer.currency if offer is not None else "USD")
-    created, conversion_id = await record_conversion(
-        pool,
+    created, conversion_id = await app[CONVERSION_WRITER].record(
         NewConversion(
             click=click,
-            click_time=click_time,
             txid=pb.txid,
             payout=payout,
             currency=currency,

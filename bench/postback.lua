@@ -1,0 +1,36 @@
+-- Postback load: each request converts an existing click with a new, unique txid.
+-- Usage: wrk ... -s postback.lua http://host:port -- CLICKIDS_FILE TOKEN RUN
+local next_id = 1
+
+function setup(thread)
+  thread:set("tid", next_id)
+  next_id = next_id + 1
+end
+
+function init(args)
+  ids = {}
+  for line in io.lines(args[1]) do
+    ids[#ids + 1] = line
+  end
+  token = args[2]
+  run = args[3] or "0"
+  counter = 0
+end
+
+function request()
+  counter = counter + 1
+  local clickid = ids[((counter * 7 + tid) % #ids) + 1]
+  return wrk.format("GET", "/postback?clickid=" .. clickid
+    .. "&payout=1.2500&status=approved&txid=r" .. run .. "t" .. tid .. "-" .. counter
+    .. "&token=" .. token)
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests": %d, "duration_us": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, '
+      .. '"errors": %d, "non_2xx_3xx": %d}\n',
+    summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    e.connect + e.read + e.write + e.timeout, e.status))
+end

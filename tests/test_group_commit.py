@@ -1,0 +1,136 @@
+"""Group commit: shared round trips, each caller's own data, and clean failures."""
+
+import asyncio
+from decimal import Decimal
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from tracker.devstack import free_port
+from tracker.store import keys
+from tracker.store.clicks import ClickWriteError, ClickWriter
+from tracker.store.conversions import ConversionWriter, NewConversion
+from tracker.web.appkeys import CLICK_WRITER, CONVERSION_WRITER
+
+
+async def test_concurrent_clicks_share_pipelines_and_keep_their_own_data(client, api, redis):
+    setup = await api.setup_campaign(
+        offer_url="https://o.example/?cid={clickid}&e={external_id}&s={sub1}"
+    )
+    path = urlsplit(setup["campaign"]["click_url"]).path
+
+    async def click(i):
+        resp = await client.get(
+            path, params={"external_id": f"e{i}", "sub1": f"s{i}"}, allow_redirects=False
+        )
+        assert resp.status == 302
+        return i, parse_qs(urlsplit(resp.headers["Location"]).query)
+
+    results = await asyncio.gather(*(click(i) for i in range(300)))
+    for i, query in results:
+        assert query["e"] == [f"e{i}"] and query["s"] == [f"s{i}"]
+        record = orjson.loads(await redis.get(keys.click_key(query["cid"][0])))
+        assert (record["external_id"], record["sub1"]) == (f"e{i}", f"s{i}")
+    assert await redis.xlen(keys.CLICK_STREAM) == 300
+    batcher = client.server.app[CLICK_WRITER].batcher
+    assert batcher.items == 300
+    assert batcher.batches < 300  # clicks did share round trips
+
+
+async def test_failed_pipeline_fails_every_waiting_click():
+    dead = Redis(port=free_port(), socket_connect_timeout=1)
+    writer = ClickWriter(dead)
+    writer.start()
+    try:
+        results = await asyncio.gather(
+            *(writer.write(f"id{i}", b"{}", 60) for i in range(20)), return_exceptions=True
+        )
+    finally:
+        await writer.close()
+        await dead.aclose()
+    assert all(isinstance(r, ClickWriteError) for r in results)
+
+
+async def test_no_redirect_for_any_click_of_a_failed_batch(client, api, redis):
+    setup = await api.setup_campaign()
+    path = urlsplit(setup["campaign"]["click_url"]).path
+    await redis.set(keys.CLICK_STREAM, b"not a stream")
+    responses = await asyncio.gather(*(client.get(path, allow_redirects=False) for _ in range(30)))
+    assert [r.status for r in responses] == [503] * 30
+    assert all("Location" not in r.headers for r in responses)
+
+
+async def test_concurrent_postbacks_share_commits_and_get_their_own_ids(client, api, pool):
+    setup = await api.setup_campaign()
+    path = urlsplit(setup["campaign"]["click_url"]).path
+    resp = await client.get(path, allow_redirects=False)
+    click_id = parse_qs(urlsplit(resp.headers["Location"]).query)["cid"][0]
+    token = setup["network"]["postback_token"]
+
+    async def postback(txid, payout):
+        params = {"clickid": click_id, "txid": txid, "payout": payout, "token": token}
+        resp = await client.get("/postback", params=params)
+        assert resp.status == 200
+        return txid, payout, await resp.json()
+
+    sends = [postback(f"t{i}", f"{i}.01") for i in range(100)]
+    sends += [postback("t0", "0.01") for _ in range(20)]  # repeats of one txid
+    results = await asyncio.gather(*sends)
+    created = [r for r in results if r[2]["result"] == "created"]
+    assert len(created) == 100
+    rows = {
+        row["id"]: (row["txid"], row["payout"])
+        for row in await pool.fetch("SELECT id, txid, payout FROM conversions")
+    }
+    for txid, payout, body in results:
+        assert rows[body["conversion_id"]] == (txid, Decimal(payout))
+    assert client.server.app[CONVERSION_WRITER].batcher.batches < len(sends)
+
+
+async def test_a_bad_row_fails_alone(pool):
+    writer = ConversionWriter(pool)
+    writer.start()
+    click = {
+        "click_id": "c1",
+        "created_ms": 1_700_000_000_000,
+        "campaign_id": 1,
+        "offer_id": 1,
+        "traffic_source_id": 1,
+    }
+
+    def conversion(txid, payout):
+        return NewConversion(
+            click=click,
+            txid=txid,
+            payout=payout,
+            currency="USD",
+            status="approved",
+            event=None,
+            params={},
+        )
+
+    try:
+        results = await asyncio.gather(
+            writer.record(conversion("ok1", Decimal("1.50"))),
+            writer.record(conversion("huge", Decimal("1e20"))),  # overflows NUMERIC(18, 6)
+            writer.record(conversion("ok2", Decimal("2.50"))),
+            return_exceptions=True,
+        )
+    finally:
+        await writer.close()
+    assert results[0][0] is True and results[2][0] is True
+    assert isinstance(results[1], Exception)
+    assert await pool.fetchval("SELECT sum(payout) FROM conversions") == Decimal("4.00")
+
+
+@pytest.mark.parametrize("count", [1, 700])
+async def test_close_writes_everything_queued(redis, count):
+    writer = ClickWriter(redis, max_batch=256)
+    writer.start()
+    tasks = [asyncio.create_task(writer.write(f"q{i}", b"{}", 60)) for i in range(count)]
+    await asyncio.sleep(0)
+    await writer.close()
+    await asyncio.gather(*tasks)
+    assert await redis.xlen(keys.CLICK_STREAM) == count
