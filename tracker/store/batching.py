@@ -21,14 +21,19 @@ class BatchClosedError(RuntimeError):
 class Batcher(Generic[T, R]):
     """Queues items and writes them with one `flush` call per batch.
 
-    Only one flush runs at a time, so under load each flush carries every item
-    that arrived during the previous one: one round trip serves many callers,
-    and each caller still gets back its own result or its own error.
+    At most `max_in_flight` flushes run at a time, so under load each flush
+    carries every item that arrived while the slots were busy: one round trip
+    serves many callers, and each caller still gets back its own result or its
+    own error.
     """
 
-    def __init__(self, flush: FlushFn[T, R], max_batch: int, name: str) -> None:
+    def __init__(
+        self, flush: FlushFn[T, R], max_batch: int, name: str, max_in_flight: int = 1
+    ) -> None:
         self._flush = flush
         self._max_batch = max_batch
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._in_flight: set[asyncio.Task[None]] = set()
         self._name = name
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._wakeup = asyncio.Event()
@@ -61,13 +66,26 @@ class Batcher(Generic[T, R]):
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._pending:
+                # Waiting for a free slot is what lets the next batch grow.
+                await self._slots.acquire()
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
-                await self._write(batch)
+                task = asyncio.create_task(self._write(batch))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
             if self._closing:
-                return
+                if self._in_flight:
+                    await asyncio.gather(*self._in_flight)
+                if not self._pending:
+                    return
 
     async def _write(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        try:
+            await self._write_batch(batch)
+        finally:
+            self._slots.release()
+
+    async def _write_batch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         self.batches += 1
         self.items += len(batch)
         try:

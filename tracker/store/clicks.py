@@ -19,6 +19,17 @@ SELECT click_id, (extract(epoch FROM created_at) * 1000)::bigint AS created_ms,
 FROM clicks WHERE click_id = $1
 """
 
+# KEYS: the stream, then one key per click; ARGV: TTL and record per click.
+STORE_CLICKS_SCRIPT = """
+local stream = KEYS[1]
+for i = 2, #KEYS do
+    local record = ARGV[2 * i - 2]
+    redis.call('SET', KEYS[i], record, 'EX', ARGV[2 * i - 3])
+    redis.call('XADD', stream, '*', 'd', record)
+end
+return #KEYS - 1
+"""
+
 # (click id, JSON record, TTL in seconds)
 ClickWrite = tuple[str, bytes, int]
 
@@ -30,14 +41,18 @@ class ClickWriteError(Exception):
 class ClickWriter:
     """Stores click records with group commit.
 
-    Clicks that arrive while a pipeline is in flight go out together in the
-    next single pipeline (SET with TTL plus XADD to the sink stream, per click).
-    Each caller resumes only when its own two commands have succeeded.
+    Clicks that arrive while a write is in flight go out together in the next
+    one: a single script call that, per click, sets the record with its TTL and
+    appends it to the sink stream. One command per batch instead of two per
+    click is what keeps the client library's per-command cost off the click path.
+    Each caller resumes only when the script has returned.
     """
 
-    def __init__(self, redis: Redis, max_batch: int = 1000) -> None:
-        self._redis = redis
-        self.batcher: Batcher[ClickWrite, None] = Batcher(self._flush, max_batch, "click-writer")
+    def __init__(self, redis: Redis, max_batch: int = 1000, max_in_flight: int = 1) -> None:
+        self._store_batch = redis.register_script(STORE_CLICKS_SCRIPT)
+        self.batcher: Batcher[ClickWrite, None] = Batcher(
+            self._flush, max_batch, "click-writer", max_in_flight
+        )
 
     def start(self) -> None:
         self.batcher.start()
@@ -55,24 +70,18 @@ class ClickWriter:
             raise ClickWriteError(repr(exc)) from exc
 
     async def _flush(self, batch: list[ClickWrite]) -> list[BaseException | None]:
-        pipe = self._redis.pipeline(transaction=False)
+        click_keys = [keys.CLICK_STREAM]
+        args: list[bytes | int] = []
         for click_id, record, ttl in batch:
-            pipe.set(keys.click_key(click_id), record, ex=ttl)
-            pipe.xadd(keys.CLICK_STREAM, {b"d": record})
+            click_keys.append(keys.click_key(click_id))
+            args.append(ttl)
+            args.append(record)
         try:
-            replies = await pipe.execute(raise_on_error=False)
+            await self._store_batch(keys=click_keys, args=args)
         except Exception as exc:
-            log.warning("click pipeline failed for %d clicks: %r", len(batch), exc)
+            log.warning("click write failed for %d clicks: %r", len(batch), exc)
             return [ClickWriteError(repr(exc))] * len(batch)
-        results: list[BaseException | None] = []
-        for i in range(len(batch)):
-            stored, queued = replies[2 * i], replies[2 * i + 1]
-            if isinstance(stored, Exception) or isinstance(queued, Exception):
-                error = stored if isinstance(stored, Exception) else queued
-                results.append(ClickWriteError(repr(error)))
-            else:
-                results.append(None)
-        return results
+        return [None] * len(batch)
 
 
 async def fetch_click(redis: Redis, pool: asyncpg.Pool, click_id: str) -> dict[str, Any] | None:

@@ -94,10 +94,10 @@ class ConversionWriter:
     of two identical postbacks creates the conversion.
     """
 
-    def __init__(self, pool: asyncpg.Pool, max_batch: int = 500) -> None:
+    def __init__(self, pool: asyncpg.Pool, max_batch: int = 500, max_in_flight: int = 2) -> None:
         self._pool = pool
         self.batcher: Batcher[NewConversion, ConversionResult] = Batcher(
-            self._flush, max_batch, "conversion-writer"
+            self._flush, max_batch, "conversion-writer", max_in_flight
         )
 
     def start(self) -> None:

@@ -82,7 +82,7 @@ class ResourceViews:
             raise ApiError(400, f"invalid {self.label}", details)
 
     async def _save(self, request: web.Request, row_id: int | None, body: dict[str, Any]) -> Any:
-        pool = request.app[PG_POOL]
+        pool = request.config_dict[PG_POOL]
         async with pool.acquire() as conn, conn.transaction():
             if row_id is not None:
                 row = await sql.get_row(conn, self.table, row_id)
@@ -99,7 +99,7 @@ class ResourceViews:
             assert row is not None
             await self.after_write(conn, row["id"], item)
             [presented] = await self.present(request, conn, [row])
-        await request.app[CONFIG].changed()
+        await request.config_dict[CONFIG].changed()
         return presented
 
     async def create(self, request: web.Request) -> web.Response:
@@ -113,7 +113,7 @@ class ResourceViews:
 
     async def get(self, request: web.Request) -> web.Response:
         row_id = _row_id(request)
-        async with request.app[PG_POOL].acquire() as conn:
+        async with request.config_dict[PG_POOL].acquire() as conn:
             row = await sql.get_row(conn, self.table, row_id)
             if row is None:
                 raise ApiError(404, f"{self.label} {row_id} not found")
@@ -124,23 +124,23 @@ class ResourceViews:
         include_archived = request.query.get("include_archived", "").lower() in ("1", "true")
         limit = _int_query(request, "limit", 100, 1000)
         offset = _int_query(request, "offset", 0, 10**9)
-        async with request.app[PG_POOL].acquire() as conn:
+        async with request.config_dict[PG_POOL].acquire() as conn:
             rows = await sql.list_rows(conn, self.table, include_archived, limit, offset)
             items = await self.present(request, conn, rows)
         return json_response({"items": items, "limit": limit, "offset": offset})
 
     async def archive(self, request: web.Request) -> web.Response:
         row_id = _row_id(request)
-        async with request.app[PG_POOL].acquire() as conn:
+        async with request.config_dict[PG_POOL].acquire() as conn:
             row = await sql.archive_row(conn, self.table, row_id)
             if row is None:
                 raise ApiError(404, f"{self.label} {row_id} not found")
             [presented] = await self.present(request, conn, [row])
-        await request.app[CONFIG].changed()
+        await request.config_dict[CONFIG].changed()
         return json_response(presented)
 
     def add_routes(self, app: web.Application) -> None:
-        base = f"/api/{self.path}"
+        base = f"/{self.path}"
         app.router.add_post(base, self.create)
         app.router.add_get(base, self.list)
         app.router.add_get(base + "/{id}", self.get)
@@ -167,7 +167,7 @@ class AffiliateNetworks(ResourceViews):
     async def present(
         self, request: web.Request, conn: sql.Conn, rows: list[asyncpg.Record]
     ) -> list[dict[str, Any]]:
-        base = request.app[SETTINGS].base_url()
+        base = request.config_dict[SETTINGS].base_url()
         items = []
         for row in rows:
             item = dict(row)
@@ -219,7 +219,7 @@ class Campaigns(ResourceViews):
     async def present(
         self, request: web.Request, conn: sql.Conn, rows: list[asyncpg.Record]
     ) -> list[dict[str, Any]]:
-        base = request.app[SETTINGS].base_url()
+        base = request.config_dict[SETTINGS].base_url()
         offers = await sql.fetch_campaign_offers(conn, [row["id"] for row in rows])
         items = []
         for row in rows:

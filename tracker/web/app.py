@@ -21,16 +21,15 @@ from tracker.web.routes import setup_routes
 
 @web.middleware
 async def require_api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bearer-key check for everything under /api/."""
-    if request.path.startswith("/api/"):
-        expected = request.app[SETTINGS].api_key
-        given = request.headers.get("Authorization", "")
-        if (
-            expected is None
-            or not given.startswith("Bearer ")
-            or not hmac.compare_digest(given[7:].encode(), expected.get_secret_value().encode())
-        ):
-            return json_response({"error": "missing or wrong API key"}, status=401)
+    """Bearer-key check for the API sub-application (the click path never pays for it)."""
+    expected = request.config_dict[SETTINGS].api_key
+    given = request.headers.get("Authorization", "")
+    if (
+        expected is None
+        or not given.startswith("Bearer ")
+        or not hmac.compare_digest(given[7:].encode(), expected.get_secret_value().encode())
+    ):
+        return json_response({"error": "missing or wrong API key"}, status=401)
     return await handler(request)
 
 
@@ -84,12 +83,14 @@ def handler_args(settings: Settings) -> dict[str, Any]:
 def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings()
     app = web.Application(
-        middlewares=[error_middleware(settings.max_request_line), require_api_key],
+        middlewares=[error_middleware(settings.max_request_line)],
         client_max_size=256 * 1024,
     )
     app[SETTINGS] = settings
     app.cleanup_ctx.extend(
         [postgres_ctx, redis_ctx, config_ctx, click_writer_ctx, conversion_writer_ctx]
     )
-    setup_routes(app)
+    api = web.Application(middlewares=[require_api_key])
+    setup_routes(app, api)
+    app.add_subapp("/api", api)
     return app

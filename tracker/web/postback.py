@@ -73,7 +73,7 @@ def _click_time(click: dict[str, Any]) -> datetime:
 
 async def postback(request: web.Request) -> web.Response:
     """Match a postback to its click and store the conversion exactly once."""
-    app = request.app
+    app = request.config_dict
     pool = app[PG_POOL]
     params = await _read_params(request)
     raw_click_id = params.get("clickid")

@@ -48,7 +48,7 @@ async def report(request: web.Request) -> web.Response:
     """Clicks, conversions, revenue, cost and the ratios, per group and in total."""
     query = ReportQuery.model_validate(dict(request.query))
     rows = await fetch_report(
-        request.app[PG_POOL], query.start, query.end, query.group_by, query.campaign_id
+        request.config_dict[PG_POOL], query.start, query.end, query.group_by, query.campaign_id
     )
     clicks = conversions = 0
     revenue = cost = Decimal(0)

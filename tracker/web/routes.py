@@ -4,11 +4,12 @@ from tracker.web import click, postback, reports
 from tracker.web.admin import RESOURCES
 
 
-def setup_routes(app: web.Application) -> None:
+def setup_routes(app: web.Application, api: web.Application) -> None:
+    """`app` serves clicks and postbacks; `api` is mounted at /api behind the API key."""
     app.router.add_get("/c/{campaign_key}", click.click, allow_head=False)
     app.router.add_route("HEAD", "/c/{campaign_key}", click.probe_campaign)
     app.router.add_get("/postback", postback.postback)
     app.router.add_post("/postback", postback.postback)
-    app.router.add_get("/api/reports", reports.report)
+    api.router.add_get("/reports", reports.report)
     for resource in RESOURCES:
-        resource.add_routes(app)
+        resource.add_routes(api)
