@@ -84,11 +84,29 @@ class ClickWriter:
         return [None] * len(batch)
 
 
-async def fetch_click(redis: Redis, pool: asyncpg.Pool, click_id: str) -> dict[str, Any] | None:
-    """The click record from Redis, or from Postgres once the Redis key is gone."""
-    raw = await redis.get(keys.click_key(click_id))
-    if raw is not None:
-        record: dict[str, Any] = orjson.loads(raw)
-        return record
-    row = await pool.fetchrow(SELECT_CLICK, click_id)
-    return dict(row) if row is not None else None
+class ClickReader:
+    """Reads click records for concurrent postbacks with one MGET per batch."""
+
+    def __init__(self, redis: Redis, pool: asyncpg.Pool, max_batch: int = 500) -> None:
+        self._redis = redis
+        self._pool = pool
+        self.batcher: Batcher[str, bytes | None] = Batcher(self._flush, max_batch, "click-reader")
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    async def close(self) -> None:
+        await self.batcher.close()
+
+    async def _flush(self, click_keys: list[str]) -> list[bytes | BaseException | None]:
+        values: list[Any] = await self._redis.mget(click_keys)
+        return values
+
+    async def fetch(self, click_id: str) -> dict[str, Any] | None:
+        """The click record from Redis, or from Postgres once the Redis key is gone."""
+        raw = await self.batcher.submit(keys.click_key(click_id))
+        if raw is not None:
+            record: dict[str, Any] = orjson.loads(raw)
+            return record
+        row = await self._pool.fetchrow(SELECT_CLICK, click_id)
+        return dict(row) if row is not None else None

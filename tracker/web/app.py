@@ -9,12 +9,20 @@ from typing import Any
 from aiohttp import web
 
 from tracker.settings import Settings
-from tracker.store.clicks import ClickWriter
+from tracker.store.clicks import ClickReader, ClickWriter
 from tracker.store.config import ConfigCache
 from tracker.store.conversions import ConversionWriter
 from tracker.store.db import create_pool
 from tracker.store.redis import create_redis
-from tracker.web.appkeys import CLICK_WRITER, CONFIG, CONVERSION_WRITER, PG_POOL, REDIS, SETTINGS
+from tracker.web.appkeys import (
+    CLICK_READER,
+    CLICK_WRITER,
+    CONFIG,
+    CONVERSION_WRITER,
+    PG_POOL,
+    REDIS,
+    SETTINGS,
+)
 from tracker.web.errors import Handler, error_middleware, json_response
 from tracker.web.routes import setup_routes
 
@@ -67,6 +75,14 @@ async def click_writer_ctx(app: web.Application) -> AsyncIterator[None]:
     await writer.close()
 
 
+async def click_reader_ctx(app: web.Application) -> AsyncIterator[None]:
+    reader = ClickReader(app[REDIS], app[PG_POOL])
+    reader.start()
+    app[CLICK_READER] = reader
+    yield
+    await reader.close()
+
+
 async def conversion_writer_ctx(app: web.Application) -> AsyncIterator[None]:
     writer = ConversionWriter(app[PG_POOL])
     writer.start()
@@ -88,7 +104,14 @@ def create_app(settings: Settings | None = None) -> web.Application:
     )
     app[SETTINGS] = settings
     app.cleanup_ctx.extend(
-        [postgres_ctx, redis_ctx, config_ctx, click_writer_ctx, conversion_writer_ctx]
+        [
+            postgres_ctx,
+            redis_ctx,
+            config_ctx,
+            click_writer_ctx,
+            click_reader_ctx,
+            conversion_writer_ctx,
+        ]
     )
     api = web.Application(middlewares=[require_api_key])
     setup_routes(app, api)

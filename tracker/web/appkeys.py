@@ -5,7 +5,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from tracker.settings import Settings
-from tracker.store.clicks import ClickWriter
+from tracker.store.clicks import ClickReader, ClickWriter
 from tracker.store.config import ConfigCache
 from tracker.store.conversions import ConversionWriter
 
@@ -15,3 +15,4 @@ REDIS = web.AppKey("redis", Redis)
 CLICK_WRITER = web.AppKey("click_writer", ClickWriter)
 CONFIG = web.AppKey("config", ConfigCache)
 CONVERSION_WRITER = web.AppKey("conversion_writer", ConversionWriter)
+CLICK_READER = web.AppKey("click_reader", ClickReader)

@@ -10,9 +10,8 @@ import orjson
 from aiohttp import web
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from tracker.store.clicks import fetch_click
 from tracker.store.conversions import NewConversion, record_unmatched
-from tracker.web.appkeys import CONFIG, CONVERSION_WRITER, PG_POOL, REDIS
+from tracker.web.appkeys import CLICK_READER, CONFIG, CONVERSION_WRITER, PG_POOL
 from tracker.web.errors import ApiError, json_response, validation_details
 from tracker.web.schemas import Currency, OptionalMoney
 
@@ -86,7 +85,7 @@ async def postback(request: web.Request) -> web.Response:
         await record_unmatched(pool, raw_click_id, "invalid", stored_params)
         raise ApiError(400, "invalid postback", details) from None
 
-    click = await fetch_click(app[REDIS], pool, pb.clickid)
+    click = await app[CLICK_READER].fetch(pb.clickid)
     if click is None:
         await record_unmatched(pool, pb.clickid, "unknown_click", stored_params)
         raise ApiError(404, "unknown click id", [{"field": "clickid", "message": "no such click"}])
