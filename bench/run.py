@@ -158,6 +158,23 @@ async def click_run(
     return result
 
 
+async def settle(redis: Redis, pool: asyncpg.Pool) -> None:
+    """Let background work left by the previous phase finish before measuring the next:
+    Redis AOF rewrites and saves, Postgres autovacuum, and a checkpoint."""
+    for _ in range(600):
+        persistence = await redis.info("persistence")
+        vacuums = await pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'autovacuum:%'"
+        )
+        busy = persistence.get("aof_rewrite_in_progress") or persistence.get(
+            "rdb_bgsave_in_progress"
+        )
+        if not busy and not vacuums:
+            break
+        await asyncio.sleep(0.1)
+    await pool.execute("CHECKPOINT")
+
+
 def report_line(label: str, runs: list[dict[str, Any]], keys_: list[str]) -> dict[str, Any]:
     summary = {k: summarize([r[k] for r in runs]) for k in keys_}
     parts = [f"{label:<28}"]
@@ -237,6 +254,7 @@ async def main() -> None:
             stack.start_process("serve", *serve_args)
             await wait_listening(stack.port)
             await asyncio.sleep(1.0 if workers == 1 else 2.0)
+            await settle(redis, pool)
             await wrk(f"http://127.0.0.1:{stack.port}", "click.lua", [path], 2, opts.connections)
             runs = [
                 await click_run(stack, redis, pool, path, opts.duration, opts.connections)
@@ -258,6 +276,7 @@ async def main() -> None:
             )
             if workers == 1:
                 # Postbacks over the clicks just made, each with a new txid.
+                await settle(redis, pool)
                 ids_file = root / "clickids.txt"
                 rows = await pool.fetch("SELECT click_id FROM clicks LIMIT 200000")
                 ids_file.write_text("\n".join(r["click_id"] for r in rows) + "\n")
