@@ -58,3 +58,29 @@ async def test_sigterm_under_load_loses_no_redirected_click(settings):
         await redis.aclose()
     assert missing_keys == []
     assert set(redirected) <= stream_ids
+
+
+async def test_workers_share_the_port_and_stop_on_sigterm(settings):
+    port = free_port()
+    env = env_for(settings, port)
+    demo = run_tracker(env, "seed-demo").stdout
+    click_url = re.search(r"click URL:\s+(\S+)", demo)[1]
+    proc = subprocess.Popen([sys.executable, "-m", "tracker", "serve", "--workers", "2"], env=env)
+    try:
+        await wait_until_listening(port)
+        await asyncio.sleep(1.0)  # both workers up
+        async with aiohttp.ClientSession() as http:
+            for _ in range(20):
+                async with http.get(
+                    click_url, allow_redirects=False, headers={"Connection": "close"}
+                ) as resp:
+                    assert resp.status == 302
+        workers = subprocess.run(
+            ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
+        ).stdout.split()
+        assert len(workers) == 2
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -1,0 +1,71 @@
+"""Conversion statuses, how networks' words map onto them, and the allowed changes."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+
+LEAD, PENDING, APPROVED, REJECTED, CHARGEBACK = (
+    "lead",
+    "pending",
+    "approved",
+    "rejected",
+    "chargeback",
+)
+STATUSES = (LEAD, PENDING, APPROVED, REJECTED, CHARGEBACK)
+SYNONYMS = {"sale": APPROVED, "refund": CHARGEBACK}
+
+ALLOWED: dict[str, frozenset[str]] = {
+    LEAD: frozenset({PENDING, APPROVED, REJECTED}),
+    PENDING: frozenset({APPROVED, REJECTED}),
+    APPROVED: frozenset({REJECTED, CHARGEBACK}),
+    # A network may re-approve what it rejected; a chargeback is final.
+    REJECTED: frozenset({APPROVED}),
+    CHARGEBACK: frozenset(),
+}
+
+
+class UnknownStatus(ValueError):
+    pass
+
+
+def normalize_status(raw: str | None, status_map: Mapping[str, str]) -> str:
+    """The lifecycle status for what a network sent: its own mapping first, then ours."""
+    if raw is None:
+        return APPROVED
+    value = raw.strip().lower()
+    mapped = status_map.get(value, value).strip().lower()
+    mapped = SYNONYMS.get(mapped, mapped)
+    if mapped not in STATUSES:
+        raise UnknownStatus(
+            f"unknown status {raw[:40]!r}: use one of {', '.join(STATUSES)} "
+            "or map it in the network's status_map"
+        )
+    return mapped
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What a postback does to an existing conversion."""
+
+    new_status: str | None  # None: the status stays
+    refund: Decimal  # amount taken back from revenue, in the conversion's currency
+
+
+NO_CHANGE = Change(None, Decimal(0))
+
+
+def decide_change(
+    current: str, incoming: str, payout: Decimal | None, original: Decimal, refunded: Decimal
+) -> Change:
+    """The effect of a postback with status `incoming` on a conversion in status `current`.
+
+    A chargeback carrying a payout smaller than what is left of the original is a
+    partial refund: revenue drops by that amount and the conversion stays approved.
+    """
+    if current == APPROVED and incoming == CHARGEBACK and payout is not None:
+        remaining = original - refunded
+        if Decimal(0) < abs(payout) < remaining:
+            return Change(None, abs(payout))
+    if incoming == current or incoming not in ALLOWED[current]:
+        return NO_CHANGE
+    return Change(incoming, Decimal(0))
