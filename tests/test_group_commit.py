@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from tracker.devstack import free_port
 from tracker.store import keys
 from tracker.store.clicks import ClickWriteError, ClickWriter
-from tracker.store.conversions import ConversionWriter, NewConversion
+from tracker.store.conversions import ConversionPostback, ConversionWriter
 from tracker.web.appkeys import CLICK_WRITER, CONVERSION_WRITER
 
 
@@ -101,12 +101,18 @@ async def test_a_bad_row_fails_alone(pool):
     }
 
     def conversion(txid, payout):
-        return NewConversion(
+        return ConversionPostback(
             click=click,
+            network_id=None,
+            dedupe_key=txid,
             txid=txid,
+            parent_txid=None,
+            status="approved",
             payout=payout,
             currency="USD",
-            status="approved",
+            original_payout=payout,
+            original_currency="USD",
+            payout_given=True,
             event=None,
             params={},
         )
@@ -120,7 +126,7 @@ async def test_a_bad_row_fails_alone(pool):
         )
     finally:
         await writer.close()
-    assert results[0][0] is True and results[2][0] is True
+    assert results[0][0] == "created" and results[2][0] == "created"
     assert isinstance(results[1], Exception)
     assert await pool.fetchval("SELECT sum(payout) FROM conversions") == Decimal("4.00")
 

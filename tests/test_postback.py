@@ -40,9 +40,11 @@ async def test_conversion_is_joined_with_click(client, api, pool):
     assert row["offer_id"] == setup["offer"]["id"]
     assert row["traffic_source_id"] == setup["source"]["id"]
     assert (row["external_id"], row["sub3"]) == ("e1", "s3")
-    assert row["payout"] == Decimal("1.2345")
+    # No EUR rate is set: the original amount is kept, the report amount waits for a rate.
+    assert (row["original_payout"], row["original_currency"]) == (Decimal("1.2345"), "EUR")
+    assert row["payout"] is None
     assert (row["currency"], row["status"], row["txid"], row["event"]) == (
-        "EUR",
+        "USD",
         "approved",
         "T-1",
         "sale",
@@ -68,13 +70,16 @@ async def test_json_body_keeps_numbers_exact(client, api, pool):
 async def test_token_is_required(client, api, pool):
     setup = await api.setup_campaign()
     click_id = await make_click(client, setup["campaign"])
-    for params in ({"clickid": click_id}, {"clickid": click_id, "token": "wrong"}):
+    for params, reason in (
+        ({"clickid": click_id}, "missing token"),
+        ({"clickid": click_id, "token": "wrong"}, "wrong token"),
+    ):
         resp = await client.get("/postback", params=params)
         assert resp.status == 403
-        assert (await resp.json())["error"] == "wrong or missing token"
+        assert (await resp.json())["error"] == f"forbidden: {reason}"
     assert await pool.fetchval("SELECT count(*) FROM conversions") == 0
     assert (
-        await pool.fetchval("SELECT count(*) FROM unmatched_postbacks WHERE reason = 'bad_token'")
+        await pool.fetchval("SELECT count(*) FROM postback_log WHERE result = 'rejected-auth'")
         == 2
     )
 
@@ -115,8 +120,8 @@ async def test_unknown_click_is_kept(client, api, pool):
     resp = await client.get("/postback", params={"clickid": "nosuchclick", "payout": "9.99"})
     assert resp.status == 404
     assert (await resp.json())["error"] == "unknown click id"
-    row = await pool.fetchrow("SELECT * FROM unmatched_postbacks")
-    assert (row["click_id"], row["reason"]) == ("nosuchclick", "unknown_click")
+    row = await pool.fetchrow("SELECT * FROM postback_log")
+    assert (row["click_id"], row["result"]) == ("nosuchclick", "unmatched")
     assert row["params"] == {"clickid": "nosuchclick", "payout": "9.99"}
 
 
@@ -147,8 +152,8 @@ async def test_bad_input_gets_json_4xx(client, api, pool):
     assert await pool.fetchval("SELECT count(*) FROM conversions") == 0
     # Invalid postbacks are kept for inspection, not dropped.
     assert await pool.fetchval(
-        "SELECT count(*) FROM unmatched_postbacks WHERE reason = 'invalid'"
-    ) == len(cases)
+        "SELECT count(*) FROM postback_log WHERE result = 'invalid'"
+    ) == len(cases) + 1  # and the unreadable JSON body
 
 
 async def test_empty_values_count_as_absent(client, api, pool):

@@ -28,9 +28,9 @@ async def insert_facts(pool):
         ("k5", 2, 20, datetime(2026, 3, 3, 0, 0, tzinfo=UTC), Decimal("50"), "approved"),
     ]
     await pool.executemany(
-        "INSERT INTO conversions (click_id, campaign_id, offer_id, traffic_source_id, click_time,"
-        " created_at, payout, currency, status, params) "
-        "VALUES ($1, $2, $3, 100, $4, $4, $5, 'USD', $6, '{}')",
+        "INSERT INTO conversions (click_id, dedupe_key, campaign_id, offer_id, traffic_source_id,"
+        " click_time, created_at, payout, currency, original_payout, original_currency, status,"
+        " params) VALUES ($1, '', $2, $3, 100, $4, $4, $5, 'USD', $5, 'USD', $6, '{}')",
         conversions,
     )
 

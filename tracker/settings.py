@@ -21,6 +21,8 @@ class Settings(BaseSettings):
     # Bounds on the free-form parameters kept with a click.
     click_max_params: int = 30
     click_max_param_length: int = 512
+    # Proxies (addresses or CIDRs) whose X-Forwarded-For is believed for postback allowlists.
+    trusted_proxies: list[str] = []
     access_log: bool = False
     # Seconds a stopping web process waits for in-flight requests before closing.
     shutdown_timeout: float = 10.0

@@ -1,6 +1,8 @@
 """In-memory view of the configuration the click and postback paths need."""
 
+import ipaddress
 from dataclasses import dataclass, field
+from datetime import date
 from decimal import Decimal
 
 from tracker.domain.macros import Template
@@ -14,7 +16,22 @@ class OfferRoute:
     affiliate_network_id: int
     payout: Decimal | None
     currency: str
+
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkRoute:
+    """How postbacks from one affiliate network are authenticated and read."""
+
+    id: int
     postback_token: str
+    require_token: bool
+    ip_allowlist: tuple[IpNetwork, ...]
+    signing_secret: str | None
+    status_map: dict[str, str]
+    duplicate_policy: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +44,7 @@ class CampaignRoute:
     cost_model: str
     cost_value: Decimal | None
     attribution_window_days: int
+    report_currency: str
     offers: WeightedChoice[OfferRoute]
 
     @property
@@ -36,8 +54,11 @@ class CampaignRoute:
 
 @dataclass(slots=True)
 class ConfigSnapshot:
-    """Active campaigns by key, and every offer (archived too) by id for postbacks."""
+    """Active campaigns by key for clicks; every campaign, offer and network (archived
+    too) by id for postbacks; exchange rates by currency."""
 
     campaigns: dict[str, CampaignRoute] = field(default_factory=dict)
     campaigns_by_id: dict[int, CampaignRoute] = field(default_factory=dict)
     offers: dict[int, OfferRoute] = field(default_factory=dict)
+    networks: dict[int, NetworkRoute] = field(default_factory=dict)
+    rates: dict[str, list[tuple[date, Decimal]]] = field(default_factory=dict)

@@ -3,6 +3,7 @@
 from decimal import Decimal, InvalidOperation
 
 MAX_DECIMALS = 6
+PAYOUT_DECIMALS = 4
 MAX_ABS = Decimal("1e12")
 _CURRENCY_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
@@ -11,7 +12,7 @@ class MoneyError(ValueError):
     pass
 
 
-def parse_money(raw: str | int | Decimal) -> Decimal:
+def parse_money(raw: str | int | Decimal, max_decimals: int = MAX_DECIMALS) -> Decimal:
     """Parse an amount such as "12.50"; raise `MoneyError` for anything else.
 
     Floats are refused on purpose: they cannot carry cents exactly.
@@ -25,8 +26,8 @@ def parse_money(raw: str | int | Decimal) -> Decimal:
     if not value.is_finite():
         raise MoneyError("must be a finite number")
     exponent = value.as_tuple().exponent
-    if isinstance(exponent, int) and exponent < -MAX_DECIMALS:
-        raise MoneyError(f"at most {MAX_DECIMALS} decimal places")
+    if isinstance(exponent, int) and exponent < -max_decimals:
+        raise MoneyError(f"at most {max_decimals} decimal places")
     if abs(value) >= MAX_ABS:
         raise MoneyError("amount too large")
     return value

@@ -7,6 +7,7 @@ pub/sub: nothing to miss on a reconnect, and it works the same on a cluster.
 """
 
 import asyncio
+import ipaddress
 import logging
 from collections import defaultdict
 from typing import Any
@@ -14,38 +15,55 @@ from typing import Any
 import asyncpg
 from redis.asyncio import Redis
 
-from tracker.domain.campaign import CampaignRoute, ConfigSnapshot, OfferRoute
+from tracker.domain.campaign import CampaignRoute, ConfigSnapshot, NetworkRoute, OfferRoute
 from tracker.domain.macros import compile_template
 from tracker.domain.routing import WeightedChoice
 from tracker.store import keys
 
 log = logging.getLogger("tracker.config")
 
+SELECT_NETWORKS = """
+SELECT id, postback_token, require_token, ip_allowlist, signing_secret, status_map,
+       duplicate_policy
+FROM affiliate_networks
+"""
 SELECT_OFFERS = """
-SELECT o.id, o.url, o.affiliate_network_id, o.payout, o.currency, o.archived_at,
-       n.postback_token
-FROM offers o JOIN affiliate_networks n ON n.id = o.affiliate_network_id
+SELECT id, url, affiliate_network_id, payout, currency, archived_at FROM offers
 """
 SELECT_CAMPAIGNS = """
 SELECT c.id, c.key, c.traffic_source_id, c.cost_model, c.cost_value,
-       c.attribution_window_days, t.external_id_param, t.cost_param
+       c.attribution_window_days, c.report_currency, c.archived_at,
+       t.external_id_param, t.cost_param
 FROM campaigns c JOIN traffic_sources t ON t.id = c.traffic_source_id
-WHERE c.archived_at IS NULL
 """
+SELECT_RATES = "SELECT currency, valid_from, rate FROM currency_rates ORDER BY currency, valid_from"
 SELECT_CAMPAIGN_OFFERS = """
 SELECT co.campaign_id, co.offer_id, co.weight
-FROM campaign_offers co JOIN campaigns c ON c.id = co.campaign_id
-WHERE c.archived_at IS NULL
+FROM campaign_offers co
 ORDER BY co.campaign_id, co.position
 """
 
 
 async def load_snapshot(pool: asyncpg.Pool) -> ConfigSnapshot:
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+        network_rows = await conn.fetch(SELECT_NETWORKS)
+        rate_rows = await conn.fetch(SELECT_RATES)
         offer_rows = await conn.fetch(SELECT_OFFERS)
         campaign_rows = await conn.fetch(SELECT_CAMPAIGNS)
         link_rows = await conn.fetch(SELECT_CAMPAIGN_OFFERS)
     snapshot = ConfigSnapshot()
+    for row in network_rows:
+        snapshot.networks[row["id"]] = NetworkRoute(
+            id=row["id"],
+            postback_token=row["postback_token"],
+            require_token=row["require_token"],
+            ip_allowlist=tuple(ipaddress.ip_network(n, strict=False) for n in row["ip_allowlist"]),
+            signing_secret=row["signing_secret"],
+            status_map={str(k).lower(): str(v) for k, v in row["status_map"].items()},
+            duplicate_policy=row["duplicate_policy"],
+        )
+    for row in rate_rows:
+        snapshot.rates.setdefault(row["currency"], []).append((row["valid_from"], row["rate"]))
     active_offers: set[int] = set()
     for row in offer_rows:
         snapshot.offers[row["id"]] = OfferRoute(
@@ -54,7 +72,6 @@ async def load_snapshot(pool: asyncpg.Pool) -> ConfigSnapshot:
             affiliate_network_id=row["affiliate_network_id"],
             payout=row["payout"],
             currency=row["currency"],
-            postback_token=row["postback_token"],
         )
         if row["archived_at"] is None:
             active_offers.add(row["id"])
@@ -72,10 +89,11 @@ async def load_snapshot(pool: asyncpg.Pool) -> ConfigSnapshot:
             cost_model=row["cost_model"],
             cost_value=row["cost_value"],
             attribution_window_days=row["attribution_window_days"],
+            report_currency=row["report_currency"],
             offers=WeightedChoice(links[row["id"]]),
         )
         snapshot.campaigns_by_id[route.id] = route
-        if route.offers:
+        if route.offers and row["archived_at"] is None:
             snapshot.campaigns[route.key] = route
     return snapshot
 

@@ -1,4 +1,4 @@
-"""Conversions and the postbacks that did not become one."""
+"""Conversions: group-committed inserts, lifecycle updates, refunds and their history."""
 
 import logging
 from dataclasses import dataclass
@@ -8,6 +8,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from tracker.domain.lifecycle import APPROVED, CHARGEBACK, decide_change
 from tracker.store.batching import Batcher
 
 log = logging.getLogger("tracker.conversions")
@@ -15,66 +16,110 @@ log = logging.getLogger("tracker.conversions")
 SUB_FIELDS = tuple(f"sub{i}" for i in range(1, 11))
 _COPIED_FROM_CLICK = ("campaign_id", "offer_id", "traffic_source_id", "external_id", *SUB_FIELDS)
 
-# One statement per batch of postbacks: insert what is new, and say for each
-# input row whether it created the conversion and which conversion it is.
-# Of several identical rows in one batch only the first counts as created.
+CREATED, UPDATED, DUPLICATE = "created", "updated", "duplicate"
+
+# One statement per batch: insert the conversions whose (click, dedupe key) is new,
+# with their first history row. Rows that meet an existing conversion are left
+# out here and handled one by one, under a row lock, as possible updates.
 INSERT_CONVERSIONS = """
 WITH input AS (
     SELECT * FROM jsonb_to_recordset($1::text::jsonb) AS r(
-        idx integer, click_id text, txid text,
-        campaign_id bigint, offer_id bigint, traffic_source_id bigint, external_id text,
-        sub1 text, sub2 text, sub3 text, sub4 text, sub5 text,
+        idx integer, click_id text, dedupe_key text, txid text, parent_txid text,
+        network_id bigint, campaign_id bigint, offer_id bigint, traffic_source_id bigint,
+        external_id text, sub1 text, sub2 text, sub3 text, sub4 text, sub5 text,
         sub6 text, sub7 text, sub8 text, sub9 text, sub10 text,
-        click_ms bigint, payout numeric, currency text, status text, event text, params jsonb
+        click_ms bigint, payout numeric, currency text, original_payout numeric,
+        original_currency text, status text, event text, params jsonb
     )
 ), inserted AS (
     INSERT INTO conversions (
-        click_id, txid, campaign_id, offer_id, traffic_source_id, external_id,
-        sub1, sub2, sub3, sub4, sub5, sub6, sub7, sub8, sub9, sub10,
-        click_time, payout, currency, status, event, params
+        click_id, dedupe_key, txid, parent_txid, network_id, campaign_id, offer_id,
+        traffic_source_id, external_id, sub1, sub2, sub3, sub4, sub5, sub6, sub7, sub8, sub9,
+        sub10, click_time, payout, currency, original_payout, original_currency, status,
+        event, params
     )
-    SELECT click_id, txid, campaign_id, offer_id, traffic_source_id, external_id,
-           sub1, sub2, sub3, sub4, sub5, sub6, sub7, sub8, sub9, sub10,
-           to_timestamp(click_ms / 1000.0), payout, currency, status, event, params
+    SELECT click_id, dedupe_key, txid, parent_txid, network_id, campaign_id, offer_id,
+           traffic_source_id, external_id, sub1, sub2, sub3, sub4, sub5, sub6, sub7, sub8, sub9,
+           sub10, to_timestamp(click_ms / 1000.0), payout, currency, original_payout,
+           original_currency, status, event, params
     FROM input
     ORDER BY idx
-    ON CONFLICT (click_id, txid) DO NOTHING
-    RETURNING id, click_id, txid
-), firsts AS (
-    SELECT DISTINCT ON (click_id, txid) idx FROM input ORDER BY click_id, txid, idx
+    ON CONFLICT (click_id, dedupe_key) DO NOTHING
+    RETURNING id, click_id, dedupe_key, status, payout, params
+), history AS (
+    INSERT INTO conversion_history (conversion_id, old_status, new_status, payout, params)
+    SELECT id, NULL, status, payout, params FROM inserted
 )
-SELECT i.idx,
-       coalesce(n.id, c.id) AS id,
-       n.id IS NOT NULL AND i.idx IN (SELECT idx FROM firsts) AS created
-FROM input i
-LEFT JOIN inserted n ON n.click_id = i.click_id AND n.txid = i.txid
-LEFT JOIN conversions c ON c.click_id = i.click_id AND c.txid = i.txid
+SELECT id, click_id, dedupe_key FROM inserted
 """
-SELECT_CONVERSION_ID = "SELECT id FROM conversions WHERE click_id = $1 AND txid = $2"
-INSERT_UNMATCHED = """
-INSERT INTO unmatched_postbacks (click_id, reason, params) VALUES ($1, $2, $3)
+LOCK_CONVERSION = """
+SELECT id, status, payout, refunded FROM conversions
+WHERE click_id = $1 AND dedupe_key = $2
+FOR UPDATE
 """
+LOCK_PARENT = """
+SELECT id, status, payout, refunded FROM conversions
+WHERE click_id = $1 AND txid = $2
+ORDER BY id LIMIT 1
+FOR UPDATE
+"""
+UPDATE_STATUS = """
+UPDATE conversions
+SET status = $2, payout = coalesce($3, payout), original_payout = coalesce($4, original_payout),
+    updated_at = now()
+WHERE id = $1
+"""
+ADD_REFUND = "UPDATE conversions SET refunded = refunded + $2, updated_at = now() WHERE id = $1"
+INSERT_HISTORY = """
+INSERT INTO conversion_history
+    (conversion_id, old_status, new_status, payout, refund, refund_key, params)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (conversion_id, refund_key) WHERE refund_key IS NOT NULL DO NOTHING
+RETURNING id
+"""
+
+
+class ParentNotFound(LookupError):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
-class NewConversion:
+class ConversionPostback:
+    """A matched, authenticated and validated postback, ready to be written."""
+
     click: dict[str, Any]
+    network_id: int | None
+    dedupe_key: str
     txid: str
-    payout: Decimal
-    currency: str
+    parent_txid: str | None
     status: str
+    payout: Decimal | None  # in the campaign's report currency; None when no rate
+    currency: str  # the campaign's report currency
+    original_payout: Decimal
+    original_currency: str
+    payout_given: bool
     event: str | None
     params: dict[str, str]
+
+    @property
+    def is_refund(self) -> bool:
+        """A negative payout on its own txid, taken back from the parent conversion."""
+        return self.parent_txid is not None and self.original_payout < 0
 
     def as_row(self, idx: int) -> dict[str, Any]:
         row = {name: self.click.get(name) for name in _COPIED_FROM_CLICK}
         row.update(
             idx=idx,
             click_id=self.click["click_id"],
+            dedupe_key=self.dedupe_key,
             txid=self.txid,
+            parent_txid=self.parent_txid,
+            network_id=self.network_id,
             click_ms=self.click["created_ms"],
-            payout=str(self.payout),
+            payout=None if self.payout is None else str(self.payout),
             currency=self.currency,
+            original_payout=str(self.original_payout),
+            original_currency=self.original_currency,
             status=self.status,
             event=self.event,
             params=self.params,
@@ -82,21 +127,23 @@ class NewConversion:
         return row
 
 
-# (created, conversion id)
-ConversionResult = tuple[bool, int]
+# (created | updated | duplicate, conversion id)
+ConversionResult = tuple[str, int]
 
 
 class ConversionWriter:
-    """Stores conversions with group commit: concurrent postbacks share one statement
-    and one commit, and each learns whether it created its conversion.
+    """Writes conversions with group commit.
 
-    The unique constraint on (click id, txid), not a prior read, decides which
-    of two identical postbacks creates the conversion.
+    New conversions from concurrent postbacks share one statement and one commit.
+    A postback that meets an existing conversion is applied in its own
+    transaction under a row lock: a status change the lifecycle allows, a
+    partial refund, or nothing (a duplicate). The unique constraint on
+    (click id, dedupe key), not a prior read, decides which postback creates.
     """
 
     def __init__(self, pool: asyncpg.Pool, max_batch: int = 500, max_in_flight: int = 2) -> None:
         self._pool = pool
-        self.batcher: Batcher[NewConversion, ConversionResult] = Batcher(
+        self.batcher: Batcher[ConversionPostback, ConversionResult] = Batcher(
             self._flush, max_batch, "conversion-writer", max_in_flight
         )
 
@@ -106,40 +153,118 @@ class ConversionWriter:
     async def close(self) -> None:
         await self.batcher.close()
 
-    async def record(self, conversion: NewConversion) -> ConversionResult:
-        return await self.batcher.submit(conversion)
+    async def record(self, postback: ConversionPostback) -> ConversionResult:
+        return await self.batcher.submit(postback)
 
-    async def _flush(self, batch: list[NewConversion]) -> list[ConversionResult | BaseException]:
-        try:
-            return list(await self._insert(batch))
-        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
-            # One bad row spoils the statement: write each alone so only it fails.
-            log.warning("conversion batch refused (%s); writing one by one", exc)
-        results: list[ConversionResult | BaseException] = []
-        for conv in batch:
+    async def _flush(
+        self, batch: list[ConversionPostback]
+    ) -> list[ConversionResult | BaseException]:
+        results: list[ConversionResult | BaseException | None] = [None] * len(batch)
+        inserts = [i for i, pb in enumerate(batch) if not pb.is_refund]
+        if inserts:
             try:
-                results.extend(await self._insert([conv]))
-            except Exception as exc:
-                results.append(exc)
-        return results
+                await self._insert_new(batch, inserts, results)
+            except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+                # One bad row spoils the statement: write each alone so only it fails.
+                log.warning("conversion batch refused (%s); writing one by one", exc)
+                for i in inserts:
+                    try:
+                        await self._insert_new(batch, [i], results)
+                    except Exception as row_exc:
+                        results[i] = row_exc
+        done: list[ConversionResult | BaseException] = []
+        for i, pb in enumerate(batch):
+            result = results[i]
+            if result is None:
+                try:
+                    result = await (self._refund(pb) if pb.is_refund else self._update(pb))
+                except Exception as exc:
+                    result = exc
+            done.append(result)
+        return done
 
-    async def _insert(self, batch: list[NewConversion]) -> list[ConversionResult]:
-        payload = orjson.dumps([conv.as_row(i) for i, conv in enumerate(batch)]).decode()
+    async def _insert_new(
+        self,
+        batch: list[ConversionPostback],
+        indexes: list[int],
+        results: list[ConversionResult | BaseException | None],
+    ) -> None:
+        payload = orjson.dumps([batch[i].as_row(i) for i in indexes]).decode()
         rows = await self._pool.fetch(INSERT_CONVERSIONS, payload)
-        results: list[ConversionResult] = [(False, 0)] * len(batch)
-        for row in rows:
-            conversion_id = row["id"]
-            if conversion_id is None:
-                # Committed by another process after this statement's snapshot was taken.
-                conv = batch[row["idx"]]
-                conversion_id = await self._pool.fetchval(
-                    SELECT_CONVERSION_ID, conv.click["click_id"], conv.txid
+        created = {(row["click_id"], row["dedupe_key"]): row["id"] for row in rows}
+        for i in indexes:
+            key = (batch[i].click["click_id"], batch[i].dedupe_key)
+            conversion_id = created.pop(key, None)  # only the first of equal keys created
+            if conversion_id is not None:
+                results[i] = (CREATED, conversion_id)
+
+    async def _update(self, pb: ConversionPostback) -> ConversionResult:
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(LOCK_CONVERSION, pb.click["click_id"], pb.dedupe_key)
+            if row is None:  # the conflicting row was rolled back: this one creates
+                inserted = await conn.fetch(
+                    INSERT_CONVERSIONS, orjson.dumps([pb.as_row(0)]).decode()
                 )
-            results[row["idx"]] = (bool(row["created"]), int(conversion_id))
-        return results
+                if inserted:
+                    return CREATED, int(inserted[0]["id"])
+                row = await conn.fetchrow(LOCK_CONVERSION, pb.click["click_id"], pb.dedupe_key)
+                if row is None:
+                    raise RuntimeError("conversion vanished while being updated")
+            return await self._apply(conn, row, pb)
 
+    async def _refund(self, pb: ConversionPostback) -> ConversionResult:
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(LOCK_PARENT, pb.click["click_id"], pb.parent_txid)
+            if row is None:
+                raise ParentNotFound(f"no conversion with txid {pb.parent_txid!r} on this click")
+            amount = -(pb.payout if pb.payout is not None else pb.original_payout)
+            return await self._add_refund(conn, row, pb, amount, f"txid:{pb.txid}")
 
-async def record_unmatched(
-    pool: asyncpg.Pool, click_id: str | None, reason: str, params: dict[str, str]
-) -> None:
-    await pool.execute(INSERT_UNMATCHED, click_id, reason, params)
+    async def _apply(
+        self, conn: Any, row: asyncpg.Record, pb: ConversionPostback
+    ) -> ConversionResult:
+        payout = pb.payout if pb.payout_given else None
+        base = row["payout"] if row["payout"] is not None else Decimal(0)
+        change = decide_change(row["status"], pb.status, payout, base, row["refunded"])
+        if change.refund:
+            key = f"status:{pb.status}:{pb.txid}:{change.refund}"
+            return await self._add_refund(conn, row, pb, change.refund, key)
+        if change.new_status is None:
+            return DUPLICATE, int(row["id"])
+        original = pb.original_payout if pb.payout_given else None
+        await conn.execute(UPDATE_STATUS, row["id"], change.new_status, payout, original)
+        await conn.fetchval(
+            INSERT_HISTORY,
+            row["id"],
+            row["status"],
+            change.new_status,
+            payout if payout is not None else row["payout"],
+            Decimal(0),
+            None,
+            pb.params,
+        )
+        return UPDATED, int(row["id"])
+
+    async def _add_refund(
+        self, conn: Any, row: asyncpg.Record, pb: ConversionPostback, amount: Decimal, key: str
+    ) -> ConversionResult:
+        if row["status"] != APPROVED:
+            return DUPLICATE, int(row["id"])
+        added = await conn.fetchval(
+            INSERT_HISTORY,
+            row["id"],
+            row["status"],
+            row["status"],
+            row["payout"],
+            amount,
+            key,
+            pb.params,
+        )
+        if added is None:  # this refund was applied before
+            return DUPLICATE, int(row["id"])
+        remaining = (row["payout"] or Decimal(0)) - row["refunded"]
+        if amount >= remaining:  # everything taken back: a full chargeback
+            await conn.execute(UPDATE_STATUS, row["id"], CHARGEBACK, None, None)
+        else:
+            await conn.execute(ADD_REFUND, row["id"], amount)
+        return UPDATED, int(row["id"])

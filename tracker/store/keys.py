@@ -4,6 +4,9 @@ CLICK_PREFIX = "clk:"
 CLICK_STREAM = "stream:clicks"
 SINK_GROUP = "sink"
 CONFIG_VERSION = "cfg:version"
+# Signatures of signed postbacks already accepted, kept for twice the replay window.
+SIGNATURE_PREFIX = "pbsig:"
+SIGNATURE_TTL = 600
 
 
 def click_key(click_id: str) -> str:

@@ -12,8 +12,6 @@ DIMENSIONS: dict[str, tuple[str, str, str | None]] = {
     "traffic_source": ("traffic_source_id", "traffic_source_id", "traffic_sources"),
     "day": ("day", "(created_at AT TIME ZONE 'UTC')::date", None),
 }
-# Statuses that bring no revenue and do not count as conversions.
-NON_REVENUE_STATUSES = ("rejected", "chargeback", "refund")
 
 
 def build_report_query(group_by: list[str], campaign_filter: bool) -> str:
@@ -23,7 +21,6 @@ def build_report_query(group_by: list[str], campaign_filter: bool) -> str:
     conv_select = ", ".join(f"{DIMENSIONS[n][1]} AS {DIMENSIONS[n][0]}" for n in group_by)
     positions = ", ".join(str(i + 1) for i in range(len(group_by)))
     where_campaign = " AND campaign_id = $3" if campaign_filter else ""
-    excluded = ", ".join(f"'{status}'" for status in NON_REVENUE_STATUSES)
     name_joins = []
     name_columns = []
     for name in group_by:
@@ -39,18 +36,25 @@ WITH c AS (
     WHERE day BETWEEN $1 AND $2{where_campaign}
     GROUP BY {positions}
 ), v AS (
-    SELECT {conv_select}, count(*) AS conversions, sum(payout) AS revenue
+    SELECT {conv_select},
+           count(*) FILTER (WHERE status = 'approved') AS conversions,
+           sum(payout - refunded) FILTER (WHERE status = 'approved') AS revenue,
+           count(*) FILTER (WHERE status = 'lead') AS leads,
+           count(*) FILTER (WHERE status = 'pending') AS pending,
+           count(*) FILTER (WHERE status = 'approved' AND payout IS NULL) AS unconverted
     FROM conversions
     WHERE created_at >= ($1::date)::timestamp AT TIME ZONE 'UTC'
-      AND created_at < ($2::date + 1)::timestamp AT TIME ZONE 'UTC'
-      AND status NOT IN ({excluded}){where_campaign}
+      AND created_at < ($2::date + 1)::timestamp AT TIME ZONE 'UTC'{where_campaign}
     GROUP BY {positions}
 ), r AS (
     SELECT {click_select},
            coalesce(c.clicks, 0)::bigint AS clicks,
            coalesce(c.cost, 0) AS cost,
            coalesce(v.conversions, 0)::bigint AS conversions,
-           coalesce(v.revenue, 0) AS revenue
+           coalesce(v.revenue, 0) AS revenue,
+           coalesce(v.leads, 0)::bigint AS leads,
+           coalesce(v.pending, 0)::bigint AS pending,
+           coalesce(v.unconverted, 0)::bigint AS unconverted
     FROM c FULL JOIN v USING ({click_select})
 )
 SELECT r.*{"".join(", " + c for c in name_columns)}

@@ -3,16 +3,19 @@
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
+from tracker.postbacks import PostbackProcessor
 from tracker.settings import Settings
 from tracker.store.clicks import ClickReader, ClickWriter
 from tracker.store.config import ConfigCache
 from tracker.store.conversions import ConversionWriter
 from tracker.store.db import create_pool
+from tracker.store.postback_log import PostbackLog
 from tracker.store.redis import create_redis
 from tracker.web.appkeys import (
     CLICK_READER,
@@ -20,8 +23,11 @@ from tracker.web.appkeys import (
     CONFIG,
     CONVERSION_WRITER,
     PG_POOL,
+    POSTBACK_LOG,
+    POSTBACKS,
     REDIS,
     SETTINGS,
+    TRUSTED_PROXIES,
 )
 from tracker.web.errors import Handler, error_middleware, json_response
 from tracker.web.routes import setup_routes
@@ -91,6 +97,17 @@ async def conversion_writer_ctx(app: web.Application) -> AsyncIterator[None]:
     await writer.close()
 
 
+async def postbacks_ctx(app: web.Application) -> AsyncIterator[None]:
+    postback_log = PostbackLog(app[PG_POOL])
+    postback_log.start()
+    app[POSTBACK_LOG] = postback_log
+    app[POSTBACKS] = PostbackProcessor(
+        app[CONFIG], app[CLICK_READER], app[CONVERSION_WRITER], app[REDIS]
+    )
+    yield
+    await postback_log.close()
+
+
 def handler_args(settings: Settings) -> dict[str, Any]:
     """Server options: URL lines may exceed our limit so that we, not the parser, answer 414."""
     return {"max_line_size": settings.max_request_line * 4}
@@ -103,6 +120,9 @@ def create_app(settings: Settings | None = None) -> web.Application:
         client_max_size=256 * 1024,
     )
     app[SETTINGS] = settings
+    app[TRUSTED_PROXIES] = tuple(
+        ipaddress.ip_network(cidr, strict=False) for cidr in settings.trusted_proxies
+    )
     app.cleanup_ctx.extend(
         [
             postgres_ctx,
@@ -111,6 +131,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
             click_writer_ctx,
             click_reader_ctx,
             conversion_writer_ctx,
+            postbacks_ctx,
         ]
     )
     api = web.Application(middlewares=[require_api_key])

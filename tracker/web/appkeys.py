@@ -1,13 +1,18 @@
 """Every object shared through the aiohttp application, keyed in one place."""
 
+from collections.abc import Sequence
+
 import asyncpg
 from aiohttp import web
 from redis.asyncio import Redis
 
+from tracker.domain.campaign import IpNetwork
+from tracker.postbacks import PostbackProcessor
 from tracker.settings import Settings
 from tracker.store.clicks import ClickReader, ClickWriter
 from tracker.store.config import ConfigCache
 from tracker.store.conversions import ConversionWriter
+from tracker.store.postback_log import PostbackLog
 
 SETTINGS = web.AppKey("settings", Settings)
 PG_POOL = web.AppKey("pg_pool", asyncpg.Pool)
@@ -16,3 +21,6 @@ CLICK_WRITER = web.AppKey("click_writer", ClickWriter)
 CONFIG = web.AppKey("config", ConfigCache)
 CONVERSION_WRITER = web.AppKey("conversion_writer", ConversionWriter)
 CLICK_READER = web.AppKey("click_reader", ClickReader)
+POSTBACKS = web.AppKey("postbacks", PostbackProcessor)
+POSTBACK_LOG = web.AppKey("postback_log", PostbackLog)
+TRUSTED_PROXIES = web.AppKey("trusted_proxies", Sequence[IpNetwork])

@@ -50,7 +50,7 @@ async def report(request: web.Request) -> web.Response:
     rows = await fetch_report(
         request.config_dict[PG_POOL], query.start, query.end, query.group_by, query.campaign_id
     )
-    clicks = conversions = 0
+    clicks = conversions = leads = pending = unconverted = 0
     revenue = cost = Decimal(0)
     out = []
     for row in rows:
@@ -64,7 +64,11 @@ async def report(request: web.Request) -> web.Response:
         conversions += row["conversions"]
         revenue += row["revenue"]
         cost += row["cost"]
+        leads += row["leads"]
+        pending += row["pending"]
+        unconverted += row["unconverted"]
         item.update(derive(row["clicks"], row["conversions"], row["revenue"], row["cost"]))
+        item.update(leads=row["leads"], pending=row["pending"], unconverted=row["unconverted"])
         out.append(item)
     return json_response(
         {
@@ -72,6 +76,11 @@ async def report(request: web.Request) -> web.Response:
             "to": query.end,
             "group_by": query.group_by,
             "rows": out,
-            "totals": derive(clicks, conversions, revenue, cost),
+            "totals": {
+                **derive(clicks, conversions, revenue, cost),
+                "leads": leads,
+                "pending": pending,
+                "unconverted": unconverted,
+            },
         }
     )

@@ -10,6 +10,8 @@ def setup_routes(app: web.Application, api: web.Application) -> None:
     app.router.add_route("HEAD", "/c/{campaign_key}", click.probe_campaign)
     app.router.add_get("/postback", postback.postback)
     app.router.add_post("/postback", postback.postback)
+    app.router.add_get("/postback/{token}", postback.postback)
+    app.router.add_post("/postback/{token}", postback.postback)
     api.router.add_get("/reports", reports.report)
     for resource in RESOURCES:
         resource.add_routes(api)

@@ -1,0 +1,214 @@
+"""Turning an inbound postback into a conversion, for the web app and the sink alike.
+
+The web app processes postbacks as they arrive; the sink processes again those
+that arrived before their click (orphans) once the click is stored.
+"""
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from redis.asyncio import Redis
+
+from tracker.domain.auth import check_postback_auth
+from tracker.domain.dialects import DialectConflict, canonical_params
+from tracker.domain.fx import convert
+from tracker.domain.lifecycle import UnknownStatus, normalize_status
+from tracker.domain.money import PAYOUT_DECIMALS, parse_currency, parse_money
+from tracker.store import keys
+from tracker.store.clicks import ClickReader
+from tracker.store.config import ConfigCache
+from tracker.store.conversions import ConversionPostback, ConversionWriter, ParentNotFound
+
+log = logging.getLogger("tracker.postback")
+
+UNMATCHED, REJECTED_AUTH, INVALID = "unmatched", "rejected-auth", "invalid"
+
+
+def _payout(value: Any) -> Any:
+    return parse_money(value, PAYOUT_DECIMALS) if isinstance(value, str) else value
+
+
+class PostbackFields(BaseModel):
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    clickid: str = Field(min_length=1, max_length=64)
+    payout: Annotated[Decimal | None, BeforeValidator(_payout)] = None
+    txid: str = Field(default="", max_length=128)
+    parent_txid: str | None = Field(default=None, max_length=128)
+    status: str | None = Field(default=None, max_length=64)
+    currency: Annotated[str | None, BeforeValidator(parse_currency)] = None
+    event: str | None = Field(default=None, max_length=64)
+    token: str | None = Field(default=None, max_length=256)
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A postback as received, with what authentication needs."""
+
+    params: dict[str, str]
+    method: str
+    raw: str  # the query string for GET, the body for POST: what a signature covers
+    received_at: datetime
+    client_ip: str | None = None
+    signature: str | None = None
+    signature_ts: str | None = None
+    path_token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    result: str  # created | updated | duplicate | unmatched | rejected-auth | invalid
+    http_status: int
+    conversion_id: int | None = None
+    reason: str | None = None
+    details: list[dict[str, str]] | None = None
+    network_id: int | None = None
+    click_id: str | None = None
+
+    def body(self) -> dict[str, Any]:
+        if self.conversion_id is not None and self.http_status == 200:
+            return {"result": self.result, "conversion_id": self.conversion_id}
+        body: dict[str, Any] = {"error": self.reason or self.result, "result": self.result}
+        if self.details is not None:
+            body["details"] = self.details
+        return body
+
+
+def _details(exc: ValidationError) -> list[dict[str, str]]:
+    return [
+        {"field": ".".join(str(p) for p in err["loc"]) or "body", "message": err["msg"]}
+        for err in exc.errors(include_url=False, include_input=False, include_context=False)
+    ]
+
+
+class PostbackProcessor:
+    def __init__(
+        self,
+        config: ConfigCache,
+        clicks: ClickReader,
+        conversions: ConversionWriter,
+        redis: Redis,
+    ) -> None:
+        self._config = config
+        self._clicks = clicks
+        self._conversions = conversions
+        self._redis = redis
+
+    async def process(self, inbound: Inbound, guard_replays: bool = True) -> Outcome:
+        """Match, authenticate, validate and record one postback."""
+        try:
+            fields = PostbackFields.model_validate(canonical_params(inbound.params))
+        except DialectConflict as exc:
+            details = [{"field": name, "message": str(exc)} for name in exc.names]
+            return Outcome(INVALID, 400, reason=str(exc), details=details)
+        except ValidationError as exc:
+            return Outcome(INVALID, 400, reason="invalid postback", details=_details(exc))
+
+        click = await self._clicks.fetch(fields.clickid)
+        if click is None:
+            details = [{"field": "clickid", "message": "no such click"}]
+            return Outcome(
+                UNMATCHED, 404, reason="unknown click id", details=details, click_id=fields.clickid
+            )
+
+        snapshot = self._config.snapshot
+        offer = snapshot.offers.get(click["offer_id"])
+        network = snapshot.networks.get(offer.affiliate_network_id) if offer else None
+        network_id = network.id if network else None
+        found: dict[str, Any] = {"network_id": network_id, "click_id": fields.clickid}
+        if network is not None:
+            refusal = check_postback_auth(
+                network,
+                fields.token or inbound.path_token,
+                inbound.client_ip,
+                inbound.raw,
+                inbound.signature,
+                inbound.signature_ts,
+                inbound.received_at.timestamp(),
+            )
+            if refusal is None and network.signing_secret and guard_replays:
+                first_use = await self._redis.set(
+                    keys.SIGNATURE_PREFIX + (inbound.signature or ""),
+                    b"1",
+                    nx=True,
+                    ex=keys.SIGNATURE_TTL,
+                )
+                if not first_use:
+                    refusal = "signature already used"
+            if refusal is not None:
+                log.warning("postback for click %s refused: %s", fields.clickid, refusal)
+                return Outcome(REJECTED_AUTH, 403, reason=f"forbidden: {refusal}", **found)
+
+        try:
+            status = normalize_status(fields.status, network.status_map if network else {})
+        except UnknownStatus as exc:
+            details = [{"field": "status", "message": str(exc)}]
+            return Outcome(INVALID, 400, reason=str(exc), details=details, **found)
+
+        click_time = datetime.fromtimestamp(click["created_ms"] / 1000, tz=UTC)
+        campaign = snapshot.campaigns_by_id.get(click["campaign_id"])
+        if campaign is not None:
+            window = timedelta(days=campaign.attribution_window_days)
+            if inbound.received_at - click_time > window:
+                reason = "click is older than the campaign's attribution window"
+                return Outcome(INVALID, 404, reason=reason, **found)
+
+        if fields.payout is not None:
+            original = fields.payout
+        elif offer is not None and offer.payout is not None:
+            original = offer.payout
+        else:
+            original = Decimal(0)
+        original_currency = fields.currency or (offer.currency if offer else "USD")
+        report_currency = campaign.report_currency if campaign else original_currency
+        converted = convert(
+            original,
+            original_currency,
+            report_currency,
+            inbound.received_at.date(),
+            snapshot.rates,
+        )
+        if fields.parent_txid is not None and original >= 0:
+            details = [
+                {"field": "payout", "message": "a refund by parent_txid needs a negative payout"}
+            ]
+            return Outcome(INVALID, 400, reason="invalid postback", details=details, **found)
+
+        policy = network.duplicate_policy if network else "txid"
+        if policy == "ignore":
+            dedupe_key = ""
+        elif policy == "accept":
+            dedupe_key = "accept:" + secrets.token_hex(8)
+        else:
+            dedupe_key = fields.txid
+        try:
+            result, conversion_id = await self._conversions.record(
+                ConversionPostback(
+                    click=click,
+                    network_id=network_id,
+                    dedupe_key=dedupe_key,
+                    txid=fields.txid,
+                    parent_txid=fields.parent_txid,
+                    status=status,
+                    payout=converted,
+                    currency=report_currency,
+                    original_payout=original,
+                    original_currency=original_currency,
+                    payout_given=fields.payout is not None,
+                    event=fields.event,
+                    params={k: v for k, v in inbound.params.items() if k != "token"},
+                )
+            )
+        except ParentNotFound as exc:
+            return Outcome(INVALID, 404, reason=str(exc), **found)
+        return Outcome(result, 200, conversion_id=conversion_id, **found)
+
+
+def now_utc() -> datetime:
+    return datetime.fromtimestamp(time.time(), tz=UTC)
