@@ -8,6 +8,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from tracker.domain.fx import RateTable, convert
 from tracker.domain.lifecycle import APPROVED, CHARGEBACK, decide_change
 from tracker.store.batching import Batcher
 
@@ -268,3 +269,35 @@ class ConversionWriter:
         else:
             await conn.execute(ADD_REFUND, row["id"], amount)
         return UPDATED, int(row["id"])
+
+
+SELECT_UNCONVERTED = """
+SELECT id, original_payout, original_currency, currency, refunded, created_at
+FROM conversions WHERE payout IS NULL AND id > $1 ORDER BY id LIMIT 5000
+"""
+SET_CONVERTED = "UPDATE conversions SET payout = $2 WHERE id = $1 AND payout IS NULL"
+
+
+async def convert_pending(pool: asyncpg.Pool, rates: RateTable) -> int:
+    """Fill in report-currency payouts that were waiting for an exchange rate."""
+    converted = 0
+    last_id = 0
+    while True:
+        rows = await pool.fetch(SELECT_UNCONVERTED, last_id)
+        if not rows:
+            return converted
+        last_id = rows[-1]["id"]
+        updates = []
+        for row in rows:
+            amount = convert(
+                row["original_payout"],
+                row["original_currency"],
+                row["currency"],
+                row["created_at"].date(),
+                rates,
+            )
+            if amount is not None:
+                updates.append((row["id"], amount))
+        if updates:
+            await pool.executemany(SET_CONVERTED, updates)
+            converted += len(updates)

@@ -1,6 +1,6 @@
 from aiohttp import web
 
-from tracker.web import click, postback, reports
+from tracker.web import click, ledger, postback, reports
 from tracker.web.admin import RESOURCES
 
 
@@ -13,5 +13,8 @@ def setup_routes(app: web.Application, api: web.Application) -> None:
     app.router.add_get("/postback/{token}", postback.postback)
     app.router.add_post("/postback/{token}", postback.postback)
     api.router.add_get("/reports", reports.report)
+    api.router.add_get("/postbacks", ledger.list_postbacks)
+    api.router.add_get("/currency-rates", ledger.list_rates)
+    api.router.add_post("/currency-rates", ledger.set_rate)
     for resource in RESOURCES:
         resource.add_routes(api)

@@ -1,12 +1,17 @@
 """Request bodies of the admin API, and value types shared with the postback."""
 
+import ipaddress
 import re
+from datetime import date
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from tracker.domain.lifecycle import STATUSES, SYNONYMS
 from tracker.domain.money import parse_currency, parse_money
+
+STATUS_WORDS = (*STATUSES, *SYNONYMS)
 
 
 def _money_or_none(value: Any) -> Any:
@@ -40,8 +45,33 @@ class TrafficSourceIn(Body):
     cost_param: ParamName = "cost"
 
 
+def _status_map(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    mapped = {}
+    for raw, status in value.items():
+        if not isinstance(status, str) or status.strip().lower() not in STATUS_WORDS:
+            raise ValueError(f"{raw!r} maps to {status!r}; use one of {', '.join(STATUS_WORDS)}")
+        mapped[str(raw).strip().lower()] = status.strip().lower()
+    return mapped
+
+
+def _cidr(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address or CIDR block") from None
+
+
 class AffiliateNetworkIn(Body):
     name: Name
+    status_map: Annotated[dict[str, str], BeforeValidator(_status_map)] = {}
+    duplicate_policy: Literal["txid", "ignore", "accept"] = "txid"
+    require_token: bool = True
+    ip_allowlist: list[Annotated[str, BeforeValidator(_cidr)]] = Field(default=[], max_length=200)
+    signing_secret: str | None = Field(default=None, min_length=16, max_length=200)
 
 
 class OfferIn(Body):
@@ -64,6 +94,7 @@ class CampaignIn(Body):
     cost_model: Literal["none", "cpc", "auto"] = "none"
     cost_value: OptionalMoney = None
     attribution_window_days: int = Field(default=30, ge=1, le=365)
+    report_currency: Currency = "USD"
 
     @model_validator(mode="after")
     def check_consistency(self) -> "CampaignIn":
@@ -74,4 +105,18 @@ class CampaignIn(Body):
             raise ValueError("an offer may appear only once in a campaign")
         if not any(o.weight > 0 for o in self.offers):
             raise ValueError("at least one offer needs a weight above zero")
+        return self
+
+
+class CurrencyRateIn(Body):
+    """One unit of `currency` is worth `rate` USD from `valid_from` on."""
+
+    currency: Currency
+    rate: Annotated[Decimal, BeforeValidator(lambda v: parse_money(v, 12))]
+    valid_from: date
+
+    @model_validator(mode="after")
+    def check_rate(self) -> "CurrencyRateIn":
+        if self.rate <= 0:
+            raise ValueError("rate must be above zero")
         return self

@@ -1,0 +1,80 @@
+"""Exchange rates (`/api/currency-rates`) and the postback log (`/api/postbacks`)."""
+
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from tracker.store.conversions import convert_pending
+from tracker.web.admin import read_json_object
+from tracker.web.appkeys import CONFIG, PG_POOL
+from tracker.web.errors import json_response
+from tracker.web.schemas import CurrencyRateIn
+
+UPSERT_RATE = """
+INSERT INTO currency_rates (currency, rate, valid_from) VALUES ($1, $2, $3)
+ON CONFLICT (currency, valid_from) DO UPDATE SET rate = EXCLUDED.rate
+RETURNING id, currency, rate, valid_from, created_at
+"""
+SELECT_RATES = """
+SELECT id, currency, rate, valid_from, created_at FROM currency_rates ORDER BY currency, valid_from
+"""
+SELECT_POSTBACKS = """
+SELECT id, received_at, network_id, click_id, result, reason, conversion_id, client_ip, method,
+       params, rematched_at
+FROM postback_log
+WHERE ($1::bigint IS NULL OR network_id = $1)
+  AND ($2::text IS NULL OR result = $2)
+  AND received_at >= $3 AND received_at < $4
+ORDER BY id DESC
+LIMIT $5
+"""
+
+
+async def set_rate(request: web.Request) -> web.Response:
+    """Set the rate a currency has from a date on; conversions waiting for it are converted."""
+    item = CurrencyRateIn.model_validate(await read_json_object(request))
+    pool = request.config_dict[PG_POOL]
+    row: Any = await pool.fetchrow(UPSERT_RATE, item.currency, item.rate, item.valid_from)
+    config = request.config_dict[CONFIG]
+    await config.changed()
+    converted = await convert_pending(pool, config.snapshot.rates)
+    return json_response(
+        {**dict(row), "rate": str(row["rate"].normalize()), "converted": converted}, 201
+    )
+
+
+async def list_rates(request: web.Request) -> web.Response:
+    rows = await request.config_dict[PG_POOL].fetch(SELECT_RATES)
+    items = [{**dict(row), "rate": str(row["rate"].normalize())} for row in rows]
+    return json_response({"items": items})
+
+
+class PostbackQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    network_id: int | None = None
+    result: str | None = Field(default=None, max_length=32)
+    start: date | None = Field(default=None, alias="from")
+    end: date | None = Field(default=None, alias="to")
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
+async def list_postbacks(request: web.Request) -> web.Response:
+    """Recent inbound postbacks with their parameters, result and reason, newest first."""
+    query = PostbackQuery.model_validate(dict(request.query))
+    start = datetime.combine(query.start or date(1970, 1, 1), time(), tzinfo=UTC)
+    end = datetime.combine(
+        (query.end or date(9999, 12, 30)) + timedelta(days=1), time(), tzinfo=UTC
+    )
+    rows = await request.config_dict[PG_POOL].fetch(
+        SELECT_POSTBACKS, query.network_id, query.result, start, end, query.limit
+    )
+    return json_response({"items": [_masked(dict(row)) for row in rows]})
+
+
+def _masked(item: dict[str, Any]) -> dict[str, Any]:
+    if "token" in item["params"]:
+        item["params"] = {**item["params"], "token": "***"}
+    return item
