@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from tracker.devstack import PostgresServer, RedisServer, free_port
 from tracker.settings import Settings
 from tracker.sink.clicks import ClickSink
+from tracker.sink.orphans import orphan_matcher
 from tracker.store.db import create_pool, migrate
 from tracker.web.app import create_app, handler_args
 
@@ -148,14 +149,22 @@ async def redis(settings: Settings) -> AsyncIterator[Redis]:
 
 
 @pytest.fixture
-async def sink(redis: Redis, pool: asyncpg.Pool) -> AsyncIterator[ClickSink]:
-    """The stream consumer, running in the test's event loop."""
-    sink = ClickSink(redis, pool, consumer="test-sink", block_ms=50, housekeeping_seconds=0.2)
-    task = asyncio.create_task(sink.run())
-    yield sink
-    sink.stop()
-    with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.wait_for(task, 5)
+async def sink(redis: Redis, pool: asyncpg.Pool, settings: Settings) -> AsyncIterator[ClickSink]:
+    """The stream consumer, with orphan re-matching, running in the test's event loop."""
+    async with orphan_matcher(pool, redis, settings) as matcher:
+        sink = ClickSink(
+            redis,
+            pool,
+            consumer="test-sink",
+            block_ms=50,
+            housekeeping_seconds=0.2,
+            on_stored=matcher.rematch,
+        )
+        task = asyncio.create_task(sink.run())
+        yield sink
+        sink.stop()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 5)
 
 
 async def wait_for_sink(sink: ClickSink, within: float = 10.0) -> None:

@@ -78,24 +78,27 @@ def supervise_workers(settings: Settings, workers: int) -> int:
 
 async def _run_sink(settings: Settings) -> None:
     from tracker.sink.clicks import ClickSink
+    from tracker.sink.orphans import orphan_matcher
     from tracker.store.db import create_pool
     from tracker.store.redis import create_redis
 
     pool = await create_pool(settings.database_url, 1, 4)
     redis = create_redis(settings.redis_url)
-    sink = ClickSink(
-        redis,
-        pool,
-        batch_size=settings.sink_batch_size,
-        block_ms=settings.sink_block_ms,
-        claim_idle_ms=settings.sink_claim_idle_ms,
-    )
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, sink.stop)
-    log.info("sink %s started", sink.consumer)
     try:
-        await sink.run()
+        async with orphan_matcher(pool, redis, settings) as matcher:
+            sink = ClickSink(
+                redis,
+                pool,
+                batch_size=settings.sink_batch_size,
+                block_ms=settings.sink_block_ms,
+                claim_idle_ms=settings.sink_claim_idle_ms,
+                on_stored=matcher.rematch,
+            )
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, sink.stop)
+            log.info("sink %s started", sink.consumer)
+            await sink.run()
     finally:
         await redis.aclose()
         await pool.close()

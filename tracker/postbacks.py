@@ -24,6 +24,7 @@ from tracker.store import keys
 from tracker.store.clicks import ClickReader
 from tracker.store.config import ConfigCache
 from tracker.store.conversions import ConversionPostback, ConversionWriter, ParentNotFound
+from tracker.store.postback_log import mark_rematched, unmatched_for
 
 log = logging.getLogger("tracker.postback")
 
@@ -212,3 +213,40 @@ class PostbackProcessor:
 
 def now_utc() -> datetime:
     return datetime.fromtimestamp(time.time(), tz=UTC)
+
+
+class OrphanMatcher:
+    """Gives postbacks that arrived before their click a second chance once it is stored."""
+
+    def __init__(self, pool: Any, processor: PostbackProcessor) -> None:
+        self._pool = pool
+        self._processor = processor
+
+    async def rematch(self, click_ids: list[str]) -> None:
+        if not click_ids:
+            return
+        for row in await unmatched_for(self._pool, click_ids):
+            try:
+                inbound = Inbound(
+                    params=row["params"],
+                    method=row["method"],
+                    raw=row["raw"],
+                    received_at=row["received_at"],
+                    client_ip=row["client_ip"],
+                    signature=row["signature"],
+                    signature_ts=row["signature_ts"],
+                    path_token=row["path_token"],
+                )
+                outcome = await self._processor.process(inbound, guard_replays=False)
+                if outcome.result != UNMATCHED:
+                    await mark_rematched(
+                        self._pool,
+                        row["id"],
+                        outcome.result,
+                        outcome.reason,
+                        outcome.conversion_id,
+                        outcome.network_id,
+                    )
+                    log.info("orphan postback %s matched: %s", row["id"], outcome.result)
+            except Exception:
+                log.exception("re-matching orphan postback %s failed", row["id"])

@@ -9,8 +9,10 @@ died are claimed after `claim_idle_ms`; acknowledged entries are trimmed.
 import asyncio
 import logging
 import os
+import re
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -59,6 +61,11 @@ INSERT INTO click_dead_letters (stream_id, payload, error) VALUES ($1, $2, $3)
 """
 
 Entry = tuple[bytes, dict[bytes, bytes] | None]
+# Called with the ids of clicks just stored, before their entries are acknowledged.
+StoredHook = Callable[[list[str]], Awaitable[None]]
+
+
+_CLICK_ID = re.compile(rb'"click_id":"([^"]+)"')
 
 
 def _id_key(stream_id: bytes) -> tuple[int, int]:
@@ -80,6 +87,7 @@ class ClickSink:
         block_ms: int = 500,
         claim_idle_ms: int = 30000,
         housekeeping_seconds: float = 2.0,
+        on_stored: StoredHook | None = None,
     ) -> None:
         self.redis = redis
         self.pool = pool
@@ -88,6 +96,7 @@ class ClickSink:
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
         self.housekeeping_seconds = housekeeping_seconds
+        self.on_stored = on_stored
         self.stored = 0
         self._stopping = asyncio.Event()
 
@@ -154,6 +163,9 @@ class ClickSink:
                 await self.pool.execute(INSERT_CLICKS, body.decode())
             except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError):
                 await self._store_one_by_one(payloads)
+            if self.on_stored is not None:
+                click_ids = [m[1].decode() for _, p in payloads if (m := _CLICK_ID.search(p))]
+                await self.on_stored(click_ids)
         await self.redis.xack(keys.CLICK_STREAM, keys.SINK_GROUP, *ids)
         self.stored += len(payloads)
 
