@@ -79,8 +79,7 @@ async def test_token_is_required(client, api, pool):
         assert (await resp.json())["error"] == f"forbidden: {reason}"
     assert await pool.fetchval("SELECT count(*) FROM conversions") == 0
     assert (
-        await pool.fetchval("SELECT count(*) FROM postback_log WHERE result = 'rejected-auth'")
-        == 2
+        await pool.fetchval("SELECT count(*) FROM postback_log WHERE result = 'rejected-auth'") == 2
     )
 
 
@@ -151,9 +150,10 @@ async def test_bad_input_gets_json_4xx(client, api, pool):
     assert (await resp.json())["error"] == "request body is not valid JSON"
     assert await pool.fetchval("SELECT count(*) FROM conversions") == 0
     # Invalid postbacks are kept for inspection, not dropped.
-    assert await pool.fetchval(
-        "SELECT count(*) FROM postback_log WHERE result = 'invalid'"
-    ) == len(cases) + 1  # and the unreadable JSON body
+    assert (
+        await pool.fetchval("SELECT count(*) FROM postback_log WHERE result = 'invalid'")
+        == len(cases) + 1
+    )  # and the unreadable JSON body
 
 
 async def test_empty_values_count_as_absent(client, api, pool):

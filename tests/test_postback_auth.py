@@ -1,0 +1,140 @@
+"""Postback authentication per network: token (query or path), IP allowlist, HMAC signature."""
+
+import asyncio
+import ipaddress
+import time
+from urllib.parse import urlencode
+
+from tests.conftest import wait_for_sink
+from tests.test_lifecycle import prepared
+from tests.test_postback import make_click
+from tracker.domain.auth import client_address, signature_for
+from tracker.sink.clicks import ClickSink
+from tracker.sink.orphans import orphan_matcher
+
+SECRET = "s3cret-signing-key-0123456789"
+
+
+async def test_token_in_the_path(client, api, pool):
+    setup, click_id, _ = await prepared(client, api)
+    token = setup["network"]["postback_token"]
+    resp = await client.get(f"/postback/{token}", params={"clickid": click_id})
+    assert resp.status == 200
+    resp = await client.get("/postback/wrong", params={"clickid": click_id, "txid": "2"})
+    assert resp.status == 403
+    assert (await resp.json())["error"] == "forbidden: wrong token"
+
+
+async def test_ip_allowlist(client, api, pool):
+    network = {"require_token": False, "ip_allowlist": ["10.0.0.0/8", "2001:db8::/32"]}
+    _, click_id, _send = await prepared(client, api, network)
+    resp = await client.get("/postback", params={"clickid": click_id})
+    assert resp.status == 403
+    assert (await resp.json())["error"] == (
+        "forbidden: address 127.0.0.1 is not on the network's allowlist"
+    )
+    # A forwarded address counts only from a trusted proxy, and this app trusts none.
+    resp = await client.get(
+        "/postback", params={"clickid": click_id}, headers={"X-Forwarded-For": "10.1.2.3"}
+    )
+    assert resp.status == 403
+    await api.call(
+        "PATCH",
+        f"/api/affiliate-networks/{(await pool.fetchval('SELECT id FROM affiliate_networks'))}",
+        json={"ip_allowlist": ["127.0.0.0/30"]},
+    )
+    resp = await client.get("/postback", params={"clickid": click_id})
+    assert resp.status == 200
+    await api.call(
+        "PATCH",
+        f"/api/affiliate-networks/{(await pool.fetchval('SELECT id FROM affiliate_networks'))}",
+        expect=400,
+        json={"ip_allowlist": ["not-an-ip"]},
+    )
+
+
+def test_client_address_behind_trusted_proxies():
+    trusted = [ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("10.0.0.0/8")]
+    assert client_address("127.0.0.1", "203.0.113.9, 10.0.0.2", trusted) == "203.0.113.9"
+    assert client_address("198.51.100.1", "203.0.113.9", trusted) == "198.51.100.1"
+    assert client_address("127.0.0.1", None, trusted) == "127.0.0.1"
+    assert client_address("127.0.0.1", "2001:db8::1", trusted) == "2001:db8::1"
+
+
+async def test_hmac_signature(client, api, pool):
+    network = {"require_token": False, "signing_secret": SECRET}
+    _, click_id, _ = await prepared(client, api, network)
+    query = urlencode({"clickid": click_id, "payout": "3", "txid": "s1"})
+
+    async def get(query, signature, timestamp):
+        headers = {"X-Signature": signature, "X-Timestamp": timestamp}
+        resp = await client.get(f"/postback?{query}", headers=headers)
+        return resp.status, (await resp.json()).get("error")
+
+    now = str(int(time.time()))
+    good = signature_for(SECRET, now, query)
+    assert await get(query, "sha256=" + "0" * 64, now) == (403, "forbidden: bad signature")
+    assert await get(query.replace("payout=3", "payout=4"), good, now) == (
+        403,
+        "forbidden: bad signature",
+    )
+    old = str(int(time.time()) - 301)
+    assert await get(query, signature_for(SECRET, old, query), old) == (
+        403,
+        "forbidden: signature timestamp outside the 5-minute window",
+    )
+    resp = await client.get(f"/postback?{query}")
+    assert resp.status == 403
+    assert await get(query, good, now) == (200, None)
+    assert await get(query, good, now) == (403, "forbidden: signature already used")
+    # POST: the signature covers the raw body.
+    body = urlencode({"clickid": click_id, "payout": "5", "txid": "s2"})
+    headers = {
+        "X-Signature": signature_for(SECRET, now, body),
+        "X-Timestamp": now,
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+    resp = await client.post("/postback", data=body, headers=headers)
+    assert resp.status == 200, await resp.text()
+    assert await pool.fetchval("SELECT count(*) FROM conversions") == 2
+    assert (
+        await pool.fetchval("SELECT count(*) FROM postback_log WHERE result = 'rejected-auth'") == 5
+    )
+
+
+async def test_all_checks_together(client, api, pool):
+    network = {"signing_secret": SECRET, "ip_allowlist": ["127.0.0.1"]}
+    setup, click_id, _ = await prepared(client, api, network)
+    query = urlencode({"clickid": click_id, "token": setup["network"]["postback_token"]})
+    now = str(int(time.time()))
+    headers = {"X-Signature": signature_for(SECRET, now, query), "X-Timestamp": now}
+    resp = await client.get(f"/postback?{query}", headers=headers)
+    assert resp.status == 200
+
+
+async def test_orphan_postback_is_matched_when_its_click_arrives(
+    client, api, pool, redis, sink, settings
+):
+    setup = await api.setup_campaign(payout="4.00")
+    token = setup["network"]["postback_token"]
+    sink.stop()  # hold the click back, as a slow node would
+    await asyncio.sleep(0.2)
+    click_id = await make_click(client, setup["campaign"])
+    await redis.delete(f"clk:{click_id}")
+    resp = await client.get("/postback", params={"clickid": click_id, "txid": "o", "token": token})
+    assert resp.status == 404
+    assert await pool.fetchval("SELECT result FROM postback_log") == "unmatched"
+    # A wrong-token orphan stays refused when its click arrives.
+    await client.get("/postback", params={"clickid": click_id, "txid": "bad", "token": "x"})
+
+    async with orphan_matcher(pool, redis, settings) as matcher:
+        late = ClickSink(redis, pool, consumer="late", block_ms=50, on_stored=matcher.rematch)
+        task = asyncio.create_task(late.run())
+        await wait_for_sink(late)
+        late.stop()
+        await task
+    rows = await pool.fetch("SELECT result, reason, rematched_at FROM postback_log ORDER BY id")
+    assert [r["result"] for r in rows] == ["created", "rejected-auth"]
+    assert rows[0]["rematched_at"] is not None
+    conversion = await pool.fetchrow("SELECT click_id, payout, txid FROM conversions")
+    assert (conversion["click_id"], conversion["txid"]) == (click_id, "o")
