@@ -138,3 +138,32 @@ async def test_orphan_postback_is_matched_when_its_click_arrives(
     assert rows[0]["rematched_at"] is not None
     conversion = await pool.fetchrow("SELECT click_id, payout, txid FROM conversions")
     assert (conversion["click_id"], conversion["txid"]) == (click_id, "o")
+
+
+async def test_forwarded_address_from_a_trusted_proxy(settings, api, pool):
+    from tests.conftest import start_client
+    from tracker.web.app import create_app
+
+    trusting = settings.model_copy(update={"trusted_proxies": ["127.0.0.1"]})
+    proxied = await start_client(create_app(trusting), trusting)
+    try:
+        setup = await api.setup_campaign()
+        await api.call(
+            "PATCH",
+            f"/api/affiliate-networks/{setup['network']['id']}",
+            json={"require_token": False, "ip_allowlist": ["203.0.113.0/24"]},
+        )
+        click_id = await make_click(api.client, setup["campaign"])
+        await asyncio.sleep(0.5)  # let the second app see the new network settings
+        headers = {"X-Forwarded-For": "203.0.113.7"}
+        resp = await proxied.get("/postback", params={"clickid": click_id}, headers=headers)
+        assert resp.status == 200, await resp.text()
+        headers = {"X-Forwarded-For": "198.51.100.7"}
+        resp = await proxied.get("/postback", params={"clickid": click_id}, headers=headers)
+        assert resp.status == 403
+        assert (
+            await pool.fetchval("SELECT client_ip FROM postback_log ORDER BY id DESC LIMIT 1")
+            == "198.51.100.7"
+        )
+    finally:
+        await proxied.close()
