@@ -26,7 +26,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 from tracker.demo import seed_demo
-from tracker.devstack import PostgresServer, RedisServer, free_port
+from tracker.devstack import PostgresServer, RedisServer, free_port, wait_for_port
 from tracker.store import keys
 from tracker.store.db import migrate
 
@@ -38,15 +38,7 @@ def summarize(values: list[float]) -> dict[str, float]:
 
 
 async def wait_listening(port: int) -> None:
-    for _ in range(400):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            await writer.wait_closed()
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port}")
+    await asyncio.to_thread(wait_for_port, port, "server")
 
 
 async def wrk(

@@ -12,7 +12,7 @@ import aiohttp
 import asyncpg
 
 from tests.conftest import API_KEY
-from tracker.devstack import free_port
+from tracker.devstack import free_port, wait_for_port
 
 
 def env_for(settings, port):
@@ -38,15 +38,7 @@ def run_tracker(env, *args):
 
 
 async def wait_until_listening(port):
-    for _ in range(200):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            await writer.wait_closed()
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise AssertionError("tracker serve did not start")
+    await asyncio.to_thread(wait_for_port, port, "tracker serve")
 
 
 async def test_serve_and_sink_processes(settings):

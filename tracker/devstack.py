@@ -42,7 +42,7 @@ def _as_postgres(cmd: list[str]) -> list[str]:
     return cmd
 
 
-def _wait_for_port(port: int, what: str, timeout: float = 30.0) -> None:
+def wait_for_port(port: int, what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -107,7 +107,7 @@ class PostgresServer:
             check=True,
             stdout=subprocess.DEVNULL,
         )
-        _wait_for_port(self.port, "PostgreSQL")
+        wait_for_port(self.port, "PostgreSQL")
         self.create_database("tracker")
 
     def create_database(self, name: str, template: str | None = None) -> None:
@@ -173,7 +173,7 @@ class RedisServer:
             ],
             stdout=subprocess.DEVNULL,
         )
-        _wait_for_port(self.port, "Redis")
+        wait_for_port(self.port, "Redis")
         client = redis_sync.Redis(port=self.port)
         deadline = time.monotonic() + 30
         while True:

@@ -3,7 +3,7 @@
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -100,3 +100,16 @@ class Batcher(Generic[T, R]):
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+
+class BatchedService:
+    """Base for services whose writes or reads go through one `Batcher`."""
+
+    batcher: Batcher[Any, Any]
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    async def close(self) -> None:
+        """Finish what is queued, then stop."""
+        await self.batcher.close()

@@ -8,7 +8,7 @@ import orjson
 from redis.asyncio import Redis
 
 from tracker.store import keys
-from tracker.store.batching import Batcher
+from tracker.store.batching import BatchedService, Batcher
 
 log = logging.getLogger("tracker.clicks")
 
@@ -38,7 +38,7 @@ class ClickWriteError(Exception):
     """The click could not be stored; the visitor must not be redirected as if it were."""
 
 
-class ClickWriter:
+class ClickWriter(BatchedService):
     """Stores click records with group commit.
 
     Clicks that arrive while a write is in flight go out together in the next
@@ -53,12 +53,6 @@ class ClickWriter:
         self.batcher: Batcher[ClickWrite, None] = Batcher(
             self._flush, max_batch, "click-writer", max_in_flight
         )
-
-    def start(self) -> None:
-        self.batcher.start()
-
-    async def close(self) -> None:
-        await self.batcher.close()
 
     async def write(self, click_id: str, record: bytes, ttl_seconds: int) -> None:
         """Store one click; return once it is in Redis and on the stream."""
@@ -84,19 +78,13 @@ class ClickWriter:
         return [None] * len(batch)
 
 
-class ClickReader:
+class ClickReader(BatchedService):
     """Reads click records for concurrent postbacks with one MGET per batch."""
 
     def __init__(self, redis: Redis, pool: asyncpg.Pool, max_batch: int = 500) -> None:
         self._redis = redis
         self._pool = pool
         self.batcher: Batcher[str, bytes | None] = Batcher(self._flush, max_batch, "click-reader")
-
-    def start(self) -> None:
-        self.batcher.start()
-
-    async def close(self) -> None:
-        await self.batcher.close()
 
     async def _flush(self, click_keys: list[str]) -> list[bytes | BaseException | None]:
         values: list[Any] = await self._redis.mget(click_keys)

@@ -10,7 +10,7 @@ import orjson
 
 from tracker.domain.fx import RateTable, convert
 from tracker.domain.lifecycle import APPROVED, CHARGEBACK, decide_change
-from tracker.store.batching import Batcher
+from tracker.store.batching import BatchedService, Batcher
 
 log = logging.getLogger("tracker.conversions")
 
@@ -132,7 +132,7 @@ class ConversionPostback:
 ConversionResult = tuple[str, int]
 
 
-class ConversionWriter:
+class ConversionWriter(BatchedService):
     """Writes conversions with group commit.
 
     New conversions from concurrent postbacks share one statement and one commit.
@@ -147,12 +147,6 @@ class ConversionWriter:
         self.batcher: Batcher[ConversionPostback, ConversionResult] = Batcher(
             self._flush, max_batch, "conversion-writer", max_in_flight
         )
-
-    def start(self) -> None:
-        self.batcher.start()
-
-    async def close(self) -> None:
-        await self.batcher.close()
 
     async def record(self, postback: ConversionPostback) -> ConversionResult:
         return await self.batcher.submit(postback)

@@ -7,7 +7,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from tracker.store.batching import Batcher
+from tracker.store.batching import BatchedService, Batcher
 
 INSERT_LOG = """
 INSERT INTO postback_log (
@@ -52,18 +52,12 @@ class LogEntry:
     path_token: str | None = None
 
 
-class PostbackLog:
+class PostbackLog(BatchedService):
     """Appends log entries, many concurrent postbacks per statement."""
 
     def __init__(self, pool: asyncpg.Pool, max_batch: int = 500) -> None:
         self._pool = pool
         self.batcher: Batcher[LogEntry, None] = Batcher(self._flush, max_batch, "postback-log")
-
-    def start(self) -> None:
-        self.batcher.start()
-
-    async def close(self) -> None:
-        await self.batcher.close()
 
     async def append(self, entry: LogEntry) -> None:
         await self.batcher.submit(entry)
