@@ -267,6 +267,28 @@ async def main() -> None:
                 flush=True,
             )
             if workers == 1:
+                # The same clicks with the sink stopped: how much of the gap to the
+                # baseline is the sink, Postgres and Redis sharing the cores.
+                stack.stop_process("sink")
+                await settle(redis, pool)
+                runs = [
+                    await wrk(
+                        f"http://127.0.0.1:{stack.port}",
+                        "click.lua",
+                        [path],
+                        opts.duration,
+                        opts.connections,
+                    )
+                    for _ in range(opts.runs)
+                ]
+                alone = report_line("click, sink stopped", runs, latency)
+                alone["ratio_to_baseline"] = alone["rps"]["median"] / base_rps
+                results["clicks_workers_1_sink_stopped"] = alone
+                print(f"  ratio to baseline {alone['ratio_to_baseline']:.2f}", flush=True)
+                stack.start_process("sink", "sink")
+                while await sink_backlog(redis) > 0:
+                    await asyncio.sleep(0.1)
+
                 # Postbacks over the clicks just made, each with a new txid.
                 await settle(redis, pool)
                 ids_file = root / "clickids.txt"
