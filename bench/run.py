@@ -316,6 +316,16 @@ async def main() -> None:
                     f"answered requests; errors {results['postbacks']['errors']}",
                     flush=True,
                 )
+                # Fewer connections: latency when the process is not saturated.
+                await settle(redis, pool)
+                few = max(1, opts.connections // 3)
+                runs = []
+                for run in range(1, opts.runs + 1):
+                    args[2] = f"few{run}"
+                    runs.append(await wrk(url, "postback.lua", args, opts.duration, few))
+                results["postbacks_few_connections"] = report_line(
+                    f"postback, {few} connections", runs, latency
+                )
             stack.stop_process("serve")
         if "clicks_workers_2" in results:
             w1 = results["clicks_workers_1"]["rps"]["median"]

@@ -109,3 +109,23 @@ async def test_unknown_route_is_json(client):
     resp = await client.get("/nope")
     assert resp.status == 404
     assert await resp.json() == {"error": "Not Found"}
+
+
+async def test_postback_on_a_process_that_has_not_refreshed_yet(settings, api, client):
+    """The offer is new to the second process: it reloads instead of skipping the auth checks."""
+    slow = settings.model_copy(update={"config_refresh_seconds": 3600})
+    other = await start_client(create_app(slow), slow)
+    try:
+        setup = await api.setup_campaign()
+        resp = await client.get(
+            urlsplit(setup["campaign"]["click_url"]).path, allow_redirects=False
+        )
+        click_id = resp.headers["Location"].split("cid=")[1]
+        resp = await other.get("/postback", params={"clickid": click_id})
+        assert resp.status == 403
+        assert (await resp.json())["error"] == "forbidden: missing token"
+        token = setup["network"]["postback_token"]
+        resp = await other.get("/postback", params={"clickid": click_id, "token": token})
+        assert resp.status == 200
+    finally:
+        await other.close()

@@ -20,6 +20,7 @@ from tracker.domain.dialects import DialectConflict, canonical_params
 from tracker.domain.fx import convert
 from tracker.domain.lifecycle import UnknownStatus, normalize_status
 from tracker.domain.money import PAYOUT_DECIMALS, parse_currency, parse_money
+from tracker.domain.validation import field_errors
 from tracker.store import keys
 from tracker.store.clicks import ClickReader
 from tracker.store.config import ConfigCache
@@ -81,13 +82,6 @@ class Outcome:
         return body
 
 
-def _details(exc: ValidationError) -> list[dict[str, str]]:
-    return [
-        {"field": ".".join(str(p) for p in err["loc"]) or "body", "message": err["msg"]}
-        for err in exc.errors(include_url=False, include_input=False, include_context=False)
-    ]
-
-
 class PostbackProcessor:
     def __init__(
         self,
@@ -109,7 +103,13 @@ class PostbackProcessor:
             details = [{"field": name, "message": str(exc)} for name in exc.names]
             return Outcome(INVALID, 400, reason=str(exc), details=details)
         except ValidationError as exc:
-            return Outcome(INVALID, 400, reason="invalid postback", details=_details(exc))
+            return Outcome(
+                INVALID,
+                400,
+                reason="invalid postback",
+                details=field_errors(exc),
+                click_id=inbound.params.get("clickid"),
+            )
 
         click = await self._clicks.fetch(fields.clickid)
         if click is None:
@@ -119,35 +119,41 @@ class PostbackProcessor:
             )
 
         snapshot = self._config.snapshot
+        if click["offer_id"] not in snapshot.offers:
+            # Made on another process moments ago: this one has not refreshed yet.
+            await self._config.reload()
+            snapshot = self._config.snapshot
         offer = snapshot.offers.get(click["offer_id"])
         network = snapshot.networks.get(offer.affiliate_network_id) if offer else None
-        network_id = network.id if network else None
+        if network is None:
+            reason = "forbidden: the click's offer or network is unknown"
+            return Outcome(REJECTED_AUTH, 403, reason=reason, click_id=fields.clickid)
+        network_id = network.id
         found: dict[str, Any] = {"network_id": network_id, "click_id": fields.clickid}
-        if network is not None:
-            refusal = check_postback_auth(
-                network,
-                fields.token or inbound.path_token,
-                inbound.client_ip,
-                inbound.raw,
-                inbound.signature,
-                inbound.signature_ts,
-                inbound.received_at.timestamp(),
+        refusal = check_postback_auth(
+            network,
+            fields.token or inbound.path_token,
+            inbound.client_ip,
+            inbound.raw,
+            inbound.signature,
+            inbound.signature_ts,
+            inbound.received_at.timestamp(),
+        )
+        if refusal is None and network.signing_secret and guard_replays:
+            first_use = await self._redis.set(
+                keys.SIGNATURE_PREFIX + (inbound.signature or ""),
+                b"1",
+                nx=True,
+                ex=keys.SIGNATURE_TTL,
             )
-            if refusal is None and network.signing_secret and guard_replays:
-                first_use = await self._redis.set(
-                    keys.SIGNATURE_PREFIX + (inbound.signature or ""),
-                    b"1",
-                    nx=True,
-                    ex=keys.SIGNATURE_TTL,
-                )
-                if not first_use:
-                    refusal = "signature already used"
-            if refusal is not None:
-                log.warning("postback for click %s refused: %s", fields.clickid, refusal)
-                return Outcome(REJECTED_AUTH, 403, reason=f"forbidden: {refusal}", **found)
+            if not first_use:
+                refusal = "signature already used"
+        if refusal is not None:
+            log.warning("postback for click %s refused: %s", fields.clickid, refusal)
+            return Outcome(REJECTED_AUTH, 403, reason=f"forbidden: {refusal}", **found)
 
         try:
-            status = normalize_status(fields.status, network.status_map if network else {})
+            status = normalize_status(fields.status, network.status_map)
         except UnknownStatus as exc:
             details = [{"field": "status", "message": str(exc)}]
             return Outcome(INVALID, 400, reason=str(exc), details=details, **found)
@@ -181,7 +187,7 @@ class PostbackProcessor:
             ]
             return Outcome(INVALID, 400, reason="invalid postback", details=details, **found)
 
-        policy = network.duplicate_policy if network else "txid"
+        policy = network.duplicate_policy
         if policy == "ignore":
             dedupe_key = ""
         elif policy == "accept":

@@ -23,7 +23,3 @@ def render(template: Template, values: Mapping[str, str | None]) -> str:
         value = values.get(parts[i])
         parts[i] = quote(value, safe="") if value else ""
     return "".join(parts)
-
-
-def macro_names(template: str) -> list[str]:
-    return _MACRO.findall(template)

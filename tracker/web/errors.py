@@ -14,6 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tracker.domain.money import format_money
+from tracker.domain.validation import field_errors
 
 log = logging.getLogger("tracker.web")
 
@@ -61,17 +62,8 @@ class ApiError(Exception):
         return json_response(body, self.status)
 
 
-def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
-    """Pydantic errors reduced to what a client needs: which field, what is wrong."""
-    details = []
-    for err in exc.errors(include_url=False, include_input=False, include_context=False):
-        field = ".".join(str(part) for part in err["loc"]) or "body"
-        details.append({"field": field, "message": err["msg"]})
-    return details
-
-
 def invalid(exc: ValidationError, what: str = "invalid request") -> ApiError:
-    return ApiError(400, what, validation_details(exc))
+    return ApiError(400, what, list(field_errors(exc)))
 
 
 def error_middleware(max_url_length: int) -> Callable[..., Any]:

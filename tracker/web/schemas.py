@@ -26,7 +26,6 @@ def _http_url(value: Any) -> Any:
     return value
 
 
-Money = Annotated[Decimal, BeforeValidator(parse_money)]
 OptionalMoney = Annotated[Decimal | None, BeforeValidator(_money_or_none)]
 Currency = Annotated[str, BeforeValidator(parse_currency)]
 Url = Annotated[str, BeforeValidator(_http_url), Field(max_length=4000)]
