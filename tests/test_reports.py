@@ -3,10 +3,6 @@
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
-import asyncpg
-
-from tracker.store.db import migrate
-
 
 async def insert_facts(pool):
     """Two campaigns over two days, written straight into the tables reports read."""
@@ -81,12 +77,3 @@ async def test_bad_queries_are_refused(api):
     far = (date(2026, 1, 1) + timedelta(days=400)).isoformat()
     await api.call("GET", f"/api/reports?from=2026-01-01&to={far}", expect=400)
     await api.call("GET", "/api/reports?from=2026-01-02&to=2026-01-01", expect=400)
-
-
-async def test_migrations_apply_once(settings):
-    assert await migrate(settings.database_url) == []
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") >= 1
-    finally:
-        await conn.close()
