@@ -42,7 +42,7 @@ async def test_concurrent_clicks_share_pipelines_and_keep_their_own_data(client,
 async def test_failed_pipeline_fails_every_waiting_click():
     dead = Redis(port=free_port(), socket_connect_timeout=1)
     writer = ClickWriter(dead)
-    writer.start()
+    await writer.start()
     try:
         results = await asyncio.gather(
             *(writer.write(f"id{i}", b"{}", 60) for i in range(20)), return_exceptions=True
@@ -91,7 +91,7 @@ async def test_concurrent_postbacks_share_commits_and_get_their_own_ids(client, 
 
 async def test_a_bad_row_fails_alone(pool):
     writer = ConversionWriter(pool)
-    writer.start()
+    await writer.start()
     click = {
         "click_id": "c1",
         "created_ms": 1_700_000_000_000,
@@ -134,7 +134,7 @@ async def test_a_bad_row_fails_alone(pool):
 @pytest.mark.parametrize("count", [1, 700])
 async def test_close_writes_everything_queued(redis, count):
     writer = ClickWriter(redis, max_batch=256)
-    writer.start()
+    await writer.start()
     tasks = [asyncio.create_task(writer.write(f"q{i}", b"{}", 60)) for i in range(count)]
     await asyncio.sleep(0)
     await writer.close()

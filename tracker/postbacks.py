@@ -6,7 +6,6 @@ that arrived before their click (orphans) once the click is stored.
 
 import logging
 import secrets
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -25,7 +24,7 @@ from tracker.store import keys
 from tracker.store.clicks import ClickReader
 from tracker.store.config import ConfigCache
 from tracker.store.conversions import ConversionPostback, ConversionWriter, ParentNotFound
-from tracker.store.postback_log import mark_rematched, unmatched_for
+from tracker.store.postback_log import Inbound, mark_rematched, unmatched_for
 
 log = logging.getLogger("tracker.postback")
 
@@ -47,20 +46,6 @@ class PostbackFields(BaseModel):
     currency: Annotated[str | None, BeforeValidator(parse_currency)] = None
     event: str | None = Field(default=None, max_length=64)
     token: str | None = Field(default=None, max_length=256)
-
-
-@dataclass(frozen=True, slots=True)
-class Inbound:
-    """A postback as received, with what authentication needs."""
-
-    params: dict[str, str]
-    method: str
-    raw: str  # the query string for GET, the body for POST: what a signature covers
-    received_at: datetime
-    client_ip: str | None = None
-    signature: str | None = None
-    signature_ts: str | None = None
-    path_token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +110,7 @@ class PostbackProcessor:
             snapshot = self._config.snapshot
         offer = snapshot.offers.get(click["offer_id"])
         network = snapshot.networks.get(offer.affiliate_network_id) if offer else None
-        if network is None:
+        if offer is None or network is None:
             reason = "forbidden: the click's offer or network is unknown"
             return Outcome(REJECTED_AUTH, 403, reason=reason, click_id=fields.clickid)
         network_id = network.id
@@ -168,11 +153,14 @@ class PostbackProcessor:
 
         if fields.payout is not None:
             original = fields.payout
-        elif offer is not None and offer.payout is not None:
-            original = offer.payout
         else:
-            original = Decimal(0)
-        original_currency = fields.currency or (offer.currency if offer else "USD")
+            original = offer.payout if offer.payout is not None else Decimal(0)
+        if fields.parent_txid is not None and original >= 0:
+            details = [
+                {"field": "payout", "message": "a refund by parent_txid needs a negative payout"}
+            ]
+            return Outcome(INVALID, 400, reason="invalid postback", details=details, **found)
+        original_currency = fields.currency or offer.currency
         report_currency = campaign.report_currency if campaign else original_currency
         converted = convert(
             original,
@@ -181,11 +169,6 @@ class PostbackProcessor:
             inbound.received_at.date(),
             snapshot.rates,
         )
-        if fields.parent_txid is not None and original >= 0:
-            details = [
-                {"field": "payout", "message": "a refund by parent_txid needs a negative payout"}
-            ]
-            return Outcome(INVALID, 400, reason="invalid postback", details=details, **found)
 
         policy = network.duplicate_policy
         if policy == "ignore":
@@ -217,10 +200,6 @@ class PostbackProcessor:
         return Outcome(result, 200, conversion_id=conversion_id, **found)
 
 
-def now_utc() -> datetime:
-    return datetime.fromtimestamp(time.time(), tz=UTC)
-
-
 class OrphanMatcher:
     """Gives postbacks that arrived before their click a second chance once it is stored."""
 
@@ -231,28 +210,11 @@ class OrphanMatcher:
     async def rematch(self, click_ids: list[str]) -> None:
         if not click_ids:
             return
-        for row in await unmatched_for(self._pool, click_ids):
+        for log_id, inbound in await unmatched_for(self._pool, click_ids):
             try:
-                inbound = Inbound(
-                    params=row["params"],
-                    method=row["method"],
-                    raw=row["raw"],
-                    received_at=row["received_at"],
-                    client_ip=row["client_ip"],
-                    signature=row["signature"],
-                    signature_ts=row["signature_ts"],
-                    path_token=row["path_token"],
-                )
                 outcome = await self._processor.process(inbound, guard_replays=False)
                 if outcome.result != UNMATCHED:
-                    await mark_rematched(
-                        self._pool,
-                        row["id"],
-                        outcome.result,
-                        outcome.reason,
-                        outcome.conversion_id,
-                        outcome.network_id,
-                    )
-                    log.info("orphan postback %s matched: %s", row["id"], outcome.result)
+                    await mark_rematched(self._pool, log_id, outcome)
+                    log.info("orphan postback %s matched: %s", log_id, outcome.result)
             except Exception:
-                log.exception("re-matching orphan postback %s failed", row["id"])
+                log.exception("re-matching orphan postback %s failed", log_id)

@@ -1,6 +1,5 @@
 """What the sink needs to turn orphan postbacks into conversions."""
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -20,17 +19,10 @@ async def orphan_matcher(
 ) -> AsyncIterator[OrphanMatcher]:
     """An orphan matcher with its own configuration cache, click reader and writer."""
     config = ConfigCache(pool, redis, settings.config_refresh_seconds)
-    await config.reload()
-    watcher = asyncio.create_task(config.watch())
     reader = ClickReader(redis, pool)
     writer = ConversionWriter(pool)
-    reader.start()
-    writer.start()
-    try:
+    async with contextlib.AsyncExitStack() as services:
+        for service in (config, reader, writer):
+            await service.start()
+            services.push_async_callback(service.close)
         yield OrphanMatcher(pool, PostbackProcessor(config, reader, writer, redis))
-    finally:
-        await writer.close()
-        await reader.close()
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher

@@ -80,12 +80,6 @@ class Batcher(Generic[T, R]):
                     return
 
     async def _write(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
-        try:
-            await self._write_batch(batch)
-        finally:
-            self._slots.release()
-
-    async def _write_batch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         self.batches += 1
         self.items += len(batch)
         try:
@@ -93,6 +87,8 @@ class Batcher(Generic[T, R]):
         except Exception as exc:
             log.warning("%s: batch of %d failed: %r", self._name, len(batch), exc)
             results = [exc] * len(batch)
+        finally:
+            self._slots.release()
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():  # the caller went away
                 continue
@@ -107,7 +103,7 @@ class BatchedService:
 
     batcher: Batcher[Any, Any]
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self.batcher.start()
 
     async def close(self) -> None:

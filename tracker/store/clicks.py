@@ -1,6 +1,5 @@
 """Click records: group-committed writes to Redis, reads from Redis or Postgres."""
 
-import logging
 from typing import Any
 
 import asyncpg
@@ -9,8 +8,6 @@ from redis.asyncio import Redis
 
 from tracker.store import keys
 from tracker.store.batching import BatchedService, Batcher
-
-log = logging.getLogger("tracker.clicks")
 
 SELECT_CLICK = """
 SELECT click_id, (extract(epoch FROM created_at) * 1000)::bigint AS created_ms,
@@ -58,9 +55,7 @@ class ClickWriter(BatchedService):
         """Store one click; return once it is in Redis and on the stream."""
         try:
             await self.batcher.submit((click_id, record, ttl_seconds))
-        except ClickWriteError:
-            raise
-        except Exception as exc:
+        except Exception as exc:  # the batch failed, or the writer is closed
             raise ClickWriteError(repr(exc)) from exc
 
     async def _flush(self, batch: list[ClickWrite]) -> list[BaseException | None]:
@@ -70,11 +65,7 @@ class ClickWriter(BatchedService):
             click_keys.append(keys.click_key(click_id))
             args.append(ttl)
             args.append(record)
-        try:
-            await self._store_batch(keys=click_keys, args=args)
-        except Exception as exc:
-            log.warning("click write failed for %d clicks: %r", len(batch), exc)
-            return [ClickWriteError(repr(exc))] * len(batch)
+        await self._store_batch(keys=click_keys, args=args)
         return [None] * len(batch)
 
 

@@ -7,6 +7,7 @@ pub/sub: nothing to miss on a reconnect, and it works the same on a cluster.
 """
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 from collections import defaultdict
@@ -108,6 +109,7 @@ class ConfigCache:
         self._refresh_seconds = refresh_seconds
         self._version: Any = None
         self._lock = asyncio.Lock()
+        self._watcher: asyncio.Task[None] | None = None
 
     async def reload(self) -> None:
         async with self._lock:
@@ -120,6 +122,18 @@ class ConfigCache:
         """Reload here now; other processes see the new version on their next poll."""
         await self._redis.incr(keys.CONFIG_VERSION)
         await self.reload()
+
+    async def start(self) -> None:
+        """Load the configuration, then keep it fresh in the background."""
+        await self.reload()
+        self._watcher = asyncio.create_task(self.watch(), name="config-watch")
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
 
     async def watch(self) -> None:
         """Reload whenever the shared version moves. Runs until cancelled."""

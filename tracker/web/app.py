@@ -1,11 +1,9 @@
 """The web application: click redirect, postback, admin API and reports."""
 
-import asyncio
-import contextlib
 import hmac
 import ipaddress
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
@@ -62,50 +60,33 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[REDIS].aclose()
 
 
-async def config_ctx(app: web.Application) -> AsyncIterator[None]:
-    cache = ConfigCache(app[PG_POOL], app[REDIS], app[SETTINGS].config_refresh_seconds)
-    await cache.reload()
-    app[CONFIG] = cache
-    watcher = asyncio.create_task(cache.watch(), name="config-watch")
-    yield
-    watcher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await watcher
+class Service(Protocol):
+    def start(self) -> Awaitable[None]: ...
+    def close(self) -> Awaitable[None]: ...
 
 
-async def click_writer_ctx(app: web.Application) -> AsyncIterator[None]:
-    writer = ClickWriter(app[REDIS])
-    writer.start()
-    app[CLICK_WRITER] = writer
-    yield
-    await writer.close()
+S = TypeVar("S", bound=Service)
 
 
-async def click_reader_ctx(app: web.Application) -> AsyncIterator[None]:
-    reader = ClickReader(app[REDIS], app[PG_POOL])
-    reader.start()
-    app[CLICK_READER] = reader
-    yield
-    await reader.close()
+def running(
+    key: web.AppKey[S], make: Callable[[web.Application], S]
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup context that starts a service, shares it under `key`, and closes it."""
+
+    async def service_ctx(app: web.Application) -> AsyncIterator[None]:
+        service = make(app)
+        await service.start()
+        app[key] = service
+        yield
+        await service.close()
+
+    return service_ctx
 
 
-async def conversion_writer_ctx(app: web.Application) -> AsyncIterator[None]:
-    writer = ConversionWriter(app[PG_POOL])
-    writer.start()
-    app[CONVERSION_WRITER] = writer
-    yield
-    await writer.close()
-
-
-async def postbacks_ctx(app: web.Application) -> AsyncIterator[None]:
-    postback_log = PostbackLog(app[PG_POOL])
-    postback_log.start()
-    app[POSTBACK_LOG] = postback_log
+async def make_postback_processor(app: web.Application) -> None:
     app[POSTBACKS] = PostbackProcessor(
         app[CONFIG], app[CLICK_READER], app[CONVERSION_WRITER], app[REDIS]
     )
-    yield
-    await postback_log.close()
 
 
 def handler_args(settings: Settings) -> dict[str, Any]:
@@ -127,14 +108,20 @@ def create_app(settings: Settings | None = None) -> web.Application:
         [
             postgres_ctx,
             redis_ctx,
-            config_ctx,
-            click_writer_ctx,
-            click_reader_ctx,
-            conversion_writer_ctx,
-            postbacks_ctx,
+            running(
+                CONFIG,
+                lambda app: ConfigCache(
+                    app[PG_POOL], app[REDIS], app[SETTINGS].config_refresh_seconds
+                ),
+            ),
+            running(CLICK_WRITER, lambda app: ClickWriter(app[REDIS])),
+            running(CLICK_READER, lambda app: ClickReader(app[REDIS], app[PG_POOL])),
+            running(CONVERSION_WRITER, lambda app: ConversionWriter(app[PG_POOL])),
+            running(POSTBACK_LOG, lambda app: PostbackLog(app[PG_POOL])),
         ]
     )
     api = web.Application(middlewares=[require_api_key])
+    app.on_startup.append(make_postback_processor)
     setup_routes(app, api)
     app.add_subapp("/api", api)
     return app

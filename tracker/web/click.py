@@ -29,7 +29,7 @@ async def click(request: web.Request) -> web.StreamResponse:
     The 302 goes out only after the click record is in Redis and on the sink
     stream, so every visitor who reaches an offer has a click to convert on.
     """
-    app = request.config_dict
+    app = request.app
     campaign = app[CONFIG].snapshot.campaigns.get(request.match_info["campaign_key"])
     if campaign is None:
         raise ApiError(404, "unknown campaign")
@@ -95,5 +95,5 @@ async def click(request: web.Request) -> web.StreamResponse:
 
 async def probe_campaign(request: web.Request) -> web.StreamResponse:
     """HEAD on a click URL: link checkers get an answer, and no click is recorded."""
-    known = request.match_info["campaign_key"] in request.config_dict[CONFIG].snapshot.campaigns
+    known = request.match_info["campaign_key"] in request.app[CONFIG].snapshot.campaigns
     return web.Response(status=200 if known else 404)

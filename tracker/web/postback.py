@@ -1,11 +1,13 @@
 """Inbound conversions: `GET|POST /postback` and `/postback/{token}`."""
 
+from datetime import UTC, datetime
+
 import orjson
 from aiohttp import web
 
 from tracker.domain.auth import client_address
-from tracker.postbacks import INVALID, Inbound, Outcome, now_utc
-from tracker.store.postback_log import LogEntry
+from tracker.postbacks import INVALID, Outcome
+from tracker.store.postback_log import Inbound
 from tracker.web.appkeys import POSTBACK_LOG, POSTBACKS, TRUSTED_PROXIES
 from tracker.web.errors import json_response
 
@@ -47,9 +49,9 @@ async def _read(request: web.Request) -> tuple[dict[str, str], str]:
 
 async def postback(request: web.Request) -> web.Response:
     """Match a postback to its click and record the conversion; every postback is logged."""
-    app = request.config_dict
+    app = request.app
     headers = request.headers
-    received_at = now_utc()
+    received_at = datetime.now(UTC)
     client_ip = client_address(request.remote, headers.get("X-Forwarded-For"), app[TRUSTED_PROXIES])
     try:
         params, raw = await _read(request)
@@ -68,21 +70,5 @@ async def postback(request: web.Request) -> web.Response:
             path_token=request.match_info.get("token"),
         )
         outcome = await app[POSTBACKS].process(inbound)
-    await app[POSTBACK_LOG].append(
-        LogEntry(
-            received_at=received_at,
-            result=outcome.result,
-            method=inbound.method,
-            raw=inbound.raw,
-            params=inbound.params,
-            network_id=outcome.network_id,
-            click_id=outcome.click_id,
-            reason=outcome.reason,
-            conversion_id=outcome.conversion_id,
-            client_ip=client_ip,
-            signature=inbound.signature,
-            signature_ts=inbound.signature_ts,
-            path_token=inbound.path_token,
-        )
-    )
+    await app[POSTBACK_LOG].append(inbound, outcome)
     return json_response(outcome.body(), outcome.http_status)
