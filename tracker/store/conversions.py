@@ -9,7 +9,7 @@ import asyncpg
 import orjson
 
 from tracker.domain.fx import RateTable, convert
-from tracker.domain.lifecycle import APPROVED, CHARGEBACK, decide_change
+from tracker.domain.lifecycle import CHARGEBACK, REJECTED, decide_change
 from tracker.store.batching import BatchedService, Batcher
 
 log = logging.getLogger("tracker.conversions")
@@ -205,7 +205,9 @@ class ConversionWriter(BatchedService):
                 row = await conn.fetchrow(LOCK_CONVERSION, pb.click["click_id"], pb.dedupe_key)
                 if row is None:
                     raise RuntimeError("conversion vanished while being updated")
-            return await self._apply(conn, row, pb)
+            payout = pb.payout if pb.payout_given else None
+            key = f"status:{pb.status}:{pb.txid}:{payout}"
+            return await self._apply(conn, row, pb, pb.status, payout, key)
 
     async def _refund(self, pb: ConversionPostback) -> ConversionResult:
         async with self._pool.acquire() as conn, conn.transaction():
@@ -213,24 +215,49 @@ class ConversionWriter(BatchedService):
             if row is None:
                 raise ParentNotFound(f"no conversion with txid {pb.parent_txid!r} on this click")
             amount = -(pb.payout if pb.payout is not None else pb.original_payout)
-            return await self._add_refund(conn, row, pb, amount, f"txid:{pb.txid}")
+            # The same as a chargeback of that amount on the parent, applied once per txid.
+            return await self._apply(conn, row, pb, CHARGEBACK, amount, f"txid:{pb.txid}")
 
     async def _apply(
-        self, conn: Any, row: asyncpg.Record, pb: ConversionPostback
+        self,
+        conn: Any,
+        row: asyncpg.Record,
+        pb: ConversionPostback,
+        status: str,
+        payout: Decimal | None,
+        refund_key: str,
     ) -> ConversionResult:
-        payout = pb.payout if pb.payout_given else None
+        """Apply to the locked conversion `row` what the lifecycle allows for `status`
+        with `payout`: a partial refund (once per `refund_key`), a status change, or nothing."""
         base = row["payout"] if row["payout"] is not None else Decimal(0)
-        change = decide_change(row["status"], pb.status, payout, base, row["refunded"])
+        change = decide_change(row["status"], status, payout, base, row["refunded"])
+        conversion_id = int(row["id"])
         if change.refund:
-            key = f"status:{pb.status}:{pb.txid}:{change.refund}"
-            return await self._add_refund(conn, row, pb, change.refund, key)
+            added = await conn.fetchval(
+                INSERT_HISTORY,
+                conversion_id,
+                row["status"],
+                row["status"],
+                row["payout"],
+                change.refund,
+                refund_key,
+                pb.params,
+            )
+            if added is None:  # this refund was applied before
+                return DUPLICATE, conversion_id
+            await conn.execute(ADD_REFUND, conversion_id, change.refund)
+            return UPDATED, conversion_id
         if change.new_status is None:
-            return DUPLICATE, int(row["id"])
-        original = pb.original_payout if pb.payout_given else None
-        await conn.execute(UPDATE_STATUS, row["id"], change.new_status, payout, original)
+            return DUPLICATE, conversion_id
+        # A rejection or chargeback carries no new price: keep the payout.
+        if change.new_status in (REJECTED, CHARGEBACK) or payout is None:
+            payout = original = None
+        else:
+            original = pb.original_payout
+        await conn.execute(UPDATE_STATUS, conversion_id, change.new_status, payout, original)
         await conn.fetchval(
             INSERT_HISTORY,
-            row["id"],
+            conversion_id,
             row["status"],
             change.new_status,
             payout if payout is not None else row["payout"],
@@ -238,35 +265,11 @@ class ConversionWriter(BatchedService):
             None,
             pb.params,
         )
-        return UPDATED, int(row["id"])
-
-    async def _add_refund(
-        self, conn: Any, row: asyncpg.Record, pb: ConversionPostback, amount: Decimal, key: str
-    ) -> ConversionResult:
-        if row["status"] != APPROVED:
-            return DUPLICATE, int(row["id"])
-        added = await conn.fetchval(
-            INSERT_HISTORY,
-            row["id"],
-            row["status"],
-            row["status"],
-            row["payout"],
-            amount,
-            key,
-            pb.params,
-        )
-        if added is None:  # this refund was applied before
-            return DUPLICATE, int(row["id"])
-        remaining = (row["payout"] or Decimal(0)) - row["refunded"]
-        if amount >= remaining:  # everything taken back: a full chargeback
-            await conn.execute(UPDATE_STATUS, row["id"], CHARGEBACK, None, None)
-        else:
-            await conn.execute(ADD_REFUND, row["id"], amount)
-        return UPDATED, int(row["id"])
+        return UPDATED, conversion_id
 
 
 SELECT_UNCONVERTED = """
-SELECT id, original_payout, original_currency, currency, refunded, created_at
+SELECT id, original_payout, original_currency, currency, created_at
 FROM conversions WHERE payout IS NULL AND id > $1 ORDER BY id LIMIT 5000
 """
 SET_CONVERTED = "UPDATE conversions SET payout = $2 WHERE id = $1 AND payout IS NULL"
