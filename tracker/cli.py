@@ -4,9 +4,7 @@ import argparse
 import asyncio
 import logging
 import signal
-import subprocess
 import sys
-import time
 
 import uvloop
 from aiohttp import web
@@ -41,39 +39,14 @@ def supervise_workers(settings: Settings, workers: int) -> int:
     SIGTERM or SIGINT is passed on to every worker, each of which stops
     accepting, finishes its requests and pending click writes, and exits.
     """
+    from tracker.processes import StopSignal, run_processes
+
     command = [
-        sys.executable,
-        "-m",
-        "tracker",
-        "serve",
-        "--reuse-port",
-        "--host",
-        settings.http_host,
-        "--port",
-        str(settings.http_port),
-    ]
-    stopping = False
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    children = [subprocess.Popen(command) for _ in range(workers)]
-    log.info("started %d workers on port %d", workers, settings.http_port)
-    while not stopping:
-        for i, child in enumerate(children):
-            if child.poll() is not None and not stopping:
-                log.error("worker %d exited with %s; restarting it", child.pid, child.returncode)
-                time.sleep(0.5)
-                children[i] = subprocess.Popen(command)
-        time.sleep(0.2)
-    codes = [child.wait() for child in children]
-    return 0 if all(code == 0 for code in codes) else 1
+        sys.executable, "-m", "tracker", "serve", "--reuse-port",
+        "--host", settings.http_host, "--port", str(settings.http_port),
+    ]  # fmt: skip
+    log.info("starting %d workers on port %d", workers, settings.http_port)
+    return run_processes([command] * workers, StopSignal(), restart=True)
 
 
 async def _run_sink(settings: Settings) -> None:

@@ -8,14 +8,13 @@ app and the sink, prints the URLs to try, and stops everything on Ctrl-C.
 import asyncio
 import os
 import secrets
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from tracker.demo import seed_demo
 from tracker.devstack import PostgresServer, RedisServer
+from tracker.processes import StopSignal, run_processes
 from tracker.settings import Settings
 from tracker.store.db import migrate
 
@@ -36,16 +35,7 @@ def run_dev() -> int:
     var.mkdir(exist_ok=True)
     env = dict(os.environ)
     started: list[PostgresServer | RedisServer] = []
-    children: list[subprocess.Popen[bytes]] = []
-
-    stopping = False
-
-    def request_stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    stop = StopSignal()  # before the servers start, so Ctrl-C during start-up stops them too
     try:
         if "TRACKER_DATABASE_URL" not in env:
             pg = PostgresServer(var / "postgres", DEV_PG_PORT)
@@ -63,8 +53,6 @@ def run_dev() -> int:
         asyncio.run(migrate(settings.database_url))
         demo = asyncio.run(seed_demo(settings.database_url))
 
-        for command in ("serve", "sink"):
-            children.append(subprocess.Popen([sys.executable, "-m", "tracker", command], env=env))
         base = settings.base_url()
         key = env["TRACKER_API_KEY"]
         click_url = f"{base}/c/{demo.campaign_key}?external_id=demo-1&sub1=banner1"
@@ -97,21 +85,8 @@ Try it:
 """,
             flush=True,
         )
-        while not stopping:
-            for child in children:
-                if child.poll() is not None:
-                    print(f"a tracker process exited with code {child.returncode}; stopping")
-                    stopping = True
-            time.sleep(0.2)
-        return 0
+        commands = [[sys.executable, "-m", "tracker", command] for command in ("serve", "sink")]
+        return run_processes(commands, stop, env=env, stop_timeout=15)
     finally:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
         for server in reversed(started):
             server.stop()

@@ -172,6 +172,8 @@ class RedisServer:
                 *persistence,
             ],
             stdout=subprocess.DEVNULL,
+            # Its own session: a Ctrl-C meant for the tracker must not stop Redis under it.
+            start_new_session=True,
         )
         wait_for_port(self.port, "Redis")
         client = redis_sync.Redis(port=self.port)
