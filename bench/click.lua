@@ -1,12 +1,12 @@
 -- Click load: a direct link with an external id and sub1..sub5, as a push or pop source sends it.
 -- Usage: wrk ... -s click.lua http://host:port -- /c/CAMPAIGN_KEY
-local threads = {}
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "") .. "report.lua")
+
 local next_id = 1
 
 function setup(thread)
   thread:set("tid", next_id)
   next_id = next_id + 1
-  table.insert(threads, thread)
 end
 
 function init(args)
@@ -22,14 +22,4 @@ function request()
     .. "&sub2=creative" .. (counter % 13)
     .. "&sub3=US&sub4=android&sub5=banner-300x250"
     .. "&cost=0.0042")
-end
-
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    '{"requests": %d, "duration_us": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, '
-      .. '"errors": %d, "non_2xx_3xx": %d}\n',
-    summary.requests, summary.duration,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    e.connect + e.read + e.write + e.timeout, e.status))
 end

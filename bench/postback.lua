@@ -1,5 +1,7 @@
 -- Postback load: each request converts an existing click with a new, unique txid.
 -- Usage: wrk ... -s postback.lua http://host:port -- CLICKIDS_FILE TOKEN RUN
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "") .. "report.lua")
+
 local next_id = 1
 
 function setup(thread)
@@ -23,14 +25,4 @@ function request()
   return wrk.format("GET", "/postback?clickid=" .. clickid
     .. "&payout=1.2500&status=approved&txid=r" .. run .. "t" .. tid .. "-" .. counter
     .. "&token=" .. token)
-end
-
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    '{"requests": %d, "duration_us": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, '
-      .. '"errors": %d, "non_2xx_3xx": %d}\n',
-    summary.requests, summary.duration,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    e.connect + e.read + e.write + e.timeout, e.status))
 end

@@ -1,0 +1,10 @@
+-- wrk's summary as one JSON line, read by run.py; loaded by each load script.
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests": %d, "duration_us": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, '
+      .. '"errors": %d, "non_2xx_3xx": %d}\n',
+    summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    e.connect + e.read + e.write + e.timeout, e.status))
+end
