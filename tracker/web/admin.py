@@ -5,24 +5,20 @@ from typing import Any, ClassVar
 from urllib.parse import quote
 
 import asyncpg
-import orjson
 from aiohttp import web
 from pydantic import BaseModel
 
 from tracker.store import admin as sql
 from tracker.web.appkeys import CONFIG, PG_POOL, SETTINGS
-from tracker.web.errors import ApiError, json_response
+from tracker.web.errors import ApiError, json_response, parse_json_object
 from tracker.web.schemas import AffiliateNetworkIn, Body, CampaignIn, OfferIn, TrafficSourceIn
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
     try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "request body must be a JSON object")
-    return body
+        return parse_json_object(await request.read())
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
 
 
 def _row_id(request: web.Request) -> int:

@@ -46,6 +46,17 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     )
 
 
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """A request body that must be a JSON object; ValueError says what is wrong."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ValueError("request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ValueError("request body must be a JSON object")
+    return data
+
+
 class ApiError(Exception):
     """A client error answered as `{"error": ..., "details": [...]}`."""
 

@@ -40,15 +40,17 @@ async def set_rate(request: web.Request) -> web.Response:
     config = request.config_dict[CONFIG]
     await config.changed()
     converted = await convert_pending(pool, config.snapshot.rates)
-    return json_response(
-        {**dict(row), "rate": str(row["rate"].normalize()), "converted": converted}, 201
-    )
+    return json_response({**_rate_item(row), "converted": converted}, 201)
 
 
 async def list_rates(request: web.Request) -> web.Response:
     rows = await request.config_dict[PG_POOL].fetch(SELECT_RATES)
-    items = [{**dict(row), "rate": str(row["rate"].normalize())} for row in rows]
-    return json_response({"items": items})
+    return json_response({"items": [_rate_item(row) for row in rows]})
+
+
+def _rate_item(row: Any) -> dict[str, Any]:
+    # Rates carry 12 decimal places; show them without the trailing zeros.
+    return {**dict(row), "rate": format(row["rate"].normalize(), "f")}
 
 
 class PostbackQuery(BaseModel):

@@ -9,7 +9,7 @@ from tracker.domain.auth import client_address
 from tracker.postbacks import INVALID, Outcome
 from tracker.store.postback_log import Inbound
 from tracker.web.appkeys import POSTBACK_LOG, POSTBACKS, TRUSTED_PROXIES
-from tracker.web.errors import json_response
+from tracker.web.errors import json_response, parse_json_object
 
 MAX_PARAMS = 100
 MAX_VALUE_LENGTH = 2048
@@ -24,13 +24,7 @@ async def _read(request: web.Request) -> tuple[dict[str, str], str]:
         body = await request.read()
         raw = body.decode(errors="replace")
         if request.content_type == "application/json":
-            try:
-                data = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                raise ValueError("request body is not valid JSON") from None
-            if not isinstance(data, dict):
-                raise ValueError("JSON body must be an object")
-            for name, value in data.items():
+            for name, value in parse_json_object(body).items():
                 if isinstance(value, dict | list):
                     raise ValueError(f"parameter {name!r} must be a single value")
                 # Numbers are kept as their JSON text so payouts stay exact.
