@@ -1,13 +1,6 @@
 -- Click load: a direct link with an external id and sub1..sub5, as a push or pop source sends it.
 -- Usage: wrk ... -s click.lua http://host:port -- /c/CAMPAIGN_KEY
-dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "") .. "report.lua")
-
-local next_id = 1
-
-function setup(thread)
-  thread:set("tid", next_id)
-  next_id = next_id + 1
-end
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "") .. "common.lua")
 
 function init(args)
   path = args[1]

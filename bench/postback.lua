@@ -1,13 +1,6 @@
 -- Postback load: each request converts an existing click with a new, unique txid.
 -- Usage: wrk ... -s postback.lua http://host:port -- CLICKIDS_FILE TOKEN RUN
-dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "") .. "report.lua")
-
-local next_id = 1
-
-function setup(thread)
-  thread:set("tid", next_id)
-  next_id = next_id + 1
-end
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "") .. "common.lua")
 
 function init(args)
   ids = {}

@@ -1,4 +1,12 @@
--- wrk's summary as one JSON line, read by run.py; loaded by each load script.
+-- Shared by the load scripts: a number per wrk thread, and wrk's summary as one JSON
+-- line for run.py.
+local next_id = 1
+
+function setup(thread)
+  thread:set("tid", next_id)
+  next_id = next_id + 1
+end
+
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
