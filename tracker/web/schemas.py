@@ -73,6 +73,12 @@ class AffiliateNetworkIn(Body):
     signing_secret: str | None = Field(default=None, min_length=16, max_length=200)
 
 
+class RotateTokenIn(Body):
+    """How long the replaced postback token keeps working: up to 30 days."""
+
+    grace_seconds: int = Field(default=0, ge=0, le=30 * 86400)
+
+
 class OfferIn(Body):
     name: Name
     url: Url
