@@ -4,8 +4,92 @@ failures and slow clients."""
 import asyncio
 from datetime import datetime
 
+import pytest
+
 from tests.test_lifecycle import prepared
 from tracker.web.appkeys import CONFIG
+from tracker.web.schemas import url_problem
+
+GOOD_URLS = [
+    "https://offer.example/lp?cid={clickid}&s={sub1}#{sub2}",
+    "http://offer.example",
+    "HTTPS://Offer.Example/x",
+    "https://offer.example:8443/{sub1}/path",
+    "http://203.0.113.7/lp",
+    "http://[2001:db8::1]:8080/lp",
+    "https://xn--exmple-cua.example/",
+    "https://my_app.offer.example/",
+    "https://offer.example/ünïcode-path?q=é",
+    "https://offer.example/" + "a" * 3978,
+]
+BAD_URLS = [
+    ("offer.example/lp", "must be an http:// or https:// URL"),
+    ("ftp://offer.example/", "must be an http:// or https:// URL"),
+    ("javascript:alert(1)//https://x", "must be an http:// or https:// URL"),
+    ("https:/offer.example/", "must be an http:// or https:// URL"),
+    ("https:offer.example", "must be an http:// or https:// URL"),
+    ("{scheme}://offer.example/", "must be an http:// or https:// URL"),
+    ("https:///lp", "must name a host"),
+    ("https://:8080/lp", "must name a host"),
+    ("https://{host}/lp", "macros are allowed only in the path"),
+    ("https://offer.example{sub1}/", "macros are allowed only in the path"),
+    ("https://offer.example:{port}/", "macros are allowed only in the path"),
+    ("https://offer.example:99999/", "is not a valid URL"),
+    ("https://offer.example:80a/", "is not a valid URL"),
+    ("http://[2001:db8::1/lp", "is not a valid URL"),
+    ("https://user:pw@offer.example/", "must not contain a user name or password"),
+    ("https://evil.example\\@offer.example/", "must not contain a user name or password"),
+    ("https://evil.example\\offer.example/", "is not a valid host name"),
+    ("https://exämple.example/", "host must be ASCII"),
+    ("https://-bad-.example/", "is not a valid host name"),
+    ("https://offer.example/" + "a" * 3979, "must be at most 4000 characters"),
+    (" https://offer.example/", "whitespace or control"),
+    ("https://offer.example/ ", "whitespace or control"),
+    ("https://offer.example/a b", "whitespace or control"),
+    ("https://offer.example/\t", "whitespace or control"),
+    ("https://offer.example/\n", "whitespace or control"),
+    ("https://offer.example\r\nX-Injected: 1", "whitespace or control"),
+    ("https://offer.example/\x00", "whitespace or control"),
+    ("https://offer.example/\x7f", "whitespace or control"),
+    ("https://offer.example/\x85", "whitespace or control"),
+    ("https://offer.example/\u00a0", "whitespace or control"),
+    ("https://offer.example/\u2028", "whitespace or control"),
+    ("https://offer.example/\u2029", "whitespace or control"),
+    ("https://offer.example/\u200b", "whitespace or control"),
+    ("https://offer.example/\u202e", "whitespace or control"),
+    ("https://offer.example/\ufeff", "whitespace or control"),
+    ("https://offer.example/\u3000", "whitespace or control"),
+]
+
+
+@pytest.mark.parametrize("url", GOOD_URLS)
+def test_acceptable_urls(url):
+    assert url_problem(url) is None
+
+
+@pytest.mark.parametrize(("url", "problem"), BAD_URLS)
+def test_unacceptable_urls(url, problem):
+    found = url_problem(url)
+    assert found is not None and problem in found, found
+
+
+async def test_offer_and_traffic_source_urls_are_checked_by_the_api(api):
+    setup = await api.setup_campaign()
+    offer_path = f"/api/offers/{setup['offer']['id']}"
+    source_path = f"/api/traffic-sources/{setup['source']['id']}"
+    for url, problem in BAD_URLS[::3]:
+        body = {"name": "O", "url": url, "affiliate_network_id": setup["network"]["id"]}
+        error = await api.call("POST", "/api/offers", expect=400, json=body)
+        assert problem in error["details"][0]["message"], error
+        error = await api.call("PATCH", offer_path, expect=400, json={"url": url})
+        assert problem in error["details"][0]["message"], error
+        error = await api.call("PATCH", source_path, expect=400, json={"postback_url": url})
+        assert problem in error["details"][0]["message"], error
+    for url in GOOD_URLS[:3]:
+        await api.call("PATCH", offer_path, json={"url": url})
+        await api.call("PATCH", source_path, json={"postback_url": url})
+    offer = await api.call("GET", offer_path)
+    assert offer["url"] == GOOD_URLS[2]
 
 
 async def wait_until_refused(send, token: str, within: float = 10.0) -> dict:
