@@ -2,11 +2,21 @@
 failures and slow clients."""
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 from datetime import datetime
+from types import SimpleNamespace
 
+import orjson
 import pytest
 
+from tests.conftest import API_KEY, start_client
+from tests.test_cli import env_for, wait_until_listening
 from tests.test_lifecycle import prepared
+from tracker.devstack import RedisServer, free_port
+from tracker.web.app import create_app
 from tracker.web.appkeys import CONFIG
 from tracker.web.schemas import url_problem
 
@@ -187,3 +197,199 @@ async def test_archived_networks_are_marked_in_the_configuration(client, api):
     assert config.snapshot.networks[network_id].archived is False
     await api.call("DELETE", f"/api/affiliate-networks/{network_id}")
     assert config.snapshot.networks[network_id].archived is True
+
+
+async def raw_request(client, head: bytes) -> bytes:
+    """Send `head` on a fresh connection and read until the server closes it."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(head)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        b"Bearer \xff\xfe",
+        b"Bearer " + API_KEY.encode() + b"\x80",
+        "Bearer clé".encode(),
+        "Bearer " + API_KEY + "\u00e9",
+        b"Bearer",
+        b"Bearer ",
+        b"Basic " + API_KEY.encode(),
+        API_KEY.encode(),
+        b"\xc3\x28",
+    ],
+)
+async def test_malformed_authorization_headers_are_401_json(client, authorization):
+    if isinstance(authorization, str):
+        authorization = authorization.encode()
+    answer = await raw_request(
+        client,
+        b"GET /api/affiliate-networks HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+        b"Authorization: " + authorization + b"\r\n\r\n",
+    )
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401 "), answer
+    assert b"Content-Type: application/json" in head
+    assert orjson.loads(body) == {"error": "missing or wrong API key"}
+
+
+async def test_the_bearer_scheme_is_case_insensitive(client):
+    for scheme in ("Bearer", "bearer", "BEARER"):
+        headers = {"Authorization": f"{scheme} {API_KEY}"}
+        resp = await client.get("/api/affiliate-networks", headers=headers)
+        assert resp.status == 200, scheme
+
+
+async def limited_client(settings, **changes):
+    limited = settings.model_copy(
+        update={"admin_auth_max_failures": 3, "trusted_proxies": ["127.0.0.1"], **changes}
+    )
+    return await start_client(create_app(limited), limited)
+
+
+async def admin_get(client, address: str, key: str):
+    headers = {"Authorization": f"Bearer {key}", "X-Forwarded-For": address}
+    resp = await client.get("/api/affiliate-networks", headers=headers)
+    return resp.status, resp.headers.get("Retry-After"), await resp.json()
+
+
+async def test_repeated_failures_from_one_address_are_throttled(settings, redis):
+    client = await limited_client(settings, admin_auth_window_seconds=1)
+    try:
+        for _ in range(10):  # successes are not counted
+            assert (await admin_get(client, "198.51.100.1", API_KEY))[0] == 200
+        for _ in range(3):
+            assert (await admin_get(client, "198.51.100.1", "guess"))[0] == 401
+        status, retry_after, body = await admin_get(client, "198.51.100.1", API_KEY)
+        assert (status, retry_after) == (429, "1")
+        assert body == {"error": "too many failed authentications from this address, retry later"}
+        assert (await admin_get(client, "198.51.100.1", "guess"))[0] == 429
+        # Another address is not affected.
+        assert (await admin_get(client, "198.51.100.2", API_KEY))[0] == 200
+        assert await redis.get("authfail:198.51.100.1") == b"3"
+        # Once the window ends the address may try again.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while (await admin_get(client, "198.51.100.1", API_KEY))[0] == 429:
+            assert loop.time() < deadline, "still throttled after the window"
+            await asyncio.sleep(0.1)
+        assert (await admin_get(client, "198.51.100.1", API_KEY))[0] == 200
+    finally:
+        await client.close()
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("outage", ["stopped", "frozen"])
+async def test_failure_counting_survives_a_redis_outage(settings, tmp_path, outage):
+    own_redis = RedisServer(tmp_path / "redis", free_port(), persistent=False)
+    own_redis.start()
+    client = await limited_client(settings, redis_url=own_redis.url())
+    try:
+        assert (await admin_get(client, "203.0.113.5", API_KEY))[0] == 200
+        assert own_redis.process is not None
+        if outage == "stopped":
+            own_redis.stop()
+        else:
+            os.kill(own_redis.process.pid, signal.SIGSTOP)
+        statuses = [(await admin_get(client, "203.0.113.5", API_KEY))[0] for _ in range(3)]
+        statuses += [(await admin_get(client, "203.0.113.5", "guess"))[0] for _ in range(4)]
+        statuses.append((await admin_get(client, "203.0.113.5", API_KEY))[0])
+        other = (await admin_get(client, "203.0.113.6", API_KEY))[0]
+        print(
+            f"redis {outage}: admin answers from the guessing address {statuses}, "
+            f"from another address {other}"
+        )
+        assert statuses == [200, 200, 200, 401, 401, 401, 429, 429]
+        assert other == 200
+    finally:
+        if outage == "frozen" and own_redis.process is not None:
+            os.kill(own_redis.process.pid, signal.SIGCONT)
+        await client.close()
+        own_redis.stop()
+
+
+async def trickle(client, data: bytes, pause: float, within: float) -> float | None:
+    """Send `data` a byte at a time; the seconds after which the server hung up, or None."""
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    started = loop.time()
+    closed = asyncio.ensure_future(reader.read())
+    try:
+        for byte in data:
+            if closed.done() or loop.time() - started > within:
+                break
+            try:
+                writer.write(bytes([byte]))
+                await writer.drain()
+            except ConnectionError:
+                break
+            await asyncio.wait([closed], timeout=pause)
+        try:
+            answer = await asyncio.wait_for(closed, 0.5)
+        except ConnectionError:
+            answer = b""
+        except TimeoutError:
+            return None
+        assert answer == b"", answer
+        return loop.time() - started
+    finally:
+        closed.cancel()
+        writer.close()
+
+
+async def test_a_slowly_sent_request_head_is_cut_off(settings):
+    quick = settings.model_copy(update={"header_read_timeout": 1.0})
+    client = await start_client(create_app(quick), quick)
+    try:
+        head = b"GET /c/unknown HTTP/1.1\r\nHost: tracker.test\r\nX-Padding: " + b"a" * 200
+        hung_up_after = await trickle(client, head, pause=0.1, within=8)
+        print(f"a request head sent a byte every 0.1 s was cut off after {hung_up_after} s")
+        assert hung_up_after is not None, "the server kept the slow connection open"
+        # A silent connection is closed too, and prompt requests are still served.
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        assert await asyncio.wait_for(reader.read(), 8) == b""
+        writer.close()
+        resp = await client.get("/c/unknown", allow_redirects=False)
+        assert resp.status == 404
+    finally:
+        await client.close()
+
+
+async def test_a_slow_second_request_on_a_kept_alive_connection_is_cut_off(settings):
+    quick = settings.model_copy(update={"header_read_timeout": 1.0})
+    client = await start_client(create_app(quick), quick)
+    try:
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        writer.write(b"GET /c/unknown HTTP/1.1\r\nHost: t\r\n\r\n")
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+        assert status_line.startswith(b"HTTP/1.1 404"), status_line
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        writer.write(b"GET /c/unkn")  # and nothing more
+        rest = await asyncio.wait_for(reader.read(), 8)  # the first answer, then EOF
+        assert b"HTTP/1.1" not in rest
+        print(f"a stalled second request head was cut off after {loop.time() - started:.1f} s")
+        writer.close()
+    finally:
+        await client.close()
+
+
+async def test_tracker_serve_cuts_off_slow_request_heads(settings):
+    port = free_port()
+    env = {**env_for(settings, port), "TRACKER_HEADER_READ_TIMEOUT": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "tracker", "serve"], env=env)
+    try:
+        await wait_until_listening(port)
+        server = SimpleNamespace(host="127.0.0.1", port=port)
+        head = b"POST /postback HTTP/1.1\r\nHost: tracker.test\r\nX-Padding: " + b"a" * 200
+        hung_up_after = await trickle(server, head, pause=0.1, within=8)
+        print(f"tracker serve cut off a trickled request head after {hung_up_after} s")
+        assert hung_up_after is not None, "tracker serve kept the slow connection open"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
