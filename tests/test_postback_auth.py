@@ -3,7 +3,11 @@
 import asyncio
 import ipaddress
 import time
+from decimal import Decimal
 from urllib.parse import urlencode
+
+import pytest
+from yarl import URL
 
 from tests.conftest import wait_for_sink
 from tests.test_lifecycle import prepared
@@ -167,3 +171,134 @@ async def test_forwarded_address_from_a_trusted_proxy(settings, api, pool):
         )
     finally:
         await proxied.close()
+
+
+async def _signed_get(client, query, signature, timestamp):
+    """GET /postback with `query` on the wire exactly as given (no client re-encoding)."""
+    url = URL(f"{client.make_url('/postback')}?{query}", encoded=True)
+    headers = {"X-Signature": signature, "X-Timestamp": timestamp}
+    resp = await client.session.get(url, headers=headers)
+    return resp.status, (await resp.json()).get("error")
+
+
+async def test_a_signature_is_used_once_however_it_is_spelt(client, api, pool, redis):
+    network = {"require_token": False, "signing_secret": SECRET}
+    _, click_id, _ = await prepared(client, api, network)
+    query = urlencode({"clickid": click_id, "payout": "3", "txid": "r1"})
+    now = str(int(time.time()))
+    good = signature_for(SECRET, now, query)
+    digest = good.removeprefix("sha256=")
+    assert await _signed_get(client, query, "SHA256=" + digest.upper(), now) == (200, None)
+    for spelling in (good, digest, digest.upper(), "Sha256=" + digest):
+        assert await _signed_get(client, query, spelling, now) == (
+            403,
+            "forbidden: signature already used",
+        ), spelling
+    assert await redis.exists(f"pbsig:{good}") == 1
+    assert await pool.fetchval("SELECT count(*) FROM conversions") == 1
+
+
+@pytest.mark.parametrize(
+    "signature",
+    [
+        "sha256=" + "0" * 63,
+        "sha256=" + "0" * 65,
+        "sha256=" + "g" * 64,
+        "sha1=" + "0" * 64,
+        "sha256= " + "0" * 64,
+        "sha256=" + "0" * 32 + " " + "0" * 32,
+        "sha256=" + "\uff10" * 64,  # full-width digits
+        "sha256=" + "0" * 64 + ",sha256=" + "0" * 64,
+    ],
+)
+async def test_non_canonical_signature_headers_are_refused(client, api, signature):
+    network = {"require_token": False, "signing_secret": SECRET}
+    _, click_id, _ = await prepared(client, api, network)
+    query = urlencode({"clickid": click_id})
+    now = str(int(time.time()))
+    headers = {"X-Signature": signature.encode("utf-8").decode("latin-1"), "X-Timestamp": now}
+    resp = await client.get(f"/postback?{query}", headers=headers)
+    assert resp.status == 403
+    assert (await resp.json())["error"] == "forbidden: X-Signature is not sha256=<64 hex digits>"
+
+
+@pytest.mark.parametrize("stamp", ["+{now}", "-{now}", " {now}x", "{now}.0", "1e9", "0" * 13])
+async def test_timestamps_must_be_plain_digits(client, api, stamp):
+    network = {"require_token": False, "signing_secret": SECRET}
+    _, click_id, _ = await prepared(client, api, network)
+    query = urlencode({"clickid": click_id})
+    timestamp = stamp.format(now=int(time.time()))
+    status, error = await _signed_get(
+        client, query, signature_for(SECRET, timestamp, query), timestamp
+    )
+    assert (status, error) == (
+        403,
+        "forbidden: X-Timestamp is not a Unix time in seconds (ASCII digits only)",
+    )
+
+
+@pytest.mark.parametrize(
+    ("encoded_payout", "encoded_sub", "payout", "sub"),
+    [
+        ("1%2E5", "a%20b", "1.5", "a b"),
+        ("2.25", "a+b", "2.25", "a b"),
+        ("3", "x%2By%26z%3D", "3", "x+y&z="),
+    ],
+)
+async def test_a_get_is_signed_over_the_query_string_as_sent(
+    client, api, pool, encoded_payout, encoded_sub, payout, sub
+):
+    network = {"require_token": False, "signing_secret": SECRET}
+    _, click_id, _ = await prepared(client, api, network)
+    query = f"clickid={click_id}&payout={encoded_payout}&txid=enc&sub={encoded_sub}"
+    now = str(int(time.time()))
+    assert await _signed_get(client, query, signature_for(SECRET, now, query), now) == (200, None)
+    row = await pool.fetchrow("SELECT original_payout, params FROM conversions")
+    assert row["original_payout"] == Decimal(payout)
+    assert row["params"]["sub"] == sub
+    # Signing the decoded form instead does not verify.
+    decoded = f"clickid={click_id}&payout={payout}&txid=enc2&sub={sub}"
+    assert await _signed_get(
+        client,
+        query.replace("txid=enc", "txid=enc2"),
+        signature_for(SECRET, now, decoded),
+        now,
+    ) == (403, "forbidden: bad signature")
+
+
+async def test_a_signed_post_ignores_its_query_string(client, api, pool):
+    network = {"signing_secret": SECRET}
+    setup, click_id, _ = await prepared(client, api, network)
+    token = setup["network"]["postback_token"]
+    body = urlencode({"clickid": click_id, "payout": "5", "txid": "p1"})
+    now = str(int(time.time()))
+    headers = {
+        "X-Signature": signature_for(SECRET, now, body),
+        "X-Timestamp": now,
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+    # The query tries to raise the payout, add a status and a parent; only `token` counts.
+    query = urlencode({"payout": "5000", "status": "rejected", "token": token, "currency": "EUR"})
+    resp = await client.post(f"/postback?{query}", data=body, headers=headers)
+    assert resp.status == 200, await resp.text()
+    row = await pool.fetchrow("SELECT original_payout, original_currency, status FROM conversions")
+    assert (row["original_payout"], row["original_currency"]) == (Decimal("5"), "USD")
+    assert row["status"] != "rejected"
+    # The token is still read from the query: without it the network's token check fails.
+    body2 = urlencode({"clickid": click_id, "payout": "6", "txid": "p2"})
+    headers["X-Signature"] = signature_for(SECRET, now, body2)
+    resp = await client.post("/postback?payout=9", data=body2, headers=headers)
+    assert resp.status == 403
+    assert (await resp.json())["error"] == "forbidden: missing token"
+
+
+async def test_a_signed_post_without_body_is_signed_over_its_query(client, api, pool):
+    network = {"require_token": False, "signing_secret": SECRET}
+    _, click_id, _ = await prepared(client, api, network)
+    query = f"clickid={click_id}&payout=4%2E5&txid=nb"
+    now = str(int(time.time()))
+    url = URL(f"{client.make_url('/postback')}?{query}", encoded=True)
+    headers = {"X-Signature": signature_for(SECRET, now, query), "X-Timestamp": now}
+    resp = await client.session.post(url, headers=headers)
+    assert resp.status == 200, await resp.text()
+    assert await pool.fetchval("SELECT original_payout FROM conversions") == Decimal("4.5")

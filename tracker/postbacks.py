@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from redis.asyncio import Redis
 
-from tracker.domain.auth import check_postback_auth
+from tracker.domain.auth import canonical_signature, check_postback_auth
 from tracker.domain.dialects import DialectConflict, canonical_params
 from tracker.domain.fx import convert
 from tracker.domain.lifecycle import UnknownStatus, normalize_status
@@ -126,7 +126,7 @@ class PostbackProcessor:
         )
         if refusal is None and network.signing_secret and guard_replays:
             first_use = await self._redis.set(
-                keys.SIGNATURE_PREFIX + (inbound.signature or ""),
+                keys.SIGNATURE_PREFIX + (canonical_signature(inbound.signature) or ""),
                 b"1",
                 nx=True,
                 ex=keys.SIGNATURE_TTL,

@@ -24,6 +24,12 @@ class Settings(BaseSettings):
     # Proxies (addresses or CIDRs) whose X-Forwarded-For is believed for postback allowlists.
     trusted_proxies: list[str] = []
     access_log: bool = False
+    # Failed admin API authentications allowed per client address and window; then 429.
+    admin_auth_max_failures: int = Field(default=20, ge=1)
+    admin_auth_window_seconds: int = Field(default=60, ge=1)
+    # Seconds a connection may take to send a complete request head (from connecting,
+    # or from the previous response); also how long an idle keep-alive connection lasts.
+    header_read_timeout: float = Field(default=10.0, gt=0)
     # Seconds a stopping web process waits for in-flight requests before closing.
     shutdown_timeout: float = 10.0
     config_refresh_seconds: float = Field(default=1.0, gt=0)

@@ -1,19 +1,74 @@
-"""Authentication of inbound postbacks: token, address allowlist, HMAC signature."""
+"""Authentication of inbound postbacks: token, address allowlist, HMAC signature.
+
+Signature rules: `X-Signature: sha256=<hex>` is HMAC-SHA256 keyed with the network's
+signing secret over "<X-Timestamp>.<raw>", where raw is the query string exactly as
+sent (after `?`, percent-encoding untouched) for a GET or a body-less POST, and the
+body bytes for a POST with a body. The hex may come in either case and without the
+prefix; replay protection keys on the canonical form, so a digest is usable once
+however it is spelt. X-Timestamp is Unix seconds in plain ASCII digits.
+"""
 
 import hashlib
 import hmac
 import ipaddress
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 
 from tracker.domain.campaign import IpNetwork, NetworkRoute
 
 REPLAY_WINDOW_SECONDS = 300
+SIGNATURE_SCHEME = "sha256="
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
+# Unix seconds: 10 digits until the year 2286; a few more are harmless, thousands are not.
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+# The one query parameter a signed POST may still carry: it authenticates, it is not data.
+SIGNED_POST_QUERY_PARAMS = frozenset({"token"})
 
 
 def signature_for(secret: str, timestamp: str, raw: str) -> str:
     """The `X-Signature` value for a request: HMAC-SHA256 over "<timestamp>.<raw>"."""
     digest = hmac.new(secret.encode(), f"{timestamp}.{raw}".encode(), hashlib.sha256)
-    return "sha256=" + digest.hexdigest()
+    return SIGNATURE_SCHEME + digest.hexdigest()
+
+
+def canonical_signature(header: str | None) -> str | None:
+    """`sha256=<64 lowercase hex>` for a header carrying a SHA-256 digest in any case,
+    with or without the prefix; None for anything else."""
+    if header is None or not header.isascii():
+        return None
+    value = header.strip().lower()
+    value = value.removeprefix(SIGNATURE_SCHEME)
+    if not _HEX_DIGEST.fullmatch(value):
+        return None
+    return SIGNATURE_SCHEME + value
+
+
+def parse_timestamp(header: str) -> int | None:
+    """The X-Timestamp header as Unix seconds, or None unless it is 1 to 12 ASCII digits."""
+    if not _TIMESTAMP.fullmatch(header):
+        return None
+    return int(header)
+
+
+def signed_post_params(query: Mapping[str, str]) -> dict[str, str]:
+    """What a signed POST keeps of its query string: the signature covers only the
+    body, so unsigned query parameters must not add to or override the signed ones."""
+    return {name: value for name, value in query.items() if name in SIGNED_POST_QUERY_PARAMS}
+
+
+def token_matches(network: NetworkRoute, token: str, now: float) -> bool:
+    """The network's current postback token, or its previous one while in grace."""
+    given = token.encode("utf-8", "surrogatepass")
+    if hmac.compare_digest(given, network.postback_token.encode()):
+        return True
+    previous = network.previous_postback_token
+    expires_at = network.previous_token_expires_at
+    return (
+        previous is not None
+        and expires_at is not None
+        and now < expires_at
+        and hmac.compare_digest(given, previous.encode())
+    )
 
 
 def check_postback_auth(
@@ -29,7 +84,7 @@ def check_postback_auth(
     if network.require_token:
         if not token:
             return "missing token"
-        if not hmac.compare_digest(token.encode(), network.postback_token.encode()):
+        if not token_matches(network, token, now):
             return "wrong token"
     if network.ip_allowlist:
         try:
@@ -41,14 +96,16 @@ def check_postback_auth(
     if network.signing_secret:
         if not signature or not signature_ts:
             return "missing X-Signature or X-Timestamp header"
-        try:
-            sent_at = int(signature_ts)
-        except ValueError:
-            return "X-Timestamp is not a Unix time in seconds"
+        canonical = canonical_signature(signature)
+        if canonical is None:
+            return "X-Signature is not sha256=<64 hex digits>"
+        sent_at = parse_timestamp(signature_ts)
+        if sent_at is None:
+            return "X-Timestamp is not a Unix time in seconds (ASCII digits only)"
         if abs(now - sent_at) > REPLAY_WINDOW_SECONDS:
             return "signature timestamp outside the 5-minute window"
         expected = signature_for(network.signing_secret, signature_ts, raw)
-        if not hmac.compare_digest(signature.strip().lower().encode(), expected.encode()):
+        if not hmac.compare_digest(canonical.encode(), expected.encode()):
             return "bad signature"
     return None
 

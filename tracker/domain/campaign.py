@@ -32,6 +32,10 @@ class NetworkRoute:
     signing_secret: str | None
     status_map: dict[str, str]
     duplicate_policy: str
+    # After a token rotation the old token is accepted until this Unix time.
+    previous_postback_token: str | None = None
+    previous_token_expires_at: float | None = None
+    archived: bool = False
 
 
 @dataclass(frozen=True, slots=True)

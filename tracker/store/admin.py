@@ -83,3 +83,24 @@ async def replace_campaign_offers(
         INSERT_CAMPAIGN_OFFER,
         [(campaign_id, offer_id, weight, pos) for pos, (offer_id, weight) in enumerate(offers)],
     )
+
+
+ROTATE_POSTBACK_TOKEN = """
+UPDATE affiliate_networks
+SET previous_postback_token = CASE WHEN $3 > 0 THEN postback_token END,
+    previous_token_expires_at = CASE WHEN $3 > 0 THEN now() + make_interval(secs => $3) END,
+    postback_token = $2,
+    updated_at = now()
+WHERE id = $1
+RETURNING *
+"""
+
+
+async def rotate_postback_token(
+    conn: Conn, network_id: int, new_token: str, grace_seconds: int
+) -> asyncpg.Record | None:
+    """Give a network a new postback token; the old one keeps working for the grace."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        ROTATE_POSTBACK_TOKEN, network_id, new_token, grace_seconds
+    )
+    return row

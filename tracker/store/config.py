@@ -25,7 +25,7 @@ log = logging.getLogger("tracker.config")
 
 SELECT_NETWORKS = """
 SELECT id, postback_token, require_token, ip_allowlist, signing_secret, status_map,
-       duplicate_policy
+       duplicate_policy, previous_postback_token, previous_token_expires_at, archived_at
 FROM affiliate_networks
 """
 SELECT_OFFERS = """
@@ -62,6 +62,13 @@ async def load_snapshot(pool: asyncpg.Pool) -> ConfigSnapshot:
             signing_secret=row["signing_secret"],
             status_map={str(k).lower(): str(v) for k, v in row["status_map"].items()},
             duplicate_policy=row["duplicate_policy"],
+            previous_postback_token=row["previous_postback_token"],
+            previous_token_expires_at=(
+                row["previous_token_expires_at"].timestamp()
+                if row["previous_token_expires_at"] is not None
+                else None
+            ),
+            archived=row["archived_at"] is not None,
         )
     for row in rate_rows:
         snapshot.rates.setdefault(row["currency"], []).append((row["valid_from"], row["rate"]))

@@ -7,7 +7,13 @@ CONFIG_VERSION = "cfg:version"
 # Signatures of signed postbacks already accepted, kept for twice the replay window.
 SIGNATURE_PREFIX = "pbsig:"
 SIGNATURE_TTL = 600
+# Failed admin authentications per client address; expires with its counting window.
+AUTH_FAILURES_PREFIX = "authfail:"
 
 
 def click_key(click_id: str) -> str:
     return CLICK_PREFIX + click_id
+
+
+def auth_failures_key(address: str) -> str:
+    return AUTH_FAILURES_PREFIX + address

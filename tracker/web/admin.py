@@ -11,7 +11,14 @@ from pydantic import BaseModel
 from tracker.store import admin as sql
 from tracker.web.appkeys import CONFIG, PG_POOL, SETTINGS
 from tracker.web.errors import ApiError, json_response, parse_json_object
-from tracker.web.schemas import AffiliateNetworkIn, Body, CampaignIn, OfferIn, TrafficSourceIn
+from tracker.web.schemas import (
+    AffiliateNetworkIn,
+    Body,
+    CampaignIn,
+    OfferIn,
+    RotateTokenIn,
+    TrafficSourceIn,
+)
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
@@ -159,6 +166,23 @@ class AffiliateNetworks(ResourceViews):
 
     def creation_columns(self) -> dict[str, Any]:
         return {"postback_token": secrets.token_urlsafe(18)}
+
+    async def rotate_token(self, request: web.Request) -> web.Response:
+        """Issue a new postback token; the old one is accepted for `grace_seconds` more."""
+        row_id = _row_id(request)
+        body = await read_json_object(request) if await request.read() else {}
+        grace = RotateTokenIn.model_validate(body).grace_seconds
+        async with request.config_dict[PG_POOL].acquire() as conn:
+            row = await sql.rotate_postback_token(conn, row_id, secrets.token_urlsafe(18), grace)
+            if row is None:
+                raise ApiError(404, f"{self.label} {row_id} not found")
+            [presented] = await self.present(request, conn, [row])
+        await request.config_dict[CONFIG].changed()
+        return json_response(presented)
+
+    def add_routes(self, app: web.Application) -> None:
+        super().add_routes(app)
+        app.router.add_post(f"/{self.path}/{{id}}/rotate-token", self.rotate_token)
 
     async def present(
         self, request: web.Request, conn: sql.Conn, rows: list[asyncpg.Record]

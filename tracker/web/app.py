@@ -7,8 +7,10 @@ from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
+from tracker.domain.auth import client_address
 from tracker.postbacks import PostbackProcessor
 from tracker.settings import Settings
+from tracker.store.auth_failures import AuthFailures
 from tracker.store.clicks import ClickReader, ClickWriter
 from tracker.store.config import ConfigCache
 from tracker.store.conversions import ConversionWriter
@@ -31,18 +33,47 @@ from tracker.web.errors import Handler, error_middleware, json_response
 from tracker.web.routes import setup_routes
 
 
-@web.middleware
-async def require_api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bearer-key check for the API sub-application (the click path never pays for it)."""
-    expected = request.config_dict[SETTINGS].api_key
-    given = request.headers.get("Authorization", "")
-    if (
-        expected is None
-        or not given.startswith("Bearer ")
-        or not hmac.compare_digest(given[7:].encode(), expected.get_secret_value().encode())
-    ):
-        return json_response({"error": "missing or wrong API key"}, status=401)
-    return await handler(request)
+def bearer_key_matches(header: str, expected: str) -> bool:
+    """An `Authorization: Bearer <key>` header carrying `expected`. Header text that is
+    not ASCII (aiohttp hands undecodable bytes over as surrogates) never matches."""
+    scheme, _, given = header.partition(" ")
+    given = given.strip(" ")
+    if scheme.lower() != "bearer" or not given.isascii():
+        return False
+    return hmac.compare_digest(given.encode("ascii"), expected.encode())
+
+
+def require_api_key(failures: AuthFailures) -> Callable[..., Any]:
+    """Bearer-key check for the API sub-application (the click path never pays for it);
+    an address with too many recent failures gets 429 until its window ends."""
+
+    @web.middleware
+    async def check_api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
+        address = (
+            client_address(
+                request.remote,
+                request.headers.get("X-Forwarded-For"),
+                request.config_dict[TRUSTED_PROXIES],
+            )
+            or "unknown"
+        )
+        redis = request.config_dict[REDIS]
+        retry_after = await failures.retry_after(redis, address)
+        if retry_after is not None:
+            response = json_response(
+                {"error": "too many failed authentications from this address, retry later"},
+                status=429,
+            )
+            response.headers["Retry-After"] = str(retry_after)
+            return response
+        expected = request.config_dict[SETTINGS].api_key
+        header = request.headers.get("Authorization", "")
+        if expected is None or not bearer_key_matches(header, expected.get_secret_value()):
+            await failures.record(redis, address)
+            return json_response({"error": "missing or wrong API key"}, status=401)
+        return await handler(request)
+
+    return check_api_key
 
 
 async def postgres_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -90,8 +121,16 @@ async def make_postback_processor(app: web.Application) -> None:
 
 
 def handler_args(settings: Settings) -> dict[str, Any]:
-    """Server options: URL lines may exceed our limit so that we, not the parser, answer 414."""
-    return {"max_line_size": settings.max_request_line * 4}
+    """Server options. URL lines may exceed our limit so that we, not the parser, answer 414.
+
+    aiohttp closes a connection whose next request head is still incomplete when the
+    keep-alive timer, started on connecting and after each response, runs out: that
+    timer is the header-read timeout, so a client trickling a request head is cut off.
+    """
+    return {
+        "max_line_size": settings.max_request_line * 4,
+        "keepalive_timeout": settings.header_read_timeout,
+    }
 
 
 def create_app(settings: Settings | None = None) -> web.Application:
@@ -120,7 +159,8 @@ def create_app(settings: Settings | None = None) -> web.Application:
             running(POSTBACK_LOG, lambda app: PostbackLog(app[PG_POOL])),
         ]
     )
-    api = web.Application(middlewares=[require_api_key])
+    failures = AuthFailures(settings.admin_auth_max_failures, settings.admin_auth_window_seconds)
+    api = web.Application(middlewares=[require_api_key(failures)])
     app.on_startup.append(make_postback_processor)
     setup_routes(app, api)
     app.add_subapp("/api", api)

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import orjson
 from aiohttp import web
 
-from tracker.domain.auth import client_address
+from tracker.domain.auth import client_address, signed_post_params
 from tracker.postbacks import INVALID, Outcome
 from tracker.store.postback_log import Inbound
 from tracker.web.appkeys import POSTBACK_LOG, POSTBACKS, TRUSTED_PROXIES
@@ -19,8 +19,10 @@ async def _read(request: web.Request) -> tuple[dict[str, str], str]:
     """Query parameters merged with a form or JSON body (the body wins on a clash),
     and the raw text a signature covers. Raises ValueError on an unreadable body."""
     params: dict[str, str] = dict(request.query)
-    raw = request.query_string
+    raw = request.raw_path.partition("?")[2]  # as sent: a signature covers the encoded form
     if request.method == "POST" and request.can_read_body:
+        if "X-Signature" in request.headers:
+            params = signed_post_params(params)
         body = await request.read()
         raw = body.decode(errors="replace")
         if request.content_type == "application/json":
