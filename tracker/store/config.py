@@ -34,7 +34,7 @@ SELECT id, url, affiliate_network_id, payout, currency, archived_at FROM offers
 SELECT_CAMPAIGNS = """
 SELECT c.id, c.key, c.traffic_source_id, c.cost_model, c.cost_value,
        c.attribution_window_days, c.report_currency, c.archived_at,
-       t.external_id_param, t.cost_param
+       t.external_id_param, t.cost_param, t.max_click_cost
 FROM campaigns c JOIN traffic_sources t ON t.id = c.traffic_source_id
 """
 SELECT_RATES = "SELECT currency, valid_from, rate FROM currency_rates ORDER BY currency, valid_from"
@@ -92,6 +92,7 @@ async def load_snapshot(pool: asyncpg.Pool) -> ConfigSnapshot:
             attribution_window_days=row["attribution_window_days"],
             report_currency=row["report_currency"],
             offers=WeightedChoice(links[row["id"]]),
+            max_click_cost=row["max_click_cost"],
         )
         snapshot.campaigns_by_id[route.id] = route
         if route.offers and row["archived_at"] is None:
