@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from tracker.domain.campaign import CampaignRoute, ConfigSnapshot, NetworkRoute, OfferRoute
 from tracker.domain.macros import compile_template
@@ -22,6 +23,9 @@ from tracker.domain.routing import WeightedChoice
 from tracker.store import keys
 
 log = logging.getLogger("tracker.config")
+
+# A version no Redis reply equals, so the watcher reloads once Redis answers.
+_UNKNOWN = object()
 
 SELECT_NETWORKS = """
 SELECT id, postback_token, require_token, ip_allowlist, signing_secret, status_map,
@@ -114,7 +118,13 @@ class ConfigCache:
 
     async def reload(self) -> None:
         async with self._lock:
-            version = await self._redis.get(keys.CONFIG_VERSION)
+            version: Any
+            try:
+                version = await self._redis.get(keys.CONFIG_VERSION)
+            except (RedisError, OSError) as exc:
+                # Start (or reload) from Postgres anyway; the next good poll reloads again.
+                log.warning("configuration version unreadable (%r); loading anyway", exc)
+                version = _UNKNOWN
             self.snapshot = await load_snapshot(self._pool)
             self._version = version
         log.debug("configuration reloaded: %d campaigns", len(self.snapshot.campaigns))
@@ -138,10 +148,18 @@ class ConfigCache:
 
     async def watch(self) -> None:
         """Reload whenever the shared version moves. Runs until cancelled."""
+        failing = False
         while True:
             await asyncio.sleep(self._refresh_seconds)
             try:
                 if await self._redis.get(keys.CONFIG_VERSION) != self._version:
                     await self.reload()
-            except Exception:
-                log.exception("configuration refresh failed; keeping the current one")
+            except Exception as exc:
+                # One line per outage, not one a second: the snapshot in hand keeps serving.
+                if not failing:
+                    failing = True
+                    log.warning("configuration refresh failing (%r); keeping the current one", exc)
+                continue
+            if failing:
+                failing = False
+                log.info("configuration refresh working again")
