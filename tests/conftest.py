@@ -42,7 +42,7 @@ def servers() -> Iterator[tuple[PostgresServer, RedisServer]]:
 
 
 @pytest.fixture
-async def settings(servers: tuple[PostgresServer, RedisServer]) -> Settings:
+async def settings(servers: tuple[PostgresServer, RedisServer], tmp_path: Path) -> Settings:
     """Settings for one test, with an emptied database and Redis."""
     pg, rd = servers
     conn = await asyncpg.connect(pg.dsn())
@@ -64,6 +64,7 @@ async def settings(servers: tuple[PostgresServer, RedisServer]) -> Settings:
         api_key=API_KEY,
         public_url="http://tracker.test",
         config_refresh_seconds=0.2,
+        spool_dir=str(tmp_path / "spool"),
     )
 
 

@@ -1,10 +1,15 @@
 """The click redirect: what is stored, where the visitor goes, what is refused."""
 
+import asyncio
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import orjson
 
+from tests.conftest import Api, start_client
 from tracker.store import keys
+from tracker.web.app import create_app
+from tracker.web.appkeys import CLICK_WRITER, CONFIG
 
 
 def click_path(campaign):
@@ -143,12 +148,103 @@ async def test_huge_query_string_gets_json_414(client, api, redis):
     assert await redis.xlen(keys.CLICK_STREAM) == 0
 
 
-async def test_failed_redis_write_gives_no_redirect(client, api, redis):
+async def test_failed_redis_write_spools_the_click_then_replays_it(client, api, redis, settings):
     campaign = (await api.setup_campaign())["campaign"]
-    # A stream key of the wrong type makes XADD fail inside the pipeline.
+    # A stream key of the wrong type makes XADD fail inside the script.
     await redis.delete(keys.CLICK_STREAM)
     await redis.set(keys.CLICK_STREAM, b"not a stream")
     resp = await client.get(click_path(campaign), allow_redirects=False)
-    assert resp.status == 503
-    assert "Location" not in resp.headers
-    assert "could not be recorded" in (await resp.json())["error"]
+    assert resp.status == 302
+    click_id = resp.headers["Location"].split("cid=")[1]
+    writer = client.server.app[CLICK_WRITER]
+    assert writer.degraded and writer.spooled == 1
+    spooled = list(Path(settings.spool_dir).glob("clicks-*.jsonl"))
+    assert len(spooled) == 1 and click_id.encode() in spooled[0].read_bytes()
+    await redis.delete(keys.click_key(click_id))  # the SET ran before the XADD failed
+
+    await redis.delete(keys.CLICK_STREAM)  # Redis "recovers"
+    deadline = asyncio.get_running_loop().time() + 10
+    while writer.degraded or list(Path(settings.spool_dir).glob("clicks-*.jsonl")):
+        assert asyncio.get_running_loop().time() < deadline, "spool was not replayed"
+        await asyncio.sleep(0.05)
+    ttl = await redis.ttl(keys.click_key(click_id))
+    assert 30 * 86400 - 60 < ttl <= 30 * 86400
+    [(_, fields)] = await redis.xrange(keys.CLICK_STREAM)
+    assert orjson.loads(fields[b"d"])["click_id"] == click_id
+    # Back on the normal path: the next click goes to Redis, not the spool.
+    resp = await client.get(click_path(campaign), allow_redirects=False)
+    assert resp.status == 302 and writer.spooled == 1
+    assert await redis.xlen(keys.CLICK_STREAM) == 2
+
+
+async def test_no_redirect_when_neither_redis_nor_spool_can_take_the_click(api, redis, settings):
+    blocker = Path(settings.spool_dir).parent / "not-a-dir"
+    blocker.write_text("")
+    bad = settings.model_copy(update={"spool_dir": str(blocker / "spool")})
+    client = await start_client(create_app(bad), bad)
+    try:
+        api = Api(client)
+        campaign = (await api.setup_campaign())["campaign"]
+        await redis.set(keys.CLICK_STREAM, b"not a stream")
+        resp = await client.get(click_path(campaign), allow_redirects=False)
+        assert resp.status == 503
+        assert "Location" not in resp.headers
+        assert "could not be recorded" in (await resp.json())["error"]
+    finally:
+        await client.close()
+
+
+async def test_hostile_costs_are_dropped_and_the_click_kept(client, api, redis):
+    setup = await api.setup_campaign(cost_model="auto")
+    campaign = setup["campaign"]
+    assert setup["source"]["max_click_cost"] == "100.00"
+    stored = {}
+    for cost in ("-5", "1e12", "999999999999", "100.000001", "100", "0", "12.5"):
+        resp = await client.get(click_path(campaign), params={"cost": cost}, allow_redirects=False)
+        assert resp.status == 302
+        click_id = resp.headers["Location"].split("cid=")[1]
+        stored[cost] = orjson.loads(await redis.get(keys.click_key(click_id)))["cost"]
+    assert stored == {
+        "-5": None,
+        "1e12": None,
+        "999999999999": None,
+        "100.000001": None,
+        "100": "100",
+        "0": "0",
+        "12.5": "12.5",
+    }
+    # The cap is the traffic source's to set.
+    source_id = setup["source"]["id"]
+    await api.call("PATCH", f"/api/traffic-sources/{source_id}", json={"max_click_cost": "1000"})
+    await api.call(
+        "PATCH", f"/api/traffic-sources/{source_id}", json={"max_click_cost": "-1"}, expect=400
+    )
+    await client.server.app[CONFIG].reload()
+    resp = await client.get(click_path(campaign), params={"cost": "500"}, allow_redirects=False)
+    click_id = resp.headers["Location"].split("cid=")[1]
+    assert orjson.loads(await redis.get(keys.click_key(click_id)))["cost"] == "500"
+
+
+async def test_click_ip_follows_the_trusted_proxy_rule(api, redis, settings):
+    trusting = settings.model_copy(update={"trusted_proxies": ["127.0.0.1"]})
+    client = await start_client(create_app(trusting), trusting)
+    try:
+        campaign = (await Api(client).setup_campaign())["campaign"]
+        ips = []
+        for lines in (["203.0.113.9"], ["198.51.100.1, 203.0.113.7", "127.0.0.1"], []):
+            headers = [("X-Forwarded-For", line) for line in lines]
+            resp = await client.get(click_path(campaign), headers=headers, allow_redirects=False)
+            click_id = resp.headers["Location"].split("cid=")[1]
+            ips.append(orjson.loads(await redis.get(keys.click_key(click_id)))["ip"])
+        assert ips == ["203.0.113.9", "203.0.113.7", "127.0.0.1"]
+    finally:
+        await client.close()
+
+
+async def test_untrusted_peer_cannot_forge_the_click_ip(client, api, redis):
+    campaign = (await api.setup_campaign())["campaign"]
+    resp = await client.get(
+        click_path(campaign), headers={"X-Forwarded-For": "203.0.113.9"}, allow_redirects=False
+    )
+    click_id = resp.headers["Location"].split("cid=")[1]
+    assert orjson.loads(await redis.get(keys.click_key(click_id)))["ip"] == "127.0.0.1"

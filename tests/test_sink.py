@@ -84,3 +84,15 @@ async def test_clicks_reach_postgres_quickly(client, api, pool, sink):
     while await pool.fetchval("SELECT count(*) FROM clicks") < 20:
         assert time.monotonic() - started < 2.0
         await asyncio.sleep(0.02)
+
+
+async def test_huge_costs_cannot_overflow_the_rollup_or_dead_letter_clicks(redis, pool, sink):
+    # Each cost is the largest a click can carry; their sum is far beyond numeric(20, 6).
+    for i in range(150):
+        await redis.xadd(keys.CLICK_STREAM, {b"d": record(f"big{i}", cost="999999999999.999999")})
+    await wait_for_sink(sink)
+    assert await pool.fetchval("SELECT count(*) FROM clicks") == 150
+    assert await pool.fetchval("SELECT count(*) FROM click_dead_letters") == 0
+    rollup = await pool.fetchrow("SELECT clicks, cost FROM click_rollups")
+    assert rollup["clicks"] == 150
+    assert str(rollup["cost"]) == "149999999999999.999850"

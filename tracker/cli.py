@@ -53,10 +53,10 @@ async def _run_sink(settings: Settings) -> None:
     from tracker.sink.clicks import ClickSink
     from tracker.sink.orphans import orphan_matcher
     from tracker.store.db import create_pool
-    from tracker.store.redis import create_redis
+    from tracker.store.redis import redis_for
 
     pool = await create_pool(settings.database_url, 1, 4)
-    redis = create_redis(settings.redis_url)
+    redis = redis_for(settings, blocking_ms=settings.sink_block_ms)
     try:
         async with orphan_matcher(pool, redis, settings) as matcher:
             sink = ClickSink(

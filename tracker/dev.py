@@ -48,6 +48,7 @@ def run_dev() -> int:
             started.append(rd)
             env["TRACKER_REDIS_URL"] = rd.url()
         env.setdefault("TRACKER_API_KEY", _api_key(var))
+        env.setdefault("TRACKER_SPOOL_DIR", str(var / "spool"))
         os.environ.update(env)
         settings = Settings()
         asyncio.run(migrate(settings.database_url))

@@ -155,8 +155,12 @@ class RedisServer:
         if binary is None:
             raise RuntimeError("redis-server not found; run `make setup`")
         self.root.mkdir(parents=True, exist_ok=True)
+        # Persistent (`make run`): every write in the append-only file, synced each second;
+        # and never evict: a click record or stream entry silently dropped is a lost click.
         persistence = (
-            ["--appendonly", "yes"] if self.persistent else ["--save", "", "--appendonly", "no"]
+            ["--appendonly", "yes", "--appendfsync", "everysec"]
+            if self.persistent
+            else ["--save", "", "--appendonly", "no"]
         )
         self.process = subprocess.Popen(
             [
@@ -170,6 +174,8 @@ class RedisServer:
                 "--logfile",
                 str(self.root / "redis.log"),
                 *persistence,
+                "--maxmemory-policy",
+                "noeviction",
             ],
             stdout=subprocess.DEVNULL,
             # Its own session: a Ctrl-C meant for the tracker must not stop Redis under it.

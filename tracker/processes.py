@@ -20,6 +20,16 @@ class StopSignal:
         self.received = True
 
 
+RESTART_BACKOFF_MAX = 10.0
+# A process that ran this long before exiting is restarted at once, not after a backoff.
+HEALTHY_AFTER_SECONDS = 30.0
+
+
+def restart_delay(failures: int) -> float:
+    """Seconds before restarting a process that has exited `failures` times in a row."""
+    return float(min(0.5 * 2 ** (failures - 1), RESTART_BACKOFF_MAX))
+
+
 def run_processes(
     commands: list[list[str]],
     stop: StopSignal,
@@ -30,28 +40,49 @@ def run_processes(
     """Run one process per command until `stop`; then SIGTERM them all and wait.
 
     A process that exits before then is restarted (`restart`), or ends the run.
-    Returns 0 when every process exited with 0.
+    A process that keeps crashing is restarted after an exponential backoff (at
+    most 10 s), reset once it has stayed up a while. Returns 0 when every process
+    exited with 0.
     """
-    children = [subprocess.Popen(command, env=env) for command in commands]
+    children: list[subprocess.Popen[bytes] | None] = [
+        subprocess.Popen(command, env=env) for command in commands
+    ]
+    started = [time.monotonic()] * len(commands)
+    failures = [0] * len(commands)
+    restart_at = [0.0] * len(commands)
     try:
         while not stop.received:
+            now = time.monotonic()
             for i, child in enumerate(children):
+                if child is None:
+                    if now >= restart_at[i]:
+                        children[i] = subprocess.Popen(commands[i], env=env)
+                        started[i] = now
+                    continue
                 if child.poll() is None:
                     continue
-                log.error("process %d exited with %s", child.pid, child.returncode)
                 if not restart:
                     return 1
-                time.sleep(0.5)
-                children[i] = subprocess.Popen(commands[i], env=env)
-            time.sleep(0.2)
+                failures[i] = 1 if now - started[i] > HEALTHY_AFTER_SECONDS else failures[i] + 1
+                delay = restart_delay(failures[i])
+                log.error(
+                    "process %d exited with %s; restarting in %.1f s",
+                    child.pid,
+                    child.returncode,
+                    delay,
+                )
+                children[i] = None
+                restart_at[i] = now + delay
+            time.sleep(0.1)
     finally:
-        for child in children:
+        running = [child for child in children if child is not None]
+        for child in running:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
-        for child in children:
+        for child in running:
             try:
                 child.wait(timeout=stop_timeout)
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
-    return 0 if all(child.returncode == 0 for child in children) else 1
+    return 0 if all(child.returncode == 0 for child in running) else 1

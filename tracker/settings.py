@@ -34,6 +34,18 @@ class Settings(BaseSettings):
     shutdown_timeout: float = 10.0
     config_refresh_seconds: float = Field(default=1.0, gt=0)
 
+    # Seconds any Redis command may take, and connecting to Redis, before it counts as failed.
+    redis_timeout: float = Field(default=0.5, gt=0)
+    redis_connect_timeout: float = Field(default=1.0, gt=0)
+    # Seconds a click waits for Redis before it is written to the local spool instead.
+    click_write_timeout: float = Field(default=0.25, gt=0)
+    # Where each web process spools clicks while Redis is unavailable (one file per process).
+    spool_dir: str = "var/spool"
+    # How often a process in degraded mode checks whether Redis answers again.
+    spool_probe_seconds: float = Field(default=0.5, gt=0)
+    # Items a group-commit queue holds before callers are refused at once.
+    batch_max_pending: int = Field(default=20000, ge=1)
+
     sink_batch_size: int = 2000
     sink_block_ms: int = 500
     sink_claim_idle_ms: int = 30000

@@ -111,13 +111,18 @@ def check_postback_auth(
 
 
 def client_address(
-    peer: str | None, forwarded_for: str | None, trusted: Sequence[IpNetwork]
+    peer: str | None, forwarded_for: str | Sequence[str] | None, trusted: Sequence[IpNetwork]
 ) -> str | None:
     """The client's address: the socket peer, or, when the peer is a trusted proxy,
-    the nearest untrusted address in X-Forwarded-For."""
+    the nearest untrusted address in X-Forwarded-For.
+
+    `forwarded_for` is every X-Forwarded-For header line (or one line); several
+    lines are one list, in order, as if joined with commas.
+    """
     if not forwarded_for or not trusted or not _is_trusted(peer, trusted):
         return peer
-    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    joined = forwarded_for if isinstance(forwarded_for, str) else ",".join(forwarded_for)
+    hops = [hop.strip() for hop in joined.split(",") if hop.strip()]
     for hop in reversed(hops):
         if not _is_trusted(hop, trusted):
             return hop

@@ -6,6 +6,7 @@ from datetime import date
 from decimal import Decimal
 
 from tracker.domain.macros import Template
+from tracker.domain.money import parse_money_or_none
 from tracker.domain.routing import WeightedChoice
 
 
@@ -50,10 +51,31 @@ class CampaignRoute:
     attribution_window_days: int
     report_currency: str
     offers: WeightedChoice[OfferRoute]
+    # The traffic source's cap on a visitor-reported (`auto`) cost per click.
+    max_click_cost: Decimal | None = None
 
     @property
     def ttl_seconds(self) -> int:
         return self.attribution_window_days * 86400
+
+    def click_cost(self, reported: str | None) -> Decimal | None:
+        """The cost stored with a click.
+
+        `cpc`: the campaign's fixed cost. `auto`: the amount the traffic source put
+        in the click URL, if it is a number from zero up to the source's cap; a
+        malformed, negative or larger amount is stored as no cost (the click itself
+        is always kept). Capping keeps one bad or hostile URL from inflating spend.
+        """
+        if self.cost_model == "cpc":
+            return self.cost_value
+        if self.cost_model != "auto":
+            return None
+        cost = parse_money_or_none(reported)
+        if cost is None or cost < 0:
+            return None
+        if self.max_click_cost is not None and cost > self.max_click_cost:
+            return None
+        return cost
 
 
 @dataclass(slots=True)

@@ -7,6 +7,7 @@ died are claimed after `claim_idle_ms`; acknowledged entries are trimmed.
 """
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -22,6 +23,8 @@ from redis.exceptions import ResponseError
 from tracker.store import keys
 
 log = logging.getLogger("tracker.sink")
+
+MAX_BACKOFF_SECONDS = 5.0
 
 _CLICK_COLUMNS = """
     click_id text, created_ms bigint, campaign_id bigint, offer_id bigint,
@@ -115,12 +118,16 @@ class ClickSink:
                 raise
 
     async def run(self) -> None:
-        await self.ensure_group()
         # Our own pending entries first (a restart under the same name), then new ones.
         next_id = "0"
         last_housekeeping = 0.0
+        group_ready = False
+        failures = 0
         while not self._stopping.is_set():
             try:
+                if not group_ready:
+                    await self.ensure_group()
+                    group_ready = True
                 if time.monotonic() - last_housekeeping > self.housekeeping_seconds:
                     last_housekeeping = time.monotonic()
                     await self.claim_abandoned()
@@ -134,24 +141,27 @@ class ClickSink:
                     block=block,
                 )
                 entries: list[Entry] = reply[0][1] if reply else []
-                if next_id == "0" and not entries:
-                    next_id = ">"
-                    continue
                 if entries:
                     await self.store(entries)
+                if failures:
+                    log.info("sink working again after %d failed attempts", failures)
+                    failures = 0
+                if next_id == "0" and not entries:
+                    next_id = ">"
             except asyncio.CancelledError:
                 raise
-            except ResponseError as exc:
-                if "NOGROUP" in str(exc):
-                    await self.ensure_group()
+            except Exception as exc:
+                if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+                    group_ready = False  # the stream was deleted; recreate the group
                     continue
-                log.exception("sink step failed; retrying")
+                if not failures:
+                    log.warning("sink stalled (%r); retrying with backoff until it works", exc)
+                failures += 1
                 next_id = "0"
-                await asyncio.sleep(0.5)
-            except Exception:
-                log.exception("sink step failed; retrying")
-                next_id = "0"
-                await asyncio.sleep(0.5)
+                # Exponential backoff while Redis or Postgres is down, at most 5 s.
+                delay = min(0.1 * 2 ** min(failures, 6), MAX_BACKOFF_SECONDS)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
 
     async def store(self, entries: list[Entry]) -> None:
         """Write entries to Postgres, then acknowledge them."""

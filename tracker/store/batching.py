@@ -18,6 +18,19 @@ class BatchClosedError(RuntimeError):
     pass
 
 
+class BatchQueueFullError(RuntimeError):
+    """The queue already holds `max_pending` items: refused at once rather than queued."""
+
+
+class BatchTimeoutError(TimeoutError):
+    """The caller's item was not written within the time it was willing to wait."""
+
+
+def _expire(future: "asyncio.Future[Any]", name: str) -> None:
+    if not future.done():
+        future.set_exception(BatchTimeoutError(f"{name}: no answer in time"))
+
+
 class Batcher(Generic[T, R]):
     """Queues items and writes them with one `flush` call per batch.
 
@@ -28,10 +41,18 @@ class Batcher(Generic[T, R]):
     """
 
     def __init__(
-        self, flush: FlushFn[T, R], max_batch: int, name: str, max_in_flight: int = 1
+        self,
+        flush: FlushFn[T, R],
+        max_batch: int,
+        name: str,
+        max_in_flight: int = 1,
+        max_pending: int = 20000,
     ) -> None:
         self._flush = flush
         self._max_batch = max_batch
+        self._max_pending = max_pending
+        # True from the first failed batch until the next good one: one log line per outage.
+        self.failing = False
         self._slots = asyncio.Semaphore(max_in_flight)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._name = name
@@ -53,13 +74,28 @@ class Batcher(Generic[T, R]):
             await self._task
             self._task = None
 
-    async def submit(self, item: T) -> R:
+    async def submit(self, item: T, max_wait: float | None = None) -> R:
+        """The item's result once its batch is written.
+
+        Raises `BatchQueueFullError` at once when the queue is full, and
+        `BatchTimeoutError` after `max_wait` seconds (the item may still be written).
+        """
         if self._task is None or self._closing:
             raise BatchClosedError(f"{self._name} is not running")
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        if len(self._pending) >= self._max_pending:
+            raise BatchQueueFullError(f"{self._name}: {len(self._pending)} items already queued")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, future))
         self._wakeup.set()
-        return await future
+        if max_wait is None:
+            return await future
+        # A timer handle rather than wait_for: no extra task per item on the hot path.
+        timer = loop.call_later(max_wait, _expire, future, self._name)
+        try:
+            return await future
+        finally:
+            timer.cancel()
 
     async def _run(self) -> None:
         while True:
@@ -85,8 +121,14 @@ class Batcher(Generic[T, R]):
         try:
             results = await self._flush([item for item, _ in batch])
         except Exception as exc:
-            log.warning("%s: batch of %d failed: %r", self._name, len(batch), exc)
+            if not self.failing:
+                self.failing = True
+                log.warning("%s: writes failing (%r); quiet until they work", self._name, exc)
             results = [exc] * len(batch)
+        else:
+            if self.failing:
+                self.failing = False
+                log.info("%s: writes working again", self._name)
         finally:
             self._slots.release()
         for (_, future), result in zip(batch, results, strict=True):

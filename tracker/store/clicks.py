@@ -1,13 +1,22 @@
 """Click records: group-committed writes to Redis, reads from Redis or Postgres."""
 
+import asyncio
+import contextlib
+import logging
+import time
 from typing import Any
 
 import asyncpg
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from tracker.settings import Settings
 from tracker.store import keys
-from tracker.store.batching import BatchedService, Batcher
+from tracker.store.batching import BatchedService, Batcher, BatchQueueFullError
+from tracker.store.spool import ClickSpool, SpoolFile, read_clicks, release
+
+log = logging.getLogger("tracker.clicks")
 
 SELECT_CLICK = """
 SELECT click_id, (extract(epoch FROM created_at) * 1000)::bigint AS created_ms,
@@ -17,15 +26,23 @@ FROM clicks WHERE click_id = $1
 """
 
 # KEYS: the stream, then one key per click; ARGV: TTL and record per click.
+# A TTL of 0 (a replayed click whose attribution window has passed) skips the SET:
+# the click still goes on the stream, so Postgres gets it.
 STORE_CLICKS_SCRIPT = """
 local stream = KEYS[1]
 for i = 2, #KEYS do
     local record = ARGV[2 * i - 2]
-    redis.call('SET', KEYS[i], record, 'EX', ARGV[2 * i - 3])
+    local ttl = tonumber(ARGV[2 * i - 3])
+    if ttl > 0 then
+        redis.call('SET', KEYS[i], record, 'EX', ttl)
+    end
     redis.call('XADD', stream, '*', 'd', record)
 end
 return #KEYS - 1
 """
+REPLAY_BATCH = 500
+# How often a running process looks for spool files left by processes that died.
+ORPHAN_SCAN_SECONDS = 5.0
 
 # (click id, JSON record, TTL in seconds)
 ClickWrite = tuple[str, bytes, int]
@@ -36,27 +53,108 @@ class ClickWriteError(Exception):
 
 
 class ClickWriter(BatchedService):
-    """Stores click records with group commit.
+    """Stores click records with group commit, and spools them when Redis fails.
 
     Clicks that arrive while a write is in flight go out together in the next
     one: a single script call that, per click, sets the record with its TTL and
     appends it to the sink stream. One command per batch instead of two per
     click is what keeps the client library's per-command cost off the click path.
     Each caller resumes only when the script has returned.
+
+    With a `spool`, a click whose batch fails or takes longer than
+    `write_timeout` is appended to the local spool file instead (fsynced before
+    the caller resumes), and the writer goes into degraded mode: later clicks go
+    straight to the spool until Redis answers a PING, when a background task
+    replays the spool into Redis in order and the writer returns to Redis.
     """
 
-    def __init__(self, redis: Redis, max_batch: int = 1000, max_in_flight: int = 1) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        spool: ClickSpool | None = None,
+        max_batch: int = 1000,
+        max_in_flight: int = 1,
+        write_timeout: float = 0.25,
+        probe_seconds: float = 0.5,
+        max_pending: int = 20000,
+    ) -> None:
+        self._redis = redis
         self._store_batch = redis.register_script(STORE_CLICKS_SCRIPT)
         self.batcher: Batcher[ClickWrite, None] = Batcher(
-            self._flush, max_batch, "click-writer", max_in_flight
+            self._flush, max_batch, "click-writer", max_in_flight, max_pending
         )
+        self.spool = spool
+        self._write_timeout = write_timeout if spool is not None else None
+        self._probe_seconds = probe_seconds
+        self.degraded = False
+        # Spool files (sealed ones of ours, or left by dead processes) waiting for replay.
+        self._held: list[SpoolFile] = []
+        self._replayer: asyncio.Task[None] | None = None
+        self._replay_failing = False
+        self.spooled = 0
+        self.replayed = 0
+
+    async def start(self) -> None:
+        self.batcher.start()
+        if self.spool is None:
+            return
+        await self.spool.start()
+        orphans = await asyncio.to_thread(self.spool.claim_orphans)
+        if orphans:
+            log.info("replaying %d spool file(s) left by stopped processes", len(orphans))
+            self._held.extend(orphans)
+        self._replayer = asyncio.create_task(self._replay_loop(), name="click-replay")
+
+    async def close(self) -> None:
+        """Write what is queued; with Redis up, replay the spool so none is left behind."""
+        await self.batcher.close()
+        if self.spool is None:
+            return
+        if self._replayer is not None:
+            self._replayer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._replayer
+            self._replayer = None
+        await self.spool.batcher.close()
+        if self._held or self.spool.has_clicks:
+            try:
+                await asyncio.wait_for(self._ping_and_replay(), 5)
+            except Exception as exc:
+                log.warning("spooled clicks left for the next start: %r", exc)
+        await self.spool.close()
+        for spool_file in self._held:
+            release(spool_file, remove=False)
+        self._held.clear()
+
+    async def _ping_and_replay(self) -> None:
+        await self._redis.ping()
+        await self._replay_held()
 
     async def write(self, click_id: str, record: bytes, ttl_seconds: int) -> None:
-        """Store one click; return once it is in Redis and on the stream."""
+        """Store one click; return once it is in Redis and on the stream, or in the spool."""
+        if not self.degraded or self.spool is None:
+            try:
+                await self.batcher.submit((click_id, record, ttl_seconds), self._write_timeout)
+                return
+            except Exception as exc:  # failed, timed out, queue full, or the writer is closed
+                if self.spool is None:
+                    raise ClickWriteError(repr(exc)) from exc
+                self._degrade(exc)
         try:
-            await self.batcher.submit((click_id, record, ttl_seconds))
-        except Exception as exc:  # the batch failed, or the writer is closed
+            await self.spool.append(click_id, record, ttl_seconds)
+        except Exception as exc:
             raise ClickWriteError(repr(exc)) from exc
+        self.spooled += 1
+
+    def _degrade(self, exc: BaseException) -> None:
+        if not self.degraded:
+            self.degraded = True
+            assert self.spool is not None
+            log.warning(
+                "redis unavailable for clicks (%r); spooling them under %s until it answers",
+                exc,
+                self.spool.directory,
+            )
 
     async def _flush(self, batch: list[ClickWrite]) -> list[BaseException | None]:
         click_keys = [keys.CLICK_STREAM]
@@ -68,24 +166,110 @@ class ClickWriter(BatchedService):
         await self._store_batch(keys=click_keys, args=args)
         return [None] * len(batch)
 
+    async def _replay_loop(self) -> None:
+        assert self.spool is not None
+        next_scan = time.monotonic() + ORPHAN_SCAN_SECONDS
+        while True:
+            await asyncio.sleep(self._probe_seconds)
+            if time.monotonic() >= next_scan:
+                next_scan = time.monotonic() + ORPHAN_SCAN_SECONDS
+                self._held.extend(await asyncio.to_thread(self.spool.claim_orphans))
+            if not (self.degraded or self._held or self.spool.has_clicks):
+                continue
+            try:
+                await self._ping_and_replay()
+            except Exception as exc:
+                if not self._replay_failing:
+                    self._replay_failing = True
+                    log.warning("spooled clicks not replayed yet: %r", exc)
+                continue
+            self._replay_failing = False
+            if self.degraded:
+                # Clicks spooled since the file was sealed are replayed on the next round.
+                self.degraded = False
+                log.info("redis back; clicks go to redis again (%d replayed)", self.replayed)
+
+    async def _replay_held(self) -> None:
+        """Replay every held spool file, then our current one, oldest first; remove each."""
+        assert self.spool is not None
+        sealed = await self.spool.seal()
+        if sealed is not None:
+            self._held.append(sealed)
+        while self._held:
+            spool_file = self._held[0]
+            await self._replay_file(spool_file)
+            self._held.pop(0)
+            await asyncio.to_thread(release, spool_file, True)
+
+    async def _replay_file(self, spool_file: SpoolFile) -> None:
+        chunks = read_clicks(spool_file)
+        while (clicks := await asyncio.to_thread(next, chunks, None)) is not None:
+            now = time.time()
+            for start in range(0, len(clicks), REPLAY_BATCH):
+                part = clicks[start : start + REPLAY_BATCH]
+                click_keys = [keys.CLICK_STREAM]
+                args: list[bytes | int] = []
+                for click in part:
+                    click_keys.append(keys.click_key(click.click_id))
+                    args.append(click.remaining_ttl(now))
+                    args.append(click.record)
+                await self._store_batch(keys=click_keys, args=args)
+                self.replayed += len(part)
+
 
 class ClickReader(BatchedService):
-    """Reads click records for concurrent postbacks with one MGET per batch."""
+    """Reads click records for concurrent postbacks with one MGET per batch.
 
-    def __init__(self, redis: Redis, pool: asyncpg.Pool, max_batch: int = 500) -> None:
+    When Redis fails or takes longer than `timeout`, the click is read from
+    Postgres instead, so postbacks still match clicks the sink has stored.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        pool: asyncpg.Pool,
+        max_batch: int = 500,
+        timeout: float = 0.5,
+        max_pending: int = 20000,
+    ) -> None:
         self._redis = redis
         self._pool = pool
-        self.batcher: Batcher[str, bytes | None] = Batcher(self._flush, max_batch, "click-reader")
+        self._timeout = timeout
+        self.batcher: Batcher[str, bytes | None] = Batcher(
+            self._flush, max_batch, "click-reader", 1, max_pending
+        )
 
     async def _flush(self, click_keys: list[str]) -> list[bytes | BaseException | None]:
         values: list[Any] = await self._redis.mget(click_keys)
         return values
 
     async def fetch(self, click_id: str) -> dict[str, Any] | None:
-        """The click record from Redis, or from Postgres once the Redis key is gone."""
-        raw = await self.batcher.submit(keys.click_key(click_id))
+        """The click record from Redis, or from Postgres once the Redis key is gone
+        or Redis does not answer."""
+        try:
+            raw = await self.batcher.submit(keys.click_key(click_id), self._timeout)
+        except (RedisError, OSError, BatchQueueFullError):  # includes timeouts
+            raw = None
         if raw is not None:
             record: dict[str, Any] = orjson.loads(raw)
             return record
         row = await self._pool.fetchrow(SELECT_CLICK, click_id)
         return dict(row) if row is not None else None
+
+
+def click_writer_for(redis: Redis, settings: Settings) -> ClickWriter:
+    """The web process's click writer, spooling to a file of its own under `spool_dir`."""
+    spool = ClickSpool(settings.spool_dir, max_pending=settings.batch_max_pending)
+    return ClickWriter(
+        redis,
+        spool,
+        write_timeout=settings.click_write_timeout,
+        probe_seconds=settings.spool_probe_seconds,
+        max_pending=settings.batch_max_pending,
+    )
+
+
+def click_reader_for(redis: Redis, pool: asyncpg.Pool, settings: Settings) -> ClickReader:
+    return ClickReader(
+        redis, pool, timeout=settings.redis_timeout, max_pending=settings.batch_max_pending
+    )

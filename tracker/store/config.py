@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from tracker.domain.campaign import CampaignRoute, ConfigSnapshot, NetworkRoute, OfferRoute
 from tracker.domain.macros import compile_template
@@ -22,6 +23,9 @@ from tracker.domain.routing import WeightedChoice
 from tracker.store import keys
 
 log = logging.getLogger("tracker.config")
+
+# A version no Redis reply equals, so the watcher reloads once Redis answers.
+_UNKNOWN = object()
 
 SELECT_NETWORKS = """
 SELECT id, postback_token, require_token, ip_allowlist, signing_secret, status_map,
@@ -34,7 +38,7 @@ SELECT id, url, affiliate_network_id, payout, currency, archived_at FROM offers
 SELECT_CAMPAIGNS = """
 SELECT c.id, c.key, c.traffic_source_id, c.cost_model, c.cost_value,
        c.attribution_window_days, c.report_currency, c.archived_at,
-       t.external_id_param, t.cost_param
+       t.external_id_param, t.cost_param, t.max_click_cost
 FROM campaigns c JOIN traffic_sources t ON t.id = c.traffic_source_id
 """
 SELECT_RATES = "SELECT currency, valid_from, rate FROM currency_rates ORDER BY currency, valid_from"
@@ -99,6 +103,7 @@ async def load_snapshot(pool: asyncpg.Pool) -> ConfigSnapshot:
             attribution_window_days=row["attribution_window_days"],
             report_currency=row["report_currency"],
             offers=WeightedChoice(links[row["id"]]),
+            max_click_cost=row["max_click_cost"],
         )
         snapshot.campaigns_by_id[route.id] = route
         if route.offers and row["archived_at"] is None:
@@ -120,7 +125,13 @@ class ConfigCache:
 
     async def reload(self) -> None:
         async with self._lock:
-            version = await self._redis.get(keys.CONFIG_VERSION)
+            version: Any
+            try:
+                version = await self._redis.get(keys.CONFIG_VERSION)
+            except (RedisError, OSError) as exc:
+                # Start (or reload) from Postgres anyway; the next good poll reloads again.
+                log.warning("configuration version unreadable (%r); loading anyway", exc)
+                version = _UNKNOWN
             self.snapshot = await load_snapshot(self._pool)
             self._version = version
         log.debug("configuration reloaded: %d campaigns", len(self.snapshot.campaigns))
@@ -144,10 +155,18 @@ class ConfigCache:
 
     async def watch(self) -> None:
         """Reload whenever the shared version moves. Runs until cancelled."""
+        failing = False
         while True:
             await asyncio.sleep(self._refresh_seconds)
             try:
                 if await self._redis.get(keys.CONFIG_VERSION) != self._version:
                     await self.reload()
-            except Exception:
-                log.exception("configuration refresh failed; keeping the current one")
+            except Exception as exc:
+                # One line per outage, not one a second: the snapshot in hand keeps serving.
+                if not failing:
+                    failing = True
+                    log.warning("configuration refresh failing (%r); keeping the current one", exc)
+                continue
+            if failing:
+                failing = False
+                log.info("configuration refresh working again")

@@ -11,12 +11,12 @@ from tracker.domain.auth import client_address
 from tracker.postbacks import PostbackProcessor
 from tracker.settings import Settings
 from tracker.store.auth_failures import AuthFailures
-from tracker.store.clicks import ClickReader, ClickWriter
+from tracker.store.clicks import click_reader_for, click_writer_for
 from tracker.store.config import ConfigCache
 from tracker.store.conversions import ConversionWriter
 from tracker.store.db import create_pool
 from tracker.store.postback_log import PostbackLog
-from tracker.store.redis import create_redis
+from tracker.store.redis import redis_for
 from tracker.web.appkeys import (
     CLICK_READER,
     CLICK_WRITER,
@@ -86,7 +86,7 @@ async def postgres_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
-    app[REDIS] = create_redis(app[SETTINGS].redis_url)
+    app[REDIS] = redis_for(app[SETTINGS])
     yield
     await app[REDIS].aclose()
 
@@ -153,8 +153,10 @@ def create_app(settings: Settings | None = None) -> web.Application:
                     app[PG_POOL], app[REDIS], app[SETTINGS].config_refresh_seconds
                 ),
             ),
-            running(CLICK_WRITER, lambda app: ClickWriter(app[REDIS])),
-            running(CLICK_READER, lambda app: ClickReader(app[REDIS], app[PG_POOL])),
+            running(CLICK_WRITER, lambda app: click_writer_for(app[REDIS], app[SETTINGS])),
+            running(
+                CLICK_READER, lambda app: click_reader_for(app[REDIS], app[PG_POOL], app[SETTINGS])
+            ),
             running(CONVERSION_WRITER, lambda app: ConversionWriter(app[PG_POOL])),
             running(POSTBACK_LOG, lambda app: PostbackLog(app[PG_POOL])),
         ]

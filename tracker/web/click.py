@@ -6,11 +6,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tracker.domain.auth import client_address
 from tracker.domain.clickid import new_click_id
 from tracker.domain.macros import render
-from tracker.domain.money import parse_money_or_none
 from tracker.store.clicks import ClickWriteError
-from tracker.web.appkeys import CLICK_WRITER, CONFIG, SETTINGS
+from tracker.web.appkeys import CLICK_WRITER, CONFIG, SETTINGS, TRUSTED_PROXIES
 from tracker.web.errors import ApiError
 
 SUB_NAMES = tuple(f"sub{i}" for i in range(1, 11))
@@ -27,7 +27,8 @@ async def click(request: web.Request) -> web.StreamResponse:
     """Record a click and redirect to the chosen offer.
 
     The 302 goes out only after the click record is in Redis and on the sink
-    stream, so every visitor who reaches an offer has a click to convert on.
+    stream, or (Redis failing or slow) fsynced to this process's spool for
+    replay, so every visitor who reaches an offer has a click to convert on.
     """
     app = request.app
     campaign = app[CONFIG].snapshot.campaigns.get(request.match_info["campaign_key"])
@@ -41,12 +42,7 @@ async def click(request: web.Request) -> web.StreamResponse:
     offer = campaign.offers.pick()
 
     external_id = _clip(query.get(campaign.external_id_param), limit)
-    if campaign.cost_model == "cpc":
-        cost = campaign.cost_value
-    elif campaign.cost_model == "auto":
-        cost = parse_money_or_none(query.get(campaign.cost_param))
-    else:
-        cost = None
+    cost = campaign.click_cost(query.get(campaign.cost_param))
     cost_text = str(cost) if cost is not None else None
 
     record: dict[str, Any] = {
@@ -68,7 +64,9 @@ async def click(request: web.Request) -> web.StreamResponse:
     if params:
         record["params"] = params
     headers = request.headers
-    record["ip"] = request.remote
+    record["ip"] = client_address(
+        request.remote, headers.getall("X-Forwarded-For", ()), app[TRUSTED_PROXIES]
+    )
     record["user_agent"] = _clip(headers.get("User-Agent"), limit)
     record["referrer"] = _clip(headers.get("Referer"), limit)
 

@@ -15,6 +15,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tracker.domain.money import format_money
 from tracker.domain.validation import field_errors
+from tracker.store.batching import BatchQueueFullError
 
 log = logging.getLogger("tracker.web")
 
@@ -25,6 +26,7 @@ STORAGE_UNAVAILABLE = (
     asyncpg.CannotConnectNowError,
     RedisConnectionError,
     RedisTimeoutError,
+    BatchQueueFullError,
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

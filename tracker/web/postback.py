@@ -48,7 +48,8 @@ async def postback(request: web.Request) -> web.Response:
     app = request.app
     headers = request.headers
     received_at = datetime.now(UTC)
-    client_ip = client_address(request.remote, headers.get("X-Forwarded-For"), app[TRUSTED_PROXIES])
+    forwarded = headers.getall("X-Forwarded-For", [])
+    client_ip = client_address(request.remote, forwarded, app[TRUSTED_PROXIES])
     try:
         params, raw = await _read(request)
     except ValueError as exc:

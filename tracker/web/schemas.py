@@ -92,6 +92,8 @@ class TrafficSourceIn(Body):
     postback_url: Url | None = None
     external_id_param: ParamName = "external_id"
     cost_param: ParamName = "cost"
+    # Highest per-click cost accepted from click URLs of `auto` campaigns; above it, no cost.
+    max_click_cost: Annotated[Decimal, BeforeValidator(parse_money), Field(ge=0)] = Decimal("100")
 
 
 def _status_map(value: Any) -> Any:

@@ -1,0 +1,115 @@
+"""The click spool: order, exact records, TTL on replay, file locks, torn last lines."""
+
+import asyncio
+import fcntl
+import os
+import time
+
+import orjson
+import pytest
+
+from tracker.store import keys
+from tracker.store.batching import Batcher, BatchQueueFullError
+from tracker.store.clicks import ClickWriter
+from tracker.store.spool import ClickSpool, encode_click, read_clicks, release
+
+
+def record(click_id):
+    return orjson.dumps({"click_id": click_id, "created_ms": 1, "cost": "0.10", "sub1": 'é,"r":'})
+
+
+def all_clicks(spool_file):
+    return [click for chunk in read_clicks(spool_file, chunk=64) for click in chunk]
+
+
+async def test_appends_come_back_in_order_with_exact_records(tmp_path):
+    spool = ClickSpool(tmp_path)
+    await spool.start()
+    try:
+        await asyncio.gather(*(spool.append(f"c{i}", record(f"c{i}"), 3600) for i in range(50)))
+        sealed = await spool.seal()
+        assert sealed is not None and await spool.seal() is None
+        await spool.append("later", record("later"), 60)  # goes to a new file
+        clicks = all_clicks(sealed)
+        assert [c.click_id for c in clicks] == [f"c{i}" for i in range(50)]
+        assert all(c.record == record(c.click_id) for c in clicks)
+        assert 3590 <= clicks[0].remaining_ttl(time.time()) <= 3600
+        assert spool.batcher.batches < 50  # one write and fsync per batch
+        release(sealed, remove=True)
+        assert not sealed.path.exists()
+    finally:
+        await spool.close()
+    # The unreplayed later click stays on disk for the next process.
+    [left] = list(tmp_path.glob("clicks-*.jsonl"))
+    assert b'"id":"later"' in left.read_bytes()
+
+
+def test_torn_last_line_is_skipped_and_earlier_lines_kept(tmp_path):
+    now = time.time()
+    lines = [encode_click(f"c{i}", record(f"c{i}"), 60, now) for i in range(3)]
+    path = tmp_path / "clicks-dead-1-1-1.jsonl"
+    # A broken line in the middle (a write cut short) and a torn last line (a crash).
+    path.write_bytes(lines[0] + b'{"id":"x","ex\n' + lines[1] + lines[2][:-9])
+    [orphan] = ClickSpool(tmp_path).claim_orphans()
+    try:
+        assert [c.click_id for c in all_clicks(orphan)] == ["c0", "c1"]
+    finally:
+        release(orphan, remove=False)
+
+
+def test_files_locked_by_a_live_process_are_left_alone(tmp_path):
+    path = tmp_path / "clicks-live-1-1-1.jsonl"
+    path.write_bytes(encode_click("c1", record("c1"), 60, time.time()))
+    holder = os.open(path, os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    spool = ClickSpool(tmp_path)
+    assert spool.claim_orphans() == []
+    os.close(holder)  # the process died
+    [claimed] = spool.claim_orphans()
+    # Another process looking now finds it locked by us.
+    assert ClickSpool(tmp_path).claim_orphans() == []
+    release(claimed, remove=True)
+    assert spool.claim_orphans() == []
+
+
+async def test_orphans_replay_with_remaining_ttl_and_expired_ones_only_on_stream(tmp_path, redis):
+    now = time.time()
+    path = tmp_path / "clicks-dead-1-1-1.jsonl"
+    path.write_bytes(
+        encode_click("fresh", record("fresh"), 1000, now - 400)
+        + encode_click("expired", record("expired"), 10, now - 400)
+    )
+    writer = ClickWriter(redis, ClickSpool(tmp_path), probe_seconds=0.05)
+    await writer.start()
+    try:
+        deadline = time.monotonic() + 10
+        while path.exists():
+            assert time.monotonic() < deadline, "orphan spool file was not replayed"
+            await asyncio.sleep(0.05)
+    finally:
+        await writer.close()
+    assert 590 <= await redis.ttl(keys.click_key("fresh")) <= 600
+    assert not await redis.exists(keys.click_key("expired"))
+    stream = [orjson.loads(f[b"d"])["click_id"] for _, f in await redis.xrange(keys.CLICK_STREAM)]
+    assert stream == ["fresh", "expired"]
+    assert writer.replayed == 2
+
+
+async def test_full_queue_refuses_at_once():
+    release_flush = asyncio.Event()
+
+    async def slow_flush(items):
+        await release_flush.wait()
+        return [None] * len(items)
+
+    batcher = Batcher(slow_flush, 10, "slow", max_pending=2)
+    batcher.start()
+    first = asyncio.create_task(batcher.submit(1))  # in flight
+    await asyncio.sleep(0.01)
+    queued = [asyncio.create_task(batcher.submit(i)) for i in (2, 3)]
+    await asyncio.sleep(0.01)
+    with pytest.raises(BatchQueueFullError):
+        await batcher.submit(4)
+    release_flush.set()
+    await asyncio.gather(first, *queued)
+    await batcher.close()
