@@ -6,7 +6,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from tracker.domain.lifecycle import STATUSES, SYNONYMS
 from tracker.domain.money import parse_currency, parse_money
@@ -23,6 +23,12 @@ def _money_or_none(value: Any) -> Any:
 def _http_url(value: Any) -> Any:
     if not isinstance(value, str) or not re.match(r"https?://[^\s/]+", value):
         raise ValueError("must be an http:// or https:// URL")
+    return value
+
+
+def _not_negative(value: Decimal | None) -> Decimal | None:
+    if value is not None and value < 0:
+        raise ValueError("must be zero or more")
     return value
 
 
@@ -77,7 +83,7 @@ class OfferIn(Body):
     name: Name
     url: Url
     affiliate_network_id: int
-    payout: OptionalMoney = None
+    payout: Annotated[OptionalMoney, AfterValidator(_not_negative)] = None
     currency: Currency = "USD"
 
 
