@@ -39,8 +39,8 @@ from tracker.domain.money import (
         ".5",
         "--1",
         "1.2.3",
-        "١٢٣",  # Arabic-Indic digits
-        "１２３",  # fullwidth digits
+        "\u0661\u0662\u0663",  # Arabic-Indic digits
+        "\uff11\uff12\uff13",  # fullwidth digits
         "12\x00",
         "1.1234567",
         "10.0000001",
