@@ -17,8 +17,8 @@ from redis.asyncio import Redis
 from tracker.domain.auth import canonical_signature, check_postback_auth
 from tracker.domain.dialects import DialectConflict, canonical_params
 from tracker.domain.fx import convert
-from tracker.domain.lifecycle import UnknownStatus, normalize_status
-from tracker.domain.money import PAYOUT_DECIMALS, parse_currency, parse_money
+from tracker.domain.lifecycle import CHARGEBACK, UnknownStatus, normalize_status
+from tracker.domain.money import PAYOUT_DECIMALS, parse_currency, parse_money, payout_refusal
 from tracker.domain.validation import field_errors
 from tracker.store import keys
 from tracker.store.clicks import ClickReader
@@ -169,6 +169,15 @@ class PostbackProcessor:
             inbound.received_at.date(),
             snapshot.rates,
         )
+        refusal = payout_refusal(
+            fields.payout,
+            fields.parent_txid is not None or status == CHARGEBACK,
+            original,
+            converted,
+        )
+        if refusal is not None:
+            details = [{"field": "payout", "message": refusal}]
+            return Outcome(INVALID, 400, reason="invalid postback", details=details, **found)
 
         policy = network.duplicate_policy
         if policy == "ignore":

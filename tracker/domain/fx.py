@@ -3,7 +3,7 @@
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from datetime import date
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 
 PIVOT = "USD"
 _PLACES = Decimal("0.000001")
@@ -33,4 +33,8 @@ def convert(
     to_rate = rate_on(rates, target, day)
     if from_rate is None or to_rate is None:
         return None
-    return (amount * from_rate / to_rate).quantize(_PLACES, ROUND_HALF_EVEN)
+    # Wide enough for any amount and rate the columns hold, so that an absurd
+    # result is a number the caller can refuse, not an InvalidOperation.
+    with localcontext() as ctx:
+        ctx.prec = 80
+        return (amount * from_rate / to_rate).quantize(_PLACES, ROUND_HALF_EVEN)

@@ -8,6 +8,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel
 
+from tracker.domain.text import clean_text, dirt_in
 from tracker.store import admin as sql
 from tracker.web.appkeys import CONFIG, PG_POOL, SETTINGS
 from tracker.web.errors import ApiError, json_response, parse_json_object
@@ -20,26 +21,52 @@ from tracker.web.schemas import (
     TrafficSourceIn,
 )
 
+INT64_MAX = 2**63 - 1
+
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The JSON object body of an admin request; a 400 naming the field for text
+    no column can store (NUL, invalid UTF-8)."""
     try:
-        return parse_json_object(await request.read())
+        data = parse_json_object(await request.read())
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
+    details = [{"field": field, "message": reason} for field, reason in _dirty_strings(data, "")]
+    if details:
+        raise ApiError(400, "invalid text in request body", details)
+    return data
+
+
+def _dirty_strings(value: Any, where: str) -> list[tuple[str, str]]:
+    if isinstance(value, str):
+        reason = dirt_in(value)
+        return [(where or "body", reason)] if reason else []
+    found = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            path = f"{where}.{key}" if where else str(key)
+            reason = dirt_in(key)
+            if reason:
+                found.append((clean_text(path), f"name {reason}"))
+            found.extend(_dirty_strings(item, clean_text(path)))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found.extend(_dirty_strings(item, f"{where}.{i}" if where else str(i)))
+    return found
 
 
 def _row_id(request: web.Request) -> int:
-    try:
-        return int(request.match_info["id"])
-    except ValueError:
-        raise ApiError(404, "not found") from None
+    raw = request.match_info["id"]
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or not 0 < int(raw) <= INT64_MAX:
+        raise ApiError(404, "not found")
+    return int(raw)
 
 
 def _int_query(request: web.Request, name: str, default: int, high: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or int(raw) > high:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or int(raw) > high:
         raise ApiError(400, "invalid query", [{"field": name, "message": f"0 to {high}"}])
     return int(raw)
 

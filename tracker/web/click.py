@@ -9,6 +9,8 @@ from aiohttp import web
 from tracker.domain.auth import client_address
 from tracker.domain.clickid import new_click_id
 from tracker.domain.macros import render
+from tracker.domain.params import clean_free_text
+from tracker.domain.text import clean_optional
 from tracker.store.clicks import ClickWriteError
 from tracker.web.appkeys import CLICK_WRITER, CONFIG, SETTINGS, TRUSTED_PROXIES
 from tracker.web.errors import ApiError
@@ -36,7 +38,7 @@ async def click(request: web.Request) -> web.StreamResponse:
         raise ApiError(404, "unknown campaign")
     settings = app[SETTINGS]
     limit = settings.click_max_param_length
-    query = request.query
+    query = clean_free_text(request.query.items())
     now_ms = time.time_ns() // 1_000_000
     click_id = new_click_id(now_ms)
     offer = campaign.offers.pick()
@@ -67,8 +69,8 @@ async def click(request: web.Request) -> web.StreamResponse:
     record["ip"] = client_address(
         request.remote, headers.getall("X-Forwarded-For", ()), app[TRUSTED_PROXIES]
     )
-    record["user_agent"] = _clip(headers.get("User-Agent"), limit)
-    record["referrer"] = _clip(headers.get("Referer"), limit)
+    record["user_agent"] = _clip(clean_optional(headers.get("User-Agent")), limit)
+    record["referrer"] = _clip(clean_optional(headers.get("Referer")), limit)
 
     try:
         await app[CLICK_WRITER].write(click_id, orjson.dumps(record), campaign.ttl_seconds)

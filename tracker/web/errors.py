@@ -9,11 +9,13 @@ from typing import Any
 import asyncpg
 import orjson
 from aiohttp import web
+from asyncpg.exceptions._base import DataError as ArgumentError
 from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tracker.domain.money import format_money
+from tracker.domain.params import load_json_object
 from tracker.domain.validation import field_errors
 from tracker.store.batching import BatchQueueFullError
 
@@ -50,13 +52,7 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
     """A request body that must be a JSON object; ValueError says what is wrong."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ValueError("request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise ValueError("request body must be a JSON object")
-    return data
+    return load_json_object(body)
 
 
 class ApiError(Exception):
@@ -98,6 +94,11 @@ def error_middleware(max_url_length: int) -> Callable[..., Any]:
             if exc.status < 400:
                 raise
             return json_response({"error": exc.reason}, exc.status)
+        except (asyncpg.DataError, ArgumentError) as exc:
+            # A value the database refuses (out of range, bad encoding) is the client's;
+            # asyncpg's own argument errors subclass InterfaceError, so this comes first.
+            log.warning("value refused on %s %s: %r", request.method, request.path, exc)
+            return json_response({"error": "a value is out of range or malformed"}, 400)
         except STORAGE_UNAVAILABLE as exc:
             # Networks and browsers retry on 5xx; say so rather than fail silently.
             log.error("storage unavailable on %s %s: %r", request.method, request.path, exc)

@@ -1,11 +1,13 @@
 """Exchange rates (`/api/currency-rates`) and the postback log (`/api/postbacks`)."""
 
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from tracker.domain.params import first_wins
+from tracker.domain.validation import QueryId, day_after
 from tracker.store.conversions import convert_pending
 from tracker.web.admin import read_json_object
 from tracker.web.appkeys import CONFIG, PG_POOL
@@ -26,7 +28,7 @@ SELECT id, received_at, network_id, click_id, result, reason, conversion_id, cli
 FROM postback_log
 WHERE ($1::bigint IS NULL OR network_id = $1)
   AND ($2::text IS NULL OR result = $2)
-  AND received_at >= $3 AND received_at < $4
+  AND received_at >= $3 AND ($4::timestamptz IS NULL OR received_at < $4)
 ORDER BY id DESC
 LIMIT $5
 """
@@ -56,7 +58,7 @@ def _rate_item(row: Any) -> dict[str, Any]:
 class PostbackQuery(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    network_id: int | None = None
+    network_id: QueryId | None = None
     result: str | None = Field(default=None, max_length=32)
     start: date | None = Field(default=None, alias="from")
     end: date | None = Field(default=None, alias="to")
@@ -65,11 +67,10 @@ class PostbackQuery(BaseModel):
 
 async def list_postbacks(request: web.Request) -> web.Response:
     """Recent inbound postbacks with their parameters, result and reason, newest first."""
-    query = PostbackQuery.model_validate(dict(request.query))
+    query = PostbackQuery.model_validate(first_wins(request.query.items()))
     start = datetime.combine(query.start or date(1970, 1, 1), time(), tzinfo=UTC)
-    end = datetime.combine(
-        (query.end or date(9999, 12, 30)) + timedelta(days=1), time(), tzinfo=UTC
-    )
+    after = day_after(query.end) if query.end else None
+    end = datetime.combine(after, time(), tzinfo=UTC) if after else None
     rows = await request.config_dict[PG_POOL].fetch(
         SELECT_POSTBACKS, query.network_id, query.result, start, end, query.limit
     )

@@ -2,45 +2,66 @@
 
 from datetime import UTC, datetime
 
-import orjson
 from aiohttp import web
 
-from tracker.domain.auth import client_address, signed_post_params
+from tracker.domain.auth import SIGNED_POST_QUERY_PARAMS, client_address
+from tracker.domain.params import form_pairs, json_pairs, load_json_object, postback_params
+from tracker.domain.text import clean_text, dirt_in
 from tracker.postbacks import INVALID, Outcome
 from tracker.store.postback_log import Inbound
 from tracker.web.appkeys import POSTBACK_LOG, POSTBACKS, TRUSTED_PROXIES
-from tracker.web.errors import json_response, parse_json_object
+from tracker.web.errors import json_response
 
 MAX_PARAMS = 100
 MAX_VALUE_LENGTH = 2048
+MAX_NAME_LENGTH = 128
+SIGNATURE_HEADERS = ("X-Signature", "X-Timestamp")
 
 
 async def _read(request: web.Request) -> tuple[dict[str, str], str]:
-    """Query parameters merged with a form or JSON body (the body wins on a clash),
-    and the raw text a signature covers. Raises ValueError on an unreadable body."""
-    params: dict[str, str] = dict(request.query)
+    """Parameters from the body (form or JSON) then the query string, the first
+    occurrence of a name winning, and the raw text a signature covers.
+    Raises ValueError, naming the parameter or header, on unreadable input."""
+    headers = request.headers
+    for header in SIGNATURE_HEADERS:
+        value = headers.get(header)
+        reason = dirt_in(value) if value is not None else None
+        if reason is not None:
+            raise ValueError(f"header {header} {reason}")
     raw = request.raw_path.partition("?")[2]  # as sent: a signature covers the encoded form
+    body_pairs: list[tuple[str, str]] = []
+    query_pairs: list[tuple[str, str]] = list(request.query.items())
     if request.method == "POST" and request.can_read_body:
-        if "X-Signature" in request.headers:
-            params = signed_post_params(params)
+        if "X-Signature" in headers:
+            # The signature covers only the body: unsigned query values must not add to it.
+            query_pairs = [(n, v) for n, v in query_pairs if n in SIGNED_POST_QUERY_PARAMS]
         body = await request.read()
         raw = body.decode(errors="replace")
-        if request.content_type == "application/json":
-            for name, value in parse_json_object(body).items():
-                if isinstance(value, dict | list):
-                    raise ValueError(f"parameter {name!r} must be a single value")
-                # Numbers are kept as their JSON text so payouts stay exact.
-                params[name] = value if isinstance(value, str) else orjson.dumps(value).decode()
-        else:
-            for name, value in (await request.post()).items():
-                if isinstance(value, str):
-                    params[name] = value
+        content_type = request.content_type
+        if content_type == "application/json":
+            body_pairs = json_pairs(load_json_object(body, numbers_as_text=True))
+        elif content_type == "application/x-www-form-urlencoded":
+            body_pairs = form_pairs(body, request.charset)
+        elif content_type == "multipart/form-data":
+            try:
+                form = await request.post()
+            except (LookupError, UnicodeDecodeError, AssertionError) as exc:
+                raise ValueError(f"unreadable multipart body: {exc}") from None
+            body_pairs = [(name, value) for name, value in form.items() if isinstance(value, str)]
+        elif body:
+            raise ValueError(
+                f"unsupported Content-Type {content_type[:60]!r}: send form fields "
+                "(application/x-www-form-urlencoded or multipart/form-data) or a JSON object"
+            )
+    params = postback_params(body_pairs, query_pairs)
     if len(params) > MAX_PARAMS:
         raise ValueError(f"too many parameters (more than {MAX_PARAMS})")
     for name, value in params.items():
+        if len(name) > MAX_NAME_LENGTH:
+            raise ValueError(f"parameter name {name[:40]!r}... longer than {MAX_NAME_LENGTH}")
         if len(value) > MAX_VALUE_LENGTH:
             raise ValueError(f"parameter {name!r} longer than {MAX_VALUE_LENGTH} characters")
-    return params, raw
+    return params, clean_text(raw)
 
 
 async def postback(request: web.Request) -> web.Response:
@@ -54,7 +75,9 @@ async def postback(request: web.Request) -> web.Response:
         params, raw = await _read(request)
     except ValueError as exc:
         outcome = Outcome(INVALID, 400, reason=str(exc))
-        inbound = Inbound({}, request.method, request.query_string, received_at, client_ip)
+        inbound = Inbound(
+            {}, request.method, clean_text(request.query_string), received_at, client_ip
+        )
     else:
         inbound = Inbound(
             params=params,

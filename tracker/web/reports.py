@@ -8,6 +8,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tracker.domain.metrics import derive
+from tracker.domain.params import first_wins
+from tracker.domain.validation import QueryId
 from tracker.store.reports import DIMENSIONS, fetch_report
 from tracker.web.appkeys import PG_POOL
 from tracker.web.errors import json_response
@@ -21,7 +23,7 @@ class ReportQuery(BaseModel):
     start: date = Field(alias="from")
     end: date = Field(alias="to")
     group_by: list[str] = ["campaign"]
-    campaign_id: int | None = None
+    campaign_id: QueryId | None = None
 
     @field_validator("group_by", mode="before")
     @classmethod
@@ -46,7 +48,7 @@ class ReportQuery(BaseModel):
 
 async def report(request: web.Request) -> web.Response:
     """Clicks, conversions, revenue, cost and the ratios, per group and in total."""
-    query = ReportQuery.model_validate(dict(request.query))
+    query = ReportQuery.model_validate(first_wins(request.query.items()))
     rows = await fetch_report(
         request.config_dict[PG_POOL], query.start, query.end, query.group_by, query.campaign_id
     )

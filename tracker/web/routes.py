@@ -4,13 +4,21 @@ from tracker.web import click, ledger, postback, reports
 from tracker.web.admin import RESOURCES
 
 
+async def probe_postback(request: web.Request) -> web.StreamResponse:
+    """HEAD on a postback URL: URL checkers get an answer; nothing is matched or logged."""
+    return web.Response(status=200)
+
+
 def setup_routes(app: web.Application, api: web.Application) -> None:
     """`app` serves clicks and postbacks; `api` is mounted at /api behind the API key."""
     app.router.add_get("/c/{campaign_key}", click.click, allow_head=False)
     app.router.add_route("HEAD", "/c/{campaign_key}", click.probe_campaign)
-    app.router.add_get("/postback", postback.postback)
+    # aiohttp would answer HEAD by running the GET handler: a probe must not convert.
+    app.router.add_get("/postback", postback.postback, allow_head=False)
+    app.router.add_route("HEAD", "/postback", probe_postback)
     app.router.add_post("/postback", postback.postback)
-    app.router.add_get("/postback/{token}", postback.postback)
+    app.router.add_get("/postback/{token}", postback.postback, allow_head=False)
+    app.router.add_route("HEAD", "/postback/{token}", probe_postback)
     app.router.add_post("/postback/{token}", postback.postback)
     api.router.add_get("/reports", reports.report)
     api.router.add_get("/postbacks", ledger.list_postbacks)

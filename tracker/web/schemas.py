@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from tracker.domain.lifecycle import STATUSES, SYNONYMS
 from tracker.domain.money import parse_currency, parse_money
@@ -76,6 +76,12 @@ def _http_url(value: Any) -> Any:
     return value
 
 
+def _not_negative(value: Decimal | None) -> Decimal | None:
+    if value is not None and value < 0:
+        raise ValueError("must be zero or more")
+    return value
+
+
 OptionalMoney = Annotated[Decimal | None, BeforeValidator(_money_or_none)]
 Currency = Annotated[str, BeforeValidator(parse_currency)]
 Url = Annotated[str, BeforeValidator(_http_url)]
@@ -135,7 +141,7 @@ class OfferIn(Body):
     name: Name
     url: Url
     affiliate_network_id: int
-    payout: OptionalMoney = None
+    payout: Annotated[OptionalMoney, AfterValidator(_not_negative)] = None
     currency: Currency = "USD"
 
 

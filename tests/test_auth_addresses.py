@@ -1,0 +1,67 @@
+import ipaddress
+
+import pytest
+
+from tracker.domain.auth import check_postback_auth, client_address, signature_for
+from tracker.domain.campaign import NetworkRoute
+
+NOW = 1_700_000_000
+
+
+def network(**changes):
+    values = dict(
+        id=1,
+        postback_token="tok",
+        require_token=True,
+        ip_allowlist=(),
+        signing_secret=None,
+        status_map={},
+        duplicate_policy="txid",
+    )
+    values.update(changes)
+    return NetworkRoute(**values)
+
+
+def check(net, token="tok", ip="10.0.0.1", raw="a=1", sig=None, ts=None):
+    return check_postback_auth(net, token, ip, raw, sig, ts, NOW)
+
+
+def test_token():
+    assert check(network()) is None
+    assert check(network(), token=None) == "missing token"
+    assert check(network(), token="nope") == "wrong token"
+    assert check(network(require_token=False), token=None) is None
+
+
+def test_allowlist():
+    net = network(ip_allowlist=(ipaddress.ip_network("10.0.0.0/8"),))
+    assert check(net) is None
+    assert "not on the network's allowlist" in check(net, ip="192.168.1.1")
+    assert check(net, ip=None) == "client address unknown"
+    assert check(net, ip="not-an-ip") == "client address unknown"
+
+
+@pytest.mark.parametrize(
+    ("ts", "sig", "reason"),
+    [
+        (str(NOW), "good", None),
+        (str(NOW), "sha256=00", "bad signature"),
+        (None, "good", "missing X-Signature or X-Timestamp header"),
+        ("soon", "good", "X-Timestamp is not a Unix time in seconds"),
+        (str(NOW - 301), "good", "signature timestamp outside the 5-minute window"),
+    ],
+)
+def test_signature(ts, sig, reason):
+    net = network(signing_secret="s" * 16)
+    if sig == "good":
+        sig = signature_for("s" * 16, ts or "", "a=1").upper()
+    assert check(net, sig=sig, ts=ts) == reason
+
+
+def test_client_address_behind_trusted_proxies():
+    trusted = (ipaddress.ip_network("10.0.0.0/8"),)
+    assert client_address("1.2.3.4", "5.6.7.8", trusted) == "1.2.3.4"
+    assert client_address("10.0.0.1", "5.6.7.8, 10.0.0.2", trusted) == "5.6.7.8"
+    assert client_address("10.0.0.1", None, trusted) == "10.0.0.1"
+    assert client_address("10.0.0.1", " , ", trusted) == "10.0.0.1"
+    assert client_address("10.0.0.1", "1.1.1.1", ()) == "10.0.0.1"

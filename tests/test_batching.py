@@ -1,0 +1,62 @@
+"""The group-commit batcher with an in-memory flush: no servers."""
+
+import asyncio
+
+import pytest
+
+from tracker.store.batching import BatchClosedError, Batcher
+
+
+async def test_concurrent_items_share_a_flush_and_get_their_own_results():
+    batches: list[list[int]] = []
+    gate = asyncio.Event()
+
+    async def flush(items: list[int]) -> list[int | BaseException]:
+        batches.append(items)
+        await gate.wait()
+        return [ValueError(i) if i == 3 else i * 10 for i in items]
+
+    batcher: Batcher[int, int] = Batcher(flush, max_batch=100, name="t")
+    batcher.start()
+    first = asyncio.create_task(batcher.submit(0))
+    await asyncio.sleep(0)
+    rest = [asyncio.create_task(batcher.submit(i)) for i in range(1, 6)]
+    await asyncio.sleep(0.01)
+    gate.set()
+    assert await first == 0
+    results = await asyncio.gather(*rest, return_exceptions=True)
+    assert [r if isinstance(r, int) else "err" for r in results] == [10, 20, "err", 40, 50]
+    assert batches == [[0], [1, 2, 3, 4, 5]]
+    await batcher.close()
+
+
+async def test_a_failing_flush_fails_only_its_batch():
+    async def flush(items: list[str]) -> list[str | BaseException]:
+        if "bad" in items:
+            raise RuntimeError("boom")
+        return items
+
+    batcher: Batcher[str, str] = Batcher(flush, max_batch=1, name="t")
+    batcher.start()
+    results = await asyncio.gather(
+        batcher.submit("a"), batcher.submit("bad"), batcher.submit("b"), return_exceptions=True
+    )
+    assert results[0] == "a" and results[2] == "b"
+    assert isinstance(results[1], RuntimeError)
+    await batcher.close()
+
+
+async def test_max_batch_and_close():
+    sizes: list[int] = []
+
+    async def flush(items: list[int]) -> list[int | BaseException]:
+        sizes.append(len(items))
+        return list(items)
+
+    batcher: Batcher[int, int] = Batcher(flush, max_batch=3, name="t")
+    batcher.start()
+    assert await asyncio.gather(*(batcher.submit(i) for i in range(7))) == list(range(7))
+    assert max(sizes) <= 3 and sum(sizes) == 7
+    await batcher.close()
+    with pytest.raises(BatchClosedError):
+        await batcher.submit(1)
