@@ -45,9 +45,10 @@ def test_allowlist():
     ("ts", "sig", "reason"),
     [
         (str(NOW), "good", None),
-        (str(NOW), "sha256=00", "bad signature"),
+        (str(NOW), "sha256=00", "X-Signature is not sha256=<64 hex digits>"),
+        (str(NOW), "sha256=" + "0" * 64, "bad signature"),
         (None, "good", "missing X-Signature or X-Timestamp header"),
-        ("soon", "good", "X-Timestamp is not a Unix time in seconds"),
+        ("soon", "good", "X-Timestamp is not a Unix time in seconds (ASCII digits only)"),
         (str(NOW - 301), "good", "signature timestamp outside the 5-minute window"),
     ],
 )

@@ -268,8 +268,10 @@ async def test_web_worker_killed_while_spooling(run: Run) -> None:
     assert victim not in workers and len(workers) == 2  # restarted by the supervisor
     assert len(run.redirected) > 200
     assert lost == 0
-    # A click stored just before the kill may never have reached its visitor as a 302.
-    assert len(run.redirected) <= rows <= len(run.redirected) + run.errors
+    # A click stored just before the kill may never have reached its visitor as a 302,
+    # and the client library silently retries a request cut off on a kept-alive
+    # connection: at most one such extra click per connection in flight.
+    assert len(run.redirected) <= rows <= len(run.redirected) + run.errors + CONCURRENCY
     assert rollup == rows
     assert not list(run.spool.glob("clicks-*.jsonl"))  # every spool replayed and removed
 
