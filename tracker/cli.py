@@ -51,6 +51,7 @@ def supervise_workers(settings: Settings, workers: int) -> int:
 
 async def _run_sink(settings: Settings) -> None:
     from tracker.sink.clicks import ClickSink
+    from tracker.sink.housekeeping import housekeeping
     from tracker.sink.orphans import orphan_matcher
     from tracker.store.db import create_pool
     from tracker.store.redis import create_redis
@@ -58,7 +59,10 @@ async def _run_sink(settings: Settings) -> None:
     pool = await create_pool(settings.database_url, 1, 4)
     redis = create_redis(settings.redis_url)
     try:
-        async with orphan_matcher(pool, redis, settings) as matcher:
+        async with (
+            orphan_matcher(pool, redis, settings) as matcher,
+            housekeeping(pool, matcher, settings),
+        ):
             sink = ClickSink(
                 redis,
                 pool,

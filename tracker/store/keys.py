@@ -11,3 +11,11 @@ SIGNATURE_TTL = 600
 
 def click_key(click_id: str) -> str:
     return CLICK_PREFIX + click_id
+
+
+# Failed unauthenticated postbacks per client address, per one-minute window.
+FAILED_POSTBACK_PREFIX = "pbfail:"
+
+
+def failed_postback_key(address: str, window: int) -> str:
+    return f"{FAILED_POSTBACK_PREFIX}{window}:{address}"

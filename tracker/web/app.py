@@ -14,6 +14,7 @@ from tracker.store.config import ConfigCache
 from tracker.store.conversions import ConversionWriter
 from tracker.store.db import create_pool
 from tracker.store.postback_log import PostbackLog
+from tracker.store.ratelimit import PostbackGuard
 from tracker.store.redis import create_redis
 from tracker.web.appkeys import (
     CLICK_READER,
@@ -21,6 +22,7 @@ from tracker.web.appkeys import (
     CONFIG,
     CONVERSION_WRITER,
     PG_POOL,
+    POSTBACK_GUARD,
     POSTBACK_LOG,
     POSTBACKS,
     REDIS,
@@ -118,6 +120,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
             running(CLICK_READER, lambda app: ClickReader(app[REDIS], app[PG_POOL])),
             running(CONVERSION_WRITER, lambda app: ConversionWriter(app[PG_POOL])),
             running(POSTBACK_LOG, lambda app: PostbackLog(app[PG_POOL])),
+            running(POSTBACK_GUARD, lambda app: PostbackGuard(app[REDIS], app[SETTINGS])),
         ]
     )
     api = web.Application(middlewares=[require_api_key])
