@@ -85,7 +85,7 @@ async def _run_sink(settings: Settings) -> None:
 async def _seed_demo(settings: Settings) -> None:
     from tracker.demo import seed_demo
 
-    demo = await seed_demo(settings.database_url)
+    demo = await seed_demo(settings.database_url, settings.redis_url)
     base = settings.base_url()
     print(f"click URL:    {base}/c/{demo.campaign_key}?external_id=demo&sub1=banner1")
     print(
