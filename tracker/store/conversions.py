@@ -239,10 +239,10 @@ class ConversionWriter(BatchedService):
         pb: ConversionPostback,
         status: str,
         payout: Decimal | None,
-        refund_key: str,
+        key: str,
     ) -> ConversionResult:
         """Apply to the locked conversion `row` what the lifecycle allows for `status`
-        with `payout` (report currency): a partial refund (once per `refund_key`), a
+        with `payout` (report currency): a partial refund (once per refund `key`), a
         status change, or nothing."""
         base = row["payout"] if row["payout"] is not None else Decimal(0)
         change = decide_change(row["status"], status, payout, base, row["refunded"])
@@ -255,7 +255,7 @@ class ConversionWriter(BatchedService):
                 row["status"],
                 row["payout"],
                 change.refund,
-                refund_key,
+                key,
                 pb.params,
             )
             if added is None:  # this refund was applied before
