@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from tests.test_postback import make_click
-from tracker.domain.lifecycle import ALLOWED, STATUSES
+from tracker.domain.lifecycle import ALLOWED, STATUSES, refund_key
 
 
 async def prepared(client, api, network: dict | None = None, **campaign_changes):
@@ -199,3 +199,23 @@ async def test_postback_log_lists_every_result(client, api, pool):
     only = await api.call("GET", f"/api/postbacks?network_id={network_id}&result=created")
     assert [item["result"] for item in only["items"]] == ["created"]
     await api.call("GET", "/api/postbacks?result=created&limit=0", expect=400)
+
+
+@pytest.mark.parametrize(
+    ("params", "own_txid", "amount", "txid", "key"),
+    [
+        ({}, None, Decimal("5"), "o1", "amount:USD:5:o1"),
+        ({}, None, Decimal("5.0"), "o1", "amount:USD:5:o1"),
+        ({}, None, Decimal("-5.00"), "o1", "amount:USD:5:o1"),
+        ({}, None, Decimal("500"), "o1", "amount:USD:500:o1"),
+        ({}, None, Decimal("0.50"), "o1", "amount:USD:0.5:o1"),
+        ({}, "r9", Decimal("5"), "o1", "txid:r9"),
+        ({"refund_id": " a1 "}, "r9", Decimal("5"), "o1", "id:a1"),
+        ({"refundid": "a2"}, None, Decimal("5"), "o1", "id:a2"),
+        ({"refund_txid": "a3"}, None, Decimal("5"), "o1", "id:a3"),
+        ({"chargeback_id": "a4"}, None, Decimal("5"), "o1", "id:a4"),
+        ({"refund_id": ""}, None, Decimal("5"), "o1", "amount:USD:5:o1"),
+    ],
+)
+def test_refund_key(params, own_txid, amount, txid, key):
+    assert refund_key(params, own_txid, amount, "USD", txid) == key

@@ -51,6 +51,7 @@ def supervise_workers(settings: Settings, workers: int) -> int:
 
 async def _run_sink(settings: Settings) -> None:
     from tracker.sink.clicks import ClickSink
+    from tracker.sink.housekeeping import housekeeping
     from tracker.sink.orphans import orphan_matcher
     from tracker.store.db import create_pool
     from tracker.store.redis import redis_for
@@ -58,7 +59,10 @@ async def _run_sink(settings: Settings) -> None:
     pool = await create_pool(settings.database_url, 1, 4)
     redis = redis_for(settings, blocking_ms=settings.sink_block_ms)
     try:
-        async with orphan_matcher(pool, redis, settings) as matcher:
+        async with (
+            orphan_matcher(pool, redis, settings) as matcher,
+            housekeeping(pool, matcher, settings),
+        ):
             sink = ClickSink(
                 redis,
                 pool,
@@ -81,7 +85,7 @@ async def _run_sink(settings: Settings) -> None:
 async def _seed_demo(settings: Settings) -> None:
     from tracker.demo import seed_demo
 
-    demo = await seed_demo(settings.database_url)
+    demo = await seed_demo(settings.database_url, settings.redis_url)
     base = settings.base_url()
     print(f"click URL:    {base}/c/{demo.campaign_key}?external_id=demo&sub1=banner1")
     print(

@@ -4,6 +4,9 @@ import secrets
 from dataclasses import dataclass
 
 import asyncpg
+from redis.asyncio import Redis
+
+from tracker.store import keys
 
 DEMO_SOURCE = "Demo traffic source"
 DEMO_NETWORK = "Demo affiliate network"
@@ -25,7 +28,9 @@ async def _find(conn: asyncpg.Connection, table: str, name: str) -> int | None:
     return found
 
 
-async def seed_demo(dsn: str) -> Demo:
+async def seed_demo(dsn: str, redis_url: str | None = None) -> Demo:
+    """Create the demo rows if missing; with `redis_url`, running processes are told to
+    reload their configuration (the version bump every admin write makes)."""
     conn = await asyncpg.connect(dsn)
     try:
         async with conn.transaction():
@@ -74,4 +79,10 @@ async def seed_demo(dsn: str) -> Demo:
             )
     finally:
         await conn.close()
+    if redis_url is not None:
+        redis = Redis.from_url(redis_url)
+        try:
+            await redis.incr(keys.CONFIG_VERSION)
+        finally:
+            await redis.aclose()
     return Demo(campaign_key=key, postback_token=token)

@@ -50,6 +50,20 @@ class Settings(BaseSettings):
     sink_block_ms: int = 500
     sink_claim_idle_ms: int = 30000
 
+    # Unauthenticated failed postbacks (unmatched, invalid, refused) one address may send a
+    # minute before it gets 429s; a network's authenticated postbacks are never counted.
+    postback_failures_per_minute: int = Field(default=60, ge=1)
+    # A failed postback's log row (raw text and parameters) is cut to about this size.
+    postback_log_max_bytes: int = Field(default=4096, ge=1024)
+    # Days postback log rows are kept: all rows, and failed ones (unmatched, invalid, refused).
+    postback_log_retention_days: int = Field(default=90, ge=1)
+    postback_log_failed_retention_days: int = Field(default=14, ge=1)
+    # How often the sink deletes expired postback log rows, and rows per delete.
+    postback_log_cleanup_seconds: float = Field(default=300.0, gt=0)
+    postback_log_cleanup_batch: int = Field(default=1000, ge=1)
+    # How often the sink re-matches unmatched postbacks whose click has since been stored.
+    orphan_sweep_seconds: float = Field(default=60.0, gt=0)
+
     def base_url(self) -> str:
         """The public base URL used in URLs we print and return."""
         if self.public_url:

@@ -69,3 +69,32 @@ def decide_change(
     if incoming == current or incoming not in ALLOWED[current]:
         return NO_CHANGE
     return Change(incoming, Decimal(0))
+
+
+# Names under which a network may send a refund's own identifier.
+REFUND_ID_PARAMS = ("refund_id", "refundid", "refund_txid", "chargeback_id")
+REFUND_ID_MAX_LENGTH = 128
+
+
+def normalized_amount(amount: Decimal) -> str:
+    """An amount as one spelling: `5`, `5.0` and `-5.00` are all `5`."""
+    return format(abs(amount).normalize(), "f")
+
+
+def refund_key(
+    params: Mapping[str, str], own_txid: str | None, amount: Decimal, currency: str, txid: str
+) -> str:
+    """The identity of one refund, so that a retried refund is applied once and two
+    genuine refunds twice.
+
+    In order: the refund id the network sent (`refund_id` or an alias); else the
+    refund postback's own txid (a refund by `parent_txid`); else the amount as sent,
+    normalised, with its currency and the txid of the postback.
+    """
+    for name in REFUND_ID_PARAMS:
+        given = params.get(name, "").strip()
+        if given:
+            return "id:" + given[:REFUND_ID_MAX_LENGTH]
+    if own_txid:
+        return "txid:" + own_txid
+    return f"amount:{currency}:{normalized_amount(amount)}:{txid}"

@@ -1,6 +1,7 @@
 """Row-level SQL for the admin API. Table and column names come from code, never input."""
 
 from collections import defaultdict
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -17,6 +18,22 @@ DELETE_CAMPAIGN_OFFERS = "DELETE FROM campaign_offers WHERE campaign_id = $1"
 INSERT_CAMPAIGN_OFFER = """
 INSERT INTO campaign_offers (campaign_id, offer_id, weight, position) VALUES ($1, $2, $3, $4)
 """
+# Moves forward on every write, even two in one microsecond or under a clock step back,
+# so that it can serve as the row's version (its ETag).
+_NEXT_UPDATED_AT = "updated_at = greatest(clock_timestamp(), updated_at + interval '1 microsecond')"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def etag(row: asyncpg.Record) -> str:
+    """The row's version as a strong HTTP entity tag."""
+    micros = (row["updated_at"] - _EPOCH) // timedelta(microseconds=1)
+    return f'"{row["id"]}-{micros}"'
+
+
+def etag_matches(row: asyncpg.Record, if_match: str) -> bool:
+    """Whether an If-Match header value (`*` or a list of tags) names the row's version."""
+    wanted = {tag.strip() for tag in if_match.split(",")}
+    return "*" in wanted or etag(row) in wanted
 
 
 async def insert_row(conn: Conn, table: str, values: dict[str, Any]) -> asyncpg.Record:
@@ -32,13 +49,20 @@ async def update_row(
     conn: Conn, table: str, row_id: int, values: dict[str, Any]
 ) -> asyncpg.Record | None:
     sets = ", ".join(f"{column} = ${i}" for i, column in enumerate(values, start=2))
-    query = f"UPDATE {table} SET {sets}, updated_at = now() WHERE id = $1 RETURNING *"
+    query = f"UPDATE {table} SET {sets}, {_NEXT_UPDATED_AT} WHERE id = $1 RETURNING *"
     row: asyncpg.Record | None = await conn.fetchrow(query, row_id, *values.values())
     return row
 
 
-async def get_row(conn: Conn, table: str, row_id: int) -> asyncpg.Record | None:
-    row: asyncpg.Record | None = await conn.fetchrow(f"SELECT * FROM {table} WHERE id = $1", row_id)
+async def get_row(
+    conn: Conn, table: str, row_id: int, for_update: bool = False
+) -> asyncpg.Record | None:
+    """The row; with `for_update`, locked until the transaction ends so that a concurrent
+    read-merge-write of the same row waits for this one."""
+    lock = " FOR UPDATE" if for_update else ""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"SELECT * FROM {table} WHERE id = $1{lock}", row_id
+    )
     return row
 
 
@@ -52,7 +76,7 @@ async def list_rows(
 
 async def archive_row(conn: Conn, table: str, row_id: int) -> asyncpg.Record | None:
     query = (
-        f"UPDATE {table} SET archived_at = coalesce(archived_at, now()), updated_at = now() "
+        f"UPDATE {table} SET archived_at = coalesce(archived_at, now()), {_NEXT_UPDATED_AT} "
         "WHERE id = $1 RETURNING *"
     )
     row: asyncpg.Record | None = await conn.fetchrow(query, row_id)

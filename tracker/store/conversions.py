@@ -9,7 +9,7 @@ import asyncpg
 import orjson
 
 from tracker.domain.fx import RateTable, convert
-from tracker.domain.lifecycle import CHARGEBACK, REJECTED, decide_change
+from tracker.domain.lifecycle import CHARGEBACK, REJECTED, decide_change, refund_key
 from tracker.store.batching import BatchedService, Batcher
 
 log = logging.getLogger("tracker.conversions")
@@ -53,20 +53,29 @@ WITH input AS (
 )
 SELECT id, click_id, dedupe_key FROM inserted
 """
-LOCK_CONVERSION = """
-SELECT id, status, payout, refunded FROM conversions
+_LOCKED_COLUMNS = "id, status, payout, refunded, original_payout, original_currency"
+LOCK_CONVERSION = f"""
+SELECT {_LOCKED_COLUMNS} FROM conversions
 WHERE click_id = $1 AND dedupe_key = $2
 FOR UPDATE
 """
-LOCK_PARENT = """
-SELECT id, status, payout, refunded FROM conversions
+LOCK_PARENT = f"""
+SELECT {_LOCKED_COLUMNS} FROM conversions
 WHERE click_id = $1 AND txid = $2
 ORDER BY id LIMIT 1
 FOR UPDATE
 """
+# With a new price ($3), payout, currency and original_* change together; payout may be
+# NULL (no rate yet), and what was refunded never exceeds the new payout.
 UPDATE_STATUS = """
 UPDATE conversions
-SET status = $2, payout = coalesce($3, payout), original_payout = coalesce($4, original_payout),
+SET status = $2,
+    payout = CASE WHEN $3 THEN $4::numeric ELSE payout END,
+    currency = CASE WHEN $3 THEN $5 ELSE currency END,
+    original_payout = CASE WHEN $3 THEN $6::numeric ELSE original_payout END,
+    original_currency = CASE WHEN $3 THEN $7 ELSE original_currency END,
+    refunded = CASE WHEN $3 THEN least(refunded, coalesce($4::numeric, refunded))
+                    ELSE refunded END,
     updated_at = now()
 WHERE id = $1
 """
@@ -205,18 +214,23 @@ class ConversionWriter(BatchedService):
                 row = await conn.fetchrow(LOCK_CONVERSION, pb.click["click_id"], pb.dedupe_key)
                 if row is None:
                     raise RuntimeError("conversion vanished while being updated")
-            payout = pb.payout if pb.payout_given else None
-            key = f"status:{pb.status}:{pb.txid}:{payout}"
-            return await self._apply(conn, row, pb, pb.status, payout, key)
+            amount = _report_amount(row, pb) if pb.payout_given else None
+            key = refund_key(pb.params, None, pb.original_payout, pb.original_currency, pb.txid)
+            return await self._apply(conn, row, pb, pb.status, amount, key)
 
     async def _refund(self, pb: ConversionPostback) -> ConversionResult:
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(LOCK_PARENT, pb.click["click_id"], pb.parent_txid)
             if row is None:
                 raise ParentNotFound(f"no conversion with txid {pb.parent_txid!r} on this click")
-            amount = -(pb.payout if pb.payout is not None else pb.original_payout)
-            # The same as a chargeback of that amount on the parent, applied once per txid.
-            return await self._apply(conn, row, pb, CHARGEBACK, amount, f"txid:{pb.txid}")
+            amount = _report_amount(row, pb)
+            if amount is None:
+                amount = pb.original_payout
+            key = refund_key(
+                pb.params, pb.txid, pb.original_payout, pb.original_currency, pb.parent_txid or ""
+            )
+            # The same as a chargeback of that amount on the parent, applied once per refund.
+            return await self._apply(conn, row, pb, CHARGEBACK, -amount, key)
 
     async def _apply(
         self,
@@ -225,10 +239,11 @@ class ConversionWriter(BatchedService):
         pb: ConversionPostback,
         status: str,
         payout: Decimal | None,
-        refund_key: str,
+        key: str,
     ) -> ConversionResult:
         """Apply to the locked conversion `row` what the lifecycle allows for `status`
-        with `payout`: a partial refund (once per `refund_key`), a status change, or nothing."""
+        with `payout` (report currency): a partial refund (once per refund `key`), a
+        status change, or nothing."""
         base = row["payout"] if row["payout"] is not None else Decimal(0)
         change = decide_change(row["status"], status, payout, base, row["refunded"])
         conversion_id = int(row["id"])
@@ -240,7 +255,7 @@ class ConversionWriter(BatchedService):
                 row["status"],
                 row["payout"],
                 change.refund,
-                refund_key,
+                key,
                 pb.params,
             )
             if added is None:  # this refund was applied before
@@ -249,23 +264,45 @@ class ConversionWriter(BatchedService):
             return UPDATED, conversion_id
         if change.new_status is None:
             return DUPLICATE, conversion_id
-        # A rejection or chargeback carries no new price: keep the payout.
-        if change.new_status in (REJECTED, CHARGEBACK) or payout is None:
-            payout = original = None
-        else:
-            original = pb.original_payout
-        await conn.execute(UPDATE_STATUS, conversion_id, change.new_status, payout, original)
+        # A rejection or chargeback carries no new price; any other status update that
+        # names a payout sets payout, currency and original_* together.
+        new_price = pb.payout_given and change.new_status not in (REJECTED, CHARGEBACK)
+        await conn.execute(
+            UPDATE_STATUS,
+            conversion_id,
+            change.new_status,
+            new_price,
+            pb.payout,
+            pb.currency,
+            pb.original_payout,
+            pb.original_currency,
+        )
         await conn.fetchval(
             INSERT_HISTORY,
             conversion_id,
             row["status"],
             change.new_status,
-            payout if payout is not None else row["payout"],
+            pb.payout if new_price else row["payout"],
             Decimal(0),
             None,
             pb.params,
         )
         return UPDATED, conversion_id
+
+
+def _report_amount(row: asyncpg.Record, pb: ConversionPostback) -> Decimal | None:
+    """The postback's payout in the conversion's report currency: converted with today's
+    rates, else in proportion to the conversion when both are in one original currency."""
+    if pb.payout is not None:
+        return pb.payout
+    if (
+        row["payout"] is not None
+        and row["original_payout"]
+        and row["original_currency"] == pb.original_currency
+    ):
+        share: Decimal = row["payout"] * pb.original_payout / row["original_payout"]
+        return share.quantize(Decimal("0.000001"))
+    return None
 
 
 SELECT_UNCONVERTED = """

@@ -17,3 +17,11 @@ def click_key(click_id: str) -> str:
 
 def auth_failures_key(address: str) -> str:
     return AUTH_FAILURES_PREFIX + address
+
+
+# Failed unauthenticated postbacks per client address, per one-minute window.
+FAILED_POSTBACK_PREFIX = "pbfail:"
+
+
+def failed_postback_key(address: str, window: int) -> str:
+    return f"{FAILED_POSTBACK_PREFIX}{window}:{address}"

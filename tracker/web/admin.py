@@ -71,6 +71,12 @@ def _int_query(request: web.Request, name: str, default: int, high: int) -> int:
     return int(raw)
 
 
+def _with_etag(item: Any, tag: str, status: int = 200) -> web.Response:
+    response = json_response(item, status)
+    response.headers["ETag"] = tag
+    return response
+
+
 class ResourceViews:
     """CRUD handlers for one configuration table; subclasses add what differs."""
 
@@ -111,13 +117,28 @@ class ResourceViews:
         if details:
             raise ApiError(400, f"invalid {self.label}", details)
 
-    async def _save(self, request: web.Request, row_id: int | None, body: dict[str, Any]) -> Any:
+    async def _save(
+        self,
+        request: web.Request,
+        row_id: int | None,
+        body: dict[str, Any],
+        if_match: str | None = None,
+    ) -> tuple[Any, str]:
+        """Create or update a row; the presented row and its ETag. An update merges `body`
+        into the row read under a row lock, so concurrent updates of other fields survive,
+        and applies only if `if_match` (when given) names the row's current version."""
         pool = request.config_dict[PG_POOL]
         async with pool.acquire() as conn, conn.transaction():
             if row_id is not None:
-                row = await sql.get_row(conn, self.table, row_id)
+                row = await sql.get_row(conn, self.table, row_id, for_update=True)
                 if row is None:
                     raise ApiError(404, f"{self.label} {row_id} not found")
+                if if_match is not None and not sql.etag_matches(row, if_match):
+                    raise ApiError(
+                        412,
+                        f"precondition failed: the {self.label} changed since it was read",
+                        [{"field": "If-Match", "message": f"current ETag is {sql.etag(row)}"}],
+                    )
                 body = {**await self.current_input(conn, row), **body}
             item = self.model.model_validate(body)
             await self._check_references(conn, item)
@@ -130,16 +151,19 @@ class ResourceViews:
             await self.after_write(conn, row["id"], item)
             [presented] = await self.present(request, conn, [row])
         await request.config_dict[CONFIG].changed()
-        return presented
+        return presented, sql.etag(row)
 
     async def create(self, request: web.Request) -> web.Response:
         body = await read_json_object(request)
-        return json_response(await self._save(request, None, body), status=201)
+        return _with_etag(*await self._save(request, None, body), status=201)
 
     async def update(self, request: web.Request) -> web.Response:
+        """PATCH: the fields given change, the others keep their current values. With
+        `If-Match: <ETag from a GET>`, only if nobody changed the row since (else 412)."""
         row_id = _row_id(request)
         body = await read_json_object(request)
-        return json_response(await self._save(request, row_id, body))
+        if_match = request.headers.get("If-Match")
+        return _with_etag(*await self._save(request, row_id, body, if_match))
 
     async def get(self, request: web.Request) -> web.Response:
         row_id = _row_id(request)
@@ -148,7 +172,7 @@ class ResourceViews:
             if row is None:
                 raise ApiError(404, f"{self.label} {row_id} not found")
             [presented] = await self.present(request, conn, [row])
-        return json_response(presented)
+        return _with_etag(presented, sql.etag(row))
 
     async def list(self, request: web.Request) -> web.Response:
         include_archived = request.query.get("include_archived", "").lower() in ("1", "true")

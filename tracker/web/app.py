@@ -16,6 +16,7 @@ from tracker.store.config import ConfigCache
 from tracker.store.conversions import ConversionWriter
 from tracker.store.db import create_pool
 from tracker.store.postback_log import PostbackLog
+from tracker.store.ratelimit import PostbackGuard
 from tracker.store.redis import redis_for
 from tracker.web.appkeys import (
     CLICK_READER,
@@ -23,6 +24,7 @@ from tracker.web.appkeys import (
     CONFIG,
     CONVERSION_WRITER,
     PG_POOL,
+    POSTBACK_GUARD,
     POSTBACK_LOG,
     POSTBACKS,
     REDIS,
@@ -159,6 +161,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
             ),
             running(CONVERSION_WRITER, lambda app: ConversionWriter(app[PG_POOL])),
             running(POSTBACK_LOG, lambda app: PostbackLog(app[PG_POOL])),
+            running(POSTBACK_GUARD, lambda app: PostbackGuard(app[REDIS], app[SETTINGS])),
         ]
     )
     failures = AuthFailures(settings.admin_auth_max_failures, settings.admin_auth_window_seconds)

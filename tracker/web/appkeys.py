@@ -13,6 +13,7 @@ from tracker.store.clicks import ClickReader, ClickWriter
 from tracker.store.config import ConfigCache
 from tracker.store.conversions import ConversionWriter
 from tracker.store.postback_log import PostbackLog
+from tracker.store.ratelimit import PostbackGuard
 
 SETTINGS = web.AppKey("settings", Settings)
 PG_POOL = web.AppKey("pg_pool", asyncpg.Pool)
@@ -23,4 +24,5 @@ CONVERSION_WRITER = web.AppKey("conversion_writer", ConversionWriter)
 CLICK_READER = web.AppKey("click_reader", ClickReader)
 POSTBACKS = web.AppKey("postbacks", PostbackProcessor)
 POSTBACK_LOG = web.AppKey("postback_log", PostbackLog)
+POSTBACK_GUARD = web.AppKey("postback_guard", PostbackGuard)
 TRUSTED_PROXIES = web.AppKey("trusted_proxies", Sequence[IpNetwork])

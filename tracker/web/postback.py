@@ -9,7 +9,7 @@ from tracker.domain.params import form_pairs, json_pairs, load_json_object, post
 from tracker.domain.text import clean_text, dirt_in
 from tracker.postbacks import INVALID, Outcome
 from tracker.store.postback_log import Inbound
-from tracker.web.appkeys import POSTBACK_LOG, POSTBACKS, TRUSTED_PROXIES
+from tracker.web.appkeys import CONFIG, POSTBACK_GUARD, POSTBACK_LOG, POSTBACKS, TRUSTED_PROXIES
 from tracker.web.errors import json_response
 
 MAX_PARAMS = 100
@@ -90,5 +90,10 @@ async def postback(request: web.Request) -> web.Response:
             path_token=request.match_info.get("token"),
         )
         outcome = await app[POSTBACKS].process(inbound)
-    await app[POSTBACK_LOG].append(inbound, outcome)
+    screened = await app[POSTBACK_GUARD].screen(inbound, outcome, app[CONFIG].snapshot)
+    if screened.refusal is not None:
+        response = json_response(screened.refusal, 429)
+        response.headers["Retry-After"] = str(screened.retry_after)
+        return response
+    await app[POSTBACK_LOG].append(screened.inbound, outcome)
     return json_response(outcome.body(), outcome.http_status)
