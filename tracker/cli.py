@@ -55,7 +55,7 @@ async def _run_sink(settings: Settings) -> None:
     from tracker.store.db import create_pool
     from tracker.store.redis import create_redis
 
-    pool = await create_pool(settings.database_url, 1, 4)
+    pool = await create_pool(settings.database_url, 1, 4, settings.pg_timeout)
     redis = create_redis(settings.redis_url)
     try:
         async with orphan_matcher(pool, redis, settings) as matcher:
