@@ -32,6 +32,7 @@ class NetworkRoute:
     signing_secret: str | None
     status_map: dict[str, str]
     duplicate_policy: str
+    archived: bool = False
 
 
 @dataclass(frozen=True, slots=True)

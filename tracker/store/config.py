@@ -25,7 +25,7 @@ log = logging.getLogger("tracker.config")
 
 SELECT_NETWORKS = """
 SELECT id, postback_token, require_token, ip_allowlist, signing_secret, status_map,
-       duplicate_policy
+       duplicate_policy, archived_at IS NOT NULL AS archived
 FROM affiliate_networks
 """
 SELECT_OFFERS = """
@@ -62,6 +62,7 @@ async def load_snapshot(pool: asyncpg.Pool) -> ConfigSnapshot:
             signing_secret=row["signing_secret"],
             status_map={str(k).lower(): str(v) for k, v in row["status_map"].items()},
             duplicate_policy=row["duplicate_policy"],
+            archived=row["archived"],
         )
     for row in rate_rows:
         snapshot.rates.setdefault(row["currency"], []).append((row["valid_from"], row["rate"]))

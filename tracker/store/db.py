@@ -49,9 +49,9 @@ async def keep_session(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(
-    dsn: str, min_size: int = 2, max_size: int = 10, timeout: float = 5.0
+    dsn: str, min_size: int = 2, max_size: int = 10, pg_timeout: float = 5.0
 ) -> asyncpg.Pool:
-    """The process's pool; `timeout` bounds every query and every new connection, so a
+    """The process's pool; `pg_timeout` bounds every query and every new connection, so a
     Postgres that hangs fails like one that is down (see POSTGRES_UNAVAILABLE)."""
     pool = await asyncpg.create_pool(
         dsn,
@@ -59,8 +59,8 @@ async def create_pool(
         max_size=max_size,
         init=init_connection,
         reset=keep_session,
-        command_timeout=timeout,
-        timeout=timeout,
+        command_timeout=pg_timeout,
+        timeout=pg_timeout,
     )
     assert pool is not None
     return pool

@@ -1,15 +1,20 @@
 """Inbound conversions: `GET|POST /postback` and `/postback/{token}`."""
 
+import contextlib
+import logging
 from datetime import UTC, datetime
 
 import orjson
 from aiohttp import web
 
 from tracker.domain.auth import client_address
-from tracker.postbacks import INVALID, Outcome
-from tracker.store.postback_log import Inbound
-from tracker.web.appkeys import POSTBACK_LOG, POSTBACKS, TRUSTED_PROXIES
+from tracker.postbacks import INVALID, QUEUED, Outcome
+from tracker.store.db import POSTGRES_UNAVAILABLE
+from tracker.store.postback_log import Inbound, enqueue, new_receipt_id
+from tracker.web.appkeys import POSTBACK_LOG, POSTBACKS, REDIS, TRUSTED_PROXIES
 from tracker.web.errors import json_response, parse_json_object
+
+log = logging.getLogger("tracker.web.postback")
 
 MAX_PARAMS = 100
 MAX_VALUE_LENGTH = 2048
@@ -42,16 +47,23 @@ async def _read(request: web.Request) -> tuple[dict[str, str], str]:
 
 
 async def postback(request: web.Request) -> web.Response:
-    """Match a postback to its click and record the conversion; every postback is logged."""
+    """Match a postback to its click and record the conversion; every postback is logged.
+
+    While Postgres is unavailable the postback is queued in Redis (200, "queued") for
+    the sink to apply; only when Redis is unavailable too is the answer a 503.
+    """
     app = request.app
     headers = request.headers
     received_at = datetime.now(UTC)
+    receipt_id = new_receipt_id()
     client_ip = client_address(request.remote, headers.get("X-Forwarded-For"), app[TRUSTED_PROXIES])
     try:
         params, raw = await _read(request)
     except ValueError as exc:
         outcome = Outcome(INVALID, 400, reason=str(exc))
-        inbound = Inbound({}, request.method, request.query_string, received_at, client_ip)
+        inbound = Inbound(
+            {}, request.method, request.query_string, received_at, client_ip, receipt_id=receipt_id
+        )
     else:
         inbound = Inbound(
             params=params,
@@ -62,7 +74,36 @@ async def postback(request: web.Request) -> web.Response:
             signature=headers.get("X-Signature"),
             signature_ts=headers.get("X-Timestamp"),
             path_token=request.match_info.get("token"),
+            receipt_id=receipt_id,
         )
-        outcome = await app[POSTBACKS].process(inbound)
-    await app[POSTBACK_LOG].append(inbound, outcome)
+        try:
+            outcome = await app[POSTBACKS].process(inbound)
+        except POSTGRES_UNAVAILABLE as exc:
+            return await _queue(app, inbound, exc)
+        except BaseException:
+            await _release_signature(app, inbound)
+            raise
+    if not outcome.logged:  # a conversion's log row is already written, with it
+        try:
+            await app[POSTBACK_LOG].append(inbound, outcome)
+        except POSTGRES_UNAVAILABLE as exc:
+            return await _queue(app, inbound, exc)
     return json_response(outcome.body(), outcome.http_status)
+
+
+async def _queue(app: web.Application, inbound: Inbound, exc: BaseException) -> web.Response:
+    """Postgres is unavailable: keep the postback for the sink, or ask for a retry."""
+    try:
+        await enqueue(app[REDIS], inbound)
+    except Exception as redis_exc:
+        log.error("postback %s not queued: %r after %r", inbound.receipt_id, redis_exc, exc)
+        await _release_signature(app, inbound)
+        body = {"error": "storage unavailable, retry later", "receipt_id": inbound.receipt_id}
+        return json_response(body, 503)
+    log.warning("Postgres unavailable (%r): postback %s queued", exc, inbound.receipt_id)
+    return json_response({"result": QUEUED, "receipt_id": inbound.receipt_id})
+
+
+async def _release_signature(app: web.Application, inbound: Inbound) -> None:
+    with contextlib.suppress(Exception):
+        await app[POSTBACKS].release_signature(inbound)
