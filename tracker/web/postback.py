@@ -12,7 +12,7 @@ from tracker.postbacks import INVALID, QUEUED, Outcome
 from tracker.store.db import POSTGRES_UNAVAILABLE
 from tracker.store.postback_log import Inbound, enqueue, new_receipt_id
 from tracker.web.appkeys import POSTBACK_LOG, POSTBACKS, REDIS, TRUSTED_PROXIES
-from tracker.web.errors import json_response, parse_json_object
+from tracker.web.errors import STORAGE_UNAVAILABLE, json_response, parse_json_object
 
 log = logging.getLogger("tracker.web.postback")
 
@@ -80,9 +80,15 @@ async def postback(request: web.Request) -> web.Response:
             outcome = await app[POSTBACKS].process(inbound)
         except POSTGRES_UNAVAILABLE as exc:
             return await _queue(app, inbound, exc)
-        except BaseException:
+        except Exception as exc:
+            # Nothing was kept (the conversion and its log row roll back together):
+            # give the signature back so the network's retry is not taken for a replay.
             await _release_signature(app, inbound)
-            raise
+            if isinstance(exc, STORAGE_UNAVAILABLE):  # Redis
+                raise
+            log.exception("postback %s not recorded", receipt_id)
+            body = {"error": "postback not recorded, retry later", "receipt_id": receipt_id}
+            return json_response(body, 503)
     if not outcome.logged:  # a conversion's log row is already written, with it
         try:
             await app[POSTBACK_LOG].append(inbound, outcome)
