@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -122,11 +121,11 @@ async def campaign_with_clicks(
 
     source = await create("/api/traffic-sources", {"name": "S"})
     network = await create("/api/affiliate-networks", {"name": "N"})
+    offer_url = "https://o.example/?c={clickid}"
     offer = await create(
         "/api/offers",
-        {"name": "O", "url": "https://o.example/?c={clickid}", "affiliate_network_id": network["id"],
-         "payout": "2.00"},
-    )  # fmt: skip
+        {"name": "O", "url": offer_url, "affiliate_network_id": network["id"], "payout": "2"},
+    )
     campaign = await create(
         "/api/campaigns",
         {"name": "C", "traffic_source_id": source["id"],
