@@ -173,14 +173,22 @@ async def test_empty_values_count_as_absent(client, api, pool):
     assert (row["payout"], row["currency"]) == (Decimal("7.50"), "USD")
 
 
-async def test_storage_outage_is_a_json_503(client, api):
+async def test_storage_outage_is_queued_or_a_json_503(client, api):
     setup = await api.setup_campaign()
     click_id = await make_click(client, setup["campaign"])
-    from tracker.web.appkeys import PG_POOL
+    from tracker.devstack import free_port
+    from tracker.web.appkeys import PG_POOL, REDIS
 
     client.server.app[PG_POOL].terminate()
-    resp = await client.get(
-        "/postback", params={"clickid": click_id, "token": setup["network"]["postback_token"]}
-    )
+    params = {"clickid": click_id, "token": setup["network"]["postback_token"]}
+    resp = await client.get("/postback", params=params)
+    assert resp.status == 200
+    assert (await resp.json())["result"] == "queued"
+    # Redis gone as well: nowhere to keep it, so the network must retry.
+    redis = client.server.app[REDIS]
+    redis.connection_pool.connection_kwargs["port"] = free_port()
+    await redis.connection_pool.disconnect()
+    redis.connection_pool.reset()
+    resp = await client.get("/postback", params=params)
     assert resp.status == 503
     assert await resp.json() == {"error": "storage unavailable, retry later"}

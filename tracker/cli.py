@@ -53,15 +53,17 @@ async def _run_sink(settings: Settings) -> None:
     from tracker.sink.clicks import ClickSink
     from tracker.sink.housekeeping import housekeeping
     from tracker.sink.orphans import orphan_matcher
+    from tracker.sink.postbacks import postback_queue_sink
     from tracker.store.db import create_pool
     from tracker.store.redis import redis_for
 
-    pool = await create_pool(settings.database_url, 1, 4)
+    pool = await create_pool(settings.database_url, 1, 4, settings.pg_timeout)
     redis = redis_for(settings, blocking_ms=settings.sink_block_ms)
     try:
         async with (
             orphan_matcher(pool, redis, settings) as matcher,
             housekeeping(pool, matcher, settings),
+            postback_queue_sink(pool, redis, settings) as queue,
         ):
             sink = ClickSink(
                 redis,
@@ -72,14 +74,24 @@ async def _run_sink(settings: Settings) -> None:
                 on_stored=matcher.rematch,
             )
             loop = asyncio.get_running_loop()
+
+            def stop() -> None:
+                sink.stop()
+                queue.stop()
+
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, sink.stop)
+                loop.add_signal_handler(sig, stop)
             log.info("sink %s started", sink.consumer)
-            await sink.run()
+            await asyncio.gather(sink.run(), queue.run())
     finally:
         await redis.aclose()
         await pool.close()
-    log.info("sink %s stopped after storing %d clicks", sink.consumer, sink.stored)
+    log.info(
+        "sink %s stopped after storing %d clicks and applying %d queued postbacks",
+        sink.consumer,
+        sink.stored,
+        queue.applied,
+    )
 
 
 async def _seed_demo(settings: Settings) -> None:
@@ -102,7 +114,9 @@ def main(argv: list[str] | None = None) -> None:
     serve_cmd.add_argument("--port", type=int)
     serve_cmd.add_argument("--workers", type=int, default=1, help="processes sharing the port")
     serve_cmd.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
-    commands.add_parser("sink", help="move clicks from the Redis stream into Postgres")
+    commands.add_parser(
+        "sink", help="move clicks into Postgres; apply postbacks queued during an outage"
+    )
     commands.add_parser("migrate", help="apply database migrations")
     commands.add_parser("seed-demo", help="create the demo campaign (idempotent)")
     commands.add_parser("dev", help="start local Redis and Postgres, the app and the sink")

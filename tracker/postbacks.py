@@ -5,7 +5,6 @@ that arrived before their click (orphans) once the click is stored.
 """
 
 import logging
-import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -29,6 +28,13 @@ from tracker.store.postback_log import Inbound, mark_rematched, unmatched_for
 log = logging.getLogger("tracker.postback")
 
 UNMATCHED, REJECTED_AUTH, INVALID = "unmatched", "rejected-auth", "invalid"
+QUEUED, FAILED = "queued", "failed"
+
+# Deletes the replay key only if it still holds this receipt id.
+RELEASE_SIGNATURE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 def _payout(value: Any) -> Any:
@@ -57,6 +63,8 @@ class Outcome:
     details: list[dict[str, str]] | None = None
     network_id: int | None = None
     click_id: str | None = None
+    # True when the log row was written with the conversion, in its transaction.
+    logged: bool = False
 
     def body(self) -> dict[str, Any]:
         if self.conversion_id is not None and self.http_status == 200:
@@ -80,8 +88,13 @@ class PostbackProcessor:
         self._conversions = conversions
         self._redis = redis
 
-    async def process(self, inbound: Inbound, guard_replays: bool = True) -> Outcome:
-        """Match, authenticate, validate and record one postback."""
+    async def process(self, inbound: Inbound) -> Outcome:
+        """Match, authenticate, validate and record one postback.
+
+        A conversion and its log row are written in one transaction (the outcome
+        says `logged`); any other outcome is for the caller to log. Errors from
+        storage propagate: the caller queues the postback or answers 503.
+        """
         try:
             fields = PostbackFields.model_validate(canonical_params(inbound.params))
         except DialectConflict as exc:
@@ -115,6 +128,9 @@ class PostbackProcessor:
             return Outcome(REJECTED_AUTH, 403, reason=reason, click_id=fields.clickid)
         network_id = network.id
         found: dict[str, Any] = {"network_id": network_id, "click_id": fields.clickid}
+        if network.archived:
+            reason = "forbidden: the affiliate network is archived"
+            return Outcome(REJECTED_AUTH, 403, reason=reason, **found)
         refusal = check_postback_auth(
             network,
             fields.token or inbound.path_token,
@@ -124,15 +140,6 @@ class PostbackProcessor:
             inbound.signature_ts,
             inbound.received_at.timestamp(),
         )
-        if refusal is None and network.signing_secret and guard_replays:
-            first_use = await self._redis.set(
-                keys.SIGNATURE_PREFIX + (canonical_signature(inbound.signature) or ""),
-                b"1",
-                nx=True,
-                ex=keys.SIGNATURE_TTL,
-            )
-            if not first_use:
-                refusal = "signature already used"
         if refusal is not None:
             log.warning("postback for click %s refused: %s", fields.clickid, refusal)
             return Outcome(REJECTED_AUTH, 403, reason=f"forbidden: {refusal}", **found)
@@ -183,9 +190,15 @@ class PostbackProcessor:
         if policy == "ignore":
             dedupe_key = ""
         elif policy == "accept":
-            dedupe_key = "accept:" + secrets.token_hex(8)
+            # From the receipt: applying the same received postback again creates nothing.
+            dedupe_key = "accept:" + inbound.receipt_id
         else:
             dedupe_key = fields.txid
+        # Spent last, just before the write, so that only a postback that passed every
+        # other check uses up its signature.
+        if network.signing_secret and not await self.claim_signature(inbound):
+            log.warning("postback for click %s refused: signature already used", fields.clickid)
+            return Outcome(REJECTED_AUTH, 403, reason="forbidden: signature already used", **found)
         try:
             result, conversion_id = await self._conversions.record(
                 ConversionPostback(
@@ -202,11 +215,33 @@ class PostbackProcessor:
                     payout_given=fields.payout is not None,
                     event=fields.event,
                     params={k: v for k, v in inbound.params.items() if k != "token"},
+                    inbound=inbound,
                 )
             )
         except ParentNotFound as exc:
             return Outcome(INVALID, 404, reason=str(exc), **found)
-        return Outcome(result, 200, conversion_id=conversion_id, **found)
+        return Outcome(result, 200, conversion_id=conversion_id, logged=True, **found)
+
+    def _replay_key(self, inbound: Inbound) -> str:
+        # Spelling variants of one digest (case, prefix) are one signature.
+        return keys.SIGNATURE_PREFIX + (canonical_signature(inbound.signature) or "")
+
+    async def claim_signature(self, inbound: Inbound) -> bool:
+        """Spend the postback's signature; False when another receipt spent it (a replay).
+        The key holds the receipt id, so the same receipt applied again (from the queue,
+        or an orphan re-matched) is not its own replay."""
+        key = self._replay_key(inbound)
+        receipt = inbound.receipt_id.encode()
+        if await self._redis.set(key, receipt, nx=True, ex=keys.SIGNATURE_TTL):
+            return True
+        return bool(await self._redis.get(key) == receipt)
+
+    async def release_signature(self, inbound: Inbound) -> None:
+        """Give the signature back after a failed write, so the network's retry is no replay."""
+        if inbound.signature:
+            await self._redis.eval(
+                RELEASE_SIGNATURE_SCRIPT, 1, self._replay_key(inbound), inbound.receipt_id
+            )
 
 
 class OrphanMatcher:
@@ -221,7 +256,9 @@ class OrphanMatcher:
             return
         for log_id, inbound in await unmatched_for(self._pool, click_ids):
             try:
-                outcome = await self._processor.process(inbound, guard_replays=False)
+                # Replay protection holds here too: of two copies of one signed postback
+                # (two receipts), only the first to be re-matched spends the signature.
+                outcome = await self._processor.process(inbound)
                 if outcome.result != UNMATCHED:
                     await mark_rematched(self._pool, log_id, outcome)
                     log.info("orphan postback %s matched: %s", log_id, outcome.result)

@@ -16,6 +16,9 @@ class Settings(BaseSettings):
 
     db_pool_min: int = 2
     db_pool_max: int = 10
+    # Seconds a Postgres query or connection attempt may take before Postgres counts as
+    # unavailable (postbacks are then queued in Redis).
+    pg_timeout: float = Field(default=5.0, gt=0)
     # Requests longer than this (request line or header) are refused with a JSON 414.
     max_request_line: int = 16384
     # Bounds on the free-form parameters kept with a click.

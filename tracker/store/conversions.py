@@ -1,6 +1,9 @@
 """Conversions: group-committed inserts, lifecycle updates, refunds and their history."""
 
+import contextlib
+import copy
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -11,6 +14,7 @@ import orjson
 from tracker.domain.fx import RateTable, convert
 from tracker.domain.lifecycle import CHARGEBACK, REJECTED, decide_change, refund_key
 from tracker.store.batching import BatchedService, Batcher
+from tracker.store.postback_log import INSERT_LOG, LOG_INBOUND_COLUMNS, Inbound, log_fields
 
 log = logging.getLogger("tracker.conversions")
 
@@ -19,10 +23,13 @@ _COPIED_FROM_CLICK = ("campaign_id", "offer_id", "traffic_source_id", "external_
 
 CREATED, UPDATED, DUPLICATE = "created", "updated", "duplicate"
 
+_LOG_COLUMNS = ", ".join(LOG_INBOUND_COLUMNS)
+
 # One statement per batch: insert the conversions whose (click, dedupe key) is new,
-# with their first history row. Rows that meet an existing conversion are left
-# out here and handled one by one, under a row lock, as possible updates.
-INSERT_CONVERSIONS = """
+# with their first history row and the postback's log row (rows carrying `log`).
+# Rows that meet an existing conversion are left out here and handled one by one,
+# under a row lock, as possible updates.
+INSERT_CONVERSIONS = f"""
 WITH input AS (
     SELECT * FROM jsonb_to_recordset($1::text::jsonb) AS r(
         idx integer, click_id text, dedupe_key text, txid text, parent_txid text,
@@ -30,7 +37,7 @@ WITH input AS (
         external_id text, sub1 text, sub2 text, sub3 text, sub4 text, sub5 text,
         sub6 text, sub7 text, sub8 text, sub9 text, sub10 text,
         click_ms bigint, payout numeric, currency text, original_payout numeric,
-        original_currency text, status text, event text, params jsonb
+        original_currency text, status text, event text, params jsonb, log jsonb
     )
 ), inserted AS (
     INSERT INTO conversions (
@@ -50,6 +57,19 @@ WITH input AS (
 ), history AS (
     INSERT INTO conversion_history (conversion_id, old_status, new_status, payout, params)
     SELECT id, NULL, status, payout, params FROM inserted
+), creators AS (
+    -- Of equal keys in one batch, the first (by idx) is the one inserted.
+    SELECT DISTINCT ON (click_id, dedupe_key) click_id, dedupe_key, network_id, log
+    FROM input ORDER BY click_id, dedupe_key, idx
+), logged AS (
+    INSERT INTO postback_log ({_LOG_COLUMNS}, result, conversion_id, network_id, click_id)
+    SELECT {", ".join(f"p.{c}" for c in LOG_INBOUND_COLUMNS)}, 'created', i.id, c.network_id,
+           i.click_id
+    FROM inserted i
+    JOIN creators c USING (click_id, dedupe_key),
+         jsonb_populate_record(NULL::postback_log, c.log) AS p
+    WHERE c.log IS NOT NULL
+    ON CONFLICT (receipt_id) DO NOTHING
 )
 SELECT id, click_id, dedupe_key FROM inserted
 """
@@ -110,6 +130,8 @@ class ConversionPostback:
     payout_given: bool
     event: str | None
     params: dict[str, str]
+    # The postback as received: its log row is written in the conversion's transaction.
+    inbound: Inbound | None = None
 
     @property
     def is_refund(self) -> bool:
@@ -181,11 +203,38 @@ class ConversionWriter(BatchedService):
             result = results[i]
             if result is None:
                 try:
-                    result = await (self._refund(pb) if pb.is_refund else self._update(pb))
+                    result = await self._update_logged(pb)
                 except Exception as exc:
                     result = exc
             done.append(result)
         return done
+
+    async def _update_logged(self, pb: ConversionPostback) -> ConversionResult:
+        """An update or refund and the postback's log row, in one transaction."""
+        inbound = pb.inbound
+        if inbound is None:
+            return await (self._refund(pb) if pb.is_refund else self._update(pb))
+        async with self._pool.acquire() as conn, conn.transaction():
+            # The update's own transaction becomes a savepoint inside this one.
+            on_conn = self._on_connection(conn)
+            result, conversion_id = await (
+                on_conn._refund(pb) if pb.is_refund else on_conn._update(pb)
+            )
+            outcome = {
+                "result": result,
+                "conversion_id": conversion_id,
+                "network_id": pb.network_id,
+                "click_id": pb.click["click_id"],
+            }
+            entry = {"inbound": log_fields(inbound), "outcome": outcome}
+            await conn.execute(INSERT_LOG, orjson.dumps([entry]).decode())
+        return result, conversion_id
+
+    def _on_connection(self, conn: Any) -> "ConversionWriter":
+        """This writer with every query on `conn` (and its transaction)."""
+        writer = copy.copy(self)
+        writer._pool = _OneConnection(conn)  # type: ignore[assignment]
+        return writer
 
     async def _insert_new(
         self,
@@ -193,7 +242,13 @@ class ConversionWriter(BatchedService):
         indexes: list[int],
         results: list[ConversionResult | BaseException | None],
     ) -> None:
-        payload = orjson.dumps([batch[i].as_row(i) for i in indexes]).decode()
+        rows_in = []
+        for i in indexes:
+            row = batch[i].as_row(i)
+            if (inbound := batch[i].inbound) is not None:
+                row["log"] = log_fields(inbound)
+            rows_in.append(row)
+        payload = orjson.dumps(rows_in).decode()
         rows = await self._pool.fetch(INSERT_CONVERSIONS, payload)
         created = {(row["click_id"], row["dedupe_key"]): row["id"] for row in rows}
         for i in indexes:
@@ -303,6 +358,20 @@ def _report_amount(row: asyncpg.Record, pb: ConversionPostback) -> Decimal | Non
         share: Decimal = row["payout"] * pb.original_payout / row["original_payout"]
         return share.quantize(Decimal("0.000001"))
     return None
+
+
+class _OneConnection:
+    """Looks enough like a pool for the writer's methods, but always lends `conn`."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Any]:
+        yield self._conn
+
+    def __getattr__(self, name: str) -> Any:  # fetch, fetchrow, execute...
+        return getattr(self._conn, name)
 
 
 SELECT_UNCONVERTED = """

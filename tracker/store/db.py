@@ -23,6 +23,18 @@ SELECT_APPLIED = "SELECT version FROM schema_migrations"
 INSERT_APPLIED = "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)"
 
 
+# Failures that mean "Postgres cannot be reached right now", not "this row is wrong":
+# refused or dropped connections, server shutting down or starting, timeouts (a query,
+# a connection attempt, or waiting for a pooled connection), a closed pool.
+POSTGRES_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,  # TimeoutError and ConnectionRefusedError included
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError,  # admin shutdown, cannot connect now
+    asyncpg.TooManyConnectionsError,
+)
+
+
 def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
@@ -36,9 +48,19 @@ async def keep_session(conn: asyncpg.Connection) -> None:
     changes session state on pooled connections (no SET, LISTEN, cursors or session locks)."""
 
 
-async def create_pool(dsn: str, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str, min_size: int = 2, max_size: int = 10, pg_timeout: float = 5.0
+) -> asyncpg.Pool:
+    """The process's pool; `pg_timeout` bounds every query and every new connection, so a
+    Postgres that hangs fails like one that is down (see POSTGRES_UNAVAILABLE)."""
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=init_connection, reset=keep_session
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=init_connection,
+        reset=keep_session,
+        command_timeout=pg_timeout,
+        timeout=pg_timeout,
     )
     assert pool is not None
     return pool

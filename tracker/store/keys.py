@@ -9,6 +9,9 @@ SIGNATURE_PREFIX = "pbsig:"
 SIGNATURE_TTL = 600
 # Failed admin authentications per client address; expires with its counting window.
 AUTH_FAILURES_PREFIX = "authfail:"
+# Postbacks that arrived while Postgres was unavailable, applied by the sink in order.
+POSTBACK_STREAM = "stream:postbacks"
+POSTBACK_GROUP = "postbacks"
 
 
 def click_key(click_id: str) -> str:

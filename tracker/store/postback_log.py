@@ -1,13 +1,29 @@
-"""The log of every inbound postback: what was sent and what became of it."""
+"""The log of every inbound postback: what was sent and what became of it.
 
+Also the Redis queue postbacks wait in while Postgres is unavailable.
+"""
+
+import dataclasses
+import logging
+import secrets
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 import asyncpg
 import orjson
+from redis.asyncio import Redis
 
+from tracker.domain.text import clean_optional, clean_text
+from tracker.store import keys
 from tracker.store.batching import BatchedService, Batcher
+from tracker.store.db import POSTGRES_UNAVAILABLE
+
+log = logging.getLogger("tracker.postback_log")
+
+
+def new_receipt_id() -> str:
+    return secrets.token_hex(12)
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +39,9 @@ class Inbound:
     signature_ts: str | None = None
     path_token: str | None = None
     truncated: bool = False  # cut to fit a log row; see `truncated_for_log`
+    # Given at the edge; the unit of idempotency when a postback is applied again.
+    receipt_id: str = dataclasses.field(default_factory=new_receipt_id)
+    queued: bool = False  # applied by the sink from the Redis queue
 
 
 class Result(Protocol):
@@ -56,7 +75,9 @@ INSERT INTO postback_log ({", ".join(_INBOUND + _RESULT)})
 SELECT {", ".join(f"p.{column}" for column in _INBOUND + _RESULT)}
 FROM jsonb_array_elements($1::text::jsonb) AS e,
      jsonb_populate_record(NULL::postback_log, (e -> 'inbound') || (e -> 'outcome')) AS p
+ON CONFLICT (receipt_id) DO NOTHING
 """
+LOG_INBOUND_COLUMNS = _INBOUND
 SELECT_UNMATCHED_FOR = f"""
 SELECT id, {", ".join(_INBOUND)}
 FROM postback_log
@@ -82,9 +103,37 @@ class PostbackLog(BatchedService):
         await self.batcher.submit(_Entry(inbound, outcome))
 
     async def _flush(self, entries: list[_Entry]) -> list[BaseException | None]:
-        # orjson serialises the dataclasses itself, without the deep copy `asdict` makes.
-        await self._pool.execute(INSERT_LOG, orjson.dumps(entries).decode())
-        return [None] * len(entries)
+        try:
+            # orjson serialises the dataclasses itself, without the deep copy `asdict` makes.
+            await self._pool.execute(INSERT_LOG, orjson.dumps(entries).decode())
+            return [None] * len(entries)
+        except POSTGRES_UNAVAILABLE:
+            raise
+        except (orjson.JSONEncodeError, asyncpg.PostgresError) as exc:
+            # One row Postgres (or JSON) refuses, e.g. a NUL byte, spoils the statement.
+            log.warning("postback log batch refused (%s); writing one by one", exc)
+        return [await self._insert_alone(entry) for entry in entries]
+
+    async def _insert_alone(self, entry: _Entry) -> BaseException | None:
+        """Store one row; a row refused as it is is stored with its text sanitised."""
+        try:
+            await self._pool.execute(INSERT_LOG, orjson.dumps([entry]).decode())
+            return None
+        except POSTGRES_UNAVAILABLE as exc:
+            return exc
+        except (orjson.JSONEncodeError, asyncpg.PostgresError) as exc:
+            log.warning("postback %s refused (%s); logged sanitised", entry.inbound.receipt_id, exc)
+        outcome = {
+            name: clean_text(value) if isinstance(value, str) else value
+            for name in _RESULT
+            if (value := getattr(entry.outcome, name)) is not None
+        }
+        clean = {"inbound": log_fields(entry.inbound), "outcome": outcome}
+        try:
+            await self._pool.execute(INSERT_LOG, orjson.dumps([clean]).decode())
+            return None
+        except Exception as exc:
+            return exc
 
 
 async def unmatched_for(pool: asyncpg.Pool, click_ids: list[str]) -> list[tuple[int, Inbound]]:
@@ -198,3 +247,42 @@ async def orphans_with_clicks(
     """Click ids (other than `skip`) of unmatched logged postbacks whose click is stored."""
     rows = await pool.fetch(SELECT_ORPHANS_WITH_CLICKS, now, limit, skip)
     return [row["click_id"] for row in rows]
+
+
+def sanitized(inbound: Inbound) -> Inbound:
+    """The postback with every text field storable in Postgres."""
+    return dataclasses.replace(
+        inbound,
+        params={clean_text(k): clean_text(v) for k, v in inbound.params.items()},
+        method=clean_text(inbound.method),
+        raw=clean_text(inbound.raw),
+        client_ip=clean_optional(inbound.client_ip),
+        signature=clean_optional(inbound.signature),
+        signature_ts=clean_optional(inbound.signature_ts),
+        path_token=clean_optional(inbound.path_token),
+    )
+
+
+def log_fields(inbound: Inbound) -> dict[str, Any]:
+    """The log columns for a postback, ready for JSON and Postgres."""
+    clean = sanitized(inbound)
+    return {name: getattr(clean, name) for name in _INBOUND}
+
+
+def dump_inbound(inbound: Inbound) -> bytes:
+    try:
+        return orjson.dumps(inbound)
+    except orjson.JSONEncodeError:  # a lone surrogate, say from a header
+        return orjson.dumps(sanitized(inbound))
+
+
+def load_inbound(data: bytes) -> Inbound:
+    fields_ = orjson.loads(data)
+    fields_["received_at"] = datetime.fromisoformat(fields_["received_at"])
+    return Inbound(**{name: fields_[name] for name in _INBOUND if name in fields_})
+
+
+async def enqueue(redis: Redis, inbound: Inbound) -> None:
+    """Keep a postback in Redis for the sink to apply once Postgres is back."""
+    queued = dataclasses.replace(inbound, queued=True)
+    await redis.xadd(keys.POSTBACK_STREAM, {b"d": dump_inbound(queued)})

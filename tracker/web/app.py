@@ -81,7 +81,7 @@ def require_api_key(failures: AuthFailures) -> Callable[..., Any]:
 async def postgres_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     app[PG_POOL] = await create_pool(
-        settings.database_url, settings.db_pool_min, settings.db_pool_max
+        settings.database_url, settings.db_pool_min, settings.db_pool_max, settings.pg_timeout
     )
     yield
     await app[PG_POOL].close()

@@ -1,5 +1,7 @@
 """Inbound conversions: `GET|POST /postback` and `/postback/{token}`."""
 
+import contextlib
+import logging
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -7,10 +9,20 @@ from aiohttp import web
 from tracker.domain.auth import SIGNED_POST_QUERY_PARAMS, client_address
 from tracker.domain.params import form_pairs, json_pairs, load_json_object, postback_params
 from tracker.domain.text import clean_text, dirt_in
-from tracker.postbacks import INVALID, Outcome
-from tracker.store.postback_log import Inbound
-from tracker.web.appkeys import CONFIG, POSTBACK_GUARD, POSTBACK_LOG, POSTBACKS, TRUSTED_PROXIES
-from tracker.web.errors import json_response
+from tracker.postbacks import INVALID, QUEUED, Outcome
+from tracker.store.db import POSTGRES_UNAVAILABLE
+from tracker.store.postback_log import Inbound, enqueue, new_receipt_id
+from tracker.web.appkeys import (
+    CONFIG,
+    POSTBACK_GUARD,
+    POSTBACK_LOG,
+    POSTBACKS,
+    REDIS,
+    TRUSTED_PROXIES,
+)
+from tracker.web.errors import STORAGE_UNAVAILABLE, json_response
+
+log = logging.getLogger("tracker.web.postback")
 
 MAX_PARAMS = 100
 MAX_VALUE_LENGTH = 2048
@@ -65,10 +77,15 @@ async def _read(request: web.Request) -> tuple[dict[str, str], str]:
 
 
 async def postback(request: web.Request) -> web.Response:
-    """Match a postback to its click and record the conversion; every postback is logged."""
+    """Match a postback to its click and record the conversion; every postback is logged.
+
+    While Postgres is unavailable the postback is queued in Redis (200, "queued") for
+    the sink to apply; only when Redis is unavailable too is the answer a 503.
+    """
     app = request.app
     headers = request.headers
     received_at = datetime.now(UTC)
+    receipt_id = new_receipt_id()
     forwarded = headers.getall("X-Forwarded-For", [])
     client_ip = client_address(request.remote, forwarded, app[TRUSTED_PROXIES])
     try:
@@ -76,7 +93,12 @@ async def postback(request: web.Request) -> web.Response:
     except ValueError as exc:
         outcome = Outcome(INVALID, 400, reason=str(exc))
         inbound = Inbound(
-            {}, request.method, clean_text(request.query_string), received_at, client_ip
+            {},
+            request.method,
+            clean_text(request.query_string),
+            received_at,
+            client_ip,
+            receipt_id=receipt_id,
         )
     else:
         inbound = Inbound(
@@ -88,12 +110,47 @@ async def postback(request: web.Request) -> web.Response:
             signature=headers.get("X-Signature"),
             signature_ts=headers.get("X-Timestamp"),
             path_token=request.match_info.get("token"),
+            receipt_id=receipt_id,
         )
-        outcome = await app[POSTBACKS].process(inbound)
-    screened = await app[POSTBACK_GUARD].screen(inbound, outcome, app[CONFIG].snapshot)
-    if screened.refusal is not None:
-        response = json_response(screened.refusal, 429)
-        response.headers["Retry-After"] = str(screened.retry_after)
-        return response
-    await app[POSTBACK_LOG].append(screened.inbound, outcome)
+        try:
+            outcome = await app[POSTBACKS].process(inbound)
+        except POSTGRES_UNAVAILABLE as exc:
+            return await _queue(app, inbound, exc)
+        except Exception as exc:
+            # Nothing was kept (the conversion and its log row roll back together):
+            # give the signature back so the network's retry is not taken for a replay.
+            await _release_signature(app, inbound)
+            if isinstance(exc, STORAGE_UNAVAILABLE):  # Redis
+                raise
+            log.exception("postback %s not recorded", receipt_id)
+            body = {"error": "postback not recorded, retry later", "receipt_id": receipt_id}
+            return json_response(body, 503)
+    if not outcome.logged:  # a conversion's log row is already written, with it
+        screened = await app[POSTBACK_GUARD].screen(inbound, outcome, app[CONFIG].snapshot)
+        if screened.refusal is not None:
+            response = json_response(screened.refusal, 429)
+            response.headers["Retry-After"] = str(screened.retry_after)
+            return response
+        try:
+            await app[POSTBACK_LOG].append(screened.inbound, outcome)
+        except POSTGRES_UNAVAILABLE as exc:
+            return await _queue(app, inbound, exc)
     return json_response(outcome.body(), outcome.http_status)
+
+
+async def _queue(app: web.Application, inbound: Inbound, exc: BaseException) -> web.Response:
+    """Postgres is unavailable: keep the postback for the sink, or ask for a retry."""
+    try:
+        await enqueue(app[REDIS], inbound)
+    except Exception as redis_exc:
+        log.error("postback %s not queued: %r after %r", inbound.receipt_id, redis_exc, exc)
+        await _release_signature(app, inbound)
+        body = {"error": "storage unavailable, retry later", "receipt_id": inbound.receipt_id}
+        return json_response(body, 503)
+    log.warning("Postgres unavailable (%r): postback %s queued", exc, inbound.receipt_id)
+    return json_response({"result": QUEUED, "receipt_id": inbound.receipt_id})
+
+
+async def _release_signature(app: web.Application, inbound: Inbound) -> None:
+    with contextlib.suppress(Exception):
+        await app[POSTBACKS].release_signature(inbound)
