@@ -191,4 +191,6 @@ async def test_storage_outage_is_queued_or_a_json_503(client, api):
     redis.connection_pool.reset()
     resp = await client.get("/postback", params=params)
     assert resp.status == 503
-    assert await resp.json() == {"error": "storage unavailable, retry later"}
+    body = await resp.json()
+    assert body["error"] == "storage unavailable, retry later"
+    assert len(body["receipt_id"]) == 24

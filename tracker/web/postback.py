@@ -147,7 +147,8 @@ async def _queue(app: web.Application, inbound: Inbound, exc: BaseException) -> 
         await _release_signature(app, inbound)
         body = {"error": "storage unavailable, retry later", "receipt_id": inbound.receipt_id}
         return json_response(body, 503)
-    log.warning("Postgres unavailable (%r): postback %s queued", exc, inbound.receipt_id)
+    # The batchers log the outage once; one line per queued postback would flood the log.
+    log.debug("Postgres unavailable (%r): postback %s queued", exc, inbound.receipt_id)
     return json_response({"result": QUEUED, "receipt_id": inbound.receipt_id})
 
 
