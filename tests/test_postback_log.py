@@ -158,15 +158,21 @@ async def test_retention_deletes_old_rows_in_batches(settings, pool, redis):
     settings = settings.model_copy(update={"postback_log_cleanup_batch": 7})
     await insert_log(pool, 100, "created", 20)  # older than 90 days: gone
     await insert_log(pool, 80, "created", 3)  # kept
-    await insert_log(pool, 20, "unmatched", 11)  # failed, older than 14 days: gone
-    await insert_log(pool, 20, "invalid", 4)
-    await insert_log(pool, 20, "rejected-auth", 2)
+    await insert_log(pool, 20, "invalid", 4)  # refused, older than 14 days: gone
+    await insert_log(pool, 20, "rejected-auth", 2)  # gone
+    await insert_log(pool, 20, "unmatched", 11)  # waits for its click: kept
+    await insert_log(pool, 100, "unmatched", 2)  # older than 90 days: gone
     await insert_log(pool, 20, "duplicate", 5)  # kept
     await insert_log(pool, 10, "invalid", 6)  # kept
     async with orphan_matcher(pool, redis, settings) as matcher:
-        assert await Housekeeper(pool, matcher, settings).purge_log() == 37
+        assert await Housekeeper(pool, matcher, settings).purge_log() == 28
     rows = await pool.fetch("SELECT result, count(*) FROM postback_log GROUP BY 1 ORDER BY 1")
-    assert [tuple(r) for r in rows] == [("created", 3), ("duplicate", 5), ("invalid", 6)]
+    assert [tuple(r) for r in rows] == [
+        ("created", 3),
+        ("duplicate", 5),
+        ("invalid", 6),
+        ("unmatched", 11),
+    ]
 
 
 async def test_retention_runs_in_the_background(settings, pool, redis):

@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     # Seconds a connection may take to send a complete request head (from connecting,
     # or from the previous response); also how long an idle keep-alive connection lasts.
     header_read_timeout: float = Field(default=10.0, gt=0)
+    # Seconds a request body may take to arrive once its head is read; then a 408.
+    body_read_timeout: float = Field(default=10.0, gt=0)
     # Seconds a stopping web process waits for in-flight requests before closing.
     shutdown_timeout: float = 10.0
     config_refresh_seconds: float = Field(default=1.0, gt=0)
@@ -58,7 +60,8 @@ class Settings(BaseSettings):
     postback_failures_per_minute: int = Field(default=60, ge=1)
     # A failed postback's log row (raw text and parameters) is cut to about this size.
     postback_log_max_bytes: int = Field(default=4096, ge=1024)
-    # Days postback log rows are kept: all rows, and failed ones (unmatched, invalid, refused).
+    # Days postback log rows are kept: all rows, and refused ones (invalid, rejected-auth).
+    # Unmatched rows follow the first, since they wait for their click.
     postback_log_retention_days: int = Field(default=90, ge=1)
     postback_log_failed_retention_days: int = Field(default=14, ge=1)
     # How often the sink deletes expired postback log rows, and rows per delete.

@@ -32,6 +32,8 @@ def _ascii_int(value: Any) -> Any:
 
 # A row id in a query string: what a BIGINT column can hold.
 QueryId = Annotated[int, BeforeValidator(_ascii_int), Field(ge=1, le=INT64_MAX)]
+# A page size in a query string.
+QueryLimit = Annotated[int, BeforeValidator(_ascii_int), Field(ge=1, le=1000)]
 
 
 def day_after(day: date) -> date | None:

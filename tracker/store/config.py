@@ -122,6 +122,7 @@ class ConfigCache:
         self._version: Any = None
         self._lock = asyncio.Lock()
         self._watcher: asyncio.Task[None] | None = None
+        self._bump_pending = False
 
     async def reload(self) -> None:
         async with self._lock:
@@ -137,8 +138,15 @@ class ConfigCache:
         log.debug("configuration reloaded: %d campaigns", len(self.snapshot.campaigns))
 
     async def changed(self) -> None:
-        """Reload here now; other processes see the new version on their next poll."""
-        await self._redis.incr(keys.CONFIG_VERSION)
+        """Reload here now; other processes see the new version on their next poll.
+
+        The change is already committed in Postgres, so a Redis outage must not turn
+        it into an error: the version is bumped by the watcher once Redis answers."""
+        try:
+            await self._redis.incr(keys.CONFIG_VERSION)
+        except (RedisError, OSError) as exc:
+            log.warning("configuration version not bumped yet (%r); will retry", exc)
+            self._bump_pending = True
         await self.reload()
 
     async def start(self) -> None:
@@ -159,6 +167,9 @@ class ConfigCache:
         while True:
             await asyncio.sleep(self._refresh_seconds)
             try:
+                if self._bump_pending:
+                    await self._redis.incr(keys.CONFIG_VERSION)
+                    self._bump_pending = False
                 if await self._redis.get(keys.CONFIG_VERSION) != self._version:
                     await self.reload()
             except Exception as exc:

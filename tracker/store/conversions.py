@@ -13,6 +13,7 @@ import orjson
 
 from tracker.domain.fx import RateTable, convert
 from tracker.domain.lifecycle import CHARGEBACK, REJECTED, decide_change, refund_key
+from tracker.domain.money import fits_amount_column
 from tracker.store.batching import BatchedService, Batcher
 from tracker.store.postback_log import INSERT_LOG, LOG_INBOUND_COLUMNS, Inbound, log_fields
 
@@ -173,10 +174,16 @@ class ConversionWriter(BatchedService):
     (click id, dedupe key), not a prior read, decides which postback creates.
     """
 
-    def __init__(self, pool: asyncpg.Pool, max_batch: int = 500, max_in_flight: int = 2) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        max_batch: int = 500,
+        max_in_flight: int = 2,
+        max_pending: int = 20000,
+    ) -> None:
         self._pool = pool
         self.batcher: Batcher[ConversionPostback, ConversionResult] = Batcher(
-            self._flush, max_batch, "conversion-writer", max_in_flight
+            self._flush, max_batch, "conversion-writer", max_in_flight, max_pending
         )
 
     async def record(self, postback: ConversionPostback) -> ConversionResult:
@@ -399,8 +406,12 @@ async def convert_pending(pool: asyncpg.Pool, rates: RateTable) -> int:
                 row["created_at"].date(),
                 rates,
             )
-            if amount is not None:
-                updates.append((row["id"], amount))
+            if amount is None:
+                continue
+            if not fits_amount_column(amount):
+                log.warning("conversion %s stays unconverted: %s is too large", row["id"], amount)
+                continue
+            updates.append((row["id"], amount))
         if updates:
             await pool.executemany(SET_CONVERTED, updates)
             converted += len(updates)

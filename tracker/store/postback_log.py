@@ -94,9 +94,11 @@ WHERE id = $1
 class PostbackLog(BatchedService):
     """Appends log entries, many concurrent postbacks per statement."""
 
-    def __init__(self, pool: asyncpg.Pool, max_batch: int = 500) -> None:
+    def __init__(self, pool: asyncpg.Pool, max_batch: int = 500, max_pending: int = 20000) -> None:
         self._pool = pool
-        self.batcher: Batcher[_Entry, None] = Batcher(self._flush, max_batch, "postback-log")
+        self.batcher: Batcher[_Entry, None] = Batcher(
+            self._flush, max_batch, "postback-log", max_pending=max_pending
+        )
 
     async def append(self, inbound: Inbound, outcome: Result) -> None:
         """Log a postback and what became of it; return once it is stored."""
@@ -154,6 +156,9 @@ async def mark_rematched(pool: asyncpg.Pool, log_id: int, outcome: Result) -> No
 
 
 FAILED_RESULTS = ("unmatched", "invalid", "rejected-auth")
+# Kept for the shorter retention: refused outright. Unmatched postbacks are not among
+# them, since they wait for their click as long as an attribution window lasts.
+REFUSED_RESULTS = ("invalid", "rejected-auth")
 # Longest kept key and value of one parameter, and of the short header fields, in a cut row.
 _KEY_BYTES, _VALUE_BYTES, _FIELD_BYTES = 64, 256, 256
 
@@ -218,7 +223,7 @@ async def delete_expired(
             DELETE_EXPIRED,
             now - timedelta(days=keep_days),
             now - timedelta(days=keep_failed_days),
-            list(FAILED_RESULTS),
+            list(REFUSED_RESULTS),
             batch,
         )
         count = int(status.split()[-1])

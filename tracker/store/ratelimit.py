@@ -7,7 +7,7 @@ the count goes on in process, since a limiter must never fail a request.
 """
 
 import asyncio
-import hmac
+import ipaddress
 import logging
 import math
 import time
@@ -18,12 +18,15 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from tracker.domain.auth import token_matches
 from tracker.domain.campaign import ConfigSnapshot, NetworkRoute
 from tracker.settings import Settings
 from tracker.store import keys
 from tracker.store.postback_log import FAILED_RESULTS, Inbound, Result, truncated_for_log
 
 log = logging.getLogger("tracker.ratelimit")
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 WINDOW_SECONDS = 60
 # How long the limiter waits for Redis before counting in process instead.
@@ -47,6 +50,20 @@ class FailureLimiter:
         self.clock = clock
         self._local: dict[str, tuple[int, int]] = {}
         self._redis_down_window = -1
+        # Addresses this process saw go over the limit, until their window ends: later
+        # requests from them are refused before any work, without asking Redis.
+        self._blocked: dict[str, float] = {}
+
+    def blocked_for(self, address: str) -> int | None:
+        """Seconds until `address` may be heard again, if it is known to be over the limit."""
+        until = self._blocked.get(address)
+        if until is None:
+            return None
+        left = until - self.clock()
+        if left <= 0:
+            del self._blocked[address]
+            return None
+        return max(1, math.ceil(left))
 
     async def hit(self, address: str) -> int | None:
         """Count one event from `address`; the seconds until its window ends if that
@@ -62,7 +79,11 @@ class FailureLimiter:
                 self.limit,
                 address,
             )
-        return max(1, math.ceil((window + 1) * self.window - now))
+        until = (window + 1) * self.window
+        if len(self._blocked) > _LOCAL_MAX_ADDRESSES:
+            self._blocked = {a: t for a, t in self._blocked.items() if t > now}
+        self._blocked[address] = until
+        return max(1, math.ceil(until - now))
 
     async def _count(self, address: str, window: int) -> int:
         key = keys.failed_postback_key(address, window)
@@ -89,12 +110,24 @@ class FailureLimiter:
 
 
 def carries_network_token(inbound: Inbound, networks: Iterable[NetworkRoute]) -> bool:
-    """Whether the postback names the token of one of our networks."""
+    """Whether the postback names the token of one of our networks, or comes from an
+    address one of them allows: a network's own postbacks are never throttled."""
     token = inbound.params.get("token") or inbound.path_token
-    if not token:
-        return False
-    given = token.encode()
-    return any(hmac.compare_digest(given, n.postback_token.encode()) for n in networks)
+    address = _ip(inbound.client_ip)
+    now = time.time()
+    for network in networks:
+        if token and token_matches(network, token, now):
+            return True
+        if address is not None and any(address in allowed for allowed in network.ip_allowlist):
+            return True
+    return False
+
+
+def _ip(text: str | None) -> IpAddress | None:
+    try:
+        return ipaddress.ip_address(text or "")
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +150,27 @@ class PostbackGuard:
     async def close(self) -> None:
         return None
 
+    def refuse_early(self, inbound: Inbound, config: ConfigSnapshot) -> Screened | None:
+        """A refusal before any work, for an address already over its limit (unless the
+        postback is a network's own); None to go on."""
+        retry_after = self.limiter.blocked_for(inbound.client_ip or "unknown")
+        if retry_after is None or carries_network_token(inbound, config.networks.values()):
+            return None
+        return Screened(inbound, retry_after, self._refusal(retry_after))
+
+    def _refusal(self, retry_after: int) -> dict[str, Any]:
+        return {
+            "error": "too many failed postbacks from this address",
+            "details": [
+                {
+                    "field": "client_ip",
+                    "message": f"more than {self.limiter.limit} failed postbacks "
+                    f"a minute; retry after {retry_after} s",
+                }
+            ],
+            "retry_after": retry_after,
+        }
+
     async def screen(self, inbound: Inbound, outcome: Result, config: ConfigSnapshot) -> Screened:
         """Successful postbacks pass as they are. Failed ones are cut to the row size cap
         and, unless they passed authentication or carry a network's token, counted
@@ -127,16 +181,5 @@ class PostbackGuard:
         if not authenticated and not carries_network_token(inbound, config.networks.values()):
             retry_after = await self.limiter.hit(inbound.client_ip or "unknown")
             if retry_after is not None:
-                refusal = {
-                    "error": "too many failed postbacks from this address",
-                    "details": [
-                        {
-                            "field": "client_ip",
-                            "message": f"more than {self.limiter.limit} failed postbacks "
-                            f"a minute; retry after {retry_after} s",
-                        }
-                    ],
-                    "retry_after": retry_after,
-                }
-                return Screened(inbound, retry_after, refusal)
+                return Screened(inbound, retry_after, self._refusal(retry_after))
         return Screened(truncated_for_log(inbound, self._max_bytes))

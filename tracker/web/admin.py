@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from tracker.domain.text import clean_text, dirt_in
 from tracker.store import admin as sql
 from tracker.web.appkeys import CONFIG, PG_POOL, SETTINGS
-from tracker.web.errors import ApiError, json_response, parse_json_object
+from tracker.web.errors import ApiError, json_response, parse_json_object, read_body
 from tracker.web.schemas import (
     AffiliateNetworkIn,
     Body,
@@ -28,7 +28,7 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     """The JSON object body of an admin request; a 400 naming the field for text
     no column can store (NUL, invalid UTF-8)."""
     try:
-        data = parse_json_object(await request.read())
+        data = parse_json_object(await read_body(request))
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
     details = [{"field": field, "message": reason} for field, reason in _dirty_strings(data, "")]
@@ -221,7 +221,7 @@ class AffiliateNetworks(ResourceViews):
     async def rotate_token(self, request: web.Request) -> web.Response:
         """Issue a new postback token; the old one is accepted for `grace_seconds` more."""
         row_id = _row_id(request)
-        body = await read_json_object(request) if await request.read() else {}
+        body = await read_json_object(request) if await read_body(request) else {}
         grace = RotateTokenIn.model_validate(body).grace_seconds
         async with request.config_dict[PG_POOL].acquire() as conn:
             row = await sql.rotate_postback_token(conn, row_id, secrets.token_urlsafe(18), grace)

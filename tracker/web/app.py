@@ -54,7 +54,7 @@ def require_api_key(failures: AuthFailures) -> Callable[..., Any]:
         address = (
             client_address(
                 request.remote,
-                request.headers.get("X-Forwarded-For"),
+                request.headers.getall("X-Forwarded-For", []),
                 request.config_dict[TRUSTED_PROXIES],
             )
             or "unknown"
@@ -159,8 +159,16 @@ def create_app(settings: Settings | None = None) -> web.Application:
             running(
                 CLICK_READER, lambda app: click_reader_for(app[REDIS], app[PG_POOL], app[SETTINGS])
             ),
-            running(CONVERSION_WRITER, lambda app: ConversionWriter(app[PG_POOL])),
-            running(POSTBACK_LOG, lambda app: PostbackLog(app[PG_POOL])),
+            running(
+                CONVERSION_WRITER,
+                lambda app: ConversionWriter(
+                    app[PG_POOL], max_pending=app[SETTINGS].batch_max_pending
+                ),
+            ),
+            running(
+                POSTBACK_LOG,
+                lambda app: PostbackLog(app[PG_POOL], max_pending=app[SETTINGS].batch_max_pending),
+            ),
             running(POSTBACK_GUARD, lambda app: PostbackGuard(app[REDIS], app[SETTINGS])),
         ]
     )

@@ -1,5 +1,6 @@
 """JSON responses and the middleware that turns every failure into one."""
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import date, datetime
@@ -17,7 +18,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tracker.domain.money import format_money
 from tracker.domain.params import load_json_object
 from tracker.domain.validation import field_errors
+from tracker.logs import Throttled
 from tracker.store.batching import BatchQueueFullError
+from tracker.web.appkeys import SETTINGS
 
 log = logging.getLogger("tracker.web")
 
@@ -50,6 +53,17 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     )
 
 
+async def read_body(request: web.Request) -> bytes:
+    """The request body, if it arrives within the body-read timeout (a slowly
+    trickled body would otherwise hold a connection and a handler open)."""
+    timeout = request.config_dict[SETTINGS].body_read_timeout
+    try:
+        async with asyncio.timeout(timeout):
+            return await request.read()
+    except TimeoutError:
+        raise ApiError(408, f"request body not received within {timeout:g} s") from None
+
+
 def parse_json_object(body: bytes) -> dict[str, Any]:
     """A request body that must be a JSON object; ValueError says what is wrong."""
     return load_json_object(body)
@@ -77,6 +91,7 @@ def invalid(exc: ValidationError, what: str = "invalid request") -> ApiError:
 
 def error_middleware(max_url_length: int) -> Callable[..., Any]:
     """Answer every failure as JSON: client errors as 4xx, anything else as a logged 500."""
+    outage = Throttled(log)
 
     @web.middleware
     async def answer_errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -101,7 +116,7 @@ def error_middleware(max_url_length: int) -> Callable[..., Any]:
             return json_response({"error": "a value is out of range or malformed"}, 400)
         except STORAGE_UNAVAILABLE as exc:
             # Networks and browsers retry on 5xx; say so rather than fail silently.
-            log.error("storage unavailable on %s %s: %r", request.method, request.path, exc)
+            outage.warning("storage unavailable on %s %s: %r", request.method, request.path, exc)
             return json_response({"error": "storage unavailable, retry later"}, 503)
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)

@@ -7,7 +7,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from tracker.domain.params import first_wins
-from tracker.domain.validation import QueryId, day_after
+from tracker.domain.validation import QueryId, QueryLimit, day_after
 from tracker.store.conversions import convert_pending
 from tracker.web.admin import read_json_object
 from tracker.web.appkeys import CONFIG, PG_POOL
@@ -23,8 +23,8 @@ SELECT_RATES = """
 SELECT id, currency, rate, valid_from, created_at FROM currency_rates ORDER BY currency, valid_from
 """
 SELECT_POSTBACKS = """
-SELECT id, received_at, network_id, click_id, result, reason, conversion_id, client_ip, method,
-       params, rematched_at
+SELECT id, receipt_id, received_at, network_id, click_id, result, reason, conversion_id,
+       client_ip, method, params, queued, truncated, rematched_at
 FROM postback_log
 WHERE ($1::bigint IS NULL OR network_id = $1)
   AND ($2::text IS NULL OR result = $2)
@@ -62,7 +62,7 @@ class PostbackQuery(BaseModel):
     result: str | None = Field(default=None, max_length=32)
     start: date | None = Field(default=None, alias="from")
     end: date | None = Field(default=None, alias="to")
-    limit: int = Field(default=100, ge=1, le=1000)
+    limit: QueryLimit = 100
 
 
 async def list_postbacks(request: web.Request) -> web.Response:

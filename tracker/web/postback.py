@@ -12,6 +12,7 @@ from tracker.domain.text import clean_text, dirt_in
 from tracker.postbacks import INVALID, QUEUED, Outcome
 from tracker.store.db import POSTGRES_UNAVAILABLE
 from tracker.store.postback_log import Inbound, enqueue, new_receipt_id
+from tracker.store.ratelimit import Screened
 from tracker.web.appkeys import (
     CONFIG,
     POSTBACK_GUARD,
@@ -20,7 +21,7 @@ from tracker.web.appkeys import (
     REDIS,
     TRUSTED_PROXIES,
 )
-from tracker.web.errors import STORAGE_UNAVAILABLE, json_response
+from tracker.web.errors import STORAGE_UNAVAILABLE, json_response, read_body
 
 log = logging.getLogger("tracker.web.postback")
 
@@ -47,7 +48,7 @@ async def _read(request: web.Request) -> tuple[dict[str, str], str]:
         if "X-Signature" in headers:
             # The signature covers only the body: unsigned query values must not add to it.
             query_pairs = [(n, v) for n, v in query_pairs if n in SIGNED_POST_QUERY_PARAMS]
-        body = await request.read()
+        body = await read_body(request)
         raw = body.decode(errors="replace")
         content_type = request.content_type
         if content_type == "application/json":
@@ -112,6 +113,10 @@ async def postback(request: web.Request) -> web.Response:
             path_token=request.match_info.get("token"),
             receipt_id=receipt_id,
         )
+        # An address already over its failure limit costs no click lookup or write.
+        early = app[POSTBACK_GUARD].refuse_early(inbound, app[CONFIG].snapshot)
+        if early is not None:
+            return _too_many(early)
         try:
             outcome = await app[POSTBACKS].process(inbound)
         except POSTGRES_UNAVAILABLE as exc:
@@ -128,14 +133,18 @@ async def postback(request: web.Request) -> web.Response:
     if not outcome.logged:  # a conversion's log row is already written, with it
         screened = await app[POSTBACK_GUARD].screen(inbound, outcome, app[CONFIG].snapshot)
         if screened.refusal is not None:
-            response = json_response(screened.refusal, 429)
-            response.headers["Retry-After"] = str(screened.retry_after)
-            return response
+            return _too_many(screened)
         try:
             await app[POSTBACK_LOG].append(screened.inbound, outcome)
         except POSTGRES_UNAVAILABLE as exc:
             return await _queue(app, inbound, exc)
     return json_response(outcome.body(), outcome.http_status)
+
+
+def _too_many(screened: Screened) -> web.Response:
+    response = json_response(screened.refusal, 429)
+    response.headers["Retry-After"] = str(screened.retry_after)
+    return response
 
 
 async def _queue(app: web.Application, inbound: Inbound, exc: BaseException) -> web.Response:
