@@ -12,6 +12,7 @@ import time
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from tracker.logs import Throttled
 from tracker.store import keys
 
 log = logging.getLogger("tracker.auth")
@@ -28,6 +29,7 @@ class AuthFailures:
         self.limit = limit
         self.window_seconds = window_seconds
         self._local: dict[str, tuple[int, float]] = {}  # address: (failures, window ends)
+        self._outage = Throttled(log)
 
     async def retry_after(self, redis: Redis, address: str) -> int | None:
         """Seconds until `address` may try again, or None if it may try now."""
@@ -39,7 +41,9 @@ class AuthFailures:
                     pipe.ttl(key)
                     failures, ttl = await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("auth failure count unavailable in Redis (%r); counting in memory", exc)
+            self._outage.warning(
+                "auth failure count unavailable in Redis (%r); counting in memory", exc
+            )
             return self._local_retry_after(address)
         if failures is None or int(failures) < self.limit:
             return None
