@@ -6,25 +6,17 @@ acknowledged only after the commit. Entries left pending by a consumer that
 died are claimed after `claim_idle_ms`; acknowledged entries are trimmed.
 """
 
-import asyncio
-import contextlib
 import logging
-import os
 import re
-import socket
-import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
+from tracker.sink.stream import Entry, StreamConsumer
 from tracker.store import keys
 
 log = logging.getLogger("tracker.sink")
-
-MAX_BACKOFF_SECONDS = 5.0
 
 _CLICK_COLUMNS = """
     click_id text, created_ms bigint, campaign_id bigint, offer_id bigint,
@@ -63,7 +55,6 @@ INSERT_DEAD_LETTER = """
 INSERT INTO click_dead_letters (stream_id, payload, error) VALUES ($1, $2, $3)
 """
 
-Entry = tuple[bytes, dict[bytes, bytes] | None]
 # Called with the ids of clicks just stored, before their entries are acknowledged.
 StoredHook = Callable[[list[str]], Awaitable[None]]
 
@@ -76,11 +67,11 @@ def _id_key(stream_id: bytes) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def default_consumer_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+class ClickSink(StreamConsumer):
+    stream = keys.CLICK_STREAM
+    group = keys.SINK_GROUP
+    what = "click entries"
 
-
-class ClickSink:
     def __init__(
         self,
         redis: Redis,
@@ -92,76 +83,17 @@ class ClickSink:
         housekeeping_seconds: float = 2.0,
         on_stored: StoredHook | None = None,
     ) -> None:
-        self.redis = redis
+        super().__init__(redis, consumer, batch_size, block_ms, claim_idle_ms, housekeeping_seconds)
         self.pool = pool
-        self.consumer = consumer or default_consumer_name()
-        self.batch_size = batch_size
-        self.block_ms = block_ms
-        self.claim_idle_ms = claim_idle_ms
-        self.housekeeping_seconds = housekeeping_seconds
         self.on_stored = on_stored
         self.stored = 0
-        self._stopping = asyncio.Event()
 
-    def stop(self) -> None:
-        """Finish the batch in hand, then return from `run`."""
-        self._stopping.set()
+    async def housekeep(self) -> None:
+        await self.claim_abandoned()
+        await self.trim()
 
-    async def ensure_group(self) -> None:
-        try:
-            # From id 0, so clicks queued before the first sink ever ran are not skipped.
-            await self.redis.xgroup_create(
-                keys.CLICK_STREAM, keys.SINK_GROUP, id="0", mkstream=True
-            )
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-
-    async def run(self) -> None:
-        # Our own pending entries first (a restart under the same name), then new ones.
-        next_id = "0"
-        last_housekeeping = 0.0
-        group_ready = False
-        failures = 0
-        while not self._stopping.is_set():
-            try:
-                if not group_ready:
-                    await self.ensure_group()
-                    group_ready = True
-                if time.monotonic() - last_housekeeping > self.housekeeping_seconds:
-                    last_housekeeping = time.monotonic()
-                    await self.claim_abandoned()
-                    await self.trim()
-                block = None if next_id == "0" else self.block_ms
-                reply: Any = await self.redis.xreadgroup(
-                    keys.SINK_GROUP,
-                    self.consumer,
-                    {keys.CLICK_STREAM: next_id},
-                    count=self.batch_size,
-                    block=block,
-                )
-                entries: list[Entry] = reply[0][1] if reply else []
-                if entries:
-                    await self.store(entries)
-                if failures:
-                    log.info("sink working again after %d failed attempts", failures)
-                    failures = 0
-                if next_id == "0" and not entries:
-                    next_id = ">"
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
-                    group_ready = False  # the stream was deleted; recreate the group
-                    continue
-                if not failures:
-                    log.warning("sink stalled (%r); retrying with backoff until it works", exc)
-                failures += 1
-                next_id = "0"
-                # Exponential backoff while Redis or Postgres is down, at most 5 s.
-                delay = min(0.1 * 2 ** min(failures, 6), MAX_BACKOFF_SECONDS)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
+    async def handle(self, entries: list[Entry]) -> None:
+        await self.store(entries)
 
     async def store(self, entries: list[Entry]) -> None:
         """Write entries to Postgres, then acknowledge them."""
@@ -193,25 +125,6 @@ class ClickSink:
                     str(exc),
                 )
 
-    async def claim_abandoned(self) -> None:
-        """Take over entries another consumer read but never acknowledged."""
-        start = "0-0"
-        while True:
-            reply: Any = await self.redis.xautoclaim(
-                keys.CLICK_STREAM,
-                keys.SINK_GROUP,
-                self.consumer,
-                min_idle_time=self.claim_idle_ms,
-                start_id=start,
-                count=self.batch_size,
-            )
-            start, claimed = reply[0], reply[1]
-            if claimed:
-                log.info("claimed %d abandoned click entries", len(claimed))
-                await self.store(claimed)
-            if start in (b"0-0", "0-0") or not claimed:
-                return
-
     async def trim(self) -> None:
         """Drop entries every consumer has acknowledged."""
         groups = await self.redis.xinfo_groups(keys.CLICK_STREAM)
@@ -225,12 +138,3 @@ class ClickSink:
             if _id_key(oldest) < _id_key(threshold):
                 threshold = oldest
         await self.redis.xtrim(keys.CLICK_STREAM, minid=threshold, approximate=False)
-
-    async def backlog(self) -> int:
-        """Entries not yet stored: pending plus never delivered."""
-        groups = await self.redis.xinfo_groups(keys.CLICK_STREAM)
-        for group in groups:
-            if group["name"] in (keys.SINK_GROUP, keys.SINK_GROUP.encode()):
-                lag = group.get("lag") or 0
-                return int(group["pending"]) + int(lag)
-        return 0

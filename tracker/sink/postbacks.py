@@ -18,12 +18,11 @@ from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from tracker.domain.dialects import DialectConflict, canonical_params
 from tracker.postbacks import FAILED, Outcome, PostbackProcessor
 from tracker.settings import Settings
-from tracker.sink.clicks import default_consumer_name
+from tracker.sink.stream import Entry, StreamConsumer
 from tracker.store import keys
 from tracker.store.clicks import ClickReader
 from tracker.store.config import ConfigCache
@@ -32,9 +31,6 @@ from tracker.store.db import POSTGRES_UNAVAILABLE
 from tracker.store.postback_log import Inbound, PostbackLog, load_inbound
 
 log = logging.getLogger("tracker.sink.postbacks")
-
-Entry = tuple[bytes, dict[bytes, bytes] | None]
-MAX_BACKOFF_SECONDS = 5.0
 
 
 class PostgresUnavailable(Exception):
@@ -48,7 +44,11 @@ def _click_of(inbound: Inbound) -> str:
         return ""
 
 
-class PostbackQueueSink:
+class PostbackQueueSink(StreamConsumer):
+    stream = keys.POSTBACK_STREAM
+    group = keys.POSTBACK_GROUP
+    what = "queued postbacks"
+
     def __init__(
         self,
         redis: Redis,
@@ -60,81 +60,13 @@ class PostbackQueueSink:
         claim_idle_ms: int = 30000,
         housekeeping_seconds: float = 2.0,
     ) -> None:
-        self.redis = redis
+        super().__init__(redis, consumer, batch_size, block_ms, claim_idle_ms, housekeeping_seconds)
         self.processor = processor
         self.postback_log = postback_log
-        self.consumer = consumer or default_consumer_name()
-        self.batch_size = batch_size
-        self.block_ms = block_ms
-        self.claim_idle_ms = claim_idle_ms
-        self.housekeeping_seconds = housekeeping_seconds
         self.applied = 0
-        self._stopping = asyncio.Event()
 
-    def stop(self) -> None:
-        """Finish the batch in hand, then return from `run`."""
-        self._stopping.set()
-
-    async def ensure_group(self) -> None:
-        try:
-            await self.redis.xgroup_create(
-                keys.POSTBACK_STREAM, keys.POSTBACK_GROUP, id="0", mkstream=True
-            )
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-
-    async def run(self) -> None:
-        await self.ensure_group()
-        next_id = "0"  # our own pending entries first, then new ones
-        last_housekeeping = 0.0
-        backoff = 0.0
-        loop = asyncio.get_running_loop()
-        while not self._stopping.is_set():
-            try:
-                if loop.time() - last_housekeeping > self.housekeeping_seconds:
-                    last_housekeeping = loop.time()
-                    await self.claim_abandoned()
-                block = None if next_id == "0" else self.block_ms
-                reply: Any = await self.redis.xreadgroup(
-                    keys.POSTBACK_GROUP,
-                    self.consumer,
-                    {keys.POSTBACK_STREAM: next_id},
-                    count=self.batch_size,
-                    block=block,
-                )
-                entries: list[Entry] = reply[0][1] if reply else []
-                if next_id == "0" and not entries:
-                    next_id = ">"
-                    continue
-                if entries:
-                    await self.apply(entries)
-                if backoff:
-                    log.info("Postgres is back: applying queued postbacks again")
-                    backoff = 0.0
-            except asyncio.CancelledError:
-                raise
-            except PostgresUnavailable as exc:
-                if not backoff:
-                    log.warning("Postgres unavailable (%s); queued postbacks wait", exc)
-                backoff = min(MAX_BACKOFF_SECONDS, backoff * 2 or 0.25)
-                next_id = "0"
-                await self._sleep(backoff)
-            except ResponseError as exc:
-                if "NOGROUP" in str(exc):
-                    await self.ensure_group()
-                    continue
-                log.exception("postback queue step failed; retrying")
-                next_id = "0"
-                await self._sleep(0.5)
-            except Exception:
-                log.exception("postback queue step failed; retrying")
-                next_id = "0"
-                await self._sleep(0.5)
-
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+    async def handle(self, entries: list[Entry]) -> None:
+        await self.apply(entries)
 
     async def apply(self, entries: list[Entry]) -> None:
         """Apply entries (in order per click), acknowledging each one applied.
@@ -190,33 +122,6 @@ class PostbackQueueSink:
             await self.postback_log.append(inbound, outcome)
         except POSTGRES_UNAVAILABLE as exc:
             raise PostgresUnavailable(repr(exc)) from exc
-
-    async def claim_abandoned(self) -> None:
-        """Take over entries another consumer read but never acknowledged."""
-        start = "0-0"
-        while True:
-            reply: Any = await self.redis.xautoclaim(
-                keys.POSTBACK_STREAM,
-                keys.POSTBACK_GROUP,
-                self.consumer,
-                min_idle_time=self.claim_idle_ms,
-                start_id=start,
-                count=self.batch_size,
-            )
-            start, claimed = reply[0], reply[1]
-            if claimed:
-                log.info("claimed %d abandoned queued postbacks", len(claimed))
-                await self.apply(claimed)
-            if start in (b"0-0", "0-0") or not claimed:
-                return
-
-    async def backlog(self) -> int:
-        """Queued postbacks not yet applied: pending plus never delivered."""
-        with contextlib.suppress(ResponseError):
-            for group in await self.redis.xinfo_groups(keys.POSTBACK_STREAM):
-                if group["name"] in (keys.POSTBACK_GROUP, keys.POSTBACK_GROUP.encode()):
-                    return int(group["pending"]) + int(group.get("lag") or 0)
-        return int(await self.redis.xlen(keys.POSTBACK_STREAM))
 
 
 @contextlib.asynccontextmanager

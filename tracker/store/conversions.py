@@ -1,9 +1,6 @@
 """Conversions: group-committed inserts, lifecycle updates, refunds and their history."""
 
-import contextlib
-import copy
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -218,30 +215,20 @@ class ConversionWriter(BatchedService):
 
     async def _update_logged(self, pb: ConversionPostback) -> ConversionResult:
         """An update or refund and the postback's log row, in one transaction."""
-        inbound = pb.inbound
-        if inbound is None:
-            return await (self._refund(pb) if pb.is_refund else self._update(pb))
         async with self._pool.acquire() as conn, conn.transaction():
-            # The update's own transaction becomes a savepoint inside this one.
-            on_conn = self._on_connection(conn)
             result, conversion_id = await (
-                on_conn._refund(pb) if pb.is_refund else on_conn._update(pb)
+                self._refund(conn, pb) if pb.is_refund else self._update(conn, pb)
             )
-            outcome = {
-                "result": result,
-                "conversion_id": conversion_id,
-                "network_id": pb.network_id,
-                "click_id": pb.click["click_id"],
-            }
-            entry = {"inbound": log_fields(inbound), "outcome": outcome}
-            await conn.execute(INSERT_LOG, orjson.dumps([entry]).decode())
+            if pb.inbound is not None:
+                outcome = {
+                    "result": result,
+                    "conversion_id": conversion_id,
+                    "network_id": pb.network_id,
+                    "click_id": pb.click["click_id"],
+                }
+                entry = {"inbound": log_fields(pb.inbound), "outcome": outcome}
+                await conn.execute(INSERT_LOG, orjson.dumps([entry]).decode())
         return result, conversion_id
-
-    def _on_connection(self, conn: Any) -> "ConversionWriter":
-        """This writer with every query on `conn` (and its transaction)."""
-        writer = copy.copy(self)
-        writer._pool = _OneConnection(conn)  # type: ignore[assignment]
-        return writer
 
     async def _insert_new(
         self,
@@ -264,35 +251,33 @@ class ConversionWriter(BatchedService):
             if conversion_id is not None:
                 results[i] = (CREATED, conversion_id)
 
-    async def _update(self, pb: ConversionPostback) -> ConversionResult:
-        async with self._pool.acquire() as conn, conn.transaction():
+    async def _update(self, conn: Any, pb: ConversionPostback) -> ConversionResult:
+        """A postback that met an existing conversion, in the caller's transaction."""
+        row = await conn.fetchrow(LOCK_CONVERSION, pb.click["click_id"], pb.dedupe_key)
+        if row is None:  # the conflicting row was rolled back: this one creates
+            inserted = await conn.fetch(INSERT_CONVERSIONS, orjson.dumps([pb.as_row(0)]).decode())
+            if inserted:
+                return CREATED, int(inserted[0]["id"])
             row = await conn.fetchrow(LOCK_CONVERSION, pb.click["click_id"], pb.dedupe_key)
-            if row is None:  # the conflicting row was rolled back: this one creates
-                inserted = await conn.fetch(
-                    INSERT_CONVERSIONS, orjson.dumps([pb.as_row(0)]).decode()
-                )
-                if inserted:
-                    return CREATED, int(inserted[0]["id"])
-                row = await conn.fetchrow(LOCK_CONVERSION, pb.click["click_id"], pb.dedupe_key)
-                if row is None:
-                    raise RuntimeError("conversion vanished while being updated")
-            amount = _report_amount(row, pb) if pb.payout_given else None
-            key = refund_key(pb.params, None, pb.original_payout, pb.original_currency, pb.txid)
-            return await self._apply(conn, row, pb, pb.status, amount, key)
-
-    async def _refund(self, pb: ConversionPostback) -> ConversionResult:
-        async with self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(LOCK_PARENT, pb.click["click_id"], pb.parent_txid)
             if row is None:
-                raise ParentNotFound(f"no conversion with txid {pb.parent_txid!r} on this click")
-            amount = _report_amount(row, pb)
-            if amount is None:
-                amount = pb.original_payout
-            key = refund_key(
-                pb.params, pb.txid, pb.original_payout, pb.original_currency, pb.parent_txid or ""
-            )
-            # The same as a chargeback of that amount on the parent, applied once per refund.
-            return await self._apply(conn, row, pb, CHARGEBACK, -amount, key)
+                raise RuntimeError("conversion vanished while being updated")
+        amount = _report_amount(row, pb) if pb.payout_given else None
+        key = refund_key(pb.params, None, pb.original_payout, pb.original_currency, pb.txid)
+        return await self._apply(conn, row, pb, pb.status, amount, key)
+
+    async def _refund(self, conn: Any, pb: ConversionPostback) -> ConversionResult:
+        """A refund by parent txid, in the caller's transaction."""
+        row = await conn.fetchrow(LOCK_PARENT, pb.click["click_id"], pb.parent_txid)
+        if row is None:
+            raise ParentNotFound(f"no conversion with txid {pb.parent_txid!r} on this click")
+        amount = _report_amount(row, pb)
+        if amount is None:
+            amount = pb.original_payout
+        key = refund_key(
+            pb.params, pb.txid, pb.original_payout, pb.original_currency, pb.parent_txid or ""
+        )
+        # The same as a chargeback of that amount on the parent, applied once per refund.
+        return await self._apply(conn, row, pb, CHARGEBACK, -amount, key)
 
     async def _apply(
         self,
@@ -365,20 +350,6 @@ def _report_amount(row: asyncpg.Record, pb: ConversionPostback) -> Decimal | Non
         share: Decimal = row["payout"] * pb.original_payout / row["original_payout"]
         return share.quantize(Decimal("0.000001"))
     return None
-
-
-class _OneConnection:
-    """Looks enough like a pool for the writer's methods, but always lends `conn`."""
-
-    def __init__(self, conn: Any) -> None:
-        self._conn = conn
-
-    @contextlib.asynccontextmanager
-    async def acquire(self) -> AsyncIterator[Any]:
-        yield self._conn
-
-    def __getattr__(self, name: str) -> Any:  # fetch, fetchrow, execute...
-        return getattr(self._conn, name)
 
 
 SELECT_UNCONVERTED = """
