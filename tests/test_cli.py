@@ -3,16 +3,24 @@
 import asyncio
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import aiohttp
 import asyncpg
+import orjson
+import pytest
+from redis.asyncio import Redis
 
 from tests.conftest import API_KEY
-from tracker.devstack import free_port, wait_for_port
+from tracker.devstack import PostgresServer, free_port, wait_for_port
+from tracker.store import keys
+from tracker.store.db import migrate
 
 
 def env_for(settings, port):
@@ -79,3 +87,40 @@ async def test_serve_and_sink_processes(settings):
             proc.send_signal(signal.SIGTERM)
         codes = [proc.wait(timeout=20) for proc in procs]
     assert codes == [0, 0]
+
+
+@pytest.mark.faults
+async def test_sink_started_before_postgres_waits_for_it(settings):
+    """A sink started during a Postgres outage neither exits nor loses the queue: it
+    begins storing clicks as soon as Postgres answers."""
+    root = Path(tempfile.mkdtemp(prefix="tracker-test-sink-"))
+    root.chmod(0o755)  # Postgres runs as its own user when we are root
+    pg = PostgresServer(root / "pg", free_port(), fast_unsafe=True)
+    env = env_for(settings, free_port())
+    env["TRACKER_DATABASE_URL"] = pg.dsn()
+    redis = Redis.from_url(settings.redis_url)
+    record = {"click_id": "waited", "created_ms": int(time.time() * 1000), "campaign_id": 1,
+              "offer_id": 1, "traffic_source_id": 1}  # fmt: skip
+    await redis.xadd(keys.CLICK_STREAM, {b"d": orjson.dumps(record)})
+    sink = subprocess.Popen([sys.executable, "-m", "tracker", "sink"], env=env)
+    try:
+        await asyncio.sleep(1.5)
+        assert sink.poll() is None, "the sink gave up while Postgres was away"
+        await asyncio.to_thread(pg.start)
+        await migrate(pg.dsn())
+        conn = await asyncpg.connect(pg.dsn())
+        try:
+            for _ in range(400):
+                if await conn.fetchval("SELECT count(*) FROM clicks WHERE click_id = 'waited'"):
+                    break
+                await asyncio.sleep(0.05)
+            assert await conn.fetchval("SELECT count(*) FROM clicks") == 1
+        finally:
+            await conn.close()
+    finally:
+        sink.send_signal(signal.SIGTERM)
+        code = sink.wait(timeout=20)
+        await redis.aclose()
+        pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    assert code == 0

@@ -5,12 +5,16 @@ import asyncio
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 import uvloop
 from aiohttp import web
 
 from tracker.logs import setup_logging
 from tracker.settings import Settings
+
+if TYPE_CHECKING:
+    import asyncpg
 
 log = logging.getLogger("tracker.cli")
 
@@ -49,15 +53,30 @@ def supervise_workers(settings: Settings, workers: int) -> int:
     return run_processes([command] * workers, StopSignal(), restart=True)
 
 
+async def _pool_when_reachable(settings: Settings) -> "asyncpg.Pool":
+    """The sink's pool, waiting with backoff for Postgres rather than exiting: a sink
+    started during an outage (or by a supervisor) simply begins once it is back."""
+    from tracker.store.db import POSTGRES_UNAVAILABLE, create_pool
+
+    delay = 0.5
+    while True:
+        try:
+            return await create_pool(settings.database_url, 1, 4, settings.pg_timeout)
+        except POSTGRES_UNAVAILABLE as exc:
+            if delay == 0.5:
+                log.warning("Postgres unreachable (%r); the sink waits for it", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
 async def _run_sink(settings: Settings) -> None:
     from tracker.sink.clicks import ClickSink
     from tracker.sink.housekeeping import housekeeping
     from tracker.sink.orphans import orphan_matcher
     from tracker.sink.postbacks import postback_queue_sink
-    from tracker.store.db import create_pool
     from tracker.store.redis import redis_for
 
-    pool = await create_pool(settings.database_url, 1, 4, settings.pg_timeout)
+    pool = await _pool_when_reachable(settings)
     redis = redis_for(settings, blocking_ms=settings.sink_block_ms)
     try:
         async with (
