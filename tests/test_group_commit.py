@@ -12,6 +12,7 @@ from tracker.devstack import free_port
 from tracker.store import keys
 from tracker.store.clicks import ClickWriteError, ClickWriter
 from tracker.store.conversions import ConversionPostback, ConversionWriter
+from tracker.store.db import create_pool
 from tracker.web.appkeys import CLICK_WRITER, CONVERSION_WRITER
 
 
@@ -140,3 +141,40 @@ async def test_close_writes_everything_queued(redis, count):
     await writer.close()
     await asyncio.gather(*tasks)
     assert await redis.xlen(keys.CLICK_STREAM) == count
+
+
+@pytest.mark.faults
+async def test_writers_inserting_the_same_keys_in_opposite_orders_do_not_deadlock(settings):
+    """Two processes' writers (here: two pools) creating overlapping conversions at once,
+    one in ascending and one in descending order: every postback is answered, none fails."""
+    pools = [await create_pool(settings.database_url, 2, 4) for _ in range(2)]
+    writers = [ConversionWriter(p, max_batch=100) for p in pools]
+    for writer in writers:
+        await writer.start()
+
+    def conversion(i):
+        click = {"click_id": f"c{i % 40}", "created_ms": 1_700_000_000_000, "campaign_id": 1,
+                 "offer_id": 1, "traffic_source_id": 1}  # fmt: skip
+        return ConversionPostback(
+            click=click, network_id=None, dedupe_key=f"t{i}", txid=f"t{i}", parent_txid=None,
+            status="approved", payout=Decimal(1), currency="USD", original_payout=Decimal(1),
+            original_currency="USD", payout_given=True, event=None, params={},
+        )  # fmt: skip
+
+    try:
+        for _ in range(5):
+            keys_ = list(range(300))
+            results = await asyncio.gather(
+                *(writers[0].record(conversion(i)) for i in keys_),
+                *(writers[1].record(conversion(i)) for i in reversed(keys_)),
+                return_exceptions=True,
+            )
+            failures = [r for r in results if isinstance(r, BaseException)]
+            assert failures == []
+            assert sorted(r[0] for r in results).count("created") == 300
+            await pools[0].execute("TRUNCATE conversions, conversion_history")
+    finally:
+        for writer in writers:
+            await writer.close()
+        for p in pools:
+            await p.close()

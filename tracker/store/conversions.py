@@ -1,9 +1,11 @@
 """Conversions: group-committed inserts, lifecycle updates, refunds and their history."""
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
@@ -49,7 +51,9 @@ WITH input AS (
            sub10, to_timestamp(click_ms / 1000.0), payout, currency, original_payout,
            original_currency, status, event, params
     FROM input
-    ORDER BY idx
+    -- Key order, the same in every batch and process, so that concurrent batches wait
+    -- for each other's new rows in one order instead of deadlocking.
+    ORDER BY click_id, dedupe_key, idx
     ON CONFLICT (click_id, dedupe_key) DO NOTHING
     RETURNING id, click_id, dedupe_key, status, payout, params
 ), history AS (
@@ -193,7 +197,7 @@ class ConversionWriter(BatchedService):
         inserts = [i for i, pb in enumerate(batch) if not pb.is_refund]
         if inserts:
             try:
-                await self._insert_new(batch, inserts, results)
+                await _retrying(lambda: self._insert_new(batch, inserts, results))
             except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
                 # One bad row spoils the statement: write each alone so only it fails.
                 log.warning("conversion batch refused (%s); writing one by one", exc)
@@ -207,7 +211,7 @@ class ConversionWriter(BatchedService):
             result = results[i]
             if result is None:
                 try:
-                    result = await self._update_logged(pb)
+                    result = await _retrying(lambda: self._update_logged(pb))  # noqa: B023
                 except Exception as exc:
                     result = exc
             done.append(result)
@@ -350,6 +354,24 @@ def _report_amount(row: asyncpg.Record, pb: ConversionPostback) -> Decimal | Non
         share: Decimal = row["payout"] * pb.original_payout / row["original_payout"]
         return share.quantize(Decimal("0.000001"))
     return None
+
+
+T = TypeVar("T")
+# Tries of a write that Postgres rolled back to break a deadlock or a serialization
+# conflict with another writer: the write is whole again on the next try.
+ROLLBACK_RETRIES = 3
+
+
+async def _retrying(write: Callable[[], Awaitable[T]]) -> T:
+    for attempt in range(ROLLBACK_RETRIES):
+        try:
+            return await write()
+        except asyncpg.TransactionRollbackError as exc:
+            if attempt == ROLLBACK_RETRIES - 1:
+                raise
+            log.info("conversion write rolled back (%s); trying again", exc)
+            await asyncio.sleep(0.01 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 SELECT_UNCONVERTED = """
