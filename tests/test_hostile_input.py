@@ -389,3 +389,22 @@ async def test_dirty_requests_never_fail_a_shared_batch(client, api, pool, sink)
     assert statuses == [302] * 40 and stored == 40
     assert results.count(200) == 30 and results.count(400) == 10
     assert logged == 40 and conversions == 30
+
+
+async def test_undecodable_body_encoding_is_a_client_error(client, api):
+    setup = await api.setup_campaign()
+    token = setup["network"]["postback_token"]
+    for encoding in (b"gzip", b"deflate"):
+        for path in (b"/postback?token=" + token.encode(), b"/api/traffic-sources"):
+            status, body = await raw_request(
+                client,
+                b"POST " + path + b" HTTP/1.1\r\nContent-Type: application/json"
+                b"\r\nAuthorization: Bearer " + API_KEY.encode() + b"\r\nContent-Encoding: "
+                b"" + encoding,
+                b"not compressed at all",
+            )
+            assert status == 400, body
+            error = orjson.loads(body)["error"]
+            assert error == "request body could not be read: Can not decode content-encoding: " + (
+                encoding.decode()
+            )
