@@ -408,3 +408,24 @@ async def test_undecodable_body_encoding_is_a_client_error(client, api):
             assert error == "request body could not be read: Can not decode content-encoding: " + (
                 encoding.decode()
             )
+
+
+async def test_malformed_requests_log_one_warning_not_a_traceback_each(client, caplog):
+    malformed = [
+        (b"GET /c/x y HTTP/1.1", b""),
+        (b"GET /postback?clickid=\xd9\xa1 HTTP/1.1", b""),
+        (b"GET /postback HTTP/1.1\r\nX-Timestamp: \x00", b""),
+        (b"POST /postback HTTP/1.1\r\nContent-Encoding: gzip", b"not gzip"),
+        (b"POST /postback HTTP/1.1\r\nContent-Encoding: deflate", b"not deflate"),
+    ] * 4
+    with caplog.at_level("DEBUG"):
+        for head, body in malformed:
+            status, _ = await raw_request(client, head, body)
+            assert status == 400
+        await asyncio.sleep(0.1)  # a drained body is logged after its answer
+    errors = [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info]
+    assert errors == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    print(f"{len(malformed)} malformed requests logged {len(warnings)} warning(s)")
+    assert len(warnings) == 1
+    assert warnings[0].startswith("malformed request refused: ")
