@@ -389,3 +389,44 @@ async def test_dirty_requests_never_fail_a_shared_batch(client, api, pool, sink)
     assert statuses == [302] * 40 and stored == 40
     assert results.count(200) == 30 and results.count(400) == 10
     assert logged == 40 and conversions == 30
+
+
+async def test_undecodable_body_encoding_is_a_client_error(client, api):
+    setup = await api.setup_campaign()
+    token = setup["network"]["postback_token"]
+    for encoding in (b"gzip", b"deflate"):
+        for path in (b"/postback?token=" + token.encode(), b"/api/traffic-sources"):
+            status, body = await raw_request(
+                client,
+                b"POST " + path + b" HTTP/1.1\r\nContent-Type: application/json"
+                b"\r\nAuthorization: Bearer " + API_KEY.encode() + b"\r\nContent-Encoding: "
+                b"" + encoding,
+                b"not compressed at all",
+            )
+            assert status == 400, body
+            error = orjson.loads(body)["error"]
+            assert error == "request body could not be read: Can not decode content-encoding: " + (
+                encoding.decode()
+            )
+
+
+async def test_malformed_requests_log_one_warning_not_a_traceback_each(client, caplog):
+    malformed = [
+        (b"GET /c/x y HTTP/1.1", b""),
+        (b"GET /postback?clickid=\xd9\xa1 HTTP/1.1", b""),
+        (b"GET /postback HTTP/1.1\r\nX-Timestamp: \x00", b""),
+        (b"POST /postback HTTP/1.1\r\nContent-Encoding: gzip", b"not gzip"),
+        (b"POST /postback HTTP/1.1\r\nContent-Encoding: deflate", b"not deflate"),
+    ] * 4
+    with caplog.at_level("DEBUG"):
+        for head, body in malformed:
+            status, _ = await raw_request(client, head, body)
+            assert status == 400
+        await asyncio.sleep(0.1)  # a drained body is logged after its answer
+    errors = [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info]
+    assert errors == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    print(f"{len(malformed)} malformed requests logged {len(warnings)} warning(s)")
+    # One per interval, and the interval may have begun in an earlier test.
+    assert len(warnings) <= 1
+    assert all(w.startswith("malformed request refused: ") for w in warnings)

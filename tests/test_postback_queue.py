@@ -51,9 +51,11 @@ async def test_postbacks_are_queued_while_postgres_is_down_and_applied_later(
     body_first = await resp.json()
     assert resp.status == 200, body_first
     assert body_first["result"] == "queued" and len(body_first["receipt_id"]) == 24
-    # The signature stays spent: a copy is a replay even while the first waits.
+    # The signature stays spent: a copy is a replay even while the first waits, and
+    # is told so (its log row waits in the queue).
     resp = await client.get(f"/postback?{query}", headers=headers)
-    assert (await resp.json())["result"] == "queued"
+    assert resp.status == 403
+    assert (await resp.json())["error"] == "forbidden: signature already used"
     assert await redis.xlen(keys.POSTBACK_STREAM) == 2
     assert await pool.fetchval("SELECT count(*) FROM conversions") == 0
 
@@ -100,6 +102,36 @@ async def test_applying_a_queued_entry_twice_creates_nothing_twice(
     logged = await pool.fetch("SELECT received_at, queued FROM postback_log")
     assert len(logged) == 3  # one row per receipt
     assert all(row["queued"] and row["received_at"] == received for row in logged)
+
+
+async def test_refusals_during_an_outage_are_answered_as_refusals(
+    client, api, pool, redis, settings
+):
+    setup, click_id, _ = await prepared(client, api, {})
+    token = setup["network"]["postback_token"]
+    client.server.app[PG_POOL].terminate()
+    answers = []
+    for query in (
+        f"clickid={click_id}&txid=w1&token=wrong-token",
+        f"clickid={click_id}&txid=w2&token={token}&status=bogus",
+        f"clickid={click_id}&txid=ok&token={token}",
+    ):
+        resp = await client.get(f"/postback?{query}")
+        answers.append((resp.status, (await resp.json()).get("result")))
+    print("answers during the outage:", answers)
+    assert answers == [(403, "rejected-auth"), (400, "invalid"), (200, "queued")]
+    async with postback_queue_sink(pool, redis, settings, consumer="q", block_ms=50) as queue:
+        task = asyncio.create_task(queue.run())
+        await drained(queue)
+        queue.stop()
+        await task
+    rows = await pool.fetch("SELECT result, queued FROM postback_log ORDER BY id")
+    assert [(r["result"], r["queued"]) for r in rows] == [
+        ("rejected-auth", True),
+        ("invalid", True),
+        ("created", True),
+    ]
+    assert await pool.fetchval("SELECT count(*) FROM conversions") == 1
 
 
 async def test_queued_postback_is_judged_at_receipt(client, api, pool, redis, settings):

@@ -2,12 +2,16 @@
 
 import hmac
 import ipaddress
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from tracker.domain.auth import client_address
+from tracker.logs import Throttled
 from tracker.postbacks import PostbackProcessor
 from tracker.settings import Settings
 from tracker.store.auth_failures import AuthFailures
@@ -122,6 +126,33 @@ async def make_postback_processor(app: web.Application) -> None:
     )
 
 
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs each malformed request (a bad request line, header, chunk or body
+    encoding) as an error with a traceback. That is the client's fault and anyone can
+    send it: it becomes one warning per interval, without the traceback."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._throttled = Throttled(logging.getLogger("tracker.web"))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError | RequestPayloadError):
+            return True
+        reason = getattr(exc.__cause__, "message", None) or getattr(exc, "message", exc)
+        first_line = str(reason).strip().partition("\n")[0]
+        self._throttled.warning("malformed request refused: %s", first_line[:200])
+        return False
+
+
+def server_logger() -> logging.Logger:
+    """The logger aiohttp's connection handler reports to, with malformed requests quieted."""
+    logger = logging.getLogger("tracker.web.server")
+    if not any(isinstance(f, MalformedRequestFilter) for f in logger.filters):
+        logger.addFilter(MalformedRequestFilter())
+    return logger
+
+
 def handler_args(settings: Settings) -> dict[str, Any]:
     """Server options. URL lines may exceed our limit so that we, not the parser, answer 414.
 
@@ -132,6 +163,7 @@ def handler_args(settings: Settings) -> dict[str, Any]:
     return {
         "max_line_size": settings.max_request_line * 4,
         "keepalive_timeout": settings.header_read_timeout,
+        "logger": server_logger(),
     }
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from asyncpg.exceptions._base import DataError as ArgumentError
 from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -55,13 +56,18 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 
 async def read_body(request: web.Request) -> bytes:
     """The request body, if it arrives within the body-read timeout (a slowly
-    trickled body would otherwise hold a connection and a handler open)."""
+    trickled body would otherwise hold a connection and a handler open). A body
+    the server cannot decode (a broken gzip or deflate stream, a malformed chunk)
+    is the client's error."""
     timeout = request.config_dict[SETTINGS].body_read_timeout
     try:
         async with asyncio.timeout(timeout):
             return await request.read()
     except TimeoutError:
         raise ApiError(408, f"request body not received within {timeout:g} s") from None
+    except RequestPayloadError as exc:
+        reason = str(getattr(exc.__cause__, "message", exc))
+        raise ApiError(400, f"request body could not be read: {reason[:200]}") from None
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from aiohttp import web
 from tracker.domain.auth import SIGNED_POST_QUERY_PARAMS, client_address
 from tracker.domain.params import form_pairs, json_pairs, load_json_object, postback_params
 from tracker.domain.text import clean_text, dirt_in
-from tracker.postbacks import INVALID, QUEUED, Outcome
+from tracker.postbacks import INVALID, QUEUED, REJECTED_AUTH, Outcome
 from tracker.store.db import POSTGRES_UNAVAILABLE
 from tracker.store.postback_log import Inbound, enqueue, new_receipt_id
 from tracker.store.ratelimit import Screened
@@ -29,6 +29,8 @@ MAX_PARAMS = 100
 MAX_VALUE_LENGTH = 2048
 MAX_NAME_LENGTH = 128
 SIGNATURE_HEADERS = ("X-Signature", "X-Timestamp")
+# Refusals decided without PostgreSQL: an outage changes nothing about them.
+FINAL_REFUSALS = (REJECTED_AUTH, INVALID)
 
 
 async def _read(request: web.Request) -> tuple[dict[str, str], str]:
@@ -137,7 +139,11 @@ async def postback(request: web.Request) -> web.Response:
         try:
             await app[POSTBACK_LOG].append(screened.inbound, outcome)
         except POSTGRES_UNAVAILABLE as exc:
-            return await _queue(app, inbound, exc)
+            queued = await _queue(app, inbound, exc)
+            if outcome.result not in FINAL_REFUSALS:
+                return queued
+            # Only the log row waits: the sink logs the same refusal, judged at receipt.
+            # The sender still hears the refusal, never a 200 for a postback refused.
     return json_response(outcome.body(), outcome.http_status)
 
 
