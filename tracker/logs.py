@@ -27,6 +27,29 @@ def setup_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # While Postgres is down, the pool retries its minimum of connections every second or
+    # two and logs each failure with a traceback.
+    logging.getLogger("asyncpg.pool").addFilter(OncePerInterval())
+
+
+class OncePerInterval(logging.Filter):
+    """Lets one record through per `interval` seconds, without its traceback."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        super().__init__()
+        self._interval = interval
+        self._next = 0.0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self._interval
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = f"{record.getMessage()}: {record.exc_info[1]!r}"
+            record.args = None
+            record.exc_info = record.exc_text = None
+        return True
 
 
 class Throttled:

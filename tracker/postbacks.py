@@ -19,6 +19,7 @@ from tracker.domain.fx import convert
 from tracker.domain.lifecycle import CHARGEBACK, UnknownStatus, normalize_status
 from tracker.domain.money import PAYOUT_DECIMALS, parse_currency, parse_money, payout_refusal
 from tracker.domain.validation import field_errors
+from tracker.logs import Throttled
 from tracker.store import keys
 from tracker.store.clicks import ClickReader
 from tracker.store.config import ConfigCache
@@ -87,6 +88,8 @@ class PostbackProcessor:
         self._clicks = clicks
         self._conversions = conversions
         self._redis = redis
+        # Every refusal is in the postback log; the process log only needs to show a trend.
+        self._refusals = Throttled(log)
 
     async def process(self, inbound: Inbound) -> Outcome:
         """Match, authenticate, validate and record one postback.
@@ -141,7 +144,7 @@ class PostbackProcessor:
             inbound.received_at.timestamp(),
         )
         if refusal is not None:
-            log.warning("postback for click %s refused: %s", fields.clickid, refusal)
+            self._refusals.warning("postback for click %s refused: %s", fields.clickid, refusal)
             return Outcome(REJECTED_AUTH, 403, reason=f"forbidden: {refusal}", **found)
 
         try:
@@ -197,7 +200,9 @@ class PostbackProcessor:
         # Spent last, just before the write, so that only a postback that passed every
         # other check uses up its signature.
         if network.signing_secret and not await self.claim_signature(inbound):
-            log.warning("postback for click %s refused: signature already used", fields.clickid)
+            self._refusals.warning(
+                "postback for click %s refused: signature already used", fields.clickid
+            )
             return Outcome(REJECTED_AUTH, 403, reason="forbidden: signature already used", **found)
         try:
             result, conversion_id = await self._conversions.record(

@@ -32,6 +32,8 @@ POSTGRES_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.OperatorInterventionError,  # admin shutdown, cannot connect now
     asyncpg.TooManyConnectionsError,
+    # A connection left mid-operation by a timeout or a dropped server, reused too soon.
+    asyncpg.InternalClientError,
 )
 
 
