@@ -175,3 +175,14 @@ async def wait_for_sink(sink: ClickSink, within: float = 10.0) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("sink did not drain the click stream")
         await asyncio.sleep(0.05)
+
+
+async def store_clicks_late(redis: Redis, pool: asyncpg.Pool, settings: Settings) -> None:
+    """Run a sink, with orphan re-matching, until the click stream is drained; for tests
+    whose postbacks arrive before their click is stored."""
+    async with orphan_matcher(pool, redis, settings) as matcher:
+        late = ClickSink(redis, pool, consumer="late", block_ms=50, on_stored=matcher.rematch)
+        task = asyncio.create_task(late.run())
+        await wait_for_sink(late)
+        late.stop()
+        await task

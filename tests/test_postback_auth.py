@@ -9,12 +9,10 @@ from urllib.parse import urlencode
 import pytest
 from yarl import URL
 
-from tests.conftest import wait_for_sink
+from tests.conftest import store_clicks_late
 from tests.test_lifecycle import prepared
 from tests.test_postback import make_click
 from tracker.domain.auth import client_address, signature_for
-from tracker.sink.clicks import ClickSink
-from tracker.sink.orphans import orphan_matcher
 
 SECRET = "s3cret-signing-key-0123456789"
 
@@ -131,12 +129,7 @@ async def test_orphan_postback_is_matched_when_its_click_arrives(
     # A wrong-token orphan stays refused when its click arrives.
     await client.get("/postback", params={"clickid": click_id, "txid": "bad", "token": "x"})
 
-    async with orphan_matcher(pool, redis, settings) as matcher:
-        late = ClickSink(redis, pool, consumer="late", block_ms=50, on_stored=matcher.rematch)
-        task = asyncio.create_task(late.run())
-        await wait_for_sink(late)
-        late.stop()
-        await task
+    await store_clicks_late(redis, pool, settings)
     rows = await pool.fetch("SELECT result, reason, rematched_at FROM postback_log ORDER BY id")
     assert [r["result"] for r in rows] == ["created", "rejected-auth"]
     assert rows[0]["rematched_at"] is not None

@@ -7,12 +7,10 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.conftest import wait_for_sink
+from tests.conftest import store_clicks_late
 from tests.test_lifecycle import prepared
 from tests.test_postback import make_click
 from tracker.domain.auth import signature_for
-from tracker.sink.clicks import ClickSink
-from tracker.sink.orphans import orphan_matcher
 from tracker.sink.postbacks import postback_queue_sink
 from tracker.store import keys
 from tracker.store.postback_log import Inbound, PostbackLog, enqueue
@@ -222,12 +220,7 @@ async def test_signed_orphan_copies_become_one_conversion(client, api, pool, red
     for _ in range(2):
         resp = await client.get(f"/postback?{query}", headers=headers)
         assert resp.status == 404
-    async with orphan_matcher(pool, redis, settings) as matcher:
-        late = ClickSink(redis, pool, consumer="late", block_ms=50, on_stored=matcher.rematch)
-        task = asyncio.create_task(late.run())
-        await wait_for_sink(late)
-        late.stop()
-        await task
+    await store_clicks_late(redis, pool, settings)
     rows = await pool.fetch("SELECT result, reason FROM postback_log ORDER BY id")
     assert [r["result"] for r in rows] == ["created", "rejected-auth"]
     assert rows[1]["reason"] == "forbidden: signature already used"

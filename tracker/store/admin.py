@@ -109,12 +109,12 @@ async def replace_campaign_offers(
     )
 
 
-ROTATE_POSTBACK_TOKEN = """
+ROTATE_POSTBACK_TOKEN = f"""
 UPDATE affiliate_networks
 SET previous_postback_token = CASE WHEN $3 > 0 THEN postback_token END,
     previous_token_expires_at = CASE WHEN $3 > 0 THEN now() + make_interval(secs => $3) END,
     postback_token = $2,
-    updated_at = now()
+    {_NEXT_UPDATED_AT}
 WHERE id = $1
 RETURNING *
 """

@@ -1,6 +1,7 @@
 """Admin API: create, list, get, update and archive the tracker's configuration."""
 
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -185,13 +186,25 @@ class ResourceViews:
 
     async def archive(self, request: web.Request) -> web.Response:
         row_id = _row_id(request)
+        return await self._write_row(
+            request, row_id, lambda conn: sql.archive_row(conn, self.table, row_id)
+        )
+
+    async def _write_row(
+        self,
+        request: web.Request,
+        row_id: int,
+        write: Callable[[sql.Conn], Awaitable[asyncpg.Record | None]],
+    ) -> web.Response:
+        """Answer with the row `write` changed (404 when there is none), and announce
+        the configuration change."""
         async with request.config_dict[PG_POOL].acquire() as conn:
-            row = await sql.archive_row(conn, self.table, row_id)
+            row = await write(conn)
             if row is None:
                 raise ApiError(404, f"{self.label} {row_id} not found")
             [presented] = await self.present(request, conn, [row])
         await request.config_dict[CONFIG].changed()
-        return json_response(presented)
+        return _with_etag(presented, sql.etag(row))
 
     def add_routes(self, app: web.Application) -> None:
         base = f"/{self.path}"
@@ -223,13 +236,10 @@ class AffiliateNetworks(ResourceViews):
         row_id = _row_id(request)
         body = await read_json_object(request) if await read_body(request) else {}
         grace = RotateTokenIn.model_validate(body).grace_seconds
-        async with request.config_dict[PG_POOL].acquire() as conn:
-            row = await sql.rotate_postback_token(conn, row_id, secrets.token_urlsafe(18), grace)
-            if row is None:
-                raise ApiError(404, f"{self.label} {row_id} not found")
-            [presented] = await self.present(request, conn, [row])
-        await request.config_dict[CONFIG].changed()
-        return json_response(presented)
+        token = secrets.token_urlsafe(18)
+        return await self._write_row(
+            request, row_id, lambda conn: sql.rotate_postback_token(conn, row_id, token, grace)
+        )
 
     def add_routes(self, app: web.Application) -> None:
         super().add_routes(app)
