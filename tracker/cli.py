@@ -70,20 +70,21 @@ async def _pool_when_reachable(settings: Settings) -> "asyncpg.Pool":
 
 
 async def _run_sink(settings: Settings) -> None:
+    from tracker.postbacks import OrphanMatcher
     from tracker.sink.clicks import ClickSink
     from tracker.sink.housekeeping import housekeeping
-    from tracker.sink.orphans import orphan_matcher
-    from tracker.sink.postbacks import postback_queue_sink
+    from tracker.sink.postbacks import queue_sink_for
+    from tracker.sink.services import postback_services
     from tracker.store.redis import redis_for
 
     pool = await _pool_when_reachable(settings)
     redis = redis_for(settings, blocking_ms=settings.sink_block_ms)
     try:
-        async with (
-            orphan_matcher(pool, redis, settings) as matcher,
-            housekeeping(pool, matcher, settings),
-            postback_queue_sink(pool, redis, settings) as queue,
-        ):
+        # One set of postback services for both re-processing paths: orphans whose click
+        # was just stored (and the periodic sweep), and postbacks queued during an outage.
+        async with postback_services(pool, redis, settings) as services:
+            matcher = OrphanMatcher(pool, services.processor)
+            queue = queue_sink_for(redis, services, settings)
             sink = ClickSink(
                 redis,
                 pool,
@@ -101,7 +102,8 @@ async def _run_sink(settings: Settings) -> None:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop)
             log.info("sink %s started", sink.consumer)
-            await asyncio.gather(sink.run(), queue.run())
+            async with housekeeping(pool, matcher, settings):
+                await asyncio.gather(sink.run(), queue.run())
     finally:
         await redis.aclose()
         await pool.close()

@@ -22,11 +22,9 @@ from redis.asyncio import Redis
 from tracker.domain.dialects import DialectConflict, canonical_params
 from tracker.postbacks import FAILED, Outcome, PostbackProcessor
 from tracker.settings import Settings
+from tracker.sink.services import PostbackServices, postback_services
 from tracker.sink.stream import Entry, StreamConsumer
 from tracker.store import keys
-from tracker.store.clicks import ClickReader
-from tracker.store.config import ConfigCache
-from tracker.store.conversions import ConversionWriter
 from tracker.store.db import POSTGRES_UNAVAILABLE
 from tracker.store.postback_log import Inbound, PostbackLog, load_inbound
 
@@ -128,16 +126,14 @@ class PostbackQueueSink(StreamConsumer):
 async def postback_queue_sink(
     pool: asyncpg.Pool, redis: Redis, settings: Settings, **options: Any
 ) -> AsyncIterator[PostbackQueueSink]:
-    """A queue consumer with its own configuration cache, click reader, writer and log."""
-    config = ConfigCache(pool, redis, settings.config_refresh_seconds)
-    reader = ClickReader(redis, pool)
-    writer = ConversionWriter(pool)
-    postback_log = PostbackLog(pool)
-    async with contextlib.AsyncExitStack() as services:
-        for service in (config, reader, writer, postback_log):
-            await service.start()
-            services.push_async_callback(service.close)
-        processor = PostbackProcessor(config, reader, writer, redis)
-        options.setdefault("block_ms", settings.sink_block_ms)
-        options.setdefault("claim_idle_ms", settings.sink_claim_idle_ms)
-        yield PostbackQueueSink(redis, processor, postback_log, **options)
+    """A queue consumer with postback services of its own."""
+    async with postback_services(pool, redis, settings) as services:
+        yield queue_sink_for(redis, services, settings, **options)
+
+
+def queue_sink_for(
+    redis: Redis, services: PostbackServices, settings: Settings, **options: Any
+) -> PostbackQueueSink:
+    options.setdefault("block_ms", settings.sink_block_ms)
+    options.setdefault("claim_idle_ms", settings.sink_claim_idle_ms)
+    return PostbackQueueSink(redis, services.processor, services.log, **options)
