@@ -10,7 +10,6 @@ import logging
 import time
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from tracker.logs import Throttled
 from tracker.store import keys
@@ -40,7 +39,7 @@ class AuthFailures:
                     pipe.get(key)
                     pipe.ttl(key)
                     failures, ttl = await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except Exception as exc:  # a limiter must never fail the request it limits
             self._outage.warning(
                 "auth failure count unavailable in Redis (%r); counting in memory", exc
             )
@@ -59,7 +58,7 @@ class AuthFailures:
                     pipe.set(key, 0, ex=self.window_seconds, nx=True)
                     pipe.incr(key)
                     await pipe.execute()
-        except (RedisError, OSError, TimeoutError):
+        except Exception:  # a limiter must never fail the request it limits
             self._local_record(address)
 
     def _local_retry_after(self, address: str) -> int | None:

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from tracker.domain.auth import token_matches
 from tracker.domain.campaign import ConfigSnapshot, NetworkRoute
@@ -94,7 +93,7 @@ class FailureLimiter:
                     pipe.expire(key, self.window * 2)
                     replies: list[Any] = await pipe.execute()
             return int(replies[0])
-        except (RedisError, OSError, TimeoutError):
+        except Exception:  # a limiter must never fail the request it limits
             if self._redis_down_window != window:
                 self._redis_down_window = window
                 log.warning("failed-postback counter unavailable in Redis; counting in process")
