@@ -21,15 +21,13 @@ from tracker.domain.params import load_json_object
 from tracker.domain.validation import field_errors
 from tracker.logs import Throttled
 from tracker.store.batching import BatchQueueFullError
+from tracker.store.db import POSTGRES_UNAVAILABLE
 from tracker.web.appkeys import SETTINGS
 
 log = logging.getLogger("tracker.web")
 
-STORAGE_UNAVAILABLE = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
+STORAGE_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    *POSTGRES_UNAVAILABLE,
     RedisConnectionError,
     RedisTimeoutError,
     BatchQueueFullError,
