@@ -9,10 +9,12 @@ from urllib.parse import urlencode
 import pytest
 from yarl import URL
 
-from tests.conftest import store_clicks_late
+from tests.conftest import store_clicks_late, wait_for_sink
 from tests.test_lifecycle import prepared
 from tests.test_postback import make_click
+from tracker.devstack import free_port
 from tracker.domain.auth import client_address, signature_for
+from tracker.web.appkeys import REDIS
 
 SECRET = "s3cret-signing-key-0123456789"
 
@@ -187,7 +189,8 @@ async def test_a_signature_is_used_once_however_it_is_spelt(client, api, pool, r
             403,
             "forbidden: signature already used",
         ), spelling
-    assert await redis.exists(f"pbsig:{good}") == 1
+    holders = await pool.fetch("SELECT signature FROM postback_signatures")
+    assert [row["signature"] for row in holders] == [good]
     assert await pool.fetchval("SELECT count(*) FROM conversions") == 1
 
 
@@ -295,3 +298,29 @@ async def test_a_signed_post_without_body_is_signed_over_its_query(client, api, 
     resp = await client.session.post(url, headers=headers)
     assert resp.status == 200, await resp.text()
     assert await pool.fetchval("SELECT original_payout FROM conversions") == Decimal("4.5")
+
+
+@pytest.mark.faults
+async def test_signed_postbacks_need_no_redis(client, api, pool, sink):
+    """With Redis unreachable, a signed postback still matches its click through Postgres
+    and is recorded once; a replay of it is still refused."""
+    network = {"require_token": False, "signing_secret": SECRET}
+    _, click_id, _ = await prepared(client, api, network)
+    await wait_for_sink(sink)
+    app_redis = client.app[REDIS]
+    port = app_redis.connection_pool.connection_kwargs["port"]
+    app_redis.connection_pool.connection_kwargs["port"] = free_port()
+    await app_redis.connection_pool.disconnect()
+    try:
+        query = urlencode({"clickid": click_id, "payout": "3", "txid": "no-redis"})
+        now = str(int(time.time()))
+        signature = signature_for(SECRET, now, query)
+        assert await _signed_get(client, query, signature, now) == (200, None)
+        assert await _signed_get(client, query, signature, now) == (
+            403,
+            "forbidden: signature already used",
+        )
+    finally:
+        app_redis.connection_pool.connection_kwargs["port"] = port
+        await app_redis.connection_pool.disconnect()
+    assert await pool.fetchval("SELECT count(*) FROM conversions WHERE txid = 'no-redis'") == 1

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 
+import asyncpg
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
-from redis.asyncio import Redis
 
 from tracker.domain.auth import canonical_signature, check_postback_auth
 from tracker.domain.dialects import DialectConflict, canonical_params
@@ -20,7 +20,7 @@ from tracker.domain.lifecycle import CHARGEBACK, UnknownStatus, normalize_status
 from tracker.domain.money import PAYOUT_DECIMALS, parse_currency, parse_money, payout_refusal
 from tracker.domain.validation import field_errors
 from tracker.logs import Throttled
-from tracker.store import keys
+from tracker.store import signatures
 from tracker.store.clicks import ClickReader
 from tracker.store.config import ConfigCache
 from tracker.store.conversions import ConversionPostback, ConversionWriter, ParentNotFound
@@ -31,13 +31,8 @@ log = logging.getLogger("tracker.postback")
 UNMATCHED, REJECTED_AUTH, INVALID = "unmatched", "rejected-auth", "invalid"
 QUEUED, FAILED = "queued", "failed"
 
+
 # Deletes the replay key only if it still holds this receipt id.
-RELEASE_SIGNATURE_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
 def _payout(value: Any) -> Any:
     return parse_money(value, PAYOUT_DECIMALS) if isinstance(value, str) else value
 
@@ -82,12 +77,12 @@ class PostbackProcessor:
         config: ConfigCache,
         clicks: ClickReader,
         conversions: ConversionWriter,
-        redis: Redis,
+        pool: asyncpg.Pool,
     ) -> None:
         self._config = config
         self._clicks = clicks
         self._conversions = conversions
-        self._redis = redis
+        self._pool = pool
         # Every refusal is in the postback log; the process log only needs to show a trend.
         self._refusals = Throttled(log)
 
@@ -227,26 +222,18 @@ class PostbackProcessor:
             return Outcome(INVALID, 404, reason=str(exc), **found)
         return Outcome(result, 200, conversion_id=conversion_id, logged=True, **found)
 
-    def _replay_key(self, inbound: Inbound) -> str:
-        # Spelling variants of one digest (case, prefix) are one signature.
-        return keys.SIGNATURE_PREFIX + (canonical_signature(inbound.signature) or "")
-
     async def claim_signature(self, inbound: Inbound) -> bool:
-        """Spend the postback's signature; False when another receipt spent it (a replay).
-        The key holds the receipt id, so the same receipt applied again (from the queue,
-        or an orphan re-matched) is not its own replay."""
-        key = self._replay_key(inbound)
-        receipt = inbound.receipt_id.encode()
-        if await self._redis.set(key, receipt, nx=True, ex=keys.SIGNATURE_TTL):
-            return True
-        return bool(await self._redis.get(key) == receipt)
+        """Spend the postback's signature (in any spelling); False when another receipt
+        spent it (a replay). The same receipt applied again (from the queue, or an orphan
+        re-matched) is not its own replay."""
+        signature = canonical_signature(inbound.signature) or ""
+        return await signatures.claim(self._pool, signature, inbound.receipt_id)
 
     async def release_signature(self, inbound: Inbound) -> None:
         """Give the signature back after a failed write, so the network's retry is no replay."""
-        if inbound.signature:
-            await self._redis.eval(
-                RELEASE_SIGNATURE_SCRIPT, 1, self._replay_key(inbound), inbound.receipt_id
-            )
+        signature = canonical_signature(inbound.signature)
+        if signature:
+            await signatures.release(self._pool, signature, inbound.receipt_id)
 
 
 class OrphanMatcher:

@@ -15,6 +15,7 @@ import asyncpg
 
 from tracker.postbacks import OrphanMatcher
 from tracker.settings import Settings
+from tracker.store import signatures
 from tracker.store.postback_log import delete_expired, orphans_with_clicks
 
 log = logging.getLogger("tracker.housekeeping")
@@ -64,6 +65,7 @@ class Housekeeper:
         )
         if deleted:
             log.info("deleted %d expired postback log rows", deleted)
+        await signatures.delete_expired(self._pool, self._clock())
         return deleted
 
     async def run(self) -> None:

@@ -36,4 +36,4 @@ async def postback_services(
         for service in (config, reader, writer, postback_log):
             await service.start()
             running.push_async_callback(service.close)
-        yield PostbackServices(PostbackProcessor(config, reader, writer, redis), postback_log)
+        yield PostbackServices(PostbackProcessor(config, reader, writer, pool), postback_log)

@@ -4,9 +4,6 @@ CLICK_PREFIX = "clk:"
 CLICK_STREAM = "stream:clicks"
 SINK_GROUP = "sink"
 CONFIG_VERSION = "cfg:version"
-# Signatures of signed postbacks already accepted, kept for twice the replay window.
-SIGNATURE_PREFIX = "pbsig:"
-SIGNATURE_TTL = 600
 # Failed admin authentications per client address; expires with its counting window.
 AUTH_FAILURES_PREFIX = "authfail:"
 # Postbacks that arrived while Postgres was unavailable, applied by the sink in order.

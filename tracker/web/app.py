@@ -122,7 +122,7 @@ def running(
 
 async def make_postback_processor(app: web.Application) -> None:
     app[POSTBACKS] = PostbackProcessor(
-        app[CONFIG], app[CLICK_READER], app[CONVERSION_WRITER], app[REDIS]
+        app[CONFIG], app[CLICK_READER], app[CONVERSION_WRITER], app[PG_POOL]
     )
 
 
