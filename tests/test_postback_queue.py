@@ -14,7 +14,7 @@ from tracker.domain.auth import signature_for
 from tracker.sink.postbacks import postback_queue_sink
 from tracker.store import keys
 from tracker.store.postback_log import Inbound, PostbackLog, enqueue
-from tracker.web.appkeys import PG_POOL
+from tracker.web.appkeys import PG_POOL, POSTBACK_GUARD
 
 SECRET = "queue-signing-secret-0123456789"
 
@@ -319,3 +319,19 @@ async def test_log_batch_with_a_bad_row_keeps_every_row(pool):
     rows = await pool.fetch("SELECT params FROM postback_log ORDER BY (params->>'i')")
     assert len(rows) == 30
     assert {row["params"]["i"] for row in rows} == {str(i) for i in range(30)}
+
+
+async def test_junk_cannot_fill_the_queue_during_an_outage(client, api, redis):
+    setup, _, _ = await prepared(client, api)
+    token = setup["network"]["postback_token"]
+    client.server.app[POSTBACK_GUARD].limiter.limit = 5
+    client.server.app[PG_POOL].terminate()
+    answers = []
+    for i in range(8):  # unknown clicks, no token: looked up in Postgres, which is down
+        resp = await client.get("/postback", params={"clickid": f"junk{i}", "x": "y" * 2000})
+        answers.append((resp.status, (await resp.json()).get("result")))
+    assert answers == [(200, "queued")] * 5 + [(429, None)] * 3
+    # A network's own postback is never limited, outage or not.
+    resp = await client.get("/postback", params={"clickid": "junk-net", "token": token})
+    assert (resp.status, (await resp.json())["result"]) == (200, "queued")
+    assert await redis.xlen(keys.POSTBACK_STREAM) == 6

@@ -157,6 +157,17 @@ class PostbackGuard:
             return None
         return Screened(inbound, retry_after, self._refusal(retry_after))
 
+    async def admit_unverified(self, inbound: Inbound, config: ConfigSnapshot) -> Screened | None:
+        """A postback that could not be checked (Postgres unavailable) and is about to be
+        queued whole: unless it is a network's own, it counts against its address, so
+        junk cannot fill Redis during an outage. A refusal when over the limit."""
+        if carries_network_token(inbound, config.networks.values()):
+            return None
+        retry_after = await self.limiter.hit(inbound.client_ip or "unknown")
+        if retry_after is None:
+            return None
+        return Screened(inbound, retry_after, self._refusal(retry_after))
+
     def _refusal(self, retry_after: int) -> dict[str, Any]:
         return {
             "error": "too many failed postbacks from this address",

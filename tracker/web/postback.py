@@ -122,6 +122,9 @@ async def postback(request: web.Request) -> web.Response:
         try:
             outcome = await app[POSTBACKS].process(inbound)
         except POSTGRES_UNAVAILABLE as exc:
+            refused = await app[POSTBACK_GUARD].admit_unverified(inbound, app[CONFIG].snapshot)
+            if refused is not None:
+                return _too_many(refused)
             return await _queue(app, inbound, exc)
         except Exception as exc:
             # Nothing was kept (the conversion and its log row roll back together):
@@ -139,11 +142,11 @@ async def postback(request: web.Request) -> web.Response:
         try:
             await app[POSTBACK_LOG].append(screened.inbound, outcome)
         except POSTGRES_UNAVAILABLE as exc:
-            queued = await _queue(app, inbound, exc)
             if outcome.result not in FINAL_REFUSALS:
-                return queued
-            # Only the log row waits: the sink logs the same refusal, judged at receipt.
-            # The sender still hears the refusal, never a 200 for a postback refused.
+                return await _queue(app, inbound, exc)
+            # Only the (size-capped) log row waits: the sink logs the same refusal, judged
+            # at receipt. The sender still hears the refusal, never a 200 for it.
+            await _queue(app, screened.inbound, exc)
     return json_response(outcome.body(), outcome.http_status)
 
 
