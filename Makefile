@@ -36,4 +36,4 @@ lint: setup
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf var $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf var $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
