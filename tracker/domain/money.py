@@ -19,9 +19,9 @@ _MAX_TEXT = 64
 _AMOUNT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 _SPACES = " \t\r\n"
 
-# ISO 4217 codes in use, funds and precious metals included; XTS (testing) and
-# XXX (no currency) are left out on purpose. Withdrawn codes that networks still
-# send during a changeover (SLL, ZWL, ANG) are kept.
+# ISO 4217 codes in use, funds and precious metals included; the codes reserved
+# for testing and for "no currency" are left out on purpose. Withdrawn codes that
+# networks still send during a changeover (SLL, ZWL, ANG) are kept.
 ISO_4217 = frozenset(
     """
     AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BOV

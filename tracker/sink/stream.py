@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import socket
+from abc import ABC, abstractmethod
 from typing import Any
 
 from redis.asyncio import Redis
@@ -27,7 +28,7 @@ def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-class StreamConsumer:
+class StreamConsumer(ABC):
     """A consumer of `stream` in `group`; subclasses say how to `handle` entries."""
 
     stream: str
@@ -51,9 +52,9 @@ class StreamConsumer:
         self.housekeeping_seconds = housekeeping_seconds
         self._stopping = asyncio.Event()
 
+    @abstractmethod
     async def handle(self, entries: list[Entry]) -> None:
         """Apply `entries` and acknowledge those whose effect is committed."""
-        raise NotImplementedError
 
     async def housekeep(self) -> None:
         await self.claim_abandoned()

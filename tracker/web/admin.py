@@ -9,10 +9,11 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel
 
+from tracker.domain.params import load_json_object
 from tracker.domain.text import clean_text, dirt_in
 from tracker.store import admin as sql
 from tracker.web.appkeys import CONFIG, PG_POOL, SETTINGS
-from tracker.web.errors import ApiError, json_response, parse_json_object, read_body
+from tracker.web.errors import ApiError, json_response, read_body
 from tracker.web.schemas import (
     AffiliateNetworkIn,
     Body,
@@ -29,7 +30,7 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     """The JSON object body of an admin request; a 400 naming the field for text
     no column can store (NUL, invalid UTF-8)."""
     try:
-        data = parse_json_object(await read_body(request))
+        data = load_json_object(await read_body(request))
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
     details = [{"field": field, "message": reason} for field, reason in _dirty_strings(data, "")]

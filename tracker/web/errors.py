@@ -17,7 +17,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tracker.domain.money import format_money
-from tracker.domain.params import load_json_object
 from tracker.domain.validation import field_errors
 from tracker.logs import Throttled
 from tracker.store.batching import BatchQueueFullError
@@ -66,11 +65,6 @@ async def read_body(request: web.Request) -> bytes:
     except RequestPayloadError as exc:
         reason = str(getattr(exc.__cause__, "message", exc))
         raise ApiError(400, f"request body could not be read: {reason[:200]}") from None
-
-
-def parse_json_object(body: bytes) -> dict[str, Any]:
-    """A request body that must be a JSON object; ValueError says what is wrong."""
-    return load_json_object(body)
 
 
 class ApiError(Exception):
