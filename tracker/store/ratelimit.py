@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from tracker.domain.auth import token_matches
 from tracker.domain.campaign import ConfigSnapshot, NetworkRoute
+from tracker.logs import Throttled
 from tracker.settings import Settings
 from tracker.store import keys
 from tracker.store.postback_log import FAILED_RESULTS, Inbound, Result, truncated_for_log
@@ -48,7 +49,7 @@ class FailureLimiter:
         self._redis = redis
         self.clock = clock
         self._local: dict[str, tuple[int, int]] = {}
-        self._redis_down_window = -1
+        self._outage = Throttled(log)
         # Addresses this process saw go over the limit, until their window ends: later
         # requests from them are refused before any work, without asking Redis.
         self._blocked: dict[str, float] = {}
@@ -93,10 +94,10 @@ class FailureLimiter:
                     pipe.expire(key, self.window * 2)
                     replies: list[Any] = await pipe.execute()
             return int(replies[0])
-        except Exception:  # a limiter must never fail the request it limits
-            if self._redis_down_window != window:
-                self._redis_down_window = window
-                log.warning("failed-postback counter unavailable in Redis; counting in process")
+        except Exception as exc:  # a limiter must never fail the request it limits
+            self._outage.warning(
+                "failed postbacks uncounted in Redis (%r); counting in memory", exc
+            )
             return self._count_locally(address, window)
 
     def _count_locally(self, address: str, window: int) -> int:
