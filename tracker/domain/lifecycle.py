@@ -25,7 +25,7 @@ ALLOWED: dict[str, frozenset[str]] = {
 
 
 class UnknownStatus(ValueError):
-    pass
+    """A status word that neither the network's map nor ours knows."""
 
 
 def normalize_status(raw: str | None, status_map: Mapping[str, str]) -> str:

@@ -38,7 +38,7 @@ ISO_4217 = frozenset(
 
 
 class MoneyError(ValueError):
-    pass
+    """An amount or currency code that cannot be taken; the message says why."""
 
 
 def parse_money(raw: str | int | Decimal, max_decimals: int = MAX_DECIMALS) -> Decimal:

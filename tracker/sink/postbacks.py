@@ -32,7 +32,7 @@ log = logging.getLogger("tracker.sink.postbacks")
 
 
 class PostgresUnavailable(Exception):
-    pass
+    """Postgres went away while queued postbacks were applied; the rest wait."""
 
 
 def _click_of(inbound: Inbound) -> str:

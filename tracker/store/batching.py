@@ -15,7 +15,7 @@ FlushFn = Callable[[list[T]], Awaitable[list[R | BaseException]]]
 
 
 class BatchClosedError(RuntimeError):
-    pass
+    """The batcher is not running: it was never started, or it is closing."""
 
 
 class BatchQueueFullError(RuntimeError):

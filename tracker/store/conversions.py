@@ -112,7 +112,7 @@ RETURNING id
 
 
 class ParentNotFound(LookupError):
-    pass
+    """A refund names a parent transaction the click has no conversion for."""
 
 
 @dataclass(frozen=True, slots=True)
