@@ -3,6 +3,38 @@
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Large hosting and cloud networks: clicks from them are not people browsing.
+DATA_CENTER_ASNS = (
+    "16509",
+    "14618",
+    "8075",
+    "396982",
+    "14061",
+    "16276",
+    "24940",
+    "63949",
+    "20473",
+    "45102",
+    "31898",
+    "9009",
+    "51167",
+    "12876",
+    "AMAZON-02",
+    "AMAZON-AES",
+    "MICROSOFT-CORP-MSN-AS-BLOCK",
+    "GOOGLE-CLOUD-PLATFORM",
+    "DIGITALOCEAN-ASN",
+    "OVH",
+    "HETZNER-AS",
+    "Akamai Connected Cloud",
+    "AS-CHOOPA",
+    "AS-VULTR",
+    "ALIBABA-CN-NET",
+    "ORACLE-BMC-31898",
+    "M247",
+    "Contabo GmbH",
+)
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRACKER_", extra="ignore")
@@ -50,6 +82,22 @@ class Settings(BaseSettings):
     spool_probe_seconds: float = Field(default=0.5, gt=0)
     # Items a group-commit queue holds before callers are refused at once.
     batch_max_pending: int = Field(default=20000, ge=1)
+
+    # Visitor facts on the click path. A MaxMind-format City or Country database (.mmdb);
+    # empty: the embedded default data (country and network name, no region or city).
+    geoip_db: str = ""
+    # A MaxMind-format ASN database (.mmdb) for the network number and organisation.
+    geoip_asn_db: str = ""
+    # A CDN header with the visitor's country, believed from trusted proxies only
+    # (CF-IPCountry always is).
+    country_header: str = ""
+    # Addresses or CIDRs whose clicks are bots.
+    bot_ip_ranges: list[str] = []
+    # Data-center networks whose clicks are bots: AS numbers, or organisation names as the
+    # GeoIP data spells them (compared without regard to case).
+    bot_asns: list[str] = Field(default_factory=lambda: list(DATA_CENTER_ASNS))
+    # Distinct User-Agents, and addresses, whose facts each process keeps in memory.
+    fact_cache_size: int = Field(default=100_000, ge=0)
 
     sink_batch_size: int = 2000
     sink_block_ms: int = 500
