@@ -119,17 +119,17 @@ def client_address(
     `forwarded_for` is every X-Forwarded-For header line (or one line); several
     lines are one list, in order, as if joined with commas.
     """
-    if not forwarded_for or not trusted or not _is_trusted(peer, trusted):
+    if not forwarded_for or not trusted or not is_trusted(peer, trusted):
         return peer
     joined = forwarded_for if isinstance(forwarded_for, str) else ",".join(forwarded_for)
     hops = [hop.strip() for hop in joined.split(",") if hop.strip()]
     for hop in reversed(hops):
-        if not _is_trusted(hop, trusted):
+        if not is_trusted(hop, trusted):
             return hop
     return hops[0] if hops else peer
 
 
-def _is_trusted(address: str | None, trusted: Sequence[IpNetwork]) -> bool:
+def is_trusted(address: str | None, trusted: Sequence[IpNetwork]) -> bool:
     try:
         ip = ipaddress.ip_address(address or "")
     except ValueError:

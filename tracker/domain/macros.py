@@ -1,7 +1,7 @@
 """Offer URL templates: `{name}` macros replaced by URL-encoded click values."""
 
 import re
-from collections.abc import Mapping
+from typing import Protocol
 from urllib.parse import quote
 
 _MACRO = re.compile(r"\{([A-Za-z0-9_.\-]{1,64})\}")
@@ -16,7 +16,11 @@ def compile_template(template: str) -> Template:
     return tuple(_MACRO.split(template))
 
 
-def render(template: Template, values: Mapping[str, str | None]) -> str:
+class MacroValues(Protocol):
+    def get(self, name: str, /) -> str | None: ...
+
+
+def render(template: Template, values: MacroValues) -> str:
     """Substitute macros; unknown or empty macros become the empty string."""
     parts = list(template)
     for i in range(1, len(parts), 2):

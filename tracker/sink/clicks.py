@@ -13,43 +13,103 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 from redis.asyncio import Redis
 
+from tracker.domain.click import CLICK_COLUMNS
 from tracker.sink.stream import Entry, StreamConsumer
 from tracker.store import keys
 
 log = logging.getLogger("tracker.sink")
 
-_CLICK_COLUMNS = """
-    click_id text, created_ms bigint, campaign_id bigint, offer_id bigint,
-    traffic_source_id bigint, external_id text, cost numeric,
-    sub1 text, sub2 text, sub3 text, sub4 text, sub5 text,
-    sub6 text, sub7 text, sub8 text, sub9 text, sub10 text,
-    params jsonb, ip text, user_agent text, referrer text
-"""
-INSERT_CLICKS = f"""
-WITH batch AS (
-    SELECT * FROM jsonb_to_recordset($1::text::jsonb) AS r({_CLICK_COLUMNS})
-), inserted AS (
-    INSERT INTO clicks (
-        click_id, created_at, campaign_id, offer_id, traffic_source_id, external_id, cost,
-        sub1, sub2, sub3, sub4, sub5, sub6, sub7, sub8, sub9, sub10,
-        params, ip, user_agent, referrer
-    )
-    SELECT click_id, to_timestamp(created_ms / 1000.0), campaign_id, offer_id,
-           traffic_source_id, external_id, cost,
-           sub1, sub2, sub3, sub4, sub5, sub6, sub7, sub8, sub9, sub10,
-           params, ip, user_agent, referrer
-    FROM batch
-    ON CONFLICT (click_id) DO NOTHING
-    RETURNING created_at, campaign_id, offer_id, traffic_source_id, cost
+_RECORD_TYPES = ", ".join(f"{name} {kind}" for name, kind in CLICK_COLUMNS)
+_STORED = [name for name, _ in CLICK_COLUMNS if name != "created_ms"]
+_INSERTED = ", ".join(["created_at", *_STORED])
+# Records written before a column existed lack it; `is_bot` then means a human.
+_FROM_BATCH = ", ".join(
+    [
+        "to_timestamp(created_ms / 1000.0)",
+        *("coalesce(is_bot, false)" if name == "is_bot" else name for name in _STORED),
+    ]
 )
-INSERT INTO click_rollups AS r (day, campaign_id, offer_id, traffic_source_id, clicks, cost)
+# Per-(day, campaign, offer, source) counters of one click: human clicks, bot clicks,
+# unique human clicks, lander views, lander click-throughs, and cost.
+_COUNTERS = """
+    (NOT is_bot)::int AS clicks, is_bot::int AS bot_clicks,
+    (coalesce(is_unique, false) AND NOT is_bot)::int AS unique_clicks,
+    (lander_id IS NOT NULL AND NOT is_bot)::int AS lp_views,
+    (lp_clicked_at IS NOT NULL AND NOT is_bot)::int AS lp_clicks,
+    coalesce(cost, 0) AS cost
+"""
+_ADD_TO_ROLLUPS = """
+INSERT INTO click_rollups AS r (
+    day, campaign_id, offer_id, traffic_source_id,
+    clicks, bot_clicks, unique_clicks, lp_views, lp_clicks, cost
+)
 SELECT (created_at AT TIME ZONE 'UTC')::date, campaign_id, offer_id, traffic_source_id,
-       count(*), coalesce(sum(cost), 0)
-FROM inserted
+       sum(clicks), sum(bot_clicks), sum(unique_clicks), sum(lp_views), sum(lp_clicks),
+       sum(cost)
+FROM counted
 GROUP BY 1, 2, 3, 4
 ORDER BY 1, 2, 3, 4
 ON CONFLICT (day, campaign_id, offer_id, traffic_source_id) DO UPDATE
-SET clicks = r.clicks + EXCLUDED.clicks, cost = r.cost + EXCLUDED.cost
+SET clicks = r.clicks + EXCLUDED.clicks,
+    bot_clicks = r.bot_clicks + EXCLUDED.bot_clicks,
+    unique_clicks = r.unique_clicks + EXCLUDED.unique_clicks,
+    lp_views = r.lp_views + EXCLUDED.lp_views,
+    lp_clicks = r.lp_clicks + EXCLUDED.lp_clicks,
+    cost = r.cost + EXCLUDED.cost
+"""
+INSERT_CLICKS = f"""
+WITH batch AS (
+    SELECT * FROM jsonb_to_recordset($1::text::jsonb) AS r({_RECORD_TYPES})
+), inserted AS (
+    INSERT INTO clicks ({_INSERTED})
+    SELECT {_FROM_BATCH} FROM batch
+    ON CONFLICT (click_id) DO NOTHING
+    RETURNING *
+), counted AS (
+    SELECT created_at, campaign_id, offer_id, traffic_source_id, {_COUNTERS} FROM inserted
+)
+{_ADD_TO_ROLLUPS}
+"""
+# Lander click-throughs: the click's record again, with `lp_ms`. A click already
+# stored gets its first click-through time and the offer reached, and its counts
+# move from the old (offer, click-through) to the new; a click not stored yet (its
+# own entry is late, e.g. replayed from a spool) is stored as it is now.
+STORE_LANDER_CLICKS = f"""
+WITH batch AS (
+    -- The last click-through of a click in the batch names the offer reached.
+    SELECT DISTINCT ON (click_id) *
+    FROM ROWS FROM (
+        jsonb_to_recordset($1::text::jsonb) AS ({_RECORD_TYPES}, lp_ms bigint)
+    ) WITH ORDINALITY AS r
+    ORDER BY click_id, ordinality DESC
+), previous AS (
+    SELECT c.* FROM clicks c JOIN batch b USING (click_id)
+    ORDER BY c.click_id
+    FOR UPDATE OF c
+), updated AS (
+    UPDATE clicks c
+    SET offer_id = b.offer_id,
+        lp_clicked_at = coalesce(c.lp_clicked_at, to_timestamp(b.lp_ms / 1000.0))
+    FROM batch b
+    WHERE c.click_id = b.click_id
+    RETURNING c.*
+), inserted AS (
+    INSERT INTO clicks ({_INSERTED}, lp_clicked_at)
+    SELECT {_FROM_BATCH}, to_timestamp(lp_ms / 1000.0) FROM batch
+    WHERE click_id NOT IN (SELECT click_id FROM previous)
+    ON CONFLICT (click_id) DO NOTHING
+    RETURNING *
+), counted AS (
+    SELECT created_at, campaign_id, offer_id, traffic_source_id, {_COUNTERS} FROM inserted
+    UNION ALL
+    SELECT created_at, campaign_id, offer_id, traffic_source_id, {_COUNTERS} FROM updated
+    UNION ALL
+    SELECT created_at, campaign_id, offer_id, traffic_source_id,
+           -clicks, -bot_clicks, -unique_clicks, -lp_views, -lp_clicks, -cost
+    FROM (SELECT created_at, campaign_id, offer_id, traffic_source_id, {_COUNTERS}
+          FROM previous) AS p
+)
+{_ADD_TO_ROLLUPS}
 """
 INSERT_DEAD_LETTER = """
 INSERT INTO click_dead_letters (stream_id, payload, error) VALUES ($1, $2, $3)
@@ -60,6 +120,9 @@ StoredHook = Callable[[list[str]], Awaitable[None]]
 
 
 _CLICK_ID = re.compile(rb'"click_id":"([^"]+)"')
+# A lander click-through's record ends with its `lp_ms` (the top-level object's last
+# key: a nested object's key cannot be followed by the end of the record).
+_LANDER_CLICK = re.compile(rb'"lp_ms":[0-9]+}$')
 
 
 def _id_key(stream_id: bytes) -> tuple[int, int]:
@@ -99,23 +162,28 @@ class ClickSink(StreamConsumer):
         """Write entries to Postgres, then acknowledge them."""
         ids = [entry_id for entry_id, _ in entries]
         payloads = [(entry_id, fields[b"d"]) for entry_id, fields in entries if fields]
-        if payloads:
-            body = b"[" + b",".join(p for _, p in payloads) + b"]"
+        clicks = [p for p in payloads if not _LANDER_CLICK.search(p[1])]
+        lander_clicks = [p for p in payloads if _LANDER_CLICK.search(p[1])]
+        for statement, part in ((INSERT_CLICKS, clicks), (STORE_LANDER_CLICKS, lander_clicks)):
+            if not part:
+                continue
+            body = b"[" + b",".join(p for _, p in part) + b"]"
             try:
-                await self.pool.execute(INSERT_CLICKS, body.decode())
+                await self.pool.execute(statement, body.decode())
             except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError):
-                await self._store_one_by_one(payloads)
+                await self._store_one_by_one(statement, part)
+        if payloads:
             if self.on_stored is not None:
                 click_ids = [m[1].decode() for _, p in payloads if (m := _CLICK_ID.search(p))]
                 await self.on_stored(click_ids)
         await self.redis.xack(keys.CLICK_STREAM, keys.SINK_GROUP, *ids)
         self.stored += len(payloads)
 
-    async def _store_one_by_one(self, payloads: list[tuple[bytes, bytes]]) -> None:
+    async def _store_one_by_one(self, statement: str, payloads: list[tuple[bytes, bytes]]) -> None:
         """A batch was refused: store what is good, and keep the rest as dead letters."""
         for entry_id, payload in payloads:
             try:
-                await self.pool.execute(INSERT_CLICKS, (b"[" + payload + b"]").decode())
+                await self.pool.execute(statement, (b"[" + payload + b"]").decode())
             except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
                 log.error("click entry %s refused by Postgres: %s", entry_id, exc)
                 await self.pool.execute(

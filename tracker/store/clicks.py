@@ -11,6 +11,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from tracker.domain.click import CLICK_COLUMNS
 from tracker.settings import Settings
 from tracker.store import keys
 from tracker.store.batching import BatchedService, Batcher, BatchQueueFullError
@@ -18,34 +19,56 @@ from tracker.store.spool import ClickSpool, SpoolFile, read_clicks, release
 
 log = logging.getLogger("tracker.clicks")
 
-SELECT_CLICK = """
-SELECT click_id, (extract(epoch FROM created_at) * 1000)::bigint AS created_ms,
-       campaign_id, offer_id, traffic_source_id, external_id, cost::text AS cost,
-       sub1, sub2, sub3, sub4, sub5, sub6, sub7, sub8, sub9, sub10
+_SELECTED = [name for name, _ in CLICK_COLUMNS if name not in ("created_ms", "cost")]
+
+SELECT_CLICK = f"""
+SELECT {", ".join(_SELECTED)}, (extract(epoch FROM created_at) * 1000)::bigint AS created_ms,
+       cost::text AS cost, (extract(epoch FROM lp_clicked_at) * 1000)::bigint AS lp_ms
 FROM clicks WHERE click_id = $1
 """
 
-# KEYS: the stream, then one key per click; ARGV: TTL and record per click.
+# KEYS: the stream, then two keys per click: its record and its visitor's unique-click
+# key. ARGV: three per click: TTL, record, unique window in seconds.
 # A TTL of 0 (a replayed click whose attribution window has passed) skips the SET:
-# the click still goes on the stream, so Postgres gets it.
+# the click still goes on the stream, so Postgres gets it. A unique window above 0
+# decides `is_unique` here, in the same round trip: the visitor is unique unless the
+# key was there (a click within the window, which the SET also renews), and the
+# record's JSON, which then ends in `null}`, has that tail replaced. Returns per
+# click 1 (unique), 0 (repeat) or -1 (not decided here).
 STORE_CLICKS_SCRIPT = """
 local stream = KEYS[1]
-for i = 2, #KEYS do
-    local record = ARGV[2 * i - 2]
-    local ttl = tonumber(ARGV[2 * i - 3])
+local decided = {}
+for i = 2, #KEYS, 2 do
+    local n = i - 2
+    local ttl = tonumber(ARGV[n * 3 / 2 + 1])
+    local record = ARGV[n * 3 / 2 + 2]
+    local unique_ttl = tonumber(ARGV[n * 3 / 2 + 3])
+    local flag = -1
+    if unique_ttl > 0 then
+        local seen = redis.call('SET', KEYS[i + 1], '1', 'EX', unique_ttl, 'GET')
+        if seen then
+            flag = 0
+            record = string.sub(record, 1, -6) .. 'false}'
+        else
+            flag = 1
+            record = string.sub(record, 1, -6) .. 'true}'
+        end
+    end
     if ttl > 0 then
         redis.call('SET', KEYS[i], record, 'EX', ttl)
     end
     redis.call('XADD', stream, '*', 'd', record)
+    decided[#decided + 1] = flag
 end
-return #KEYS - 1
+return decided
 """
 REPLAY_BATCH = 500
 # How often a running process looks for spool files left by processes that died.
 ORPHAN_SCAN_SECONDS = 5.0
 
-# (click id, JSON record, TTL in seconds)
-ClickWrite = tuple[str, bytes, int]
+# (click id, JSON record, TTL in seconds, unique-click key, unique window in seconds)
+ClickWrite = tuple[str, bytes, int, str | None, int]
+_DECIDED = {1: True, 0: False}
 
 
 class ClickWriteError(Exception):
@@ -80,7 +103,7 @@ class ClickWriter(BatchedService):
     ) -> None:
         self._redis = redis
         self._store_batch = redis.register_script(STORE_CLICKS_SCRIPT)
-        self.batcher: Batcher[ClickWrite, None] = Batcher(
+        self.batcher: Batcher[ClickWrite, bool | None] = Batcher(
             self._flush, max_batch, "click-writer", max_in_flight, max_pending
         )
         self.spool = spool
@@ -130,21 +153,58 @@ class ClickWriter(BatchedService):
         await self._redis.ping()
         await self._replay_held()
 
-    async def write(self, click_id: str, record: bytes, ttl_seconds: int) -> None:
-        """Store one click; return once it is in Redis and on the stream, or in the spool."""
+    async def write(
+        self,
+        click_id: str,
+        record: bytes,
+        ttl_seconds: int,
+        unique_key: str | None = None,
+        unique_ttl: int = 0,
+    ) -> bool | None:
+        """Store one click; return once it is in Redis and on the stream, or in the spool.
+
+        With `unique_key` and a `unique_ttl` above 0, the record's `is_unique` (its JSON
+        must end in `null}`) is decided in the same round trip and returned; None when
+        it was not (the click was spooled, and is decided when it is replayed)."""
+        write = (click_id, record, ttl_seconds, unique_key, unique_ttl)
         if not self.degraded or self.spool is None:
             try:
-                await self.batcher.submit((click_id, record, ttl_seconds), self._write_timeout)
-                return
+                return await self.batcher.submit(write, self._write_timeout)
             except Exception as exc:  # failed, timed out, queue full, or the writer is closed
                 if self.spool is None:
                     raise ClickWriteError(repr(exc)) from exc
                 self._degrade(exc)
         try:
-            await self.spool.append(click_id, record, ttl_seconds)
+            await self.spool.append(click_id, record, ttl_seconds, unique_key, unique_ttl)
         except Exception as exc:
             raise ClickWriteError(repr(exc)) from exc
         self.spooled += 1
+        return None
+
+    async def check_unique(self, unique_key: str, unique_ttl: int) -> bool | None:
+        """Whether the visitor's click is unique, decided ahead of the write (for rules
+        that read it); None when Redis does not answer in time."""
+        try:
+            seen = await asyncio.wait_for(
+                self._redis.set(unique_key, 1, ex=unique_ttl, get=True), self._write_timeout
+            )
+        except (RedisError, OSError, TimeoutError):
+            return None
+        return seen is None
+
+    async def record_lander_click(
+        self, record: dict[str, Any], attribution_seconds: int, now_ms: int
+    ) -> None:
+        """Store a click again as its visitor went on from the lander to `offer_id`.
+
+        The record, with `lp_ms` last, replaces the one in Redis for the rest of its
+        attribution window and goes on the stream, where the sink counts the
+        click-through and moves the click to the offer reached. The first
+        click-through's time is kept."""
+        first = record.pop("lp_ms", None)
+        record["lp_ms"] = first if first is not None else now_ms
+        remaining = int(record["created_ms"]) // 1000 + attribution_seconds - now_ms // 1000
+        await self.write(str(record["click_id"]), orjson.dumps(record), max(0, remaining))
 
     def _degrade(self, exc: BaseException) -> None:
         if not self.degraded:
@@ -156,15 +216,18 @@ class ClickWriter(BatchedService):
                 self.spool.directory,
             )
 
-    async def _flush(self, batch: list[ClickWrite]) -> list[BaseException | None]:
+    async def _flush(self, batch: list[ClickWrite]) -> list[bool | BaseException | None]:
         click_keys = [keys.CLICK_STREAM]
         args: list[bytes | int] = []
-        for click_id, record, ttl in batch:
-            click_keys.append(keys.click_key(click_id))
+        for click_id, record, ttl, unique_key, unique_ttl in batch:
+            key = keys.click_key(click_id)
+            click_keys.append(key)
+            click_keys.append(unique_key if unique_key is not None and unique_ttl > 0 else key)
             args.append(ttl)
             args.append(record)
-        await self._store_batch(keys=click_keys, args=args)
-        return [None] * len(batch)
+            args.append(unique_ttl if unique_key is not None else 0)
+        flags = await self._store_batch(keys=click_keys, args=args)
+        return [_DECIDED.get(flag) for flag in flags]
 
     async def _replay_loop(self) -> None:
         assert self.spool is not None
@@ -210,9 +273,12 @@ class ClickWriter(BatchedService):
                 click_keys = [keys.CLICK_STREAM]
                 args: list[bytes | int] = []
                 for click in part:
-                    click_keys.append(keys.click_key(click.click_id))
+                    key = keys.click_key(click.click_id)
+                    click_keys.append(key)
+                    click_keys.append(click.unique_key or key)
                     args.append(click.remaining_ttl(now))
                     args.append(click.record)
+                    args.append(click.unique_ttl if click.unique_key else 0)
                 await self._store_batch(keys=click_keys, args=args)
                 self.replayed += len(part)
 

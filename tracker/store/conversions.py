@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import asyncpg
 import orjson
 
+from tracker.domain.click import CLICK_COLUMNS, COPIED_TO_CONVERSION
 from tracker.domain.fx import RateTable, convert
 from tracker.domain.lifecycle import CHARGEBACK, REJECTED, decide_change, refund_key
 from tracker.domain.money import fits_amount_column
@@ -18,8 +19,9 @@ from tracker.store.postback_log import INSERT_LOG, LOG_INBOUND_COLUMNS, Inbound,
 
 log = logging.getLogger("tracker.conversions")
 
-SUB_FIELDS = tuple(f"sub{i}" for i in range(1, 11))
-_COPIED_FROM_CLICK = ("campaign_id", "offer_id", "traffic_source_id", "external_id", *SUB_FIELDS)
+_CLICK_TYPES = dict(CLICK_COLUMNS)
+_COPIED = ", ".join(COPIED_TO_CONVERSION)
+_COPIED_TYPES = ", ".join(f"{name} {_CLICK_TYPES[name]}" for name in COPIED_TO_CONVERSION)
 
 CREATED, UPDATED, DUPLICATE = "created", "updated", "duplicate"
 
@@ -33,22 +35,17 @@ INSERT_CONVERSIONS = f"""
 WITH input AS (
     SELECT * FROM jsonb_to_recordset($1::text::jsonb) AS r(
         idx integer, click_id text, dedupe_key text, txid text, parent_txid text,
-        network_id bigint, campaign_id bigint, offer_id bigint, traffic_source_id bigint,
-        external_id text, sub1 text, sub2 text, sub3 text, sub4 text, sub5 text,
-        sub6 text, sub7 text, sub8 text, sub9 text, sub10 text,
+        network_id bigint, {_COPIED_TYPES},
         click_ms bigint, payout numeric, currency text, original_payout numeric,
         original_currency text, status text, event text, params jsonb, log jsonb
     )
 ), inserted AS (
     INSERT INTO conversions (
-        click_id, dedupe_key, txid, parent_txid, network_id, campaign_id, offer_id,
-        traffic_source_id, external_id, sub1, sub2, sub3, sub4, sub5, sub6, sub7, sub8, sub9,
-        sub10, click_time, payout, currency, original_payout, original_currency, status,
-        event, params
+        click_id, dedupe_key, txid, parent_txid, network_id, {_COPIED}, click_time,
+        payout, currency, original_payout, original_currency, status, event, params
     )
-    SELECT click_id, dedupe_key, txid, parent_txid, network_id, campaign_id, offer_id,
-           traffic_source_id, external_id, sub1, sub2, sub3, sub4, sub5, sub6, sub7, sub8, sub9,
-           sub10, to_timestamp(click_ms / 1000.0), payout, currency, original_payout,
+    SELECT click_id, dedupe_key, txid, parent_txid, network_id, {_COPIED},
+           to_timestamp(click_ms / 1000.0), payout, currency, original_payout,
            original_currency, status, event, params
     FROM input
     -- Key order, the same in every batch and process, so that concurrent batches wait
@@ -141,7 +138,8 @@ class ConversionPostback:
         return self.parent_txid is not None and self.original_payout < 0
 
     def as_row(self, idx: int) -> dict[str, Any]:
-        row = {name: self.click.get(name) for name in _COPIED_FROM_CLICK}
+        row = {name: self.click.get(name) for name in COPIED_TO_CONVERSION}
+        row["is_bot"] = bool(row["is_bot"])  # records older than the column lack it
         row.update(
             idx=idx,
             click_id=self.click["click_id"],

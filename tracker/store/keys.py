@@ -11,6 +11,14 @@ POSTBACK_STREAM = "stream:postbacks"
 POSTBACK_GROUP = "postbacks"
 
 
+# A visitor's last click on a campaign; expires with the campaign's unique window.
+UNIQUE_VISITOR_PREFIX = "uv:"
+
+
+def unique_visitor_key(campaign_id: int, visitor_id: str) -> str:
+    return f"{UNIQUE_VISITOR_PREFIX}{campaign_id}:{visitor_id}"
+
+
 def click_key(click_id: str) -> str:
     return CLICK_PREFIX + click_id
 

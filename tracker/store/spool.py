@@ -37,15 +37,28 @@ class SpooledClick:
     click_id: str
     expires_at: int  # Unix seconds at which the Redis record would have expired
     record: bytes
+    # The visitor's unique-click key and window, when the replay is to decide it.
+    unique_key: str | None = None
+    unique_ttl: int = 0
 
     def remaining_ttl(self, now: float) -> int:
         return max(0, int(self.expires_at - now))
 
 
-def encode_click(click_id: str, record: bytes, ttl_seconds: int, now: float) -> bytes:
+def encode_click(
+    click_id: str,
+    record: bytes,
+    ttl_seconds: int,
+    now: float,
+    unique_key: str | None = None,
+    unique_ttl: int = 0,
+) -> bytes:
     """One spool line; the record's JSON bytes are kept exactly as they were."""
     expires_at = int(now) + ttl_seconds
-    return b'{"id":"%s","exp":%d,"r":%s}\n' % (click_id.encode(), expires_at, record)
+    unique = b""
+    if unique_key is not None and unique_ttl > 0:
+        unique = b',"u":%s,"ut":%d' % (orjson.dumps(unique_key), unique_ttl)
+    return b'{"id":"%s","exp":%d%s,"r":%s}\n' % (click_id.encode(), expires_at, unique, record)
 
 
 def decode_line(line: bytes) -> SpooledClick | None:
@@ -54,7 +67,14 @@ def decode_line(line: bytes) -> SpooledClick | None:
     try:
         parsed = orjson.loads(line)
         start = line.index(_RECORD_MARK) + len(_RECORD_MARK)
-        return SpooledClick(str(parsed["id"]), int(parsed["exp"]), line[start:-1])
+        unique_key = parsed.get("u")
+        return SpooledClick(
+            str(parsed["id"]),
+            int(parsed["exp"]),
+            line[start:-1],
+            str(unique_key) if unique_key is not None else None,
+            int(parsed.get("ut", 0)),
+        )
     except (orjson.JSONDecodeError, KeyError, ValueError, TypeError):
         return None
 
@@ -132,9 +152,17 @@ class ClickSpool(BatchedService):
     def has_clicks(self) -> bool:
         return self._current is not None and self._current.size > 0
 
-    async def append(self, click_id: str, record: bytes, ttl_seconds: int) -> None:
+    async def append(
+        self,
+        click_id: str,
+        record: bytes,
+        ttl_seconds: int,
+        unique_key: str | None = None,
+        unique_ttl: int = 0,
+    ) -> None:
         """Return once the click is on disk (written and fsynced)."""
-        await self.batcher.submit(encode_click(click_id, record, ttl_seconds, time.time()))
+        line = encode_click(click_id, record, ttl_seconds, time.time(), unique_key, unique_ttl)
+        await self.batcher.submit(line)
 
     async def _flush(self, lines: list[bytes]) -> list[BaseException | None]:
         async with self._lock:

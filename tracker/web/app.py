@@ -11,6 +11,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from tracker.domain.auth import client_address
+from tracker.facts.visitors import VisitorFacts
 from tracker.logs import Throttled
 from tracker.postbacks import PostbackProcessor
 from tracker.settings import Settings
@@ -27,6 +28,7 @@ from tracker.web.appkeys import (
     CLICK_WRITER,
     CONFIG,
     CONVERSION_WRITER,
+    COOKIE_ATTRIBUTES,
     PG_POOL,
     POSTBACK_GUARD,
     POSTBACK_LOG,
@@ -34,7 +36,9 @@ from tracker.web.appkeys import (
     REDIS,
     SETTINGS,
     TRUSTED_PROXIES,
+    VISITOR_FACTS,
 )
+from tracker.web.click import cookie_attributes
 from tracker.web.errors import Handler, error_middleware, json_response
 from tracker.web.routes import setup_routes
 
@@ -177,6 +181,8 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[TRUSTED_PROXIES] = tuple(
         ipaddress.ip_network(cidr, strict=False) for cidr in settings.trusted_proxies
     )
+    app[VISITOR_FACTS] = VisitorFacts(settings)
+    app[COOKIE_ATTRIBUTES] = cookie_attributes(settings)
     app.cleanup_ctx.extend(
         [
             postgres_ctx,

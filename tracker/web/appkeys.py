@@ -7,6 +7,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from tracker.domain.campaign import IpNetwork
+from tracker.facts.visitors import VisitorFacts
 from tracker.postbacks import PostbackProcessor
 from tracker.settings import Settings
 from tracker.store.clicks import ClickReader, ClickWriter
@@ -26,3 +27,6 @@ POSTBACKS = web.AppKey("postbacks", PostbackProcessor)
 POSTBACK_LOG = web.AppKey("postback_log", PostbackLog)
 POSTBACK_GUARD = web.AppKey("postback_guard", PostbackGuard)
 TRUSTED_PROXIES = web.AppKey("trusted_proxies", Sequence[IpNetwork])
+VISITOR_FACTS = web.AppKey("visitor_facts", VisitorFacts)
+# `; Path=/; HttpOnly; SameSite=Lax[; Secure]`, the same for every cookie the tracker sets.
+COOKIE_ATTRIBUTES = web.AppKey("cookie_attributes", str)

@@ -1,32 +1,52 @@
-"""The click redirect: `GET /c/{campaign_key}`."""
+"""The click redirect `GET /c/{campaign_key}` and the lander click-through `GET /lp/click`."""
 
 import time
-from typing import Any
 
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict
 
-from tracker.domain.auth import client_address
-from tracker.domain.clickid import new_click_id
+from tracker.domain.auth import client_address, is_trusted
+from tracker.domain.click import (
+    ClickMacros,
+    ParamLimits,
+    plan_click,
+    visitor_id,
+)
+from tracker.domain.clickid import is_click_id, new_click_id
 from tracker.domain.macros import render
 from tracker.domain.params import clean_free_text
 from tracker.domain.text import clean_optional
+from tracker.settings import Settings
+from tracker.store import keys
 from tracker.store.clicks import ClickWriteError
-from tracker.web.appkeys import CLICK_WRITER, CONFIG, SETTINGS, TRUSTED_PROXIES
+from tracker.web.appkeys import (
+    CLICK_READER,
+    CLICK_WRITER,
+    CONFIG,
+    COOKIE_ATTRIBUTES,
+    SETTINGS,
+    TRUSTED_PROXIES,
+    VISITOR_FACTS,
+)
 from tracker.web.errors import ApiError
 
-SUB_NAMES = tuple(f"sub{i}" for i in range(1, 11))
-_RESERVED = frozenset(SUB_NAMES)
+# First-party cookies: the visitor's last click (read by the lander click-through
+# when its link has no clickid), and a visitor id for counting unique clicks.
+CLICK_COOKIE = "tk_click"
+VISITOR_COOKIE = "tk_visitor"
+VISITOR_COOKIE_SECONDS = 400 * 86400
+CF_COUNTRY_HEADER = "CF-IPCountry"
 
 
-def _clip(value: str | None, limit: int) -> str | None:
-    if value is None:
-        return None
-    return value[:limit]
+def cookie_attributes(settings: Settings) -> str:
+    """Attributes shared by the tracker's cookies; Secure when it is served over https."""
+    secure = "; Secure" if settings.base_url().lower().startswith("https:") else ""
+    return f"; Path=/; HttpOnly; SameSite=Lax{secure}"
 
 
 async def click(request: web.Request) -> web.StreamResponse:
-    """Record a click and redirect to the chosen offer.
+    """Record a click and redirect to the lander or offer its path chooses.
 
     The 302 goes out only after the click record is in Redis and on the sink
     stream, or (Redis failing or slow) fsynced to this process's spool for
@@ -37,60 +57,126 @@ async def click(request: web.Request) -> web.StreamResponse:
     if campaign is None:
         raise ApiError(404, "unknown campaign")
     settings = app[SETTINGS]
-    limit = settings.click_max_param_length
+    headers = request.headers
+    trusted = app[TRUSTED_PROXIES]
+    peer = request.remote
+    cdn_country = None
+    if trusted and is_trusted(peer, trusted):
+        cdn_country = headers.get(CF_COUNTRY_HEADER) or (
+            headers.get(settings.country_header) if settings.country_header else None
+        )
+    ip = client_address(peer, headers.getall("X-Forwarded-For", ()), trusted)
+    user_agent = clean_optional(headers.get("User-Agent"))
+    visitor = app[VISITOR_FACTS].visitor(
+        ip,
+        user_agent,
+        clean_optional(headers.get("Referer")),
+        headers.get("Accept-Language"),
+        cdn_country,
+    )
     query = clean_free_text(request.query.items())
     now_ms = time.time_ns() // 1_000_000
     click_id = new_click_id(now_ms)
-    offer = campaign.offers.pick()
-
-    external_id = _clip(query.get(campaign.external_id_param), limit)
-    cost = campaign.click_cost(query.get(campaign.cost_param))
-    cost_text = str(cost) if cost is not None else None
-
-    record: dict[str, Any] = {
-        "click_id": click_id,
-        "created_ms": now_ms,
-        "campaign_id": campaign.id,
-        "offer_id": offer.id,
-        "traffic_source_id": campaign.traffic_source_id,
-        "external_id": external_id,
-        "cost": cost_text,
-    }
-    params: dict[str, str] = {}
-    skip = (campaign.external_id_param, campaign.cost_param)
-    for name, value in query.items():
-        if name in _RESERVED:
-            record[name] = value[:limit]
-        elif name not in skip and name not in params and len(params) < settings.click_max_params:
-            params[name[:64]] = value[:limit]
-    if params:
-        record["params"] = params
-    headers = request.headers
-    record["ip"] = client_address(
-        request.remote, headers.getall("X-Forwarded-For", ()), app[TRUSTED_PROXIES]
+    vid, new_visitor = visitor_id(request.cookies.get(VISITOR_COOKIE), ip, user_agent)
+    unique_key = keys.unique_visitor_key(campaign.id, vid)
+    unique_ttl = campaign.unique_window_hours * 3600
+    writer = app[CLICK_WRITER]
+    is_unique = None
+    if campaign.uses_uniqueness_rules:
+        # A rule reads it, so it is decided before the path: one more round trip.
+        is_unique = await writer.check_unique(unique_key, unique_ttl)
+        unique_ttl = 0
+    plan = plan_click(
+        campaign,
+        visitor,
+        query,
+        click_id,
+        now_ms,
+        ParamLimits(settings.click_max_params, settings.click_max_param_length),
+        is_unique,
     )
-    record["user_agent"] = _clip(clean_optional(headers.get("User-Agent")), limit)
-    record["referrer"] = _clip(clean_optional(headers.get("Referer")), limit)
-
+    record = plan.record
     try:
-        await app[CLICK_WRITER].write(click_id, orjson.dumps(record), campaign.ttl_seconds)
+        decided = await writer.write(
+            click_id, orjson.dumps(record), campaign.ttl_seconds, unique_key, unique_ttl
+        )
     except ClickWriteError:
         raise ApiError(503, "click could not be recorded, try again") from None
+    if decided is not None:
+        record.is_unique = decided
 
-    macros: dict[str, str | None] = dict(params)
-    macros[campaign.external_id_param] = external_id
-    macros[campaign.cost_param] = _clip(query.get(campaign.cost_param), limit)
-    macros.update(
-        clickid=click_id,
-        campaign_id=str(campaign.id),
-        offer_id=str(offer.id),
-        traffic_source_id=str(campaign.traffic_source_id),
-        external_id=external_id,
-        cost=cost_text,
+    if record.is_bot and campaign.bot_action != "offer":
+        if campaign.bot_action == "404" or campaign.bot_url is None:
+            raise ApiError(404, "not found")
+        target = campaign.bot_url
+    elif plan.lander is not None:
+        target = plan.lander.url
+    else:
+        target = plan.offer.url
+    macros = ClickMacros(
+        record.__getattribute__,
+        campaign.external_id_param,
+        campaign.cost_param,
+        query.get(campaign.cost_param),
     )
-    for name in SUB_NAMES:
-        macros[name] = record.get(name)
-    return web.Response(status=302, headers={"Location": render(offer.url, macros)})
+    response_headers = CIMultiDict(Location=render(target, macros))
+    attributes = app[COOKIE_ATTRIBUTES]
+    response_headers.add(
+        "Set-Cookie", f"{CLICK_COOKIE}={click_id}; Max-Age={campaign.ttl_seconds}{attributes}"
+    )
+    if new_visitor:
+        response_headers.add(
+            "Set-Cookie", f"{VISITOR_COOKIE}={vid}; Max-Age={VISITOR_COOKIE_SECONDS}{attributes}"
+        )
+    return web.Response(status=302, headers=response_headers)
+
+
+async def lander_click(request: web.Request) -> web.StreamResponse:
+    """The lander's call to action: record the click-through, redirect to the offer.
+
+    The click id comes from `clickid`, else from the cookie the click redirect set.
+    `offer=N` picks offer N when it is one of the click's path; otherwise the offer
+    chosen at the click. A click of an archived campaign still goes through: the
+    visitor is mid-funnel."""
+    app = request.app
+    given = request.query.get("clickid")
+    click_id = given if given is not None else request.cookies.get(CLICK_COOKIE)
+    if not click_id:
+        raise ApiError(400, "missing clickid, and no click cookie")
+    click_id = click_id.strip().lower()
+    if not is_click_id(click_id):
+        raise ApiError(400, "clickid is not a click id of this tracker")
+    record = await app[CLICK_READER].fetch(click_id)
+    if record is None:
+        raise ApiError(404, "unknown click")
+    campaign = app[CONFIG].snapshot.campaigns_by_id.get(record["campaign_id"])
+    if campaign is None:
+        raise ApiError(404, "unknown campaign")
+    path = campaign.path_at(record.get("path", -1))
+    by_id = {offer.id: offer for offer in path.offers.items}
+    wanted = request.query.get("offer", "")
+    offer = None
+    if wanted.isascii() and wanted.isdigit() and len(wanted) < 19:
+        offer = by_id.get(int(wanted))
+    if offer is None:
+        offer = by_id.get(record["offer_id"])
+    if offer is None:
+        if not path.offers:
+            raise ApiError(404, "the campaign has no offer for this click")
+        offer = path.offers.pick()
+    if record.get("lp_ms") is None or record["offer_id"] != offer.id:
+        record["offer_id"] = offer.id
+        try:
+            await app[CLICK_WRITER].record_lander_click(
+                record, campaign.ttl_seconds, time.time_ns() // 1_000_000
+            )
+        except ClickWriteError:
+            raise ApiError(503, "click could not be recorded, try again") from None
+    macros = ClickMacros(
+        record.get, campaign.external_id_param, campaign.cost_param, record.get("cost")
+    )
+    raise web.HTTPFound(render(offer.url, macros))
+
 
 
 async def probe_campaign(request: web.Request) -> web.StreamResponse:

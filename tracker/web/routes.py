@@ -13,6 +13,7 @@ def setup_routes(app: web.Application, api: web.Application) -> None:
     """`app` serves clicks and postbacks; `api` is mounted at /api behind the API key."""
     app.router.add_get("/c/{campaign_key}", click.click, allow_head=False)
     app.router.add_route("HEAD", "/c/{campaign_key}", click.probe_campaign)
+    app.router.add_get("/lp/click", click.lander_click, allow_head=False)
     # aiohttp would answer HEAD by running the GET handler: a probe must not convert.
     app.router.add_get("/postback", postback.postback, allow_head=False)
     app.router.add_route("HEAD", "/postback", probe_postback)

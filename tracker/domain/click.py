@@ -1,0 +1,281 @@
+"""The click record: one type, built by one pure function, stored by one column list.
+
+The web process builds the record, Redis keeps it for the attribution window,
+the sink writes it to Postgres, and postbacks copy part of it onto their
+conversions; every one of them reads the column lists below.
+"""
+
+import base64
+import hashlib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from tracker.domain.campaign import CampaignRoute, FlowPath, LanderRoute, OfferRoute
+from tracker.domain.visitor import Visitor
+
+SUB_NAMES = tuple(f"sub{i}" for i in range(1, 11))
+_RESERVED = frozenset(SUB_NAMES)
+
+# Visitor facts, stored with the click and copied onto its conversions.
+FACT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("country", "text"),
+    ("region", "text"),
+    ("city", "text"),
+    ("asn", "bigint"),
+    ("isp", "text"),
+    ("device", "text"),
+    ("os", "text"),
+    ("os_version", "text"),
+    ("browser", "text"),
+    ("browser_version", "text"),
+    ("language", "text"),
+    ("is_bot", "boolean"),
+    ("is_unique", "boolean"),
+    ("lander_id", "bigint"),
+)
+# The columns of `clicks` a record fills, with their types (`created_ms` becomes
+# `created_at`). Conversions copy COPIED_TO_CONVERSION of them.
+CLICK_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("click_id", "text"),
+    ("created_ms", "bigint"),
+    ("campaign_id", "bigint"),
+    ("offer_id", "bigint"),
+    ("traffic_source_id", "bigint"),
+    ("external_id", "text"),
+    ("cost", "numeric"),
+    *((name, "text") for name in SUB_NAMES),
+    ("params", "jsonb"),
+    ("ip", "text"),
+    ("user_agent", "text"),
+    ("referrer", "text"),
+    *FACT_COLUMNS,
+    ("bot_reason", "text"),
+)
+COPIED_TO_CONVERSION: tuple[str, ...] = (
+    "campaign_id",
+    "offer_id",
+    "traffic_source_id",
+    "external_id",
+    *SUB_NAMES,
+    *(name for name, _ in FACT_COLUMNS),
+)
+
+
+_VISITOR_ID = re.compile(r"[A-Za-z0-9_-]{22}")
+
+
+def visitor_id(cookie: str | None, ip: str | None, user_agent: str | None) -> tuple[str, bool]:
+    """Who is clicking, for counting unique clicks, and whether to set the cookie.
+
+    The tracker's first-party cookie when the visitor brings a well-formed one;
+    otherwise a hash of the address and User-Agent, which then becomes the
+    cookie, so that the visitor stays the same one when the address changes."""
+    if cookie is not None and _VISITOR_ID.fullmatch(cookie):
+        return cookie, False
+    digest = hashlib.blake2b(f"{ip}\x00{user_agent}".encode(errors="surrogatepass"), digest_size=16).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode(), True
+
+
+@dataclass(slots=True)
+class ClickRecord:
+    """One click as stored. Serialised in field order, so `is_unique` comes last: the
+    store decides it in the same round trip as the write, by patching the JSON tail."""
+
+    click_id: str
+    created_ms: int
+    campaign_id: int
+    offer_id: int
+    traffic_source_id: int
+    external_id: str | None
+    cost: str | None
+    sub1: str | None = None
+    sub2: str | None = None
+    sub3: str | None = None
+    sub4: str | None = None
+    sub5: str | None = None
+    sub6: str | None = None
+    sub7: str | None = None
+    sub8: str | None = None
+    sub9: str | None = None
+    sub10: str | None = None
+    params: dict[str, str] | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+    referrer: str | None = None
+    country: str | None = None
+    region: str | None = None
+    city: str | None = None
+    asn: int | None = None
+    isp: str | None = None
+    device: str | None = None
+    os: str | None = None
+    os_version: str | None = None
+    browser: str | None = None
+    browser_version: str | None = None
+    language: str | None = None
+    is_bot: bool = False
+    bot_reason: str | None = None
+    lander_id: int | None = None
+    # The rule whose path the click took (-1: the default path), for the lander click.
+    path: int = -1
+    is_unique: bool | None = None
+
+
+@dataclass(slots=True)
+class ClickPlan:
+    """A click's record and where its visitor goes."""
+
+    record: ClickRecord
+    path: FlowPath
+    offer: OfferRoute
+    lander: LanderRoute | None
+    # Macro values from the click URL that are not columns of their own.
+    params: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ParamLimits:
+    max_params: int
+    max_length: int
+
+
+def plan_click(
+    campaign: CampaignRoute,
+    visitor: Visitor,
+    query: Mapping[str, str],
+    click_id: str,
+    now_ms: int,
+    limits: ParamLimits,
+    is_unique: bool | None = None,
+) -> ClickPlan:
+    """Build the click's record and choose its path, offer and lander.
+
+    `query` is the click URL's parameters (cleaned, first value of each name);
+    sub ids, the external id and the cost parameter have columns of their own,
+    up to `limits.max_params` others are kept in `params`, every value cut to
+    `limits.max_length` characters."""
+    limit = limits.max_length
+    external_id = query.get(campaign.external_id_param)
+    if external_id is not None:
+        external_id = external_id[:limit]
+    cost = campaign.click_cost(query.get(campaign.cost_param))
+    index, path = campaign.choose_path(visitor, query, is_unique, now_ms)
+    offer = path.offers.pick()
+    lander = path.landers.pick() if path.landers else None
+    geo, agent = visitor.geo, visitor.agent
+    record = ClickRecord(
+        click_id=click_id,
+        created_ms=now_ms,
+        campaign_id=campaign.id,
+        offer_id=offer.id,
+        traffic_source_id=campaign.traffic_source_id,
+        external_id=external_id,
+        cost=str(cost) if cost is not None else None,
+        ip=visitor.ip,
+        user_agent=_clip(visitor.user_agent, limit),
+        referrer=_clip(visitor.referrer, limit),
+        country=geo.country,
+        region=geo.region,
+        city=geo.city,
+        asn=geo.asn,
+        isp=geo.isp,
+        device=agent.device,
+        os=agent.os,
+        os_version=agent.os_version,
+        browser=agent.browser,
+        browser_version=agent.browser_version,
+        language=visitor.language,
+        is_bot=visitor.bot_reason is not None,
+        bot_reason=visitor.bot_reason,
+        lander_id=lander.id if lander is not None else None,
+        path=index,
+        is_unique=is_unique,
+    )
+    params: dict[str, str] = {}
+    skip = (campaign.external_id_param, campaign.cost_param)
+    for name, value in query.items():
+        if name in _RESERVED:
+            setattr(record, name, value[:limit])
+        elif name not in skip and name not in params and len(params) < limits.max_params:
+            params[name[:64]] = value[:limit]
+    if params:
+        record.params = params
+    return ClickPlan(record, path, offer, lander, params)
+
+
+def _clip(value: str | None, limit: int) -> str | None:
+    return value[:limit] if value is not None else None
+
+
+# Built-in macros and the record field each reads (text as stored).
+_FIELD_MACROS: dict[str, str] = {
+    "clickid": "click_id",
+    "campaign_id": "campaign_id",
+    "offer_id": "offer_id",
+    "traffic_source_id": "traffic_source_id",
+    "external_id": "external_id",
+    "cost": "cost",
+    "country": "country",
+    "region": "region",
+    "city": "city",
+    "device": "device",
+    "os": "os",
+    "browser": "browser",
+    "language": "language",
+    "isp": "isp",
+    "asn": "asn",
+    "ip": "ip",
+    "user_agent": "user_agent",
+    "referrer": "referrer",
+    "lander_id": "lander_id",
+    **{name: name for name in SUB_NAMES},
+}
+
+
+class ClickMacros:
+    """The macro values of one click, computed only for the macros a template names.
+
+    Built-in names (`{clickid}`, `{country}`, ...) always mean the tracker's own
+    value; any other name is a click URL parameter. `field` reads the stored
+    record: a `ClickRecord`'s attribute or a decoded record's key."""
+
+    __slots__ = ("_cost_param", "_external_id_param", "_field", "_raw_cost")
+
+    def __init__(
+        self,
+        field: Callable[[str], object],
+        external_id_param: str,
+        cost_param: str,
+        raw_cost: str | None,
+    ) -> None:
+        self._field = field
+        self._external_id_param = external_id_param
+        self._cost_param = cost_param
+        self._raw_cost = raw_cost
+
+    def get(self, name: str) -> str | None:
+        column = _FIELD_MACROS.get(name)
+        if column is not None:
+            return _text(self._field(column))
+        if name == "timestamp":
+            created_ms = self._field("created_ms")
+            return str(created_ms // 1000) if isinstance(created_ms, int) else None
+        if name == "is_unique":
+            unique = self._field("is_unique")
+            return None if unique is None else ("1" if unique else "0")
+        if name == self._external_id_param:
+            return _text(self._field("external_id"))
+        if name == self._cost_param:
+            return self._raw_cost
+        params = self._field("params")
+        if isinstance(params, dict):
+            value = params.get(name)
+            return value if isinstance(value, str) else None
+        return None
+
+
+def _text(value: object) -> str | None:
+    if value is None or isinstance(value, bool):
+        return None if value is None else ("1" if value else "0")
+    return str(value)
