@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     body_read_timeout: float = Field(default=10.0, gt=0)
     # Seconds a stopping web process waits for in-flight requests before closing.
     shutdown_timeout: float = 10.0
-    config_refresh_seconds: float = Field(default=1.0, gt=0)
+    config_refresh_seconds: float = Field(default=0.5, gt=0)
 
     # Seconds any Redis command may take, and connecting to Redis, before it counts as failed.
     redis_timeout: float = Field(default=0.5, gt=0)

@@ -24,11 +24,6 @@ class WeightedChoice(Generic[T]):
                 self._bounds.append(total)
         self._total = total
 
-    @property
-    def items(self) -> tuple[T, ...]:
-        """The items that can be picked."""
-        return tuple(self._items)
-
     def __bool__(self) -> bool:
         return self._total > 0
 

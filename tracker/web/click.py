@@ -82,7 +82,7 @@ async def click(request: web.Request) -> web.StreamResponse:
     unique_ttl = campaign.unique_window_hours * 3600
     writer = app[CLICK_WRITER]
     is_unique = None
-    if campaign.uses_uniqueness_rules:
+    if campaign.uses_uniqueness_rules():
         # A rule reads it, so it is decided before the path: one more round trip.
         is_unique = await writer.check_unique(unique_key, unique_ttl)
         unique_ttl = 0
@@ -153,13 +153,12 @@ async def lander_click(request: web.Request) -> web.StreamResponse:
     if campaign is None:
         raise ApiError(404, "unknown campaign")
     path = campaign.path_at(record.get("path", -1))
-    by_id = {offer.id: offer for offer in path.offers.items}
     wanted = request.query.get("offer", "")
     offer = None
     if wanted.isascii() and wanted.isdigit() and len(wanted) < 19:
-        offer = by_id.get(int(wanted))
+        offer = path.offer_by_id(int(wanted))
     if offer is None:
-        offer = by_id.get(record["offer_id"])
+        offer = path.offer_by_id(record["offer_id"])
     if offer is None:
         if not path.offers:
             raise ApiError(404, "the campaign has no offer for this click")
