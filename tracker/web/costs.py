@@ -1,6 +1,6 @@
 """Costs set after the fact: `POST /api/costs`."""
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -25,13 +25,20 @@ def _iso_time(value: Any) -> Any:
     return value
 
 
+def _in_utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("must lie between the years 1 and 9999 in UTC") from None
+
+
 def _cost(value: Decimal) -> Decimal:
     if value < 0:
         raise ValueError("must be zero or more")
     return value
 
 
-Time = Annotated[AwareDatetime, BeforeValidator(_iso_time)]
+Time = Annotated[AwareDatetime, BeforeValidator(_iso_time), AfterValidator(_in_utc)]
 RowId = Annotated[int, Field(strict=True, ge=1, le=INT64_MAX)]
 FilterText = Annotated[str, Field(min_length=1, max_length=2000)]
 
