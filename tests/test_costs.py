@@ -8,6 +8,8 @@ import pytest
 
 from tests.conftest import wait_for_sink
 from tests.test_postback import make_click
+from tracker.store.costs import FILTER_COLUMNS
+from tracker.web.costs import CostFilter
 
 DAY1 = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -357,3 +359,7 @@ async def test_not_json_and_no_key(client, api):
         await api.call("POST", "/api/costs", expect=400, data=data)
     resp = await client.post("/api/costs", json={**GOOD, "cost": "1"})
     assert resp.status == 401
+
+
+def test_every_filter_key_has_a_column():
+    assert set(CostFilter.model_fields) == set(FILTER_COLUMNS)
