@@ -77,3 +77,37 @@ async def test_bad_queries_are_refused(api):
     far = (date(2026, 1, 1) + timedelta(days=400)).isoformat()
     await api.call("GET", f"/api/reports?from=2026-01-01&to={far}", expect=400)
     await api.call("GET", "/api/reports?from=2026-01-02&to=2026-01-01", expect=400)
+
+
+async def test_bot_unique_and_lander_counters_in_rows_and_totals(api, pool):
+    rollups = [
+        (date(2026, 3, 1), 1, 10, 80, 20, 60, 50, 30, Decimal("5.00")),
+        (date(2026, 3, 1), 2, 20, 10, 0, 10, 0, 0, Decimal("1.00")),
+        (date(2026, 3, 2), 1, 10, 5, 7, 5, 4, 1, Decimal("0.60")),
+    ]
+    await pool.executemany(
+        "INSERT INTO click_rollups (day, campaign_id, offer_id, traffic_source_id, clicks,"
+        " bot_clicks, unique_clicks, lp_views, lp_clicks, cost)"
+        " VALUES ($1, $2, $3, 100, $4, $5, $6, $7, $8, $9)",
+        rollups,
+    )
+    report = await api.call("GET", "/api/reports?from=2026-03-01&to=2026-03-02")
+    counters = ("clicks", "bot_clicks", "unique_clicks", "lp_views", "lp_clicks")
+    rows = [(r["campaign_id"], *(r[c] for c in counters), r["cpc"]) for r in report["rows"]]
+    # Bots are counted apart, never as clicks; their cost is in the cost.
+    assert rows == [(1, 85, 27, 65, 54, 31, "0.0659"), (2, 10, 0, 10, 0, 0, "0.1000")]
+    totals = report["totals"]
+    assert tuple(totals[c] for c in counters) == (95, 27, 75, 54, 31)
+    assert totals["cost"] == "6.60"
+    # A group with conversions and no clicks has zero counters, not nulls.
+    await pool.execute(
+        "INSERT INTO conversions (click_id, dedupe_key, campaign_id, offer_id, traffic_source_id,"
+        " click_time, created_at, payout, currency, original_payout, original_currency, status,"
+        " params) VALUES ('k', '', 1, 10, 100, $1, $1, 1, 'USD', 1, 'USD', 'approved', '{}')",
+        datetime(2026, 3, 3, tzinfo=UTC),
+    )
+    only_conversions = await api.call("GET", "/api/reports?from=2026-03-03&to=2026-03-03")
+    [row] = only_conversions["rows"]
+    assert (row["conversions"], *(row[c] for c in counters)) == (1, 0, 0, 0, 0, 0)
+    empty = await api.call("GET", "/api/reports?from=2026-04-01&to=2026-04-01")
+    assert empty["rows"] == [] and tuple(empty["totals"][c] for c in counters) == (0,) * 5

@@ -1,6 +1,6 @@
 from aiohttp import web
 
-from tracker.web import click, ledger, postback, reports
+from tracker.web import click, costs, ledger, postback, reports
 from tracker.web.admin import RESOURCES
 
 
@@ -22,6 +22,7 @@ def setup_routes(app: web.Application, api: web.Application) -> None:
     app.router.add_route("HEAD", "/postback/{token}", probe_postback)
     app.router.add_post("/postback/{token}", postback.postback)
     api.router.add_get("/reports", reports.report)
+    api.router.add_post("/costs", costs.set_cost)
     api.router.add_get("/postbacks", ledger.list_postbacks)
     api.router.add_get("/currency-rates", ledger.list_rates)
     api.router.add_post("/currency-rates", ledger.set_rate)
