@@ -113,3 +113,32 @@ async def test_full_queue_refuses_at_once():
     release_flush.set()
     await asyncio.gather(first, *queued)
     await batcher.close()
+
+
+async def test_uniqueness_of_spooled_clicks_is_decided_on_replay(tmp_path, redis):
+    """A click spooled while Redis was down carries its visitor's key to the replay."""
+    now = time.time()
+    undecided = orjson.dumps({"click_id": "a", "is_unique": None})
+    path = tmp_path / "clicks-dead-1-1-1.jsonl"
+    path.write_bytes(
+        encode_click("a", undecided, 600, now, "uv:1:visitor", 3600)
+        + encode_click("b", undecided.replace(b'"a"', b'"b"'), 600, now, "uv:1:visitor", 3600)
+        + encode_click("c", orjson.dumps({"click_id": "c", "is_unique": True}), 600, now)
+    )
+    writer = ClickWriter(redis, ClickSpool(tmp_path), probe_seconds=0.05)
+    await writer.start()
+    try:
+        deadline = time.monotonic() + 10
+        while path.exists():
+            assert time.monotonic() < deadline, "orphan spool file was not replayed"
+            await asyncio.sleep(0.05)
+    finally:
+        await writer.close()
+    stream = [orjson.loads(f[b"d"]) for _, f in await redis.xrange(keys.CLICK_STREAM)]
+    assert [(r["click_id"], r["is_unique"]) for r in stream] == [
+        ("a", True),
+        ("b", False),
+        ("c", True),
+    ]
+    assert orjson.loads(await redis.get(keys.click_key("b")))["is_unique"] is False
+    assert 3590 <= await redis.ttl("uv:1:visitor") <= 3600
