@@ -13,6 +13,7 @@ parameter, uniqueness not decided) makes `in` false and `not_in` true: `not_in` 
 
 import ipaddress
 import re
+import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
@@ -139,15 +140,20 @@ class ClickFacts:
 
 
 def _parse_address(text: str | None) -> tuple[int, int] | None:
+    # inet_pton, a tenth of ipaddress.ip_address's cost; pure (no lookup, no I/O).
     if not text:
         return None
     try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
+        return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, text))
+    except (OSError, ValueError):
+        pass
+    try:
+        number = int.from_bytes(socket.inet_pton(socket.AF_INET6, text))
+    except (OSError, ValueError):
         return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.version, int(address)
+    if number >> 32 == 0xFFFF:  # ::ffff:a.b.c.d
+        return 4, number & 0xFFFFFFFF
+    return 6, number
 
 
 # Whether the click's fact is one of the condition's values; False when the fact is missing.
