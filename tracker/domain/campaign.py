@@ -1,13 +1,16 @@
 """In-memory view of the configuration the click and postback paths need."""
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, tzinfo
 from decimal import Decimal
 
 from tracker.domain.macros import Template
 from tracker.domain.money import parse_money_or_none
 from tracker.domain.routing import WeightedChoice
+from tracker.domain.rules import ClickFacts, Rule
+from tracker.domain.visitor import Visitor
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +20,31 @@ class OfferRoute:
     affiliate_network_id: int
     payout: Decimal | None
     currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class LanderRoute:
+    id: int
+    url: Template
+
+
+NO_LANDERS: WeightedChoice[LanderRoute] = WeightedChoice(())
+
+
+@dataclass(frozen=True, slots=True)
+class FlowPath:
+    """Where a click goes: to a lander and on to an offer, or (no landers) straight to
+    an offer."""
+
+    offers: WeightedChoice[OfferRoute]
+    landers: WeightedChoice[LanderRoute] = NO_LANDERS
+
+    def offer_by_id(self, offer_id: int) -> OfferRoute | None:
+        """The path's offer with this id (weight above zero), or None."""
+        for offer in self.offers:
+            if offer.id == offer_id:
+                return offer
+        return None
 
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -50,26 +78,84 @@ class CampaignRoute:
     cost_value: Decimal | None
     attribution_window_days: int
     report_currency: str
-    offers: WeightedChoice[OfferRoute]
+    offers: WeightedChoice[OfferRoute]  # the default path's
     # The traffic source's cap on a visitor-reported (`auto`) cost per click.
     max_click_cost: Decimal | None = None
+    landers: WeightedChoice[LanderRoute] = NO_LANDERS  # the default path's
+    # In the stored order; a rule whose offers are all archived or weigh zero is passed over.
+    rules: tuple[Rule[FlowPath], ...] = ()
+    bot_action: str = "offer"  # offer | url | 404
+    bot_url: Template | None = None
+    unique_window_hours: int = 24
+    timezone: tzinfo = UTC
+    default_path: FlowPath = field(init=False, repr=False, compare=False)
+    _live_rules: tuple[Rule[FlowPath], ...] = field(init=False, repr=False, compare=False)
+    _paths: dict[int, FlowPath] = field(init=False, repr=False, compare=False)
+    _default_choice: tuple[int, FlowPath] = field(init=False, repr=False, compare=False)
+    _uses_uniqueness: bool = field(init=False, repr=False, compare=False)
+    _fixed_click_cost: Decimal | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Worked out once per configuration load, so a click pays for none of it.
+        default = FlowPath(self.offers, self.landers)
+        live = tuple(rule for rule in self.rules if rule.path.offers)
+        fixed = None
+        if self.cost_value is not None and self.cost_model == "cpc":
+            fixed = self.cost_value
+        elif self.cost_value is not None and self.cost_model == "cpm":
+            # A thousandth, exactly: scaleb moves the exponent and never rounds here.
+            fixed = self.cost_value.scaleb(-3)
+        set_ = object.__setattr__
+        set_(self, "default_path", default)
+        set_(self, "_live_rules", live)
+        set_(self, "_paths", {rule.index: rule.path for rule in live})
+        set_(self, "_default_choice", (-1, default))
+        set_(self, "_uses_uniqueness", any(rule.uses_uniqueness for rule in live))
+        set_(self, "_fixed_click_cost", fixed)
 
     @property
     def ttl_seconds(self) -> int:
         return self.attribution_window_days * 86400
 
+    def uses_uniqueness_rules(self) -> bool:
+        """Whether a rule tests `is_unique`, so uniqueness must be known before the path
+        is chosen."""
+        return self._uses_uniqueness
+
+    def choose_path(
+        self, visitor: Visitor, params: Mapping[str, str], is_unique: bool | None, now_ms: int
+    ) -> tuple[int, FlowPath]:
+        """The path of the first rule whose conditions all hold, with that rule's index
+        in the stored list; (-1, the default path) when none does.
+
+        `params` are the click URL's parameters; `is_unique` is None when not (yet)
+        known, which fails `is_unique in` and passes `is_unique not_in`."""
+        if not self._live_rules:
+            return self._default_choice
+        facts = ClickFacts(visitor, params, is_unique, now_ms, self.timezone)
+        for rule in self._live_rules:
+            if rule.matches(facts):
+                return rule.index, rule.path
+        return self._default_choice
+
+    def path_at(self, index: int) -> FlowPath:
+        """The path that `choose_path` answered with `index`, for a click that has come
+        back from its lander; the default path if that rule is gone or has no offers
+        left (the configuration changed in between)."""
+        return self._paths.get(index, self.default_path)
+
     def click_cost(self, reported: str | None) -> Decimal | None:
         """The cost stored with a click.
 
-        `cpc`: the campaign's fixed cost. `auto`: the amount the traffic source put
+        `cpc`: the campaign's fixed cost. `cpm`: a thousandth of `cost_value`, exactly.
+        `cpa` and `revshare` cost nothing per click: their cost follows from conversions,
+        and reports book it there. `auto`: the amount the traffic source put
         in the click URL, if it is a number from zero up to the source's cap; a
         malformed, negative or larger amount is stored as no cost (the click itself
         is always kept). Capping keeps one bad or hostile URL from inflating spend.
         """
-        if self.cost_model == "cpc":
-            return self.cost_value
         if self.cost_model != "auto":
-            return None
+            return self._fixed_click_cost
         cost = parse_money_or_none(reported)
         if cost is None or cost < 0:
             return None
@@ -80,11 +166,12 @@ class CampaignRoute:
 
 @dataclass(slots=True)
 class ConfigSnapshot:
-    """Active campaigns by key for clicks; every campaign, offer and network (archived
-    too) by id for postbacks; exchange rates by currency."""
+    """Active campaigns by key for clicks; every campaign, offer, lander and network
+    (archived too) by id for postbacks and lander click-throughs; exchange rates by currency."""
 
     campaigns: dict[str, CampaignRoute] = field(default_factory=dict)
     campaigns_by_id: dict[int, CampaignRoute] = field(default_factory=dict)
     offers: dict[int, OfferRoute] = field(default_factory=dict)
+    landers: dict[int, LanderRoute] = field(default_factory=dict)
     networks: dict[int, NetworkRoute] = field(default_factory=dict)
     rates: dict[str, list[tuple[date, Decimal]]] = field(default_factory=dict)

@@ -2,7 +2,7 @@
 
 import random
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -26,6 +26,10 @@ class WeightedChoice(Generic[T]):
 
     def __bool__(self) -> bool:
         return self._total > 0
+
+    def __iter__(self) -> Iterator[T]:
+        """The items that can be picked (weight above zero), in the given order."""
+        return iter(self._items)
 
     def pick(self) -> T:
         if len(self._items) == 1:

@@ -18,6 +18,14 @@ DELETE_CAMPAIGN_OFFERS = "DELETE FROM campaign_offers WHERE campaign_id = $1"
 INSERT_CAMPAIGN_OFFER = """
 INSERT INTO campaign_offers (campaign_id, offer_id, weight, position) VALUES ($1, $2, $3, $4)
 """
+SELECT_CAMPAIGN_LANDERS = """
+SELECT campaign_id, lander_id, weight FROM campaign_landers
+WHERE campaign_id = any($1::bigint[]) ORDER BY campaign_id, position
+"""
+DELETE_CAMPAIGN_LANDERS = "DELETE FROM campaign_landers WHERE campaign_id = $1"
+INSERT_CAMPAIGN_LANDER = """
+INSERT INTO campaign_landers (campaign_id, lander_id, weight, position) VALUES ($1, $2, $3, $4)
+"""
 # Moves forward on every write, even two in one microsecond or under a clock step back,
 # so that it can serve as the row's version (its ETag).
 _NEXT_UPDATED_AT = "updated_at = greatest(clock_timestamp(), updated_at + interval '1 microsecond')"
@@ -106,6 +114,26 @@ async def replace_campaign_offers(
     await conn.executemany(
         INSERT_CAMPAIGN_OFFER,
         [(campaign_id, offer_id, weight, pos) for pos, (offer_id, weight) in enumerate(offers)],
+    )
+
+
+async def fetch_campaign_landers(
+    conn: Conn, campaign_ids: list[int]
+) -> dict[int, list[dict[str, int]]]:
+    """The landers of each campaign's default path, in their given order."""
+    result: dict[int, list[dict[str, int]]] = defaultdict(list)
+    for row in await conn.fetch(SELECT_CAMPAIGN_LANDERS, campaign_ids):
+        result[row["campaign_id"]].append({"lander_id": row["lander_id"], "weight": row["weight"]})
+    return result
+
+
+async def replace_campaign_landers(
+    conn: Conn, campaign_id: int, landers: list[tuple[int, int]]
+) -> None:
+    await conn.execute(DELETE_CAMPAIGN_LANDERS, campaign_id)
+    await conn.executemany(
+        INSERT_CAMPAIGN_LANDER,
+        [(campaign_id, lander_id, weight, pos) for pos, (lander_id, weight) in enumerate(landers)],
     )
 
 

@@ -11,15 +11,26 @@ import contextlib
 import ipaddress
 import logging
 from collections import defaultdict
+from collections.abc import Mapping
+from datetime import UTC, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from tracker.domain.campaign import CampaignRoute, ConfigSnapshot, NetworkRoute, OfferRoute
+from tracker.domain.campaign import (
+    CampaignRoute,
+    ConfigSnapshot,
+    FlowPath,
+    LanderRoute,
+    NetworkRoute,
+    OfferRoute,
+)
 from tracker.domain.macros import compile_template
 from tracker.domain.routing import WeightedChoice
+from tracker.domain.rules import Rule, RuleError, compile_rule
 from tracker.store import keys
 
 log = logging.getLogger("tracker.config")
@@ -38,6 +49,7 @@ SELECT id, url, affiliate_network_id, payout, currency, archived_at FROM offers
 SELECT_CAMPAIGNS = """
 SELECT c.id, c.key, c.traffic_source_id, c.cost_model, c.cost_value,
        c.attribution_window_days, c.report_currency, c.archived_at,
+       c.rules, c.bot_action, c.bot_url, c.unique_window_hours, c.timezone,
        t.external_id_param, t.cost_param, t.max_click_cost
 FROM campaigns c JOIN traffic_sources t ON t.id = c.traffic_source_id
 """
@@ -48,6 +60,13 @@ FROM campaign_offers co
 ORDER BY co.campaign_id, co.position
 """
 
+SELECT_LANDERS = "SELECT id, url, archived_at FROM landers"
+SELECT_CAMPAIGN_LANDERS = """
+SELECT campaign_id, lander_id, weight
+FROM campaign_landers
+ORDER BY campaign_id, position
+"""
+
 
 async def load_snapshot(pool: asyncpg.Pool) -> ConfigSnapshot:
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
@@ -56,6 +75,8 @@ async def load_snapshot(pool: asyncpg.Pool) -> ConfigSnapshot:
         offer_rows = await conn.fetch(SELECT_OFFERS)
         campaign_rows = await conn.fetch(SELECT_CAMPAIGNS)
         link_rows = await conn.fetch(SELECT_CAMPAIGN_OFFERS)
+        lander_rows = await conn.fetch(SELECT_LANDERS)
+        lander_link_rows = await conn.fetch(SELECT_CAMPAIGN_LANDERS)
     snapshot = ConfigSnapshot()
     for row in network_rows:
         snapshot.networks[row["id"]] = NetworkRoute(
@@ -91,6 +112,16 @@ async def load_snapshot(pool: asyncpg.Pool) -> ConfigSnapshot:
     for row in link_rows:
         if row["offer_id"] in active_offers:
             links[row["campaign_id"]].append((snapshot.offers[row["offer_id"]], row["weight"]))
+    for row in lander_rows:
+        snapshot.landers[row["id"]] = LanderRoute(id=row["id"], url=compile_template(row["url"]))
+    live_offers = {i: snapshot.offers[i] for i in active_offers}
+    live_landers = {
+        row["id"]: snapshot.landers[row["id"]] for row in lander_rows if row["archived_at"] is None
+    }
+    lander_links: dict[int, list[tuple[LanderRoute, int]]] = defaultdict(list)
+    for row in lander_link_rows:
+        if row["lander_id"] in live_landers:
+            lander_links[row["campaign_id"]].append((live_landers[row["lander_id"]], row["weight"]))
     for row in campaign_rows:
         route = CampaignRoute(
             id=row["id"],
@@ -104,11 +135,64 @@ async def load_snapshot(pool: asyncpg.Pool) -> ConfigSnapshot:
             report_currency=row["report_currency"],
             offers=WeightedChoice(links[row["id"]]),
             max_click_cost=row["max_click_cost"],
+            landers=WeightedChoice(lander_links[row["id"]]),
+            rules=_compile_rules(row["id"], row["rules"], live_offers, live_landers),
+            bot_action=row["bot_action"],
+            bot_url=compile_template(row["bot_url"]) if row["bot_url"] else None,
+            unique_window_hours=row["unique_window_hours"],
+            timezone=_time_zone(row["id"], row["timezone"]),
         )
         snapshot.campaigns_by_id[route.id] = route
         if route.offers and row["archived_at"] is None:
             snapshot.campaigns[route.key] = route
     return snapshot
+
+
+def _compile_rules(
+    campaign_id: int,
+    stored: Any,
+    offers: Mapping[int, OfferRoute],
+    landers: Mapping[int, LanderRoute],
+) -> tuple[Rule[FlowPath], ...]:
+    """A campaign's rules, their paths made of its active offers and landers (an archived
+    one drops out, as from the default path). The API validated every rule on save; one
+    that still fails to compile is logged and skipped, never failing the whole load."""
+    rules = []
+    for index, raw in enumerate(stored if isinstance(stored, list) else []):
+        try:
+            path = FlowPath(
+                offers=WeightedChoice(
+                    [
+                        (offers[link["offer_id"]], int(link["weight"]))
+                        for link in raw["offers"]
+                        if link["offer_id"] in offers
+                    ]
+                ),
+                landers=WeightedChoice(
+                    [
+                        (landers[link["lander_id"]], int(link["weight"]))
+                        for link in raw.get("landers", ())
+                        if link["lander_id"] in landers
+                    ]
+                ),
+            )
+            rules.append(compile_rule(index, raw, path))
+        except (RuleError, LookupError, TypeError, ValueError, AttributeError) as exc:
+            log.warning(
+                "campaign %s: rule %d skipped, it does not compile: %s", campaign_id, index, exc
+            )
+    return tuple(rules)
+
+
+def _time_zone(campaign_id: int, name: str) -> tzinfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        # The API checked the name; this machine's time zone data may still lack it.
+        log.warning(
+            "campaign %s: time zone %r unknown here (%r); using UTC", campaign_id, name, exc
+        )
+        return UTC
 
 
 class ConfigCache:

@@ -10,6 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from tracker.domain.params import load_json_object
+from tracker.domain.rules import RuleError, compile_conditions
 from tracker.domain.text import clean_text, dirt_in
 from tracker.store import admin as sql
 from tracker.web.appkeys import CONFIG, PG_POOL, SETTINGS
@@ -18,6 +19,7 @@ from tracker.web.schemas import (
     AffiliateNetworkIn,
     Body,
     CampaignIn,
+    LanderIn,
     OfferIn,
     RotateTokenIn,
     TrafficSourceIn,
@@ -269,6 +271,13 @@ class Offers(ResourceViews):
     references: ClassVar[dict[str, str]] = {"affiliate_network_id": "affiliate_networks"}
 
 
+class Landers(ResourceViews):
+    path = "landers"
+    table = "landers"
+    label = "lander"
+    model = LanderIn
+
+
 class Campaigns(ResourceViews):
     path = "campaigns"
     table = "campaigns"
@@ -277,36 +286,70 @@ class Campaigns(ResourceViews):
     references: ClassVar[dict[str, str]] = {"traffic_source_id": "traffic_sources"}
 
     def columns(self, item: BaseModel) -> dict[str, Any]:
-        return item.model_dump(exclude={"offers"})
+        return item.model_dump(exclude={"offers", "landers"})
 
     def creation_columns(self) -> dict[str, Any]:
         return {"key": secrets.token_urlsafe(9)}
 
-    async def referenced_ids(self, item: BaseModel) -> dict[str, tuple[str, list[int]]]:
+    async def _check_references(self, conn: sql.Conn, item: BaseModel) -> None:
+        """Every rule compiles, and every offer and lander named (default path and rules)
+        is active; one 400 naming each place (`rules.2.conditions.0.op`,
+        `rules.0.offers.1.offer_id`, `landers.0.lander_id`)."""
         assert isinstance(item, CampaignIn)
-        found = await super().referenced_ids(item)
-        found["offers"] = ("offers", [o.offer_id for o in item.offers])
-        return found
+        details = []
+        for i, rule in enumerate(item.rules):
+            try:
+                compile_conditions([c.model_dump() for c in rule.conditions])
+            except RuleError as exc:
+                error = exc.within(f"rules.{i}")
+                details.append({"field": error.place, "message": error.message})
+        wanted: dict[str, list[tuple[str, int]]] = {"offers": [], "landers": []}
+        paths = [("", item.offers, item.landers)]
+        paths += [(f"rules.{i}.", r.offers, r.landers) for i, r in enumerate(item.rules)]
+        for prefix, offers, landers in paths:
+            for j, offer in enumerate(offers):
+                wanted["offers"].append((f"{prefix}offers.{j}.offer_id", offer.offer_id))
+            for j, lander in enumerate(landers):
+                wanted["landers"].append((f"{prefix}landers.{j}.lander_id", lander.lander_id))
+        for table, places in wanted.items():
+            if not places:
+                continue
+            missing = set(await sql.missing_ids(conn, table, sorted({i for _, i in places})))
+            for place, row_id in places:
+                if row_id in missing:
+                    details.append({"field": place, "message": f"no active {table} row {row_id}"})
+        try:
+            await super()._check_references(conn, item)
+        except ApiError as exc:
+            details = (exc.details or []) + details
+        if details:
+            raise ApiError(400, f"invalid {self.label}", details)
 
     async def after_write(self, conn: sql.Conn, row_id: int, item: BaseModel) -> None:
         assert isinstance(item, CampaignIn)
         offers = [(o.offer_id, o.weight) for o in item.offers]
         await sql.replace_campaign_offers(conn, row_id, offers)
+        landers = [(lander.lander_id, lander.weight) for lander in item.landers]
+        await sql.replace_campaign_landers(conn, row_id, landers)
 
     async def current_input(self, conn: sql.Conn, row: asyncpg.Record) -> dict[str, Any]:
         current = await super().current_input(conn, row)
         current["offers"] = (await sql.fetch_campaign_offers(conn, [row["id"]]))[row["id"]]
+        current["landers"] = (await sql.fetch_campaign_landers(conn, [row["id"]]))[row["id"]]
         return current
 
     async def present(
         self, request: web.Request, conn: sql.Conn, rows: list[asyncpg.Record]
     ) -> list[dict[str, Any]]:
         base = request.config_dict[SETTINGS].base_url()
-        offers = await sql.fetch_campaign_offers(conn, [row["id"] for row in rows])
+        ids = [row["id"] for row in rows]
+        offers = await sql.fetch_campaign_offers(conn, ids)
+        landers = await sql.fetch_campaign_landers(conn, ids)
         items = []
         for row in rows:
             item = dict(row)
             item["offers"] = offers[row["id"]]
+            item["landers"] = landers[row["id"]]
             item["click_url"] = f"{base}/c/{row['key']}"
             items.append(item)
         return items
@@ -316,5 +359,6 @@ RESOURCES: tuple[ResourceViews, ...] = (
     TrafficSources(),
     AffiliateNetworks(),
     Offers(),
+    Landers(),
     Campaigns(),
 )

@@ -1,17 +1,29 @@
 """Request bodies of the admin API, and value types shared with the postback."""
 
+import functools
 import ipaddress
 import re
 import unicodedata
+import zoneinfo
 from datetime import date
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from tracker.domain.lifecycle import STATUSES, SYNONYMS
 from tracker.domain.money import parse_currency, parse_money
+from tracker.domain.rules import MAX_VALUES
 
 STATUS_WORDS = (*STATUSES, *SYNONYMS)
 
@@ -145,30 +157,120 @@ class OfferIn(Body):
     currency: Currency = "USD"
 
 
+class LanderIn(Body):
+    name: Name
+    url: Url
+
+
+Weight = Annotated[int, Field(ge=0, le=1_000_000)]
+
+
 class CampaignOfferIn(Body):
     offer_id: int
-    weight: int = Field(default=100, ge=0, le=1_000_000)
+    weight: Weight = 100
+
+
+class CampaignLanderIn(Body):
+    lander_id: int
+    weight: Weight = 100
+
+
+def _offer_weights(offers: list[CampaignOfferIn]) -> list[CampaignOfferIn]:
+    ids = [o.offer_id for o in offers]
+    if len(set(ids)) != len(ids):
+        raise ValueError("an offer may appear only once in a path")
+    if not any(o.weight > 0 for o in offers):
+        raise ValueError("at least one offer needs a weight above zero")
+    return offers
+
+
+def _lander_weights(landers: list[CampaignLanderIn]) -> list[CampaignLanderIn]:
+    ids = [lander.lander_id for lander in landers]
+    if len(set(ids)) != len(ids):
+        raise ValueError("a lander may appear only once in a path")
+    return landers
+
+
+PathOffers = Annotated[
+    list[CampaignOfferIn], Field(min_length=1, max_length=100), AfterValidator(_offer_weights)
+]
+# No landers (or none with a weight above zero): the click goes straight to the offer.
+PathLanders = Annotated[
+    list[CampaignLanderIn], Field(max_length=100), AfterValidator(_lander_weights)
+]
+
+
+class ConditionIn(Body):
+    """One condition of a rule; what the field, op and values mean is checked when the
+    campaign is saved, by compiling the rule (tracker.domain.rules)."""
+
+    field: str = Field(max_length=80)
+    op: str = Field(max_length=20)
+    values: list[str | int | bool] = Field(min_length=1, max_length=MAX_VALUES)
+
+
+class RuleIn(Body):
+    name: str = Field(default="", max_length=200)
+    conditions: list[ConditionIn] = Field(min_length=1, max_length=50)
+    offers: PathOffers
+    landers: PathLanders = []
+
+
+@functools.cache
+def _time_zones() -> dict[str, str]:
+    """IANA time zone names by their lower-case form."""
+    return {name.lower(): name for name in zoneinfo.available_timezones() | {"UTC"}}
+
+
+def time_zone_name(value: Any) -> Any:
+    """The IANA name (`Europe/Berlin`), in its own spelling whatever the case given."""
+    if not isinstance(value, str):
+        return value
+    name = _time_zones().get(value.strip().lower())
+    if name is None:
+        raise ValueError(f"{value!r} is not an IANA time zone name (like 'Europe/Berlin')")
+    return name
+
+
+# cost_model: what `cost_value` means. cpc: per click; cpm: per 1000 clicks; cpa: per
+# approved conversion; revshare: percent of revenue; auto: from the click URL; none.
+CostModel = Literal["none", "cpc", "auto", "cpm", "cpa", "revshare"]
 
 
 class CampaignIn(Body):
     name: Name
     traffic_source_id: int
-    offers: list[CampaignOfferIn] = Field(min_length=1, max_length=100)
-    cost_model: Literal["none", "cpc", "auto"] = "none"
-    cost_value: OptionalMoney = None
+    offers: PathOffers
+    landers: PathLanders = []
+    rules: list[RuleIn] = Field(default=[], max_length=100)
+    cost_model: CostModel = "none"
+    cost_value: OptionalMoney = Field(default=None, validate_default=True)
     attribution_window_days: int = Field(default=30, ge=1, le=365)
     report_currency: Currency = "USD"
+    bot_action: Literal["offer", "url", "404"] = "offer"
+    bot_url: Url | None = Field(default=None, validate_default=True)
+    unique_window_hours: int = Field(default=24, ge=1, le=8760)
+    timezone: Annotated[str, BeforeValidator(time_zone_name)] = "UTC"
 
-    @model_validator(mode="after")
-    def check_consistency(self) -> "CampaignIn":
-        if self.cost_model == "cpc" and (self.cost_value is None or self.cost_value < 0):
-            raise ValueError("cost_model 'cpc' needs a cost_value of zero or more")
-        ids = [o.offer_id for o in self.offers]
-        if len(set(ids)) != len(ids):
-            raise ValueError("an offer may appear only once in a campaign")
-        if not any(o.weight > 0 for o in self.offers):
-            raise ValueError("at least one offer needs a weight above zero")
-        return self
+    @field_validator("cost_value")
+    @classmethod
+    def check_cost_value(cls, value: Decimal | None, info: ValidationInfo) -> Decimal | None:
+        model = info.data.get("cost_model")
+        if model in ("cpc", "cpm", "cpa") and (value is None or value < 0):
+            raise ValueError(f"cost_model {model!r} needs a cost_value of zero or more")
+        if model == "revshare" and (value is None or not 0 <= value <= 100):
+            raise ValueError("cost_model 'revshare' needs a cost_value from 0 to 100 (percent)")
+        if model == "cpm" and value is not None and value != round(value, 3):
+            # A click's cost is stored to six places: a thousandth of this must fit exactly.
+            raise ValueError("cost_model 'cpm' takes a cost_value with at most 3 decimal places")
+        return value
+
+    @field_validator("bot_url")
+    @classmethod
+    def check_bot_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None and info.data.get("bot_action") == "url":
+            raise ValueError("bot_action 'url' needs a bot_url")
+        return value
 
 
 class CurrencyRateIn(Body):
