@@ -7,7 +7,7 @@ from crawlerdetect import CrawlerDetect  # type: ignore[import-untyped]
 from ua_parser import Domain, load_lazy_builtins
 
 # Imported by name rather than through ua_parser's best-available choice: without the
-# accelerator a parse costs about 50 times more, and that should fail loudly, not slowly.
+# accelerator a parse costs about 40 times more, and that should fail loudly, not slowly.
 from ua_parser.regex import Resolver as RegexResolver
 
 from tracker.domain.devices import device_type, major_version
