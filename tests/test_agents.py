@@ -100,3 +100,9 @@ def test_the_rust_accelerator_parses():
     # A silent fall-back to the pure-Python matchers would cost 40 times more a parse.
     assert isinstance(agents._resolver(), ua_parser.regex.Resolver)
     assert isinstance(agents._resolver().ua, ua_parser_rs.UserAgentExtractor)
+
+
+def test_raw_header_bytes_do_not_break_the_parser():
+    # Non-UTF-8 bytes in a header reach us as lone surrogates.
+    agent = parse_agent(CHROME_WINDOWS + " \udcff\udcfe")
+    assert (agent.device, agent.os, agent.browser) == ("desktop", "Windows", "Chrome")

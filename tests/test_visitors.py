@@ -235,3 +235,12 @@ def test_data_center_names_are_the_embedded_datas():
 def test_default_data_center_names_are_all_known():
     names = {entry for entry in DATA_CENTER_ASNS if not entry.isdigit()}
     assert names == set(DATA_CENTER_ADDRESSES)
+
+
+def test_hostile_text_in_every_header():
+    visitor = facts().visitor(
+        "8.8.8.8\udcff", CHROME_WINDOWS + "\udcff", "\x00\udcfe", "de\udcff,\x00;q=1"
+    )
+    assert visitor.geo == Geo()
+    assert visitor.agent.browser == "Chrome"
+    assert visitor.language is None

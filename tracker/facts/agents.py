@@ -11,6 +11,7 @@ from ua_parser import Domain, load_lazy_builtins
 from ua_parser.regex import Resolver as RegexResolver
 
 from tracker.domain.devices import device_type, major_version
+from tracker.domain.text import clean_text
 from tracker.domain.visitor import Agent
 
 # Family names come from the User-Agent text through the parser's patterns.
@@ -47,6 +48,8 @@ def parse_agent(user_agent: str) -> Agent:
     their own cache (a crawlerdetect call costs about 0.4 ms)."""
     if not user_agent:
         return Agent()
+    # Raw non-UTF-8 header bytes arrive as lone surrogates, which the Rust parser refuses.
+    user_agent = clean_text(user_agent)
     parsed = _resolver()(user_agent, Domain.ALL)
     browser, os, device = parsed.user_agent, parsed.os, parsed.device
     os_family = _name(os.family) if os else None
