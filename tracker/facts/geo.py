@@ -145,6 +145,14 @@ def embedded_data_date() -> str:
     return f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]}"
 
 
+@functools.cache
+def _embedded_description() -> str:
+    return (
+        f"embedded GeoLite2 country and AS organisation data of {embedded_data_date()} "
+        f"(geoip2fast {version('geoip2fast')})"
+    )
+
+
 def _embedded_place(address: Address) -> Geo:
     found = _embedded().lookup(str(address))
     if found.is_private:
@@ -191,10 +199,7 @@ class GeoLookup:
 
     def _description(self, geoip_db: str, geoip_asn_db: str) -> str:
         if self._places is None:
-            places = (
-                f"embedded GeoLite2 country and AS organisation data of "
-                f"{embedded_data_date()} (geoip2fast {version('geoip2fast')})"
-            )
+            places = _embedded_description()
         else:
             places = _describe(geoip_db, self._places)
         if self._networks is not None:
