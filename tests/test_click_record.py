@@ -58,16 +58,19 @@ def test_plan_fills_the_record_from_campaign_visitor_and_query():
     assert record.cost == "0.5"
     assert record.sub1 == "zone-"
     assert record.params == {"a": "1", "b": "2"}  # at most max_params
-    assert (record.country, record.city, record.asn, record.device) == ("GB", "London", 20712, "mobile")
-    assert record.referrer == "https:"
+    assert (record.country, record.city, record.asn, record.device) == (
+        "GB",
+        "London",
+        20712,
+        "mobile",
+    )
+    assert record.referrer == "https"
     assert record.is_bot is False and record.lander_id is None and record.path == -1
     assert plan.offer is OFFER and plan.lander is None
 
 
 def test_plan_picks_a_lander_when_the_path_has_one():
-    plan = plan_click(
-        campaign(landers=WeightedChoice([(LANDER, 1)])), VISITOR, {}, "id", 1, LIMITS
-    )
+    plan = plan_click(campaign(landers=WeightedChoice([(LANDER, 1)])), VISITOR, {}, "id", 1, LIMITS)
     assert plan.lander is LANDER
     assert plan.record.lander_id == 3
     assert plan.record.offer_id == 7  # chosen already, the default of the click-through

@@ -38,9 +38,7 @@ def query_of(location: str) -> dict[str, str]:
 
 async def click(client: Any, campaign: dict[str, Any], **kwargs: Any) -> Any:
     headers = {"User-Agent": CHROME, **kwargs.pop("headers", {})}
-    return await client.get(
-        click_path(campaign), headers=headers, allow_redirects=False, **kwargs
-    )
+    return await client.get(click_path(campaign), headers=headers, allow_redirects=False, **kwargs)
 
 
 async def proxied_client(settings: Any, **changes: Any) -> Any:
@@ -148,7 +146,9 @@ async def lander_campaign(api: Api, offers: int = 1, **campaign: Any) -> dict[st
         "PATCH",
         f"/api/campaigns/{setup['campaign']['id']}",
         json={
-            "offers": [{"offer_id": i, "weight": 100 if n == 0 else 0} for n, i in enumerate(offer_ids)]
+            "offers": [
+                {"offer_id": i, "weight": 100 if n == 0 else 0} for n, i in enumerate(offer_ids)
+            ]
             if offers > 1
             else [{"offer_id": offer_ids[0], "weight": 100}],
             "landers": [{"lander_id": lander["id"], "weight": 100}],
@@ -175,9 +175,7 @@ async def test_lander_flow_counts_views_and_click_throughs(client, api, pool, si
     assert "Max-Age=2592000" in click_cookie
 
     # The call to action carries no clickid: the cookie tells the click.
-    through = await client.get(
-        "/lp/click", cookies={"tk_click": click_id}, allow_redirects=False
-    )
+    through = await client.get("/lp/click", cookies={"tk_click": click_id}, allow_redirects=False)
     assert through.status == 302, await through.text()
     offer_url = through.headers["Location"]
     assert query_of(offer_url) == {"cid": click_id, "o": str(setup["offers"][0])}
@@ -240,9 +238,7 @@ async def test_bad_lander_clicks_are_refused_and_record_nothing(client, api, red
         ({}, {"tk_click": "1" * 29}, 404),
     ]
     for params, cookies, status in cases:
-        resp = await client.get(
-            "/lp/click", params=params, cookies=cookies, allow_redirects=False
-        )
+        resp = await client.get("/lp/click", params=params, cookies=cookies, allow_redirects=False)
         assert resp.status == status, (params, cookies)
         assert "error" in await resp.json()
     assert await redis.xlen(keys.CLICK_STREAM) == before
@@ -334,7 +330,10 @@ async def test_unique_clicks_inside_and_outside_the_window(client, api, redis, p
     assert await unique(campaign) == "0"
     assert await unique(campaign, cookies={"tk_visitor": visitor}) == "0"
     # The cookie keeps the visitor the same one from another browser string.
-    assert await unique(campaign, cookies={"tk_visitor": visitor}, headers={"User-Agent": IPHONE}) == "0"
+    assert (
+        await unique(campaign, cookies={"tk_visitor": visitor}, headers={"User-Agent": IPHONE})
+        == "0"
+    )
     # Another browser without the cookie is another visitor; another campaign is new.
     assert await unique(campaign, headers={"User-Agent": IPHONE}) == "1"
     assert await unique(other) == "1"
@@ -390,7 +389,9 @@ async def test_a_rule_change_reaches_a_running_process_within_a_second(settings,
         campaign = setup["campaign"]
         headers = {"User-Agent": CHROME}
         deadline = time.monotonic() + 5
-        while (await other.get(click_path(campaign), headers=headers, allow_redirects=False)).status != 302:
+        while (
+            await other.get(click_path(campaign), headers=headers, allow_redirects=False)
+        ).status != 302:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
         rule = {

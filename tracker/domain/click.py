@@ -73,7 +73,9 @@ def visitor_id(cookie: str | None, ip: str | None, user_agent: str | None) -> tu
     cookie, so that the visitor stays the same one when the address changes."""
     if cookie is not None and _VISITOR_ID.fullmatch(cookie):
         return cookie, False
-    digest = hashlib.blake2b(f"{ip}\x00{user_agent}".encode(errors="surrogatepass"), digest_size=16).digest()
+    digest = hashlib.blake2b(
+        f"{ip}\x00{user_agent}".encode(errors="surrogatepass"), digest_size=16
+    ).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode(), True
 
 

@@ -177,7 +177,6 @@ async def lander_click(request: web.Request) -> web.StreamResponse:
     raise web.HTTPFound(render(offer.url, macros))
 
 
-
 async def probe_campaign(request: web.Request) -> web.StreamResponse:
     """HEAD on a click URL: link checkers get an answer, and no click is recorded."""
     known = request.match_info["campaign_key"] in request.app[CONFIG].snapshot.campaigns
