@@ -37,6 +37,8 @@ def query_of(location: str) -> dict[str, str]:
 
 
 async def click(client: Any, campaign: dict[str, Any], **kwargs: Any) -> Any:
+    """A click from a fresh browser: cookies only when the test gives them."""
+    client.session.cookie_jar.clear()
     headers = {"User-Agent": CHROME, **kwargs.pop("headers", {})}
     return await client.get(click_path(campaign), headers=headers, allow_redirects=False, **kwargs)
 
@@ -146,8 +148,10 @@ async def lander_campaign(api: Api, offers: int = 1, **campaign: Any) -> dict[st
         "PATCH",
         f"/api/campaigns/{setup['campaign']['id']}",
         json={
+            # The first offer is all but certain to be the click's pick.
             "offers": [
-                {"offer_id": i, "weight": 100 if n == 0 else 0} for n, i in enumerate(offer_ids)
+                {"offer_id": i, "weight": 1_000_000 if n == 0 else 1}
+                for n, i in enumerate(offer_ids)
             ]
             if offers > 1
             else [{"offer_id": offer_ids[0], "weight": 100}],
@@ -238,6 +242,7 @@ async def test_bad_lander_clicks_are_refused_and_record_nothing(client, api, red
         ({}, {"tk_click": "1" * 29}, 404),
     ]
     for params, cookies, status in cases:
+        client.session.cookie_jar.clear()
         resp = await client.get("/lp/click", params=params, cookies=cookies, allow_redirects=False)
         assert resp.status == status, (params, cookies)
         assert "error" in await resp.json()
@@ -290,7 +295,7 @@ async def test_bot_signals_from_settings_and_empty_agents(settings, pool, sink):
     try:
         campaign = (await Api(client).setup_campaign())["campaign"]
         await click(client, campaign, headers={"X-Forwarded-For": "203.0.113.9"})
-        await click(client, campaign, headers={"X-Forwarded-For": "52.95.110.1"})
+        await click(client, campaign, headers={"X-Forwarded-For": "18.130.0.1"})
         await click(client, campaign, headers={"User-Agent": ""})
         await click(client, campaign, headers={"X-Forwarded-For": "81.2.69.142"})
         await wait_for_sink(sink)

@@ -227,11 +227,6 @@ def test_data_center_names_are_the_embedded_datas():
         assert lookup.lookup(address).isp == name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="settings.DATA_CENTER_ASNS names OVH, HETZNER-AS, AS-VULTR, ALIBABA-CN-NET and M247, "
-    "which the data spells otherwise (see DATA_CENTER_ADDRESSES)",
-)
 def test_default_data_center_names_are_all_known():
     names = {entry for entry in DATA_CENTER_ASNS if not entry.isdigit()}
     assert names == set(DATA_CENTER_ADDRESSES)

@@ -5,35 +5,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Large hosting and cloud networks: clicks from them are not people browsing.
 DATA_CENTER_ASNS = (
-    "16509",
-    "14618",
-    "8075",
-    "396982",
-    "14061",
-    "16276",
-    "24940",
-    "63949",
-    "20473",
-    "45102",
-    "31898",
-    "9009",
-    "51167",
-    "12876",
-    "AMAZON-02",
-    "AMAZON-AES",
-    "MICROSOFT-CORP-MSN-AS-BLOCK",
-    "GOOGLE-CLOUD-PLATFORM",
-    "DIGITALOCEAN-ASN",
-    "OVH",
-    "HETZNER-AS",
-    "Akamai Connected Cloud",
-    "AS-CHOOPA",
-    "AS-VULTR",
-    "ALIBABA-CN-NET",
-    "ORACLE-BMC-31898",
-    "M247",
-    "Contabo GmbH",
-)
+    "16509", "14618", "8075", "396982", "14061", "16276", "24940", "63949", "20473",
+    "45102", "37963", "31898", "9009", "51167", "12876",
+    "AMAZON-02", "AMAZON-AES", "MICROSOFT-CORP-MSN-AS-BLOCK", "GOOGLE-CLOUD-PLATFORM",
+    "DIGITALOCEAN-ASN", "OVH SAS", "Hetzner Online GmbH", "Akamai Connected Cloud",
+    "AS-CHOOPA", "Alibaba US Technology Co., Ltd.", "Hangzhou Alibaba Advertising Co.,Ltd.",
+    "ORACLE-BMC-31898", "M247 Europe SRL", "Contabo GmbH", "Scaleway S.a.s.",
+)  # fmt: skip
 
 
 class Settings(BaseSettings):
