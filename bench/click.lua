@@ -1,4 +1,4 @@
--- Click load: a direct link with an external id and sub1..sub5, as a push or pop source sends it.
+-- Click load: one browser, one address, a direct link with an external id and sub1..sub5, as a push or pop source sends it.
 -- Usage: wrk ... -s click.lua http://host:port -- /c/CAMPAIGN_KEY
 dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "") .. "common.lua")
 
@@ -7,6 +7,8 @@ function init(args)
   counter = 0
 end
 
+local headers = {["User-Agent"] = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36"}
+
 function request()
   counter = counter + 1
   return wrk.format("GET", path
@@ -14,5 +16,5 @@ function request()
     .. "&sub1=zone" .. (counter % 997)
     .. "&sub2=creative" .. (counter % 13)
     .. "&sub3=US&sub4=android&sub5=banner-300x250"
-    .. "&cost=0.0042")
+    .. "&cost=0.0042", headers)
 end

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 from redis.asyncio import Redis
 
@@ -88,6 +89,8 @@ class Stack:
             TRACKER_REDIS_URL=self.redis_server.url(),
             TRACKER_HTTP_PORT=str(self.port),
             TRACKER_API_KEY="bench",
+            # wrk is the proxy: facts.lua sends each visitor's address in X-Forwarded-For.
+            TRACKER_TRUSTED_PROXIES='["127.0.0.1"]',
         )
         return env
 
@@ -115,18 +118,26 @@ async def sink_backlog(redis: Redis) -> int:
 
 
 async def stored_clicks(pool: asyncpg.Pool) -> int:
-    return int(await pool.fetchval("SELECT coalesce(sum(clicks), 0) FROM click_rollups"))
+    return int(
+        await pool.fetchval("SELECT coalesce(sum(clicks + bot_clicks), 0) FROM click_rollups")
+    )
 
 
 async def click_run(
-    stack: Stack, redis: Redis, pool: asyncpg.Pool, path: str, duration: int, connections: int
+    stack: Stack,
+    redis: Redis,
+    pool: asyncpg.Pool,
+    path: str,
+    duration: int,
+    connections: int,
+    script: str = "click.lua",
 ) -> dict[str, Any]:
     """One wrk click run, with the sink watched during and after it."""
     before = await stored_clicks(pool)
     started = time.monotonic()
     peak = 0
     task = asyncio.create_task(
-        wrk(f"http://127.0.0.1:{stack.port}", "click.lua", [path], duration, connections)
+        wrk(f"http://127.0.0.1:{stack.port}", script, [path], duration, connections)
     )
     while not task.done():
         peak = max(peak, await sink_backlog(redis))
@@ -165,6 +176,69 @@ async def settle(redis: Redis, pool: asyncpg.Pool) -> None:
             break
         await asyncio.sleep(0.1)
     await pool.execute("CHECKPOINT")
+
+
+async def create_flows_campaign(port: int, pool: asyncpg.Pool) -> str:
+    """A campaign using every flow feature a direct link can: geo, device, parameter and
+    hour rules, a second offer, bots sent elsewhere; its click path."""
+    ids = await pool.fetchrow(
+        "SELECT c.traffic_source_id, o.id AS offer_id, o.affiliate_network_id "
+        "FROM campaigns c JOIN campaign_offers co ON co.campaign_id = c.id "
+        "JOIN offers o ON o.id = co.offer_id ORDER BY c.id LIMIT 1"
+    )
+    headers = {"Authorization": "Bearer bench"}
+    base = f"http://127.0.0.1:{port}/api"
+    async with aiohttp.ClientSession(headers=headers) as http:
+        offer_url = "https://offer2.example.com/?clickid={clickid}&geo={country}&os={os}"
+        async with http.post(
+            f"{base}/offers",
+            json={
+                "name": "Second offer",
+                "url": offer_url,
+                "affiliate_network_id": ids["affiliate_network_id"],
+            },
+        ) as resp:
+            second = (await resp.json())["id"]
+        body = {
+            "name": "Flows campaign",
+            "traffic_source_id": ids["traffic_source_id"],
+            "offers": [
+                {"offer_id": ids["offer_id"], "weight": 70},
+                {"offer_id": second, "weight": 30},
+            ],
+            "cost_model": "auto",
+            "bot_action": "url",
+            "bot_url": "https://safe.example.com/?c={clickid}",
+            "rules": [
+                {
+                    "name": "DACH iPhones",
+                    "conditions": [
+                        {"field": "country", "op": "in", "values": ["DE", "AT", "CH"]},
+                        {"field": "os", "op": "in", "values": ["iOS"]},
+                    ],
+                    "offers": [{"offer_id": second, "weight": 1}],
+                },
+                {
+                    "name": "Desktop zones at night",
+                    "conditions": [
+                        {"field": "device", "op": "in", "values": ["desktop"]},
+                        {"field": "param:sub1", "op": "in", "values": ["zone1", "zone2", "zone3"]},
+                        {"field": "hour", "op": "in", "values": [0, 1, 2, 3, 4, 5]},
+                    ],
+                    "offers": [{"offer_id": second, "weight": 1}],
+                },
+                {
+                    "name": "Office networks",
+                    "conditions": [{"field": "ip", "op": "in", "values": ["198.51.100.0/24"]}],
+                    "offers": [{"offer_id": ids["offer_id"], "weight": 1}],
+                },
+            ],
+        }
+        async with http.post(f"{base}/campaigns", json=body) as resp:
+            campaign = await resp.json()
+            if resp.status != 201:
+                raise SystemExit(f"flows campaign refused: {campaign}")
+    return f"/c/{campaign['key']}"
 
 
 def report_line(label: str, runs: list[dict[str, Any]], keys_: list[str]) -> dict[str, Any]:
@@ -267,6 +341,30 @@ async def main() -> None:
                 flush=True,
             )
             if workers == 1:
+                # The same run with every visitor fact at work: a User-Agent mix with bots,
+                # 50,000 addresses (GeoIP, data-center and range checks), languages, rules,
+                # and the unique check (which the plain run makes too).
+                flows_path = await create_flows_campaign(stack.port, pool)
+                await asyncio.sleep(1.0)  # the configuration reaches the worker
+                await settle(redis, pool)
+                url = f"http://127.0.0.1:{stack.port}"
+                await wrk(url, "facts.lua", [flows_path], 2, opts.connections)
+                runs = [
+                    await click_run(
+                        stack, redis, pool, flows_path, opts.duration, opts.connections, "facts.lua"
+                    )
+                    for _ in range(opts.runs)
+                ]
+                facts = report_line("click, full facts", runs, latency)
+                facts["ratio_to_plain"] = facts["rps"]["median"] / results[name]["rps"]["median"]
+                facts["ratio_to_baseline"] = facts["rps"]["median"] / base_rps
+                facts["errors"] = sum(r["errors"] + r["bad_status"] for r in runs)
+                results["clicks_full_facts"] = facts
+                print(
+                    f"  ratio to plain click {facts['ratio_to_plain']:.2f}; "
+                    f"errors {facts['errors']}",
+                    flush=True,
+                )
                 # The same clicks with the sink stopped: how much of the gap to the
                 # baseline is the sink, Postgres and Redis sharing the cores.
                 stack.stop_process("sink")

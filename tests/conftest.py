@@ -68,10 +68,17 @@ async def settings(servers: tuple[PostgresServer, RedisServer], tmp_path: Path) 
     )
 
 
+# Test clicks come from a browser: the HTTP client's own User-Agent is a bot's.
+BROWSER = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+    "(KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36"
+)
+
+
 async def start_client(app: web.Application, settings: Settings) -> TestClient[Any, Any]:
     server = TestServer(app)
     await server.start_server(**handler_args(settings))
-    client: TestClient[Any, Any] = TestClient(server)
+    client: TestClient[Any, Any] = TestClient(server, headers={"User-Agent": BROWSER})
     await client.start_server()
     return client
 

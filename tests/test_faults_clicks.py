@@ -117,7 +117,9 @@ class Run:
                 self.max_latency = max(self.max_latency, time.monotonic() - started)
 
         connector = aiohttp.TCPConnector(limit=CONCURRENCY)
-        async with aiohttp.ClientSession(connector=connector) as http:
+        async with aiohttp.ClientSession(
+            connector=connector, headers={"User-Agent": BROWSER}
+        ) as http:
             await asyncio.gather(*(visitor(http) for _ in range(CONCURRENCY)))
 
     async def stored(self, within: float = 25.0) -> tuple[int, int, int]:

@@ -432,3 +432,37 @@ async def test_old_records_without_facts_are_still_stored(redis, pool, sink):
     await wait_for_sink(sink)
     row = await pool.fetchrow("SELECT is_bot, is_unique FROM clicks")
     assert (row["is_bot"], row["is_unique"]) == (False, None)
+
+
+async def test_a_click_through_stored_before_its_click_counts_once(redis, pool, sink):
+    """A click replayed late from a spool reaches the stream after its click-through."""
+    now = int(time.time() * 1000)
+    click = {
+        "click_id": "1" * 29,
+        "created_ms": now,
+        "campaign_id": 1,
+        "offer_id": 5,
+        "traffic_source_id": 1,
+        "external_id": None,
+        "cost": "0.2",
+        "is_bot": False,
+        "lander_id": 3,
+        "is_unique": True,
+    }
+    through = {**click, "offer_id": 6, "lp_ms": now + 5000}
+    await redis.xadd(keys.CLICK_STREAM, {"d": orjson.dumps(through)})
+    await wait_for_sink(sink)
+    await redis.xadd(keys.CLICK_STREAM, {"d": orjson.dumps(click)})
+    await redis.xadd(keys.CLICK_STREAM, {"d": orjson.dumps({**through, "offer_id": 5})})
+    await wait_for_sink(sink)
+    row = await pool.fetchrow("SELECT offer_id, lp_clicked_at FROM clicks")
+    assert row["offer_id"] == 5
+    assert abs(row["lp_clicked_at"].timestamp() * 1000 - (now + 5000)) < 1
+    rollups = await pool.fetch(
+        "SELECT offer_id, clicks, unique_clicks, lp_views, lp_clicks, cost::text AS cost"
+        " FROM click_rollups ORDER BY offer_id"
+    )
+    assert [tuple(r) for r in rollups] == [
+        (5, 1, 1, 1, 1, "0.200000"),
+        (6, 0, 0, 0, 0, "0.000000"),
+    ]

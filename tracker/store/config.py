@@ -7,7 +7,6 @@ pub/sub: nothing to miss on a reconnect, and it works the same on a cluster.
 """
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 from collections import defaultdict
@@ -35,6 +34,7 @@ from tracker.store import keys
 
 log = logging.getLogger("tracker.config")
 
+CLOSE_TIMEOUT_SECONDS = 2.0
 # A version no Redis reply equals, so the watcher reloads once Redis answers.
 _UNKNOWN = object()
 
@@ -241,8 +241,9 @@ class ConfigCache:
     async def close(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+            # A Redis call being cancelled can take a while to let go (seen with a
+            # reply in flight); stopping must not wait for it.
+            await asyncio.wait({self._watcher}, timeout=CLOSE_TIMEOUT_SECONDS)
             self._watcher = None
 
     async def watch(self) -> None:
