@@ -24,6 +24,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from tests.conftest import BROWSER
 from tracker.demo import seed_demo
 from tracker.devstack import PostgresServer, RedisServer, free_port, wait_for_port
 from tracker.processes import restart_delay
