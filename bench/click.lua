@@ -11,10 +11,5 @@ local headers = {["User-Agent"] = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) App
 
 function request()
   counter = counter + 1
-  return wrk.format("GET", path
-    .. "?external_id=ext" .. tid .. "x" .. counter
-    .. "&sub1=zone" .. (counter % 997)
-    .. "&sub2=creative" .. (counter % 13)
-    .. "&sub3=US&sub4=android&sub5=banner-300x250"
-    .. "&cost=0.0042", headers)
+  return wrk.format("GET", click_url(path, counter), headers)
 end

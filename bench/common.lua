@@ -7,6 +7,16 @@ function setup(thread)
   next_id = next_id + 1
 end
 
+-- A push or pop source's click: an external id and sub1..sub5, with a cost.
+function click_url(path, counter)
+  return path
+    .. "?external_id=ext" .. tid .. "x" .. counter
+    .. "&sub1=zone" .. (counter % 997)
+    .. "&sub2=creative" .. (counter % 13)
+    .. "&sub3=US&sub4=android&sub5=banner-300x250"
+    .. "&cost=0.0042"
+end
+
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(

@@ -46,10 +46,5 @@ function request()
   local lang = languages[1 + v % #languages]
   local headers = {["User-Agent"] = ua, ["X-Forwarded-For"] = ip}
   if lang ~= "" then headers["Accept-Language"] = lang end
-  return wrk.format("GET", path
-    .. "?external_id=ext" .. tid .. "x" .. counter
-    .. "&sub1=zone" .. (counter % 997)
-    .. "&sub2=creative" .. (counter % 13)
-    .. "&sub3=US&sub4=android&sub5=banner-300x250"
-    .. "&cost=0.0042", headers)
+  return wrk.format("GET", click_url(path, counter), headers)
 end

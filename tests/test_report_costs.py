@@ -4,8 +4,6 @@ approved conversions, exact to the last decimal place."""
 from datetime import UTC, date, datetime
 from decimal import Decimal, localcontext
 
-import pytest
-
 from tests.conftest import wait_for_sink
 from tests.test_postback import make_click
 from tracker.web.appkeys import CONFIG
@@ -100,10 +98,6 @@ async def test_every_cost_model_in_one_report(client, api, pool, sink):
     cpm_click_costs = await pool.fetch(
         "SELECT cost FROM clicks WHERE campaign_id = $1", cpm["campaign"]["id"]
     )
-    if all(row["cost"] is None for row in cpm_click_costs):
-        # The click path prices cpm clicks (cost_value / 1000 each) with the flows work.
-        assert rows[cpm_id] == (4, 0, "0.00", "0.00")
-        pytest.skip("cpm clicks are not priced by the click path on this branch")
     assert [row["cost"] for row in cpm_click_costs] == [Decimal("0.0025")] * 4
     assert rows[cpm_id] == (4, 0, "0.00", "0.01")
     assert totals["cost"] == "9.963166630885"  # 1.05 + 0.325 + 0.01 + 5 + 3.578166630885

@@ -18,6 +18,21 @@ def record(click_id):
     return orjson.dumps({"click_id": click_id, "created_ms": 1, "cost": "0.10", "sub1": 'é,"r":'})
 
 
+async def replay_orphans(redis, directory, path):
+    """Start a click writer, which replays the spool files left in `directory`; stop it
+    once `path` is replayed and removed."""
+    writer = ClickWriter(redis, ClickSpool(directory), probe_seconds=0.05)
+    await writer.start()
+    try:
+        deadline = time.monotonic() + 10
+        while path.exists():
+            assert time.monotonic() < deadline, "orphan spool file was not replayed"
+            await asyncio.sleep(0.05)
+    finally:
+        await writer.close()
+    return writer
+
+
 def all_clicks(spool_file):
     return [click for chunk in read_clicks(spool_file, chunk=64) for click in chunk]
 
@@ -79,15 +94,7 @@ async def test_orphans_replay_with_remaining_ttl_and_expired_ones_only_on_stream
         encode_click("fresh", record("fresh"), 1000, now - 400)
         + encode_click("expired", record("expired"), 10, now - 400)
     )
-    writer = ClickWriter(redis, ClickSpool(tmp_path), probe_seconds=0.05)
-    await writer.start()
-    try:
-        deadline = time.monotonic() + 10
-        while path.exists():
-            assert time.monotonic() < deadline, "orphan spool file was not replayed"
-            await asyncio.sleep(0.05)
-    finally:
-        await writer.close()
+    writer = await replay_orphans(redis, tmp_path, path)
     assert 590 <= await redis.ttl(keys.click_key("fresh")) <= 600
     assert not await redis.exists(keys.click_key("expired"))
     stream = [orjson.loads(f[b"d"])["click_id"] for _, f in await redis.xrange(keys.CLICK_STREAM)]
@@ -125,15 +132,7 @@ async def test_uniqueness_of_spooled_clicks_is_decided_on_replay(tmp_path, redis
         + encode_click("b", undecided.replace(b'"a"', b'"b"'), 600, now, "uv:1:visitor", 3600)
         + encode_click("c", orjson.dumps({"click_id": "c", "is_unique": True}), 600, now)
     )
-    writer = ClickWriter(redis, ClickSpool(tmp_path), probe_seconds=0.05)
-    await writer.start()
-    try:
-        deadline = time.monotonic() + 10
-        while path.exists():
-            assert time.monotonic() < deadline, "orphan spool file was not replayed"
-            await asyncio.sleep(0.05)
-    finally:
-        await writer.close()
+    await replay_orphans(redis, tmp_path, path)
     stream = [orjson.loads(f[b"d"]) for _, f in await redis.xrange(keys.CLICK_STREAM)]
     assert [(r["click_id"], r["is_unique"]) for r in stream] == [
         ("a", True),
