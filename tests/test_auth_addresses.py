@@ -2,6 +2,7 @@ import ipaddress
 
 import pytest
 
+from tracker.domain.addresses import AddressRanges
 from tracker.domain.auth import check_postback_auth, client_address, signature_for
 from tracker.domain.campaign import NetworkRoute
 
@@ -60,9 +61,16 @@ def test_signature(ts, sig, reason):
 
 
 def test_client_address_behind_trusted_proxies():
-    trusted = (ipaddress.ip_network("10.0.0.0/8"),)
+    trusted = AddressRanges.of(["127.0.0.1", "10.0.0.0/8", "fd00::/8"])
     assert client_address("1.2.3.4", "5.6.7.8", trusted) == "1.2.3.4"
     assert client_address("10.0.0.1", "5.6.7.8, 10.0.0.2", trusted) == "5.6.7.8"
+    assert client_address("127.0.0.1", "203.0.113.9, 10.0.0.2", trusted) == "203.0.113.9"
+    assert client_address("10.0.0.1", ["1.1.1.1, 2.2.2.2", "10.9.9.9"], trusted) == "2.2.2.2"
+    assert client_address("::ffff:10.0.0.1", "5.6.7.8", trusted) == "5.6.7.8"
+    assert client_address("fd00::1", "2001:db8::1", trusted) == "2001:db8::1"
+    assert client_address("10.0.0.1", "10.0.0.2, 10.0.0.3", trusted) == "10.0.0.2"
     assert client_address("10.0.0.1", None, trusted) == "10.0.0.1"
     assert client_address("10.0.0.1", " , ", trusted) == "10.0.0.1"
-    assert client_address("10.0.0.1", "1.1.1.1", ()) == "10.0.0.1"
+    assert client_address("10.0.0.1", "1.1.1.1", AddressRanges()) == "10.0.0.1"
+    # A hop that is not an address is not a trusted proxy: it is what the client claims.
+    assert client_address("10.0.0.1", "junk, 10.0.0.2", trusted) == "junk"

@@ -1,11 +1,10 @@
-import ipaddress
 from pathlib import Path
 
 import pytest
 
 from tracker.domain.visitor import Geo
 from tracker.facts.geo import GeoLookup
-from tracker.facts.visitors import AddressRanges, FactsSettingsError, VisitorFacts, cdn_country_code
+from tracker.facts.visitors import FactsSettingsError, VisitorFacts, cdn_country_code
 from tracker.settings import DATA_CENTER_ASNS, Settings
 
 from .test_agents import CHROME_WINDOWS, GOOGLEBOT, SAFARI_IPHONE
@@ -81,16 +80,6 @@ def test_ip_range():
 def test_bad_ip_range_fails_at_startup(bad):
     with pytest.raises(FactsSettingsError, match=f"TRACKER_BOT_IP_RANGES: '{bad}'"):
         facts(bot_ip_ranges=["10.0.0.0/8", bad])
-
-
-def test_address_ranges_merge_and_search():
-    ranges = AddressRanges(["10.0.0.0/9", "10.128.0.0/9", "10.1.2.3", "192.168.0.0/16", "::/128"])
-
-    inside = ["10.0.0.0", "10.255.255.255", "192.168.77.1", "::"]
-    outside = ["9.255.255.255", "11.0.0.0", "192.169.0.0", "::1"]
-    assert all(ipaddress.ip_address(a) in ranges for a in inside)
-    assert not any(ipaddress.ip_address(a) in ranges for a in outside)
-    assert ipaddress.ip_address("1.1.1.1") not in AddressRanges([])
 
 
 def test_data_center_by_organisation_name():

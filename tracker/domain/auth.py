@@ -14,7 +14,8 @@ import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 
-from tracker.domain.campaign import IpNetwork, NetworkRoute
+from tracker.domain.addresses import AddressRanges, parse_ip
+from tracker.domain.campaign import NetworkRoute
 
 REPLAY_WINDOW_SECONDS = 300
 SIGNATURE_SCHEME = "sha256="
@@ -111,7 +112,7 @@ def check_postback_auth(
 
 
 def client_address(
-    peer: str | None, forwarded_for: str | Sequence[str] | None, trusted: Sequence[IpNetwork]
+    peer: str | None, forwarded_for: str | Sequence[str] | None, trusted: AddressRanges
 ) -> str | None:
     """The client's address: the socket peer, or, when the peer is a trusted proxy,
     the nearest untrusted address in X-Forwarded-For.
@@ -129,9 +130,5 @@ def client_address(
     return hops[0] if hops else peer
 
 
-def is_trusted(address: str | None, trusted: Sequence[IpNetwork]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address or "")
-    except ValueError:
-        return False
-    return any(ip in network for network in trusted)
+def is_trusted(address: str | None, trusted: AddressRanges) -> bool:
+    return parse_ip(address) in trusted

@@ -1,5 +1,6 @@
 """In-memory view of the configuration the click and postback paths need."""
 
+import functools
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -156,12 +157,18 @@ class CampaignRoute:
         """
         if self.cost_model != "auto":
             return self._fixed_click_cost
-        cost = parse_money_or_none(reported)
+        cost = _reported_cost(reported)
         if cost is None or cost < 0:
             return None
         if self.max_click_cost is not None and cost > self.max_click_cost:
             return None
         return cost
+
+
+@functools.lru_cache(maxsize=4096)
+def _reported_cost(text: str | None) -> Decimal | None:
+    # A source sends a few bid amounts over and over; a Decimal is immutable.
+    return parse_money_or_none(text)
 
 
 @dataclass(slots=True)

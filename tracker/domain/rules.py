@@ -13,12 +13,12 @@ parameter, uniqueness not decided) makes `in` false and `not_in` true: `not_in` 
 
 import ipaddress
 import re
-import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from typing import Generic, TypeVar
 
+from tracker.domain.addresses import Address, AddressRanges, parse_ip
 from tracker.domain.visitor import DEVICE_TYPES, Visitor
 
 P = TypeVar("P")
@@ -118,7 +118,7 @@ class ClickFacts:
         self._now_ms = now_ms
         self._timezone = timezone
         self._local: tuple[int, int] | None = None
-        self._address: tuple[int, int] | None = None
+        self._address: Address | None = None
         self._address_read = False
 
     @property
@@ -130,30 +130,13 @@ class ClickFacts:
         return self._local
 
     @property
-    def address(self) -> tuple[int, int] | None:
+    def address(self) -> Address | None:
         """(IP version, address as a number), or None without a readable address.
         An IPv4-mapped IPv6 address counts as the IPv4 address it carries."""
         if not self._address_read:
-            self._address = _parse_address(self.visitor.ip)
+            self._address = parse_ip(self.visitor.ip)
             self._address_read = True
         return self._address
-
-
-def _parse_address(text: str | None) -> tuple[int, int] | None:
-    # inet_pton, a tenth of ipaddress.ip_address's cost; pure (no lookup, no I/O).
-    if not text:
-        return None
-    try:
-        return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, text))
-    except (OSError, ValueError):
-        pass
-    try:
-        number = int.from_bytes(socket.inet_pton(socket.AF_INET6, text))
-    except (OSError, ValueError):
-        return None
-    if number >> 32 == 0xFFFF:  # ::ffff:a.b.c.d
-        return 4, number & 0xFFFFFFFF
-    return 6, number
 
 
 # Whether the click's fact is one of the condition's values; False when the fact is missing.
@@ -308,32 +291,8 @@ def _param_test(name: str, values: list[object]) -> Test:
 
 
 def _ip_test(values: list[object]) -> Test:
-    ranges: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
-    for network in _each(values, _network):
-        ranges[network.version].append(
-            (int(network.network_address), int(network.broadcast_address))
-        )
-    merged = {version: tuple(_merge(spans)) for version, spans in ranges.items()}
-
-    def test(facts: ClickFacts) -> bool:
-        address = facts.address
-        if address is None:
-            return False
-        version, number = address
-        return any(low <= number <= high for low, high in merged[version])
-
-    return test
-
-
-def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Overlapping or adjacent ranges joined, so a long list of CIDRs costs fewer tests."""
-    merged: list[tuple[int, int]] = []
-    for low, high in sorted(spans):
-        if merged and low <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
-        else:
-            merged.append((low, high))
-    return merged
+    ranges = AddressRanges(_each(values, _network))
+    return lambda f: f.address in ranges
 
 
 def _asn_test(values: list[object]) -> Test:

@@ -9,7 +9,6 @@ Each data file is loaded once per process, however many apps the process creates
 """
 
 import functools
-import ipaddress
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -18,9 +17,8 @@ from typing import Any
 
 import maxminddb
 
+from tracker.domain.addresses import Address, address_text, is_public, parse_ip
 from tracker.domain.visitor import NO_GEO, Geo
-
-Address = IPv4Address | IPv6Address
 
 # The embedded file with country and AS organisation for IPv4 and IPv6.
 EMBEDDED_DATA_FILE = "geoip2fast-asn-ipv6.dat.gz"
@@ -33,26 +31,9 @@ class GeoDataError(RuntimeError):
     """A configured GeoIP database cannot be used; raised at startup, never per click."""
 
 
-def parse_address(ip: str) -> Address | None:
-    """`ip` as an address (an IPv4-mapped IPv6 address as its IPv4), or None."""
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return None
-    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
-def is_public(address: Address) -> bool:
-    """False for private, reserved, loopback, link-local and multicast addresses,
-    which no GeoIP data places."""
-    return address.is_global and not address.is_multicast
-
-
 def public_address(ip: str) -> Address | None:
     """The address to locate, or None when `ip` is not one or is not public."""
-    address = parse_address(ip)
+    address = parse_ip(ip)
     return address if address is not None and is_public(address) else None
 
 
@@ -153,8 +134,18 @@ def _embedded_description() -> str:
     )
 
 
+def _in_network(address: Address, cidr: str) -> bool:
+    """Whether `address` is inside `cidr` (`a.b.c.d/n`, as geoip2fast writes networks)."""
+    text, _, length = cidr.partition("/")
+    network = parse_ip(text)
+    if network is None or network[0] != address[0] or not length.isdigit():
+        return False
+    host_bits = (32 if network[0] == 4 else 128) - int(length)
+    return host_bits >= 0 and address[1] >> host_bits == network[1] >> host_bits
+
+
 def _embedded_place(address: Address) -> Geo:
-    found = _embedded().lookup(str(address))
+    found = _embedded().lookup(address_text(address))
     if found.is_private:
         return NO_GEO
     isp = _text(found.asn_name)
@@ -163,14 +154,15 @@ def _embedded_place(address: Address) -> Geo:
     # organisation counts only when its network really holds the address.
     if isp == _RESERVED_ORG or not found.asn_cidr:
         isp = None
-    elif isp is not None and address not in ipaddress.ip_network(found.asn_cidr):
+    elif isp is not None and not _in_network(address, found.asn_cidr):
         isp = None
     return Geo(country=_country_code(found.country_code), isp=isp)
 
 
 def _get(reader: maxminddb.Reader, address: Address) -> object:
+    version, number = address
     try:
-        return reader.get(address)
+        return reader.get(IPv4Address(number) if version == 4 else IPv6Address(number))
     except ValueError:  # an IPv6 address in an IPv4-only database
         return None
 

@@ -1,16 +1,13 @@
 """Every fact about a click's visitor, and whether it is a bot, with repeated User-Agents
 and addresses answered from in-process caches."""
 
-import bisect
 import functools
-import ipaddress
-from collections.abc import Iterable
-from ipaddress import IPv4Network, IPv6Network
 
+from tracker.domain.addresses import AddressRanges, is_public, parse_ip
 from tracker.domain.devices import MAX_USER_AGENT, implausible_user_agent, primary_language
 from tracker.domain.visitor import NO_AGENT, NO_GEO, Agent, Geo, Visitor
 from tracker.facts.agents import load_agent_data, parse_agent
-from tracker.facts.geo import Address, GeoLookup, is_public, parse_address
+from tracker.facts.geo import GeoLookup
 from tracker.settings import Settings
 
 # Longer than any address in text form (45 characters, scope id aside).
@@ -21,37 +18,6 @@ _UNKNOWN_COUNTRIES = frozenset({"XX", "T1"})
 
 class FactsSettingsError(ValueError):
     """A visitor-facts setting is malformed; raised at startup."""
-
-
-class AddressRanges:
-    """Membership of an address in a fixed set of CIDRs, by binary search."""
-
-    def __init__(self, cidrs: Iterable[str], setting: str = "TRACKER_BOT_IP_RANGES") -> None:
-        v4: list[IPv4Network] = []
-        v6: list[IPv6Network] = []
-        for cidr in cidrs:
-            try:
-                network = ipaddress.ip_network(cidr.strip(), strict=False)
-            except ValueError as error:
-                raise FactsSettingsError(
-                    f"{setting}: {cidr!r} is not an address or CIDR ({error})"
-                ) from error
-            if isinstance(network, IPv4Network):
-                v4.append(network)
-            else:
-                v6.append(network)
-        # Per IP version: the first and last address of each merged range, in order.
-        merged: dict[int, list[IPv4Network] | list[IPv6Network]] = {
-            4: list(ipaddress.collapse_addresses(v4)),
-            6: list(ipaddress.collapse_addresses(v6)),
-        }
-        self._starts = {v: [int(n.network_address) for n in nets] for v, nets in merged.items()}
-        self._ends = {v: [int(n.broadcast_address) for n in nets] for v, nets in merged.items()}
-
-    def __contains__(self, address: Address) -> bool:
-        starts = self._starts[address.version]
-        at = bisect.bisect_right(starts, int(address)) - 1
-        return at >= 0 and int(address) <= self._ends[address.version][at]
 
 
 def cdn_country_code(value: str | None) -> str | None:
@@ -73,7 +39,10 @@ class VisitorFacts:
     def __init__(self, settings: Settings, geo: GeoLookup | None = None) -> None:
         self.geo = geo or GeoLookup(settings.geoip_db, settings.geoip_asn_db)
         load_agent_data()
-        self._bot_ranges = AddressRanges(settings.bot_ip_ranges)
+        try:
+            self._bot_ranges = AddressRanges.of(settings.bot_ip_ranges)
+        except ValueError as error:
+            raise FactsSettingsError(f"TRACKER_BOT_IP_RANGES: {error}") from None
         self._bot_asn_numbers: set[int] = set()
         self._bot_asn_names: set[str] = set()
         for entry in settings.bot_asns:
@@ -105,7 +74,7 @@ class VisitorFacts:
 
     def _address_facts(self, ip: str) -> tuple[Geo, str | None]:
         """Where the address is and why it is a bot, if the address says so."""
-        address = parse_address(ip)
+        address = parse_ip(ip)
         if address is None:
             return NO_GEO, None
         geo = self.geo.locate(address) if is_public(address) else NO_GEO

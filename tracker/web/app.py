@@ -1,5 +1,6 @@
 """The web application: click redirect, postback, admin API and reports."""
 
+import gc
 import hmac
 import ipaddress
 import logging
@@ -10,6 +11,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from tracker.domain.addresses import AddressRanges
 from tracker.domain.auth import client_address
 from tracker.facts.visitors import VisitorFacts
 from tracker.logs import Throttled
@@ -171,6 +173,14 @@ def handler_args(settings: Settings) -> dict[str, Any]:
     }
 
 
+async def freeze_startup_objects(app: web.Application) -> None:
+    """Keep what startup loaded (the GeoIP tables, parsers' regexes, the configuration)
+    out of the garbage collector's full passes: over the GeoIP tables one takes ~30 ms,
+    a pause a click would wait through. Runs after every other startup step."""
+    gc.collect()
+    gc.freeze()
+
+
 def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings()
     app = web.Application(
@@ -178,7 +188,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
         client_max_size=256 * 1024,
     )
     app[SETTINGS] = settings
-    app[TRUSTED_PROXIES] = tuple(
+    app[TRUSTED_PROXIES] = AddressRanges(
         ipaddress.ip_network(cidr, strict=False) for cidr in settings.trusted_proxies
     )
     app[VISITOR_FACTS] = VisitorFacts(settings)
@@ -213,6 +223,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     failures = AuthFailures(settings.admin_auth_max_failures, settings.admin_auth_window_seconds)
     api = web.Application(middlewares=[require_api_key(failures)])
     app.on_startup.append(make_postback_processor)
+    app.on_startup.append(freeze_startup_objects)
     setup_routes(app, api)
     app.add_subapp("/api", api)
     return app

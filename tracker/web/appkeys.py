@@ -1,12 +1,10 @@
 """Every object shared through the aiohttp application, keyed in one place."""
 
-from collections.abc import Sequence
-
 import asyncpg
 from aiohttp import web
 from redis.asyncio import Redis
 
-from tracker.domain.campaign import IpNetwork
+from tracker.domain.addresses import AddressRanges
 from tracker.facts.visitors import VisitorFacts
 from tracker.postbacks import PostbackProcessor
 from tracker.settings import Settings
@@ -26,7 +24,7 @@ CLICK_READER = web.AppKey("click_reader", ClickReader)
 POSTBACKS = web.AppKey("postbacks", PostbackProcessor)
 POSTBACK_LOG = web.AppKey("postback_log", PostbackLog)
 POSTBACK_GUARD = web.AppKey("postback_guard", PostbackGuard)
-TRUSTED_PROXIES = web.AppKey("trusted_proxies", Sequence[IpNetwork])
+TRUSTED_PROXIES = web.AppKey("trusted_proxies", AddressRanges)
 VISITOR_FACTS = web.AppKey("visitor_facts", VisitorFacts)
 # `; Path=/; HttpOnly; SameSite=Lax[; Secure]`, the same for every cookie the tracker sets.
 COOKIE_ATTRIBUTES = web.AppKey("cookie_attributes", str)
