@@ -172,7 +172,7 @@ async def test_writers_inserting_the_same_keys_in_opposite_orders_do_not_deadloc
             failures = [r for r in results if isinstance(r, BaseException)]
             assert failures == []
             assert sorted(r[0] for r in results).count("created") == 300
-            await pools[0].execute("TRUNCATE conversions, conversion_history")
+            await pools[0].execute("TRUNCATE conversions, conversion_history CASCADE")
     finally:
         for writer in writers:
             await writer.close()

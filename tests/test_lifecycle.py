@@ -87,12 +87,12 @@ async def test_duplicate_policies(client, api, pool):
     ]
     assert await pool.fetchval("SELECT count(*) FROM conversions") == 3
 
-    await pool.execute("TRUNCATE conversions, conversion_history")
+    await pool.execute("TRUNCATE conversions, conversion_history CASCADE")
     _, _, send = await prepared(client, api, {"duplicate_policy": "ignore"})
     assert [await send(txid=t) for t in ("a", "b", "")] == ["created", "duplicate", "duplicate"]
     assert await pool.fetchval("SELECT count(*) FROM conversions") == 1
 
-    await pool.execute("TRUNCATE conversions, conversion_history")
+    await pool.execute("TRUNCATE conversions, conversion_history CASCADE")
     _, _, send = await prepared(client, api, {"duplicate_policy": "accept"})
     assert [await send(txid="a") for _ in range(3)] == ["created"] * 3
     assert await pool.fetchval("SELECT count(*) FROM conversions") == 3

@@ -59,6 +59,11 @@ COPIED_TO_CONVERSION: tuple[str, ...] = (
     "external_id",
     *SUB_NAMES,
     *(name for name, _ in FACT_COLUMNS),
+    # What ad platforms match a conversion on (with the click's parameters, which a
+    # conversion keeps as `click_params`: its own `params` are the postback's).
+    "ip",
+    "user_agent",
+    "cost",
 )
 
 

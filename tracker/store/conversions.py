@@ -35,16 +35,16 @@ INSERT_CONVERSIONS = f"""
 WITH input AS (
     SELECT * FROM jsonb_to_recordset($1::text::jsonb) AS r(
         idx integer, click_id text, dedupe_key text, txid text, parent_txid text,
-        network_id bigint, {_COPIED_TYPES},
+        network_id bigint, {_COPIED_TYPES}, click_params jsonb,
         click_ms bigint, payout numeric, currency text, original_payout numeric,
         original_currency text, status text, event text, params jsonb, log jsonb
     )
 ), inserted AS (
     INSERT INTO conversions (
-        click_id, dedupe_key, txid, parent_txid, network_id, {_COPIED}, click_time,
-        payout, currency, original_payout, original_currency, status, event, params
+        click_id, dedupe_key, txid, parent_txid, network_id, {_COPIED}, click_params,
+        click_time, payout, currency, original_payout, original_currency, status, event, params
     )
-    SELECT click_id, dedupe_key, txid, parent_txid, network_id, {_COPIED},
+    SELECT click_id, dedupe_key, txid, parent_txid, network_id, {_COPIED}, click_params,
            to_timestamp(click_ms / 1000.0), payout, currency, original_payout,
            original_currency, status, event, params
     FROM input
@@ -147,6 +147,7 @@ class ConversionPostback:
             txid=self.txid,
             parent_txid=self.parent_txid,
             network_id=self.network_id,
+            click_params=self.click.get("params"),
             click_ms=self.click["created_ms"],
             payout=None if self.payout is None else str(self.payout),
             currency=self.currency,
