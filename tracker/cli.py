@@ -1,4 +1,4 @@
-"""`tracker serve | sink | migrate | seed-demo | dev`."""
+"""`tracker serve | sink | sender | migrate | seed-demo | dev`."""
 
 import argparse
 import asyncio
@@ -74,6 +74,7 @@ async def _run_sink(settings: Settings) -> None:
     from tracker.sink.clicks import ClickSink
     from tracker.sink.housekeeping import housekeeping
     from tracker.sink.postbacks import queue_sink_for
+    from tracker.sink.sender import DeliverySender
     from tracker.sink.services import postback_services
     from tracker.store.redis import redis_for
 
@@ -93,26 +94,46 @@ async def _run_sink(settings: Settings) -> None:
                 claim_idle_ms=settings.sink_claim_idle_ms,
                 on_stored=matcher.rematch,
             )
+            sender = DeliverySender(pool, settings, name=sink.consumer)
             loop = asyncio.get_running_loop()
 
             def stop() -> None:
                 sink.stop()
                 queue.stop()
+                sender.stop()
 
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop)
             log.info("sink %s started", sink.consumer)
             async with housekeeping(pool, matcher, settings):
-                await asyncio.gather(sink.run(), queue.run())
+                await asyncio.gather(sink.run(), queue.run(), sender.run())
     finally:
         await redis.aclose()
         await pool.close()
     log.info(
-        "sink %s stopped after storing %d clicks and applying %d queued postbacks",
+        "sink %s stopped after storing %d clicks, applying %d queued postbacks "
+        "and delivering %d conversions",
         sink.consumer,
         sink.stored,
         queue.applied,
+        sender.delivered,
     )
+
+
+async def _run_sender(settings: Settings) -> None:
+    from tracker.sink.sender import DeliverySender
+
+    pool = await _pool_when_reachable(settings)
+    sender = DeliverySender(pool, settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, sender.stop)
+    log.info("sender started")
+    try:
+        await sender.run()
+    finally:
+        await pool.close()
+    log.info("sender stopped after %d attempts, %d delivered", sender.sent, sender.delivered)
 
 
 async def _seed_demo(settings: Settings) -> None:
@@ -138,6 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser(
         "sink", help="move clicks into Postgres; apply postbacks queued during an outage"
     )
+    commands.add_parser(
+        "sender", help="send conversions to traffic sources (the sink does it too)"
+    )
     commands.add_parser("migrate", help="apply database migrations")
     commands.add_parser("seed-demo", help="create the demo campaign (idempotent)")
     commands.add_parser("dev", help="start local Redis and Postgres, the app and the sink")
@@ -155,6 +179,8 @@ def main(argv: list[str] | None = None) -> None:
         serve(settings, reuse_port=args.reuse_port)
     elif args.command == "sink":
         uvloop.run(_run_sink(settings))
+    elif args.command == "sender":
+        uvloop.run(_run_sender(settings))
     elif args.command == "migrate":
         from tracker.store.db import migrate
 

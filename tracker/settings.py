@@ -96,6 +96,26 @@ class Settings(BaseSettings):
     # How often the sink re-matches unmatched postbacks whose click has since been stored.
     orphan_sweep_seconds: float = Field(default=60.0, gt=0)
 
+    # Conversions sent back to traffic sources (the outbox sender in `tracker sink` or
+    # `tracker sender`). The first retry waits about this long, each next one twice as long.
+    outbound_retry_base_seconds: float = Field(default=5.0, gt=0)
+    # Attempts per delivery, and its age, before it is given up as dead.
+    outbound_max_attempts: int = Field(default=10, ge=1)
+    outbound_max_age_hours: float = Field(default=72.0, gt=0)
+    # Seconds to connect, and for a whole attempt (connect, send, answer).
+    outbound_connect_timeout: float = Field(default=5.0, gt=0)
+    outbound_timeout: float = Field(default=15.0, gt=0)
+    # Attempts in flight per sender process, and per destination host.
+    outbound_concurrency: int = Field(default=50, ge=1)
+    outbound_per_host: int = Field(default=10, ge=1)
+    # Deliveries to loopback, private, link-local and other non-public addresses are
+    # refused unless this is true (checked on the address the host name resolves to).
+    outbound_allow_private: bool = False
+    # Ad platforms' API base URLs (point them at a proxy or a test server).
+    meta_api_url: str = "https://graph.facebook.com/v21.0"
+    tiktok_api_url: str = "https://business-api.tiktok.com/open_api/v1.3"
+    google_ads_api_url: str = "https://googleads.googleapis.com/v18"
+
     def base_url(self) -> str:
         """The public base URL used in URLs we print and return."""
         if self.public_url:

@@ -10,6 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from tracker.domain.params import load_json_object
+from tracker.outbound.payloads import TEMPLATE, check_postback_config, masked_credentials
 from tracker.domain.rules import RuleError, compile_conditions
 from tracker.domain.text import clean_text, dirt_in
 from tracker.store import admin as sql
@@ -104,6 +105,10 @@ class ResourceViews:
     async def after_write(self, conn: sql.Conn, row_id: int, item: BaseModel) -> None:
         return None
 
+    def merge_input(self, current: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+        """A PATCH body over the row's current values."""
+        return {**current, **body}
+
     async def current_input(self, conn: sql.Conn, row: asyncpg.Record) -> dict[str, Any]:
         columns = set(row.keys())
         return {name: row[name] for name in self.model.model_fields if name in columns}
@@ -143,7 +148,7 @@ class ResourceViews:
                         f"precondition failed: the {self.label} changed since it was read",
                         [{"field": "If-Match", "message": f"current ETag is {sql.etag(row)}"}],
                     )
-                body = {**await self.current_input(conn, row), **body}
+                body = self.merge_input(await self.current_input(conn, row), body)
             item = self.model.model_validate(body)
             await self._check_references(conn, item)
             if row_id is None:
@@ -218,11 +223,76 @@ class ResourceViews:
         app.router.add_delete(base + "/{id}", self.archive)
 
 
+def _problems(problems: list[tuple[str, str]], prefix: str) -> list[dict[str, str]]:
+    return [{"field": f"{prefix}{field}", "message": message} for field, message in problems]
+
+
+def _masked_secret(value: str | None) -> str | None:
+    if value is None:
+        return None
+    return masked_credentials(TEMPLATE, {"secret": value})["secret"]
+
+
 class TrafficSources(ResourceViews):
+    """Traffic sources; their postback credentials and signing secret are never shown
+    whole: the API shows `…` and the last characters, and a PATCH that sends back such
+    a masked value keeps the stored one."""
+
     path = "traffic-sources"
     table = "traffic_sources"
     label = "traffic source"
     model = TrafficSourceIn
+
+    def merge_input(self, current: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+        merged = super().merge_input(current, body)
+        stored = current.get("postback_credentials") or {}
+        given = body.get("postback_credentials")
+        if isinstance(given, dict):
+            merged["postback_credentials"] = {
+                name: stored[name]
+                if isinstance(value, str) and value.startswith("…") and name in stored
+                else value
+                for name, value in given.items()
+            }
+        secret = body.get("postback_signing_secret")
+        if isinstance(secret, str) and secret.startswith("…"):
+            merged["postback_signing_secret"] = current.get("postback_signing_secret")
+        return merged
+
+    async def _check_references(self, conn: sql.Conn, item: BaseModel) -> None:
+        assert isinstance(item, TrafficSourceIn)
+        await super()._check_references(conn, item)
+        if item.postback_preset == TEMPLATE and item.postback_url is None:
+            if item.postback_body is not None:
+                raise ApiError(
+                    400,
+                    f"invalid {self.label}",
+                    [{"field": "postback_url", "message": "a postback body needs a URL"}],
+                )
+            return  # no postback: nothing is sent back
+        problems = check_postback_config(
+            item.postback_preset,
+            item.postback_method,
+            item.postback_url,
+            item.postback_body,
+            item.postback_body_format,
+            item.postback_credentials,
+        )
+        if problems:
+            raise ApiError(400, f"invalid {self.label}", _problems(problems, "postback_"))
+
+    async def present(
+        self, request: web.Request, conn: sql.Conn, rows: list[asyncpg.Record]
+    ) -> list[dict[str, Any]]:
+        items = []
+        for row in rows:
+            item = dict(row)
+            item["postback_credentials"] = masked_credentials(
+                row["postback_preset"], row["postback_credentials"] or {}
+            )
+            item["postback_signing_secret"] = _masked_secret(row["postback_signing_secret"])
+            items.append(item)
+        return items
 
 
 class AffiliateNetworks(ResourceViews):
@@ -318,6 +388,18 @@ class Campaigns(ResourceViews):
             for place, row_id in places:
                 if row_id in missing:
                     details.append({"field": place, "message": f"no active {table} row {row_id}"})
+        if item.postback_url is not None:
+            problems = check_postback_config(
+                TEMPLATE,
+                item.postback_method or "GET",
+                item.postback_url,
+                item.postback_body,
+                item.postback_body_format or "json",
+                {},
+            )
+            details += _problems(problems, "postback_")
+        elif item.postback_body is not None:
+            details.append({"field": "postback_url", "message": "a postback body needs a URL"})
         try:
             await super()._check_references(conn, item)
         except ApiError as exc:

@@ -105,13 +105,60 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
+def _statuses(value: Any) -> Any:
+    if not isinstance(value, list):
+        return value
+    words = []
+    for status in value:
+        if not isinstance(status, str) or status.strip().lower() not in STATUSES:
+            raise ValueError(f"{status!r} is not a status; use {', '.join(STATUSES)}")
+        if status.strip().lower() not in words:
+            words.append(status.strip().lower())
+    return words
+
+
+def _outgoing_status_map(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    mapped = {}
+    for status, word in value.items():
+        if status.strip().lower() not in STATUSES:
+            raise ValueError(f"{status!r} is not a status; use {', '.join(STATUSES)}")
+        if not isinstance(word, str | int) or isinstance(word, bool) or len(str(word)) > 64:
+            raise ValueError(f"{status!r} must map to a word or number of at most 64 characters")
+        mapped[status.strip().lower()] = str(word)
+    return mapped
+
+
+def _share(value: Decimal | None) -> Decimal | None:
+    if value is not None and not 0 < value <= 100:
+        raise ValueError("must be more than 0 and at most 100 (percent)")
+    if value is not None and value != round(value, 4):
+        raise ValueError("takes at most 4 decimal places")
+    return value
+
+
+PostbackTemplate = Annotated[str, Field(min_length=1, max_length=16000)]
+
+
 class TrafficSourceIn(Body):
     name: Name
-    postback_url: Url | None = None
     external_id_param: ParamName = "external_id"
     cost_param: ParamName = "cost"
     # Highest per-click cost accepted from click URLs of `auto` campaigns; above it, no cost.
     max_click_cost: Annotated[Decimal, BeforeValidator(parse_money), Field(ge=0)] = Decimal("100")
+    # Conversions sent back: a URL template (GET, or POST with a body template), or an ad
+    # platform's conversion API with its credentials. Checked as a whole by the view.
+    postback_preset: Literal["template", "meta", "tiktok", "google_ads"] = "template"
+    postback_url: Url | None = None
+    postback_method: Literal["GET", "POST"] = "GET"
+    postback_body: PostbackTemplate | None = None
+    postback_body_format: Literal["json", "form"] = "json"
+    postback_statuses: Annotated[list[str], BeforeValidator(_statuses)] = ["approved"]
+    postback_status_map: Annotated[dict[str, str], BeforeValidator(_outgoing_status_map)] = {}
+    postback_share: Annotated[OptionalMoney, AfterValidator(_share)] = None
+    postback_credentials: dict[str, str] = Field(default={}, max_length=10)
+    postback_signing_secret: Annotated[str, Field(min_length=16, max_length=256)] | None = None
 
 
 def _status_map(value: Any) -> Any:
@@ -251,6 +298,11 @@ class CampaignIn(Body):
     bot_url: Url | None = Field(default=None, validate_default=True)
     unique_window_hours: int = Field(default=24, ge=1, le=8760)
     timezone: Annotated[str, BeforeValidator(time_zone_name)] = "UTC"
+    # The campaign's own outgoing postback template, in place of its traffic source's.
+    postback_url: Url | None = None
+    postback_method: Literal["GET", "POST"] | None = None
+    postback_body: PostbackTemplate | None = None
+    postback_body_format: Literal["json", "form"] | None = None
 
     @field_validator("cost_value")
     @classmethod

@@ -1,0 +1,515 @@
+"""The outbox: deliveries written with their conversion, sent by the sender to a real
+local receiver, retried, given up, replayed; several senders; a sender killed mid-send."""
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from tests.test_postback import make_click
+from tracker.settings import Settings
+from tracker.sink import sender as sender_module
+from tracker.sink.sender import DeliverySender, backoff, retry_after
+
+
+class Receiver:
+    """A traffic source's postback endpoint: records every request; answers what the
+    test scripts per request number (default 200)."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.script: Callable[[int, web.Request], Any] = lambda n, request: 200
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self.server = TestServer(app, host="127.0.0.1")
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.requests.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "query": dict(request.query),
+                "headers": dict(request.headers),
+                "body": body,
+                "at": time.monotonic(),
+            }
+        )
+        answer = self.script(len(self.requests), request)
+        if asyncio.iscoroutine(answer):
+            answer = await answer
+        if isinstance(answer, web.StreamResponse):
+            return answer
+        return web.Response(status=answer, text=f"answer {answer}")
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server.port}{path}"
+
+    def keys(self) -> list[str]:
+        return [r["headers"]["Idempotency-Key"] for r in self.requests]
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    r = Receiver()
+    await r.server.start_server()
+    yield r
+    await r.server.close()
+
+
+def sender_settings(settings: Settings, **changes: Any) -> Settings:
+    values = {
+        "outbound_allow_private": True,
+        "outbound_retry_base_seconds": 0.05,
+        "outbound_timeout": 1.0,
+        "outbound_connect_timeout": 0.5,
+        **changes,
+    }
+    return settings.model_copy(update=values)
+
+
+@contextlib.asynccontextmanager
+async def running_sender(pool, settings: Settings, **changes: Any) -> AsyncIterator[DeliverySender]:
+    sender = DeliverySender(pool, sender_settings(settings, **changes))
+    task = asyncio.create_task(sender.run())
+    try:
+        yield sender
+    finally:
+        sender.stop()
+        await asyncio.wait_for(task, 10)
+
+
+async def wait_until(check: Callable[[], Any], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def delivery_states(pool) -> list[str]:
+    return [r["state"] for r in await pool.fetch("SELECT state FROM deliveries ORDER BY id")]
+
+
+async def converted(client, api, receiver: Receiver, source: dict[str, Any] | None = None,
+                    txid: str = "T1", **postback: str) -> dict[str, Any]:  # fmt: skip
+    """A campaign whose source posts back to `receiver`, a click, and its postback."""
+    setup = await api.setup_campaign()
+    body = source or {
+        "postback_url": receiver.url("/pb?cid={external_id}&p={payout}&s={status}&d={delivery_id}")
+    }
+    await api.call("PATCH", f"/api/traffic-sources/{setup['source']['id']}", json=body)
+    click_id = await make_click(client, setup["campaign"], external_id="ext-1", sub1="zone 7")
+    resp = await client.get(
+        "/postback",
+        params={
+            "clickid": click_id,
+            "payout": "2.50",
+            "txid": txid,
+            "token": setup["network"]["postback_token"],
+            **postback,
+        },
+    )
+    assert resp.status == 200, await resp.text()
+    setup["click_id"] = click_id
+    return setup
+
+
+async def test_a_conversion_is_delivered_within_a_second(client, api, pool, receiver, settings):
+    await converted(client, api, receiver)
+    # The delivery was written with the conversion, before any sender runs.
+    [row] = await pool.fetch("SELECT * FROM deliveries")
+    assert (row["state"], row["status"], row["payout"]) == ("pending", "approved", Decimal("2.5"))
+    async with running_sender(pool, settings) as sender:
+        await wait_until(lambda: receiver.requests)
+        await wait_until(lambda: sender.delivered == 1)
+    [request] = receiver.requests
+    assert request["method"] == "GET"
+    assert request["query"] == {"cid": "ext-1", "p": "2.5", "s": "approved", "d": str(row["id"])}
+    assert request["headers"]["Idempotency-Key"] == str(row["id"])
+    delivered = await pool.fetchrow("SELECT * FROM deliveries")
+    assert delivered["state"] == "delivered"
+    assert delivered["finished_at"] - delivered["created_at"] < timedelta(seconds=1)
+    [attempt] = await pool.fetch("SELECT * FROM delivery_attempts")
+    assert (attempt["status_code"], attempt["response"], attempt["error"]) == (
+        200,
+        "answer 200",
+        None,
+    )
+    assert attempt["latency_ms"] >= 0
+
+
+async def test_the_sender_is_woken_by_new_deliveries(client, api, pool, receiver, settings):
+    # A sender that would otherwise look only every 30 s still sends at once.
+    async with running_sender(pool, settings) as sender:
+        await asyncio.sleep(0.3)  # idle, listening
+        started = time.monotonic()
+        await converted(client, api, receiver)
+        await wait_until(lambda: sender.delivered == 1, within=1.0)
+    assert receiver.requests[0]["at"] - started < 1.0
+
+
+async def test_server_errors_are_retried_then_delivered(client, api, pool, receiver, settings):
+    receiver.script = lambda n, request: 500 if n <= 2 else 200
+    await converted(client, api, receiver)
+    async with running_sender(pool, settings) as sender:
+        await wait_until(lambda: sender.delivered == 1)
+    assert len(receiver.requests) == 3
+    assert len(set(receiver.keys())) == 1  # one delivery, its key on every attempt
+    attempts = await pool.fetch("SELECT status_code, error FROM delivery_attempts ORDER BY id")
+    assert [a["status_code"] for a in attempts] == [500, 500, 200]
+    assert attempts[0]["error"] == "answered 500"
+    row = await pool.fetchrow("SELECT state, attempts FROM deliveries")
+    assert (row["state"], row["attempts"]) == ("delivered", 3)
+    assert await pool.fetchval("SELECT count(*) FROM deliveries") == 1
+
+
+async def test_a_timeout_is_retried(client, api, pool, receiver, settings):
+    async def slow_first(n, request):
+        if n == 1:
+            await asyncio.sleep(1.5)
+        return 200
+
+    receiver.script = slow_first
+    await converted(client, api, receiver)
+    async with running_sender(pool, settings, outbound_timeout=0.5) as sender:
+        await wait_until(lambda: sender.delivered == 1)
+    attempts = await pool.fetch("SELECT status_code, error FROM delivery_attempts ORDER BY id")
+    assert attempts[0]["status_code"] is None
+    assert attempts[0]["error"] == "no answer within 0.5 s"
+    assert attempts[-1]["status_code"] == 200
+
+
+async def test_too_many_requests_waits_for_retry_after(client, api, pool, receiver, settings):
+    receiver.script = lambda n, request: (
+        web.Response(status=429, headers={"Retry-After": "1"}) if n == 1 else 200
+    )
+    await converted(client, api, receiver)
+    async with running_sender(pool, settings) as sender:
+        await wait_until(lambda: sender.delivered == 1, within=5)
+    first, second = receiver.requests
+    # The backoff alone would have retried after ~0.05 s.
+    assert second["at"] - first["at"] >= 0.95
+    assert [a["status_code"] for a in await pool.fetch("SELECT * FROM delivery_attempts")] == [
+        429,
+        200,
+    ]
+
+
+async def test_a_client_error_is_final_at_once(client, api, pool, receiver, settings):
+    receiver.script = lambda n, request: 404
+    await converted(client, api, receiver)
+    async with running_sender(pool, settings):
+        await wait_until(lambda: delivery_states(pool), within=5)
+        await wait_until(lambda: _state_is(pool, "dead"))
+        await asyncio.sleep(0.3)
+    assert len(receiver.requests) == 1
+    row = await pool.fetchrow("SELECT * FROM deliveries")
+    assert (row["attempts"], row["last_error"]) == (1, "answered 404")
+
+
+async def _state_is(pool, state: str) -> bool:
+    return await delivery_states(pool) == [state]
+
+
+async def test_dead_after_the_attempt_limit_then_retried_by_api(
+    client, api, pool, receiver, settings
+):
+    receiver.script = lambda n, request: 503
+    setup = await converted(client, api, receiver)
+    async with running_sender(pool, settings, outbound_max_attempts=3):
+        await wait_until(lambda: _state_is(pool, "dead"))
+        assert len(receiver.requests) == 3
+        row = await pool.fetchrow("SELECT * FROM deliveries")
+        assert row["last_error"] == "gave up after 3 attempts: answered 503"
+
+        listed = await api.call("GET", "/api/deliveries", params={"status": "dead"})
+        [item] = listed["items"]
+        assert item["id"] == row["id"] and item["state"] == "dead"
+        assert [a["status_code"] for a in item["attempts_log"]] == [503, 503, 503]
+        assert item["attempts_log"][0]["response"] == "answer 503"
+        assert (await api.call("GET", "/api/deliveries", params={"status": "delivered"}))[
+            "items"
+        ] == []
+        by_source = {"traffic_source_id": str(setup["source"]["id"]), "status": "dead"}
+        assert len((await api.call("GET", "/api/deliveries", params=by_source))["items"]) == 1
+
+        receiver.script = lambda n, request: 200
+        await api.call("POST", f"/api/deliveries/{row['id']}/retry")
+        await wait_until(lambda: _state_is(pool, "delivered"))
+    assert len(receiver.requests) == 4
+    assert await pool.fetchval("SELECT count(*) FROM delivery_attempts") == 4
+
+
+async def test_retry_and_replay_answer_clearly(client, api, pool, receiver, settings):
+    await api.call("POST", "/api/deliveries/999/retry", expect=404)
+    await api.call("POST", "/api/deliveries/abc/retry", expect=404)
+    await converted(client, api, receiver)
+    delivery_id = await pool.fetchval("SELECT id FROM deliveries")
+    body = await api.call("POST", f"/api/deliveries/{delivery_id}/retry", expect=409)
+    assert body["error"] == f"delivery {delivery_id} is pending already"
+    bad = await api.call("POST", "/api/deliveries/replay", expect=400, json={"from": "2026-01-01"})
+    assert bad["details"][0]["field"] == "to"
+    await api.call(
+        "GET", "/api/deliveries", expect=400, params={"status": "lost", "from": "yesterday"}
+    )
+
+
+async def test_replay_sends_dead_deliveries_of_a_range_again(
+    client, api, pool, receiver, settings
+):
+    receiver.script = lambda n, request: 410
+    await converted(client, api, receiver, txid="A")
+    async with running_sender(pool, settings):
+        await wait_until(lambda: _state_is(pool, "dead"))
+        today = datetime.now(UTC).date()
+        receiver.script = lambda n, request: 200
+        old = {"from": "2020-01-01", "to": "2020-01-31"}
+        assert (await api.call("POST", "/api/deliveries/replay", json=old))["replayed"] == 0
+        now = {"from": str(today - timedelta(days=1)), "to": str(today + timedelta(days=1))}
+        assert (await api.call("POST", "/api/deliveries/replay", json=now))["replayed"] == 1
+        await wait_until(lambda: _state_is(pool, "delivered"))
+        # Only dead ones are replayed.
+        assert (await api.call("POST", "/api/deliveries/replay", json=now))["replayed"] == 0
+
+
+async def test_duplicates_make_no_delivery_and_listed_changes_fire_again(
+    client, api, pool, receiver, settings
+):
+    source = {
+        "postback_url": receiver.url("/pb?s={status}&p={payout}"),
+        "postback_statuses": ["approved", "chargeback"],
+        "postback_status_map": {"approved": "1", "chargeback": "-1"},
+    }
+    setup = await converted(client, api, receiver, source=source, status="pending")
+    assert await pool.fetchval("SELECT count(*) FROM deliveries") == 0  # pending is not listed
+    token = setup["network"]["postback_token"]
+    base = {"clickid": setup["click_id"], "txid": "T1", "token": token}
+    for status in ("approved", "approved", "chargeback", "chargeback"):
+        resp = await client.get("/postback", params={**base, "status": status})
+        assert resp.status == 200
+    rows = await pool.fetch("SELECT status, payout FROM deliveries ORDER BY id")
+    assert [(r["status"], r["payout"]) for r in rows] == [
+        ("approved", Decimal("2.5")),
+        ("chargeback", Decimal("-2.5")),
+    ]
+    async with running_sender(pool, settings) as sender:
+        await wait_until(lambda: sender.delivered == 2)
+    assert sorted((r["query"]["s"], r["query"]["p"]) for r in receiver.requests) == [
+        ("-1", "-2.5"),
+        ("1", "2.5"),
+    ]
+
+
+async def test_a_source_without_postback_gets_no_deliveries(client, api, pool):
+    setup = await api.setup_campaign()
+    click_id = await make_click(client, setup["campaign"])
+    params = {"clickid": click_id, "token": setup["network"]["postback_token"]}
+    assert (await client.get("/postback", params=params)).status == 200
+    assert await pool.fetchval("SELECT count(*) FROM conversions") == 1
+    assert await pool.fetchval("SELECT count(*) FROM deliveries") == 0
+
+
+async def test_a_campaign_template_overrides_its_sources(client, api, pool, receiver, settings):
+    setup = await api.setup_campaign()
+    await api.call(
+        "PATCH",
+        f"/api/traffic-sources/{setup['source']['id']}",
+        json={"postback_url": receiver.url("/source?c={clickid}")},
+    )
+    await api.call(
+        "PATCH",
+        f"/api/campaigns/{setup['campaign']['id']}",
+        json={
+            "postback_url": receiver.url("/campaign"),
+            "postback_method": "POST",
+            "postback_body": '{"click": "{clickid}", "amount": {payout}}',
+        },
+    )
+    click_id = await make_click(client, setup["campaign"])
+    params = {"clickid": click_id, "payout": "1.10", "token": setup["network"]["postback_token"]}
+    assert (await client.get("/postback", params=params)).status == 200
+    async with running_sender(pool, settings) as sender:
+        await wait_until(lambda: sender.delivered == 1)
+    [request] = receiver.requests
+    assert (request["method"], request["path"]) == ("POST", "/campaign")
+    assert request["body"] == f'{{"click": "{click_id}", "amount": 1.1}}'.encode()
+    assert request["headers"]["Content-Type"] == "application/json"
+
+
+async def test_a_rolled_back_conversion_leaves_no_delivery(client, api, pool, receiver):
+    await converted(client, api, receiver)
+    conversion = await pool.fetchrow("SELECT * FROM conversions")
+    async with pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute(
+            "INSERT INTO conversion_history (conversion_id, old_status, new_status, payout, params)"
+            " VALUES ($1, 'approved', 'chargeback', 2.5, '{}')",
+            conversion["id"],
+        )
+        assert await conn.fetchval("SELECT count(*) FROM deliveries") == 2  # seen inside
+        await tx.rollback()
+    assert await pool.fetchval("SELECT count(*) FROM deliveries") == 1
+
+
+async def insert_conversions(pool, source_id: int, campaign_id: int, count: int) -> None:
+    """`count` approved conversions written as the conversion writer does, in one go."""
+    await pool.execute(
+        """
+        WITH c AS (
+            INSERT INTO conversions (click_id, dedupe_key, txid, campaign_id, offer_id,
+                traffic_source_id, click_time, payout, currency, original_payout,
+                original_currency, status, params)
+            SELECT 'bulk' || n, 'k' || n, 't' || n, $2, 1, $1, now(), 1.5, 'USD', 1.5, 'USD',
+                   'approved', '{}'
+            FROM generate_series(1, $3) n
+            RETURNING id, status, payout
+        )
+        INSERT INTO conversion_history (conversion_id, old_status, new_status, payout, params)
+        SELECT id, NULL, status, payout, '{}' FROM c
+        """,
+        source_id,
+        campaign_id,
+        count,
+    )
+
+
+async def test_two_senders_never_send_one_delivery_twice(client, api, pool, receiver, settings):
+    setup = await api.setup_campaign()
+    await api.call(
+        "PATCH",
+        f"/api/traffic-sources/{setup['source']['id']}",
+        json={"postback_url": receiver.url("/pb?d={delivery_id}")},
+    )
+    await insert_conversions(pool, setup["source"]["id"], setup["campaign"]["id"], 400)
+    assert await pool.fetchval("SELECT count(*) FROM deliveries") == 400
+    async with (
+        running_sender(pool, settings, outbound_concurrency=20) as one,
+        running_sender(pool, settings, outbound_concurrency=20) as two,
+    ):
+        await wait_until(lambda: one.delivered + two.delivered == 400, within=30)
+    keys = receiver.keys()
+    assert len(keys) == 400 and len(set(keys)) == 400
+    assert one.delivered > 0 and two.delivered > 0
+    assert await pool.fetchval("SELECT count(*) FROM delivery_attempts") == 400
+
+
+async def test_a_sender_killed_mid_send_is_followed_by_one_resend(
+    client, api, pool, receiver, settings
+):
+    hold = asyncio.Event()
+
+    async def held_first(n, request):
+        if n == 1:
+            await hold.wait()
+        return 200
+
+    receiver.script = held_first
+    await converted(client, api, receiver)
+    env = {
+        **os.environ,
+        "TRACKER_DATABASE_URL": settings.database_url,
+        "TRACKER_REDIS_URL": settings.redis_url,
+        "TRACKER_OUTBOUND_ALLOW_PRIVATE": "true",
+        "TRACKER_OUTBOUND_TIMEOUT": "1",
+    }
+    process = subprocess.Popen([sys.executable, "-m", "tracker", "sender"], env=env)
+    try:
+        await wait_until(lambda: receiver.requests, within=15)
+        process.send_signal(signal.SIGKILL)  # sent, not recorded
+        process.wait(5)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    hold.set()
+    assert await pool.fetchval("SELECT count(*) FROM delivery_attempts") == 0
+    async with running_sender(pool, settings) as sender:
+        # Its lease (2 × 1 s + 1 s) runs out; then another sender sends it again.
+        await wait_until(lambda: sender.delivered == 1, within=10)
+    first, second = receiver.requests
+    assert first["headers"]["Idempotency-Key"] == second["headers"]["Idempotency-Key"]
+    assert first["query"] == second["query"]
+    assert await pool.fetchval("SELECT count(*) FROM deliveries") == 1
+    assert await pool.fetchval("SELECT count(*) FROM conversions") == 1
+    row = await pool.fetchrow("SELECT state, attempts FROM deliveries")
+    assert (row["state"], row["attempts"]) == ("delivered", 2)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:{port}/pb",
+        "http://localhost:{port}/pb",
+        "http://[::1]:{port}/pb",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.5/pb",
+        "http://100.64.0.1/pb",
+    ],
+)
+async def test_private_destinations_are_refused(client, api, pool, receiver, settings, url):
+    source = {"postback_url": url.format(port=receiver.server.port)}
+    await converted(client, api, receiver, source=source)
+    async with running_sender(pool, settings, outbound_allow_private=False):
+        await wait_until(lambda: _state_is(pool, "dead"))
+    assert receiver.requests == []
+    row = await pool.fetchrow("SELECT attempts, last_error FROM deliveries")
+    assert row["attempts"] == 1
+    assert "not a public address: deliveries to it are refused" in row["last_error"]
+
+
+async def test_a_redirect_to_a_private_address_is_refused(
+    client, api, pool, receiver, settings, monkeypatch
+):
+    # Every hop is checked: a public host that redirects inward is refused. The local
+    # receiver stands for the public host: only its own address is let through.
+    receiver.script = lambda n, request: web.Response(
+        status=302, headers={"Location": "http://169.254.169.254/latest/"}
+    )
+    real = sender_module.check_destination
+
+    def check(url, allow_private):
+        return None if url.host == "127.0.0.1" else real(url, allow_private)
+
+    monkeypatch.setattr(sender_module, "check_destination", check)
+    await converted(client, api, receiver)
+    async with running_sender(pool, settings, outbound_allow_private=False):
+        await wait_until(lambda: _state_is(pool, "dead"))
+    assert len(receiver.requests) == 1
+    error = await pool.fetchval("SELECT last_error FROM deliveries")
+    assert "169.254.169.254 is 169.254.169.254, not a public address" in error
+
+
+def test_backoff_doubles_with_jitter():
+    rng = random.Random(1)
+    for attempts, ceiling in ((1, 5), (2, 10), (3, 20), (6, 160)):
+        waits = [backoff(attempts, 5, rng) for _ in range(200)]
+        assert all(ceiling / 2 <= w <= ceiling for w in waits)
+        assert max(waits) - min(waits) > ceiling / 4  # spread out, not in lockstep
+
+
+def test_retry_after_reads_seconds_and_dates():
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert retry_after("120", now) == 120
+    assert retry_after(" 7 ", now) == 7
+    assert retry_after("Thu, 01 Jan 2026 00:01:00 GMT", now) == 60
+    assert retry_after("Wed, 31 Dec 2025 00:00:00 GMT", now) == 0
+    assert retry_after("99999999999", now) == 6 * 3600
+    for bad in (None, "", "soon", "-5", "1.5", "１２"):
+        assert retry_after(bad, now) is None

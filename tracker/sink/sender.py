@@ -1,0 +1,437 @@
+"""The outbox sender: sends each delivery to its traffic source or ad platform, retries
+what can succeed later, and records every attempt.
+
+Runs in `tracker sink` or alone as `tracker sender`; any number of them share the work.
+A sender takes due deliveries with a lease (see `store.deliveries.CLAIM_DUE`): killed
+between the send and the record, its delivery is sent again once the lease ends, with
+the same `Idempotency-Key`, and nothing else repeats.
+"""
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import time
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+import asyncpg
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+from yarl import URL
+
+from tracker.domain.addresses import is_public, parse_ip
+from tracker.domain.click import FACT_COLUMNS, SUB_NAMES
+from tracker.outbound.payloads import (
+    DeliveryFacts,
+    OutboundRequest,
+    PayloadError,
+    PlatformUrls,
+    SourcePostback,
+    build_request,
+)
+from tracker.settings import Settings
+from tracker.store import deliveries
+from tracker.store.db import POSTGRES_UNAVAILABLE
+
+log = logging.getLogger("tracker.sender")
+
+RESPONSE_KEPT = 512
+MAX_REDIRECTS = 5
+# Longest wait a Retry-After may ask for; beyond it the normal backoff applies.
+MAX_RETRY_AFTER = 6 * 3600.0
+# How often a sender looks for due deliveries when nothing wakes it.
+POLL_SECONDS = 1.0
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+class RefusedAddress(OSError):
+    """A delivery's host is, or resolves to, an address deliveries may not go to."""
+
+
+def refusal(host: str, address: str) -> str:
+    return f"{host} is {address}, not a public address: deliveries to it are refused"
+
+
+class GuardedResolver(AbstractResolver):
+    """Name resolution that refuses loopback, private, link-local, metadata and other
+    non-public answers, so the check holds for the address actually connected to."""
+
+    def __init__(self) -> None:
+        self._inner = DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        answers = await self._inner.resolve(host, port, family)
+        for answer in answers:
+            address = parse_ip(answer["host"])
+            if address is None or not is_public(address):
+                raise RefusedAddress(refusal(host, answer["host"]))
+        return answers
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def check_destination(url: URL, allow_private: bool) -> None:
+    """Refuse a URL that is not http(s), or whose host is a non-public address literal
+    (names are checked when resolved)."""
+    if url.scheme not in ("http", "https") or not url.host:
+        raise PayloadError(f"not an http(s) URL: {url.scheme}://…")
+    if allow_private:
+        return
+    address = parse_ip(url.host)
+    if address is not None and not is_public(address):
+        raise RefusedAddress(refusal(url.host, url.host))
+
+
+def backoff(attempts: int, base: float, rng: random.Random) -> float:
+    """Seconds before attempt `attempts + 1`: base, 2×base, 4×base… each drawn from its
+    upper half, so that deliveries failed together do not come back together."""
+    ceiling = base * 2 ** min(attempts - 1, 30)
+    return ceiling / 2 + rng.random() * ceiling / 2
+
+
+def retry_after(value: str | None, now: datetime) -> float | None:
+    """A Retry-After header's wait in seconds (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(min(int(value), int(MAX_RETRY_AFTER)))
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, min((when - now).total_seconds(), MAX_RETRY_AFTER))
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "…")
+    return text
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def delivery_facts(row: Mapping[str, Any]) -> DeliveryFacts:
+    fields = {name: _text(row[name]) for name in SUB_NAMES}
+    fields.update({name: _text(row[name]) for name, _ in FACT_COLUMNS})
+    params = row["click_params"]
+    return DeliveryFacts(
+        delivery_id=row["id"],
+        conversion_id=row["conversion_id"],
+        conversion_time=row["conversion_time"],
+        click_time=row["click_time"],
+        click_id=row["click_id"],
+        external_id=row["external_id"],
+        campaign_id=row["campaign_id"],
+        offer_id=row["offer_id"],
+        traffic_source_id=row["traffic_source_id"],
+        status=row["status"],
+        payout=row["payout"],
+        currency=row["currency"].strip(),
+        cost=row["cost"],
+        txid=row["txid"],
+        event=row["event"],
+        ip=row["ip"],
+        user_agent=row["user_agent"],
+        click_params={str(k): str(v) for k, v in params.items()} if isinstance(params, dict) else {},
+        fields=fields,
+    )
+
+
+def source_postback(row: Mapping[str, Any]) -> SourcePostback:
+    """The source's settings, with the campaign's own template in place of the source's
+    URL, method and body when the campaign has one."""
+    share = row["postback_share"]
+    common: dict[str, Any] = {
+        "status_map": dict(row["postback_status_map"] or {}),
+        "share_percent": Decimal(share) if share is not None else None,
+        "signing_secret": row["postback_signing_secret"],
+    }
+    if row["campaign_postback_url"]:
+        return SourcePostback(
+            preset="template",
+            method=row["campaign_postback_method"] or "GET",
+            url=row["campaign_postback_url"],
+            body=row["campaign_postback_body"],
+            body_format=row["campaign_postback_body_format"] or "json",
+            credentials={},
+            **common,
+        )
+    return SourcePostback(
+        preset=row["postback_preset"],
+        method=row["postback_method"],
+        url=row["postback_url"],
+        body=row["postback_body"],
+        body_format=row["postback_body_format"],
+        credentials=dict(row["postback_credentials"] or {}),
+        **common,
+    )
+
+
+class Outcome:
+    """What one attempt came to."""
+
+    __slots__ = ("error", "response", "retry_after", "retryable", "status_code")
+
+    def __init__(
+        self,
+        status_code: int | None = None,
+        response: str | None = None,
+        error: str | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.response = response
+        self.error = error
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+    @property
+    def delivered(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+class DeliverySender:
+    """Claims due deliveries and sends them, `outbound_concurrency` at a time."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, name: str = "sender") -> None:
+        self._pool = pool
+        self._settings = settings
+        self._name = name
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._slots = asyncio.Semaphore(settings.outbound_concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._rng = random.Random()
+        self._urls = PlatformUrls(
+            meta=settings.meta_api_url.rstrip("/"),
+            tiktok=settings.tiktok_api_url.rstrip("/"),
+            google_ads=settings.google_ads_api_url.rstrip("/"),
+        )
+        # An attempt never outlives its lease: another sender would send it again.
+        self.lease_seconds = settings.outbound_timeout * 2 + 1
+        self.sent = 0
+        self.delivered = 0
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    def wake(self, *_: object) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self._settings.outbound_concurrency,
+            limit_per_host=self._settings.outbound_per_host,
+            resolver=None if self._settings.outbound_allow_private else GuardedResolver(),
+            ttl_dns_cache=60,
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=self._settings.outbound_timeout,
+            connect=self._settings.outbound_connect_timeout,
+        )
+        async with aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            headers={"User-Agent": "tracker-postback/1"},
+            skip_auto_headers=("Content-Type",),
+        ) as session:
+            listener = asyncio.create_task(self._listen(), name="delivery-listener")
+            try:
+                await self._loop(session)
+            finally:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
+                if self._tasks:
+                    await asyncio.wait(self._tasks, timeout=self._settings.outbound_timeout)
+
+    async def _loop(self, session: aiohttp.ClientSession) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            free = self._settings.outbound_concurrency - len(self._tasks)
+            claimed: list[asyncpg.Record] = []
+            wait = POLL_SECONDS
+            if free > 0:
+                try:
+                    claimed = await deliveries.claim(self._pool, free, self.lease_seconds)
+                    if not claimed:
+                        due_in = await deliveries.next_due_in(self._pool)
+                        if due_in is not None:
+                            wait = max(0.0, min(wait, due_in))
+                except (*POSTGRES_UNAVAILABLE, asyncpg.PostgresError) as exc:
+                    log.warning("%s: cannot claim deliveries (%r); trying again", self._name, exc)
+            for row in claimed:
+                task = asyncio.create_task(self._send(session, row))
+                self._tasks.add(task)
+                task.add_done_callback(self._done)
+            if claimed and len(claimed) == free:
+                continue  # maybe more are due; a finished task frees a slot
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._wake.set()
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("%s: delivery task failed: %r", self._name, exc)
+
+    async def _listen(self) -> None:
+        """Wake on every NOTIFY of new or replayed deliveries; reconnect when the
+        connection is lost (the loop polls meanwhile)."""
+        delay = 0.5
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(
+                    self._settings.database_url, timeout=self._settings.pg_timeout
+                )
+                await conn.add_listener(deliveries.CHANNEL, self.wake)
+                self._wake.set()  # anything written while not listening
+                delay = 0.5
+                while not conn.is_closed():
+                    await asyncio.sleep(1.0)
+                    await conn.execute("SELECT 1", timeout=self._settings.pg_timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.info("%s: delivery listener lost (%r); reconnecting", self._name, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    conn.terminate()
+
+    async def _send(self, session: aiohttp.ClientSession, row: asyncpg.Record) -> None:
+        async with self._slots:
+            started = datetime.now(UTC)
+            clock = time.perf_counter()
+            secrets = list(dict(row["postback_credentials"] or {}).values())
+            try:
+                request = build_request(source_postback(row), delivery_facts(row), self._urls, started)
+                outcome = await self._attempt(session, request)
+            except PayloadError as exc:
+                outcome = Outcome(error=f"cannot build the request: {exc}")
+            except RefusedAddress as exc:
+                outcome = Outcome(error=str(exc))
+            latency = int((time.perf_counter() - clock) * 1000)
+            if outcome.error:
+                outcome.error = redact(outcome.error, secrets)[:1000]
+            if outcome.response:
+                outcome.response = redact(outcome.response, secrets)
+            await self._record(row, outcome, started, latency)
+
+    async def _attempt(self, session: aiohttp.ClientSession, request: OutboundRequest) -> Outcome:
+        url = URL(request.url, encoded=True)
+        method, body = request.method, request.body
+        headers = dict(request.headers)
+        for _ in range(MAX_REDIRECTS + 1):
+            check_destination(url, self._settings.outbound_allow_private)
+            try:
+                async with session.request(
+                    method, url, headers=headers, data=body, allow_redirects=False
+                ) as resp:
+                    head = await resp.content.read(RESPONSE_KEPT)
+                    text = head.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+                    status = resp.status
+                    if status in _REDIRECTS and "Location" in resp.headers:
+                        url = url.join(URL(resp.headers["Location"]))
+                        if status == 303 or (status in (301, 302) and method == "POST"):
+                            method, body = "GET", None
+                            headers.pop("Content-Type", None)
+                        continue
+                    after = retry_after(resp.headers.get("Retry-After"), datetime.now(UTC))
+            except TimeoutError:
+                return Outcome(
+                    error=f"no answer within {self._settings.outbound_timeout:g} s",
+                    retryable=True,
+                )
+            except aiohttp.ClientConnectorError as exc:
+                if isinstance(exc.os_error, RefusedAddress):
+                    return Outcome(error=str(exc.os_error))
+                return Outcome(error=f"cannot connect: {exc.os_error}", retryable=True)
+            except aiohttp.InvalidURL:
+                return Outcome(error="the URL is not valid")
+            except (aiohttp.ClientError, OSError) as exc:
+                return Outcome(error=f"{type(exc).__name__}: {exc}", retryable=True)
+            retryable = status == 429 or status >= 500
+            return Outcome(
+                status_code=status,
+                response=text,
+                error=None if 200 <= status < 300 else f"answered {status}",
+                retryable=retryable,
+                retry_after=after if retryable else None,
+            )
+        return Outcome(error=f"more than {MAX_REDIRECTS} redirects")
+
+    async def _record(
+        self, row: asyncpg.Record, outcome: Outcome, started: datetime, latency: int
+    ) -> None:
+        settings = self._settings
+        now = datetime.now(UTC)
+        next_at: datetime | None = None
+        error = outcome.error
+        if outcome.delivered:
+            state = deliveries.DELIVERED
+        elif not outcome.retryable:
+            state = deliveries.DEAD
+        elif row["attempts"] >= settings.outbound_max_attempts:
+            state = deliveries.DEAD
+            error = f"gave up after {row['attempts']} attempts: {error}"
+        else:
+            wait = backoff(row["attempts"], settings.outbound_retry_base_seconds, self._rng)
+            if outcome.retry_after is not None:
+                wait = max(wait, outcome.retry_after)
+            next_at = now + timedelta(seconds=wait)
+            if next_at - row["created_at"] > timedelta(hours=settings.outbound_max_age_hours):
+                state = deliveries.DEAD
+                next_at = None
+                error = f"gave up: older than {settings.outbound_max_age_hours:g} h: {error}"
+            else:
+                state = deliveries.PENDING
+        for delay in (0.5, 1.0, 2.0, 4.0, None):
+            try:
+                await deliveries.finish(
+                    self._pool,
+                    row,
+                    state,
+                    next_at,
+                    started,
+                    outcome.status_code,
+                    latency,
+                    outcome.response,
+                    error,
+                )
+                break
+            except (*POSTGRES_UNAVAILABLE, asyncpg.PostgresError) as exc:
+                if delay is None:
+                    # The lease runs out and another attempt follows: sent twice at worst,
+                    # with one Idempotency-Key.
+                    log.error("%s: delivery %s not recorded (%r)", self._name, row["id"], exc)
+                    return
+                await asyncio.sleep(delay)
+        self.sent += 1
+        if state == deliveries.DELIVERED:
+            self.delivered += 1
+        elif state == deliveries.DEAD:
+            log.warning("%s: delivery %s is dead: %s", self._name, row["id"], error)
