@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -271,9 +272,7 @@ async def test_retry_and_replay_answer_clearly(client, api, pool, receiver, sett
     )
 
 
-async def test_replay_sends_dead_deliveries_of_a_range_again(
-    client, api, pool, receiver, settings
-):
+async def test_replay_sends_dead_deliveries_of_a_range_again(client, api, pool, receiver, settings):
     receiver.script = lambda n, request: 410
     await converted(client, api, receiver, txid="A")
     async with running_sender(pool, settings):
@@ -354,24 +353,20 @@ async def test_a_campaign_template_overrides_its_sources(client, api, pool, rece
 
 
 async def test_a_rolled_back_conversion_leaves_no_delivery(client, api, pool, receiver):
-    await converted(client, api, receiver)
-    conversion = await pool.fetchrow("SELECT * FROM conversions")
+    setup = await converted(client, api, receiver)
     async with pool.acquire() as conn:
         tx = conn.transaction()
         await tx.start()
-        await conn.execute(
-            "INSERT INTO conversion_history (conversion_id, old_status, new_status, payout, params)"
-            " VALUES ($1, 'approved', 'chargeback', 2.5, '{}')",
-            conversion["id"],
-        )
-        assert await conn.fetchval("SELECT count(*) FROM deliveries") == 2  # seen inside
+        await insert_conversions(conn, setup["source"]["id"], setup["campaign"]["id"], 3)
+        assert await conn.fetchval("SELECT count(*) FROM deliveries") == 4  # seen inside
         await tx.rollback()
     assert await pool.fetchval("SELECT count(*) FROM deliveries") == 1
+    assert await pool.fetchval("SELECT count(*) FROM conversions") == 1
 
 
-async def insert_conversions(pool, source_id: int, campaign_id: int, count: int) -> None:
+async def insert_conversions(db, source_id: int, campaign_id: int, count: int) -> None:
     """`count` approved conversions written as the conversion writer does, in one go."""
-    await pool.execute(
+    await db.execute(
         """
         WITH c AS (
             INSERT INTO conversions (click_id, dedupe_key, txid, campaign_id, offer_id,
@@ -441,7 +436,7 @@ async def test_a_sender_killed_mid_send_is_followed_by_one_resend(
     hold.set()
     assert await pool.fetchval("SELECT count(*) FROM delivery_attempts") == 0
     async with running_sender(pool, settings) as sender:
-        # Its lease (2 × 1 s + 1 s) runs out; then another sender sends it again.
+        # Its lease (twice 1 s, plus 1 s) runs out; then another sender sends it again.
         await wait_until(lambda: sender.delivered == 1, within=10)
     first, second = receiver.requests
     assert first["headers"]["Idempotency-Key"] == second["headers"]["Idempotency-Key"]
@@ -511,5 +506,131 @@ def test_retry_after_reads_seconds_and_dates():
     assert retry_after("Thu, 01 Jan 2026 00:01:00 GMT", now) == 60
     assert retry_after("Wed, 31 Dec 2025 00:00:00 GMT", now) == 0
     assert retry_after("99999999999", now) == 6 * 3600
-    for bad in (None, "", "soon", "-5", "1.5", "１２"):
+    for bad in (None, "", "soon", "-5", "1.5", "\uff11\uff12"):
         assert retry_after(bad, now) is None
+
+
+async def test_a_meta_preset_is_sent_with_the_clicks_fbclid(client, api, pool, receiver, settings):
+    source = {
+        "postback_preset": "meta",
+        "postback_credentials": {
+            "pixel_id": "1234567890",
+            "access_token": "EAAB-secret-token-9876",
+        },
+    }
+    setup = await api.setup_campaign()
+    await api.call("PATCH", f"/api/traffic-sources/{setup['source']['id']}", json=source)
+    click_id = await make_click(client, setup["campaign"], fbclid="IwAR-abc")
+    params = {"clickid": click_id, "payout": "12.5", "token": setup["network"]["postback_token"]}
+    assert (await client.get("/postback", params=params)).status == 200
+    conversion = await pool.fetchrow("SELECT * FROM conversions")
+    assert conversion["click_params"]["fbclid"] == "IwAR-abc"
+    assert conversion["user_agent"] and conversion["ip"] == "127.0.0.1"
+    async with running_sender(pool, settings, meta_api_url=receiver.url("/v21.0")) as sender:
+        await wait_until(lambda: sender.delivered == 1)
+    [request] = receiver.requests
+    assert (request["method"], request["path"]) == ("POST", "/v21.0/1234567890/events")
+    assert request["query"] == {"access_token": "EAAB-secret-token-9876"}
+    [event] = orjson.loads(request["body"])["data"]
+    delivery_id = await pool.fetchval("SELECT id FROM deliveries")
+    assert event["event_id"] == str(delivery_id)
+    assert event["event_name"] == "Purchase"
+    assert event["action_source"] == "website"
+    assert event["event_time"] == int(conversion["created_at"].timestamp())
+    click_ms = int(conversion["click_time"].timestamp() * 1000)
+    assert event["user_data"]["fbc"] == f"fb.1.{click_ms}.IwAR-abc"
+    assert event["user_data"]["client_ip_address"] == "127.0.0.1"
+    assert event["user_data"]["client_user_agent"] == conversion["user_agent"]
+    assert event["custom_data"] == {"value": 12.5, "currency": "USD"}
+
+
+async def test_a_google_preset_without_gclid_is_dead_with_the_reason(
+    client, api, pool, receiver, settings
+):
+    source = {
+        "postback_preset": "google_ads",
+        "postback_credentials": {
+            "customer_id": "123-456-7890",
+            "conversion_action_id": "555",
+            "developer_token": "dev-token-abcdefgh",
+            "access_token": "ya29.access-token-xyz",
+        },
+    }
+    await converted(client, api, receiver, source=source)
+    async with running_sender(pool, settings, google_ads_api_url=receiver.url("/v18")):
+        await wait_until(lambda: _state_is(pool, "dead"))
+    assert receiver.requests == []
+    error = await pool.fetchval("SELECT last_error FROM deliveries")
+    assert error == "cannot build the request: the click has no gclid parameter"
+
+
+async def test_source_postback_settings_are_checked_and_secrets_masked(api, pool):
+    setup = await api.setup_campaign()
+    path = f"/api/traffic-sources/{setup['source']['id']}"
+    bad = await api.call(
+        "PATCH", path, expect=400, json={"postback_url": "https://ts.example/pb?x={nonsense}"}
+    )
+    assert bad["details"][0]["field"] == "postback_url"
+    assert "nonsense" in bad["details"][0]["message"]
+    bad = await api.call(
+        "PATCH", path, expect=400, json={"postback_preset": "tiktok", "postback_credentials": {}}
+    )
+    fields = {d["field"] for d in bad["details"]}
+    assert {"postback_credentials.pixel_code", "postback_credentials.access_token"} <= fields
+    for body, field in (
+        ({"postback_statuses": ["approved", "paid"]}, "postback_statuses"),
+        ({"postback_share": "0"}, "postback_share"),
+        ({"postback_share": "101"}, "postback_share"),
+        ({"postback_status_map": {"won": "1"}}, "postback_status_map"),
+        ({"postback_method": "PUT"}, "postback_method"),
+        ({"postback_signing_secret": "short"}, "postback_signing_secret"),
+        ({"postback_body": '{"a": 1}'}, "postback_url"),
+    ):
+        bad = await api.call("PATCH", path, expect=400, json=body)
+        assert bad["details"][0]["field"] == field, (body, bad)
+
+    secret = "whsec-0123456789abcdef"
+    token = "tt-access-token-0000-wxyz"
+    saved = await api.call(
+        "PATCH",
+        path,
+        json={
+            "postback_preset": "tiktok",
+            "postback_credentials": {"pixel_code": "C123ABC", "access_token": token},
+            "postback_signing_secret": secret,
+            "postback_share": "62.5",
+            "postback_statuses": ["Approved", "chargeback"],
+        },
+    )
+    assert saved["postback_credentials"] == {"pixel_code": "C123ABC", "access_token": "…wxyz"}
+    assert saved["postback_signing_secret"] == "…cdef"
+    assert Decimal(saved["postback_share"]) == Decimal("62.5")
+    assert saved["postback_statuses"] == ["approved", "chargeback"]
+    # What the API showed, sent back, keeps the stored secrets.
+    shown = {k: v for k, v in saved.items() if k.startswith("postback_credentials")}
+    shown["postback_signing_secret"] = saved["postback_signing_secret"]
+    again = await api.call("PATCH", path, json={**shown, "name": "Renamed"})
+    assert again["postback_credentials"]["access_token"] == "…wxyz"
+    row = await pool.fetchrow("SELECT * FROM traffic_sources WHERE id = $1", saved["id"])
+    assert row["postback_credentials"]["access_token"] == token
+    assert row["postback_signing_secret"] == secret
+    listed = await api.call("GET", "/api/traffic-sources")
+    assert token not in str(listed) and secret not in str(listed)
+
+
+async def test_campaign_postback_template_is_checked(api):
+    setup = await api.setup_campaign()
+    path = f"/api/campaigns/{setup['campaign']['id']}"
+    bad = await api.call(
+        "PATCH",
+        path,
+        expect=400,
+        json={
+            "postback_url": "https://ts.example/pb",
+            "postback_method": "POST",
+            "postback_body": '{"a": {payout}',
+        },
+    )
+    assert bad["details"][0]["field"] == "postback_body"
+    ok = await api.call("PATCH", path, json={"postback_url": "https://ts.example/pb?c={clickid}"})
+    assert ok["postback_url"] == "https://ts.example/pb?c={clickid}"

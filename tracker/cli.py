@@ -159,9 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser(
         "sink", help="move clicks into Postgres; apply postbacks queued during an outage"
     )
-    commands.add_parser(
-        "sender", help="send conversions to traffic sources (the sink does it too)"
-    )
+    commands.add_parser("sender", help="send conversions to traffic sources (the sink does it too)")
     commands.add_parser("migrate", help="apply database migrations")
     commands.add_parser("seed-demo", help="create the demo campaign (idempotent)")
     commands.add_parser("dev", help="start local Redis and Postgres, the app and the sink")

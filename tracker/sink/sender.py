@@ -48,6 +48,7 @@ MAX_RETRY_AFTER = 6 * 3600.0
 # How often a sender looks for due deliveries when nothing wakes it.
 POLL_SECONDS = 1.0
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+STORE_ERRORS: tuple[type[BaseException], ...] = (*POSTGRES_UNAVAILABLE, asyncpg.PostgresError)
 
 
 class RefusedAddress(OSError):
@@ -92,9 +93,9 @@ def check_destination(url: URL, allow_private: bool) -> None:
 
 
 def backoff(attempts: int, base: float, rng: random.Random) -> float:
-    """Seconds before attempt `attempts + 1`: base, 2×base, 4×base… each drawn from its
+    """Seconds before attempt `attempts + 1`: base, twice that, four times… each drawn from its
     upper half, so that deliveries failed together do not come back together."""
-    ceiling = base * 2 ** min(attempts - 1, 30)
+    ceiling: float = base * 2.0 ** min(attempts - 1, 30)
     return ceiling / 2 + rng.random() * ceiling / 2
 
 
@@ -104,7 +105,7 @@ def retry_after(value: str | None, now: datetime) -> float | None:
         return None
     value = value.strip()
     if value.isascii() and value.isdigit():
-        return float(min(int(value), int(MAX_RETRY_AFTER)))
+        return min(float(value), MAX_RETRY_AFTER)
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -151,7 +152,9 @@ def delivery_facts(row: Mapping[str, Any]) -> DeliveryFacts:
         event=row["event"],
         ip=row["ip"],
         user_agent=row["user_agent"],
-        click_params={str(k): str(v) for k, v in params.items()} if isinstance(params, dict) else {},
+        click_params={str(k): str(v) for k, v in params.items()}
+        if isinstance(params, dict)
+        else {},
         fields=fields,
     )
 
@@ -279,7 +282,7 @@ class DeliverySender:
                         due_in = await deliveries.next_due_in(self._pool)
                         if due_in is not None:
                             wait = max(0.0, min(wait, due_in))
-                except (*POSTGRES_UNAVAILABLE, asyncpg.PostgresError) as exc:
+                except STORE_ERRORS as exc:
                     log.warning("%s: cannot claim deliveries (%r); trying again", self._name, exc)
             for row in claimed:
                 task = asyncio.create_task(self._send(session, row))
@@ -328,7 +331,10 @@ class DeliverySender:
             clock = time.perf_counter()
             secrets = list(dict(row["postback_credentials"] or {}).values())
             try:
-                request = build_request(source_postback(row), delivery_facts(row), self._urls, started)
+                values = dict(row.items())
+                request = build_request(
+                    source_postback(values), delivery_facts(values), self._urls, started
+                )
                 outcome = await self._attempt(session, request)
             except PayloadError as exc:
                 outcome = Outcome(error=f"cannot build the request: {exc}")
@@ -423,7 +429,7 @@ class DeliverySender:
                     error,
                 )
                 break
-            except (*POSTGRES_UNAVAILABLE, asyncpg.PostgresError) as exc:
+            except STORE_ERRORS as exc:
                 if delay is None:
                     # The lease runs out and another attempt follows: sent twice at worst,
                     # with one Idempotency-Key.

@@ -10,9 +10,9 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from tracker.domain.params import load_json_object
-from tracker.outbound.payloads import TEMPLATE, check_postback_config, masked_credentials
 from tracker.domain.rules import RuleError, compile_conditions
 from tracker.domain.text import clean_text, dirt_in
+from tracker.outbound.payloads import TEMPLATE, check_postback_config, masked_credentials
 from tracker.store import admin as sql
 from tracker.web.appkeys import CONFIG, PG_POOL, SETTINGS
 from tracker.web.errors import ApiError, json_response, read_body
