@@ -91,6 +91,8 @@ class Stack:
             TRACKER_API_KEY="bench",
             # wrk is the proxy: facts.lua sends each visitor's address in X-Forwarded-For.
             TRACKER_TRUSTED_PROXIES='["127.0.0.1"]',
+            # The delivery phase posts back to a receiver on this machine.
+            TRACKER_OUTBOUND_ALLOW_PRIVATE="true",
         )
         return env
 
@@ -239,6 +241,87 @@ async def create_flows_campaign(port: int, pool: asyncpg.Pool) -> str:
             if resp.status != 201:
                 raise SystemExit(f"flows campaign refused: {campaign}")
     return f"/c/{campaign['key']}"
+
+
+# Conversions written as the conversion writer writes them (row and history row in one
+# statement), each making one delivery through the outbox trigger.
+INSERT_CONVERSIONS = """
+WITH c AS (
+    INSERT INTO conversions (click_id, dedupe_key, txid, campaign_id, offer_id,
+        traffic_source_id, click_time, payout, currency, original_payout, original_currency,
+        status, params, external_id)
+    SELECT $1 || n, 'k', $1 || n, c.id,
+           (SELECT offer_id FROM campaign_offers WHERE campaign_id = c.id LIMIT 1),
+           c.traffic_source_id, now(), 1.25, 'USD', 1.25, 'USD', 'approved', '{}', 'ext' || n
+    FROM generate_series(1, $2) n, campaigns c
+    WHERE c.id = (SELECT min(id) FROM campaigns)
+    RETURNING id, status, payout
+)
+INSERT INTO conversion_history (conversion_id, old_status, new_status, payout, params)
+SELECT id, NULL, status, payout, '{}' FROM c
+"""
+
+
+async def delivered(pool: asyncpg.Pool, prefix: str) -> asyncpg.Record:
+    return await pool.fetchrow(
+        "SELECT count(*) FILTER (WHERE d.state = 'delivered') AS done, count(*) AS total, "
+        "extract(epoch FROM max(d.finished_at) - min(d.created_at)) AS span, "
+        "percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM "
+        "d.finished_at - d.created_at)) AS p50, "
+        "percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM "
+        "d.finished_at - d.created_at)) AS p99 "
+        "FROM deliveries d JOIN conversions c ON c.id = d.conversion_id "
+        "WHERE c.click_id LIKE $1 || '%'",
+        prefix,
+    )
+
+
+async def deliveries_phase(pool: asyncpg.Pool, opts: argparse.Namespace) -> dict[str, Any]:
+    """The sink's sender posting back to a local receiver: deliveries/s for a backlog
+    written at once, and the delay from conversion to delivery at a steady rate."""
+    port = free_port()
+    receiver = subprocess.Popen([sys.executable, str(BENCH / "receiver.py"), str(port)])
+    try:
+        await wait_listening(port)
+        await pool.execute(
+            "UPDATE traffic_sources SET postback_url = $1",
+            f"http://127.0.0.1:{port}/pb?c={{external_id}}&p={{payout}}&d={{delivery_id}}",
+        )
+        rates = []
+        for run in range(opts.runs):
+            prefix, count = f"burst{run}-", 5000
+            await pool.execute(INSERT_CONVERSIONS, prefix, count)
+            while (row := await delivered(pool, prefix))["done"] < count:
+                await asyncio.sleep(0.1)
+            rates.append(count / float(row["span"]))
+        # A steady 200 conversions/s, in 20 writes of 10 a second, for the run's duration.
+        prefix = "steady-"
+        writes = opts.duration * 20
+        for i in range(writes):
+            await pool.execute(INSERT_CONVERSIONS, f"{prefix}{i}-", 10)
+            await asyncio.sleep(0.05)
+        while (row := await delivered(pool, prefix))["done"] < writes * 10:
+            await asyncio.sleep(0.1)
+    finally:
+        receiver.send_signal(signal.SIGTERM)
+        receiver.wait(timeout=30)
+    result = {
+        "deliveries_per_s": summarize(rates),
+        "steady_p50_ms": float(row["p50"]) * 1000,
+        "steady_p99_ms": float(row["p99"]) * 1000,
+    }
+    rate = result["deliveries_per_s"]
+    print(
+        f"{'deliveries (5,000 at once)':<28}  per_s {rate['median']:.1f} "
+        f"[{rate['min']:.1f}..{rate['max']:.1f}]",
+        flush=True,
+    )
+    print(
+        f"{'  conversion to delivery':<28}  at 200/s: p50_ms {result['steady_p50_ms']:.1f}  "
+        f"p99_ms {result['steady_p99_ms']:.1f}",
+        flush=True,
+    )
+    return result
 
 
 def report_line(label: str, runs: list[dict[str, Any]], keys_: list[str]) -> dict[str, Any]:
@@ -425,6 +508,7 @@ async def main() -> None:
                     f"postback, {few} connections", runs, latency
                 )
             stack.stop_process("serve")
+        results["deliveries"] = await deliveries_phase(pool, opts)
         if "clicks_workers_2" in results:
             w1 = results["clicks_workers_1"]["rps"]["median"]
             w2 = results["clicks_workers_2"]["rps"]["median"]

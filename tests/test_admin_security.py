@@ -97,7 +97,11 @@ async def test_offer_and_traffic_source_urls_are_checked_by_the_api(api):
         assert problem in error["details"][0]["message"], error
     for url in GOOD_URLS[:3]:
         await api.call("PATCH", offer_path, json={"url": url})
+    for url in GOOD_URLS[1:4]:
         await api.call("PATCH", source_path, json={"postback_url": url})
+    # A postback is a request: a fragment would never reach the source.
+    error = await api.call("PATCH", source_path, expect=400, json={"postback_url": GOOD_URLS[0]})
+    assert error["details"][0]["message"] == "must not have a #fragment: it is never sent"
     offer = await api.call("GET", offer_path)
     assert offer["url"] == GOOD_URLS[2]
 

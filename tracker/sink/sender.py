@@ -126,7 +126,7 @@ def _text(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, bool):
-        return "true" if value else "false"
+        return "1" if value else "0"
     return str(value)
 
 
