@@ -24,12 +24,14 @@ from tracker.store import signatures
 from tracker.store.clicks import ClickReader
 from tracker.store.config import ConfigCache
 from tracker.store.conversions import ConversionPostback, ConversionWriter, ParentNotFound
-from tracker.store.postback_log import Inbound, mark_rematched, unmatched_for
+from tracker.store.postback_log import PIXEL, Inbound, mark_rematched, unmatched_for
 
 log = logging.getLogger("tracker.postback")
 
 UNMATCHED, REJECTED_AUTH, INVALID = "unmatched", "rejected-auth", "invalid"
 QUEUED, FAILED = "queued", "failed"
+PIXEL_NOT_ALLOWED = "pixel not allowed for this network"
+PIXEL_CANNOT_REFUND = "a pixel cannot take money back (negative payout or parent_txid)"
 
 
 # Deletes the replay key only if it still holds this receipt id.
@@ -129,18 +131,24 @@ class PostbackProcessor:
         if network.archived:
             reason = "forbidden: the affiliate network is archived"
             return Outcome(REJECTED_AUTH, 403, reason=reason, **found)
-        refusal = check_postback_auth(
-            network,
-            fields.token or inbound.path_token,
-            inbound.client_ip,
-            inbound.raw,
-            inbound.signature,
-            inbound.signature_ts,
-            inbound.received_at.timestamp(),
-        )
-        if refusal is not None:
-            self._refusals.warning("postback for click %s refused: %s", fields.clickid, refusal)
-            return Outcome(REJECTED_AUTH, 403, reason=f"forbidden: {refusal}", **found)
+        pixel = inbound.source == PIXEL
+        if pixel:
+            # The pixel carries no secret: the network's switch stands in for its auth.
+            if not network.allow_pixel:
+                return Outcome(REJECTED_AUTH, 403, reason=PIXEL_NOT_ALLOWED, **found)
+        else:
+            refusal = check_postback_auth(
+                network,
+                fields.token or inbound.path_token,
+                inbound.client_ip,
+                inbound.raw,
+                inbound.signature,
+                inbound.signature_ts,
+                inbound.received_at.timestamp(),
+            )
+            if refusal is not None:
+                self._refusals.warning("postback for click %s refused: %s", fields.clickid, refusal)
+                return Outcome(REJECTED_AUTH, 403, reason=f"forbidden: {refusal}", **found)
 
         try:
             status = normalize_status(fields.status, network.status_map)
@@ -160,6 +168,10 @@ class PostbackProcessor:
             original = fields.payout
         else:
             original = offer.payout if offer.payout is not None else Decimal(0)
+        if pixel and (fields.parent_txid is not None or original < 0):
+            # Refunds come only from an authenticated postback (or the API).
+            details = [{"field": "payout", "message": PIXEL_CANNOT_REFUND}]
+            return Outcome(INVALID, 400, reason=PIXEL_CANNOT_REFUND, details=details, **found)
         if fields.parent_txid is not None and original >= 0:
             details = [
                 {"field": "payout", "message": "a refund by parent_txid needs a negative payout"}
@@ -194,7 +206,7 @@ class PostbackProcessor:
             dedupe_key = fields.txid
         # Spent last, just before the write, so that only a postback that passed every
         # other check uses up its signature.
-        if network.signing_secret and not await self.claim_signature(inbound):
+        if network.signing_secret and not pixel and not await self.claim_signature(inbound):
             self._refusals.warning(
                 "postback for click %s refused: signature already used", fields.clickid
             )
@@ -216,6 +228,7 @@ class PostbackProcessor:
                     event=fields.event,
                     params={k: v for k, v in inbound.params.items() if k != "token"},
                     inbound=inbound,
+                    source=inbound.source,
                 )
             )
         except ParentNotFound as exc:

@@ -66,6 +66,8 @@ class NetworkRoute:
     previous_postback_token: str | None = None
     previous_token_expires_at: float | None = None
     archived: bool = False
+    # Whether the conversion pixel may convert this network's clicks (it has no auth).
+    allow_pixel: bool = False
 
 
 @dataclass(frozen=True, slots=True)

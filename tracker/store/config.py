@@ -40,7 +40,8 @@ _UNKNOWN = object()
 
 SELECT_NETWORKS = """
 SELECT id, postback_token, require_token, ip_allowlist, signing_secret, status_map,
-       duplicate_policy, previous_postback_token, previous_token_expires_at, archived_at
+       duplicate_policy, previous_postback_token, previous_token_expires_at, archived_at,
+       allow_pixel
 FROM affiliate_networks
 """
 SELECT_OFFERS = """
@@ -94,6 +95,7 @@ async def load_snapshot(pool: asyncpg.Pool) -> ConfigSnapshot:
                 else None
             ),
             archived=row["archived_at"] is not None,
+            allow_pixel=row["allow_pixel"],
         )
     for row in rate_rows:
         snapshot.rates.setdefault(row["currency"], []).append((row["valid_from"], row["rate"]))

@@ -15,7 +15,14 @@ from tracker.domain.fx import RateTable, convert
 from tracker.domain.lifecycle import CHARGEBACK, REJECTED, decide_change, refund_key
 from tracker.domain.money import fits_amount_column
 from tracker.store.batching import BatchedService, Batcher
-from tracker.store.postback_log import INSERT_LOG, LOG_INBOUND_COLUMNS, Inbound, log_fields
+from tracker.store.postback_log import (
+    INSERT_LOG,
+    LOG_INBOUND_COLUMNS,
+    PIXEL,
+    POSTBACK,
+    Inbound,
+    log_fields,
+)
 
 log = logging.getLogger("tracker.conversions")
 
@@ -37,16 +44,17 @@ WITH input AS (
         idx integer, click_id text, dedupe_key text, txid text, parent_txid text,
         network_id bigint, {_COPIED_TYPES}, click_params jsonb,
         click_ms bigint, payout numeric, currency text, original_payout numeric,
-        original_currency text, status text, event text, params jsonb, log jsonb
+        original_currency text, status text, event text, params jsonb, source text, log jsonb
     )
 ), inserted AS (
     INSERT INTO conversions (
         click_id, dedupe_key, txid, parent_txid, network_id, {_COPIED}, click_params,
-        click_time, payout, currency, original_payout, original_currency, status, event, params
+        click_time, payout, currency, original_payout, original_currency, status, event, params,
+        source
     )
     SELECT click_id, dedupe_key, txid, parent_txid, network_id, {_COPIED}, click_params,
            to_timestamp(click_ms / 1000.0), payout, currency, original_payout,
-           original_currency, status, event, params
+           original_currency, status, event, params, source
     FROM input
     -- Key order, the same in every batch and process, so that concurrent batches wait
     -- for each other's new rows in one order instead of deadlocking.
@@ -131,6 +139,8 @@ class ConversionPostback:
     params: dict[str, str]
     # The postback as received: its log row is written in the conversion's transaction.
     inbound: Inbound | None = None
+    # PIXEL: it may create a conversion but never changes one (see `_update`).
+    source: str = POSTBACK
 
     @property
     def is_refund(self) -> bool:
@@ -156,6 +166,7 @@ class ConversionPostback:
             status=self.status,
             event=self.event,
             params=self.params,
+            source=self.source,
         )
         return row
 
@@ -264,6 +275,10 @@ class ConversionWriter(BatchedService):
             row = await conn.fetchrow(LOCK_CONVERSION, pb.click["click_id"], pb.dedupe_key)
             if row is None:
                 raise RuntimeError("conversion vanished while being updated")
+        if pb.source == PIXEL:
+            # Anyone who sees a click id can fire the pixel: it adds conversions, but a
+            # status change or new price comes only from an authenticated postback.
+            return DUPLICATE, int(row["id"])
         amount = _report_amount(row, pb) if pb.payout_given else None
         key = refund_key(pb.params, None, pb.original_payout, pb.original_currency, pb.txid)
         return await self._apply(conn, row, pb, pb.status, amount, key)

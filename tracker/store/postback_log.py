@@ -22,6 +22,10 @@ from tracker.store.db import POSTGRES_UNAVAILABLE
 log = logging.getLogger("tracker.postback_log")
 
 
+# What a conversion or a log row came from: a postback, or a hit on the conversion pixel.
+POSTBACK, PIXEL = "postback", "pixel"
+
+
 def new_receipt_id() -> str:
     return secrets.token_hex(12)
 
@@ -42,6 +46,7 @@ class Inbound:
     # Given at the edge; the unit of idempotency when a postback is applied again.
     receipt_id: str = dataclasses.field(default_factory=new_receipt_id)
     queued: bool = False  # applied by the sink from the Redis queue
+    source: str = POSTBACK  # or PIXEL: a browser's hit on /px.gif or /px.js
 
 
 class Result(Protocol):
@@ -260,6 +265,7 @@ def sanitized(inbound: Inbound) -> Inbound:
         inbound,
         params={clean_text(k): clean_text(v) for k, v in inbound.params.items()},
         method=clean_text(inbound.method),
+        source=clean_text(inbound.source),
         raw=clean_text(inbound.raw),
         client_ip=clean_optional(inbound.client_ip),
         signature=clean_optional(inbound.signature),

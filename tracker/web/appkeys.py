@@ -26,5 +26,5 @@ POSTBACK_LOG = web.AppKey("postback_log", PostbackLog)
 POSTBACK_GUARD = web.AppKey("postback_guard", PostbackGuard)
 TRUSTED_PROXIES = web.AppKey("trusted_proxies", AddressRanges)
 VISITOR_FACTS = web.AppKey("visitor_facts", VisitorFacts)
-# `; Path=/; HttpOnly; SameSite=Lax[; Secure]`, the same for every cookie the tracker sets.
+# `; Path=/; HttpOnly; SameSite=Lax` (`SameSite=None; Secure` over https), for every cookie.
 COOKIE_ATTRIBUTES = web.AppKey("cookie_attributes", str)

@@ -40,9 +40,15 @@ CF_COUNTRY_HEADER = "CF-IPCountry"
 
 
 def cookie_attributes(settings: Settings) -> str:
-    """Attributes shared by the tracker's cookies; Secure when it is served over https."""
-    secure = "; Secure" if settings.base_url().lower().startswith("https:") else ""
-    return f"; Path=/; HttpOnly; SameSite=Lax{secure}"
+    """Attributes shared by the tracker's cookies.
+
+    Over https, `SameSite=None; Secure`: the conversion pixel on the advertiser's page
+    is a cross-site request, which a Lax cookie does not go with. Browsers refuse
+    `SameSite=None` without `Secure`, so over plain http the cookies stay Lax (and
+    the pixel needs the click id in its URL)."""
+    if settings.base_url().lower().startswith("https:"):
+        return "; Path=/; HttpOnly; SameSite=None; Secure"
+    return "; Path=/; HttpOnly; SameSite=Lax"
 
 
 async def click(request: web.Request) -> web.StreamResponse:

@@ -24,7 +24,7 @@ SELECT id, currency, rate, valid_from, created_at FROM currency_rates ORDER BY c
 """
 SELECT_POSTBACKS = """
 SELECT id, receipt_id, received_at, network_id, click_id, result, reason, conversion_id,
-       client_ip, method, params, queued, truncated, rematched_at
+       client_ip, method, source, params, queued, truncated, rematched_at
 FROM postback_log
 WHERE ($1::bigint IS NULL OR network_id = $1)
   AND ($2::text IS NULL OR result = $2)

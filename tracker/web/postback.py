@@ -2,6 +2,7 @@
 
 import contextlib
 import logging
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -9,7 +10,7 @@ from aiohttp import web
 from tracker.domain.auth import SIGNED_POST_QUERY_PARAMS, client_address
 from tracker.domain.params import form_pairs, json_pairs, load_json_object, postback_params
 from tracker.domain.text import clean_text, dirt_in
-from tracker.postbacks import INVALID, QUEUED, REJECTED_AUTH, Outcome
+from tracker.postbacks import FAILED, INVALID, QUEUED, REJECTED_AUTH, Outcome
 from tracker.store.db import POSTGRES_UNAVAILABLE
 from tracker.store.postback_log import Inbound, enqueue, new_receipt_id
 from tracker.store.ratelimit import Screened
@@ -31,6 +32,20 @@ MAX_NAME_LENGTH = 128
 SIGNATURE_HEADERS = ("X-Signature", "X-Timestamp")
 # Refusals decided without PostgreSQL: an outage changes nothing about them.
 FINAL_REFUSALS = (REJECTED_AUTH, INVALID)
+
+
+def checked_params(*sources: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Postback parameters from `sources`, first occurrence winning, within the limits
+    on their number and size. Raises ValueError, naming the parameter, on unreadable input."""
+    params = postback_params(*sources)
+    if len(params) > MAX_PARAMS:
+        raise ValueError(f"too many parameters (more than {MAX_PARAMS})")
+    for name, value in params.items():
+        if len(name) > MAX_NAME_LENGTH:
+            raise ValueError(f"parameter name {name[:40]!r}... longer than {MAX_NAME_LENGTH}")
+        if len(value) > MAX_VALUE_LENGTH:
+            raise ValueError(f"parameter {name!r} longer than {MAX_VALUE_LENGTH} characters")
+    return params
 
 
 async def _read(request: web.Request) -> tuple[dict[str, str], str]:
@@ -68,15 +83,7 @@ async def _read(request: web.Request) -> tuple[dict[str, str], str]:
                 f"unsupported Content-Type {content_type[:60]!r}: send form fields "
                 "(application/x-www-form-urlencoded or multipart/form-data) or a JSON object"
             )
-    params = postback_params(body_pairs, query_pairs)
-    if len(params) > MAX_PARAMS:
-        raise ValueError(f"too many parameters (more than {MAX_PARAMS})")
-    for name, value in params.items():
-        if len(name) > MAX_NAME_LENGTH:
-            raise ValueError(f"parameter name {name[:40]!r}... longer than {MAX_NAME_LENGTH}")
-        if len(value) > MAX_VALUE_LENGTH:
-            raise ValueError(f"parameter {name!r} longer than {MAX_VALUE_LENGTH} characters")
-    return params, clean_text(raw)
+    return checked_params(body_pairs, query_pairs), clean_text(raw)
 
 
 async def postback(request: web.Request) -> web.Response:
@@ -89,12 +96,10 @@ async def postback(request: web.Request) -> web.Response:
     headers = request.headers
     received_at = datetime.now(UTC)
     receipt_id = new_receipt_id()
-    forwarded = headers.getall("X-Forwarded-For", [])
-    client_ip = client_address(request.remote, forwarded, app[TRUSTED_PROXIES])
+    client_ip = request_address(request)
     try:
         params, raw = await _read(request)
     except ValueError as exc:
-        outcome = Outcome(INVALID, 400, reason=str(exc))
         inbound = Inbound(
             {},
             request.method,
@@ -103,6 +108,7 @@ async def postback(request: web.Request) -> web.Response:
             client_ip,
             receipt_id=receipt_id,
         )
+        answer = await log_outcome(app, inbound, Outcome(INVALID, 400, reason=str(exc)))
     else:
         inbound = Inbound(
             params=params,
@@ -115,59 +121,86 @@ async def postback(request: web.Request) -> web.Response:
             path_token=request.match_info.get("token"),
             receipt_id=receipt_id,
         )
-        # An address already over its failure limit costs no click lookup or write.
-        early = app[POSTBACK_GUARD].refuse_early(inbound, app[CONFIG].snapshot)
-        if early is not None:
-            return _too_many(early)
-        try:
-            outcome = await app[POSTBACKS].process(inbound)
-        except POSTGRES_UNAVAILABLE as exc:
-            refused = await app[POSTBACK_GUARD].admit_unverified(inbound, app[CONFIG].snapshot)
-            if refused is not None:
-                return _too_many(refused)
+        answer = await receive(app, inbound)
+    if isinstance(answer, Screened):
+        response = json_response(answer.refusal, 429)
+        response.headers["Retry-After"] = str(answer.retry_after)
+        return response
+    if answer.result == QUEUED:
+        return json_response({"result": QUEUED, "receipt_id": receipt_id})
+    if answer.result == FAILED:
+        return json_response({"error": answer.reason, "receipt_id": receipt_id}, 503)
+    return json_response(answer.body(), answer.http_status)
+
+
+def request_address(request: web.Request) -> str | None:
+    """The sender's address: the peer's, or the one a trusted proxy forwarded."""
+    forwarded = request.headers.getall("X-Forwarded-For", [])
+    return client_address(request.remote, forwarded, request.app[TRUSTED_PROXIES])
+
+
+async def receive(app: web.Application, inbound: Inbound) -> Outcome | Screened:
+    """Judge, record and log a postback (or pixel hit) that was read.
+
+    The answer is the outcome (logged); an Outcome `queued` when Postgres is
+    unavailable and it waits in Redis for the sink; an Outcome `failed` (503) when
+    nothing could be kept; or, for an address over its failure limit, the Screened
+    refusal (nothing logged). Raises the Redis errors that leave nothing to do.
+    """
+    # An address already over its failure limit costs no click lookup or write.
+    early = app[POSTBACK_GUARD].refuse_early(inbound, app[CONFIG].snapshot)
+    if early is not None:
+        return early
+    try:
+        outcome = await app[POSTBACKS].process(inbound)
+    except POSTGRES_UNAVAILABLE as exc:
+        refused = await app[POSTBACK_GUARD].admit_unverified(inbound, app[CONFIG].snapshot)
+        if refused is not None:
+            return refused
+        return await _queue(app, inbound, exc)
+    except Exception as exc:
+        # Nothing was kept (the conversion and its log row roll back together):
+        # give the signature back so the network's retry is not taken for a replay.
+        await _release_signature(app, inbound)
+        if isinstance(exc, STORAGE_UNAVAILABLE):  # Redis
+            raise
+        log.exception("postback %s not recorded", inbound.receipt_id)
+        return Outcome(FAILED, 503, reason="postback not recorded, retry later")
+    return await log_outcome(app, inbound, outcome)
+
+
+async def log_outcome(
+    app: web.Application, inbound: Inbound, outcome: Outcome
+) -> Outcome | Screened:
+    """Log what became of a postback, unless it was logged with its conversion; the
+    outcome, or what `receive` answers when the log row cannot be written."""
+    if outcome.logged:  # a conversion's log row is already written, with it
+        return outcome
+    screened = await app[POSTBACK_GUARD].screen(inbound, outcome, app[CONFIG].snapshot)
+    if screened.refusal is not None:
+        return screened
+    try:
+        await app[POSTBACK_LOG].append(screened.inbound, outcome)
+    except POSTGRES_UNAVAILABLE as exc:
+        if outcome.result not in FINAL_REFUSALS:
             return await _queue(app, inbound, exc)
-        except Exception as exc:
-            # Nothing was kept (the conversion and its log row roll back together):
-            # give the signature back so the network's retry is not taken for a replay.
-            await _release_signature(app, inbound)
-            if isinstance(exc, STORAGE_UNAVAILABLE):  # Redis
-                raise
-            log.exception("postback %s not recorded", receipt_id)
-            body = {"error": "postback not recorded, retry later", "receipt_id": receipt_id}
-            return json_response(body, 503)
-    if not outcome.logged:  # a conversion's log row is already written, with it
-        screened = await app[POSTBACK_GUARD].screen(inbound, outcome, app[CONFIG].snapshot)
-        if screened.refusal is not None:
-            return _too_many(screened)
-        try:
-            await app[POSTBACK_LOG].append(screened.inbound, outcome)
-        except POSTGRES_UNAVAILABLE as exc:
-            if outcome.result not in FINAL_REFUSALS:
-                return await _queue(app, inbound, exc)
-            # Only the (size-capped) log row waits: the sink logs the same refusal, judged
-            # at receipt. The sender still hears the refusal, never a 200 for it.
-            await _queue(app, screened.inbound, exc)
-    return json_response(outcome.body(), outcome.http_status)
+        # Only the (size-capped) log row waits: the sink logs the same refusal, judged
+        # at receipt. The sender still hears the refusal, never a 200 for it.
+        await _queue(app, screened.inbound, exc)
+    return outcome
 
 
-def _too_many(screened: Screened) -> web.Response:
-    response = json_response(screened.refusal, 429)
-    response.headers["Retry-After"] = str(screened.retry_after)
-    return response
-
-
-async def _queue(app: web.Application, inbound: Inbound, exc: BaseException) -> web.Response:
-    """Postgres is unavailable: keep the postback for the sink, or ask for a retry."""
+async def _queue(app: web.Application, inbound: Inbound, exc: BaseException) -> Outcome:
+    """Postgres is unavailable: keep the postback for the sink (`queued`), or `failed`."""
     try:
         await enqueue(app[REDIS], inbound)
     except Exception as redis_exc:
         log.error("postback %s not queued: %r after %r", inbound.receipt_id, redis_exc, exc)
         await _release_signature(app, inbound)
-        body = {"error": "storage unavailable, retry later", "receipt_id": inbound.receipt_id}
-        return json_response(body, 503)
+        return Outcome(FAILED, 503, reason="storage unavailable, retry later")
     # The batchers log the outage once; one line per queued postback would flood the log.
     log.debug("Postgres unavailable (%r): postback %s queued", exc, inbound.receipt_id)
-    return json_response({"result": QUEUED, "receipt_id": inbound.receipt_id})
+    return Outcome(QUEUED, 200)
 
 
 async def _release_signature(app: web.Application, inbound: Inbound) -> None:

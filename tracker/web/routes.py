@@ -1,6 +1,6 @@
 from aiohttp import web
 
-from tracker.web import click, costs, deliveries, ledger, postback, reports
+from tracker.web import click, costs, deliveries, ledger, pixel, postback, reports
 from tracker.web.admin import RESOURCES
 
 
@@ -21,6 +21,10 @@ def setup_routes(app: web.Application, api: web.Application) -> None:
     app.router.add_get("/postback/{token}", postback.postback, allow_head=False)
     app.router.add_route("HEAD", "/postback/{token}", probe_postback)
     app.router.add_post("/postback/{token}", postback.postback)
+    app.router.add_get("/px.gif", pixel.pixel_gif, allow_head=False)
+    app.router.add_route("HEAD", "/px.gif", pixel.probe_gif)
+    app.router.add_get("/px.js", pixel.pixel_js, allow_head=False)
+    app.router.add_route("HEAD", "/px.js", pixel.probe_js)
     api.router.add_get("/reports", reports.report)
     api.router.add_post("/costs", costs.set_cost)
     api.router.add_get("/postbacks", ledger.list_postbacks)

@@ -188,6 +188,8 @@ class AffiliateNetworkIn(Body):
     require_token: bool = True
     ip_allowlist: list[Annotated[str, BeforeValidator(_cidr)]] = Field(default=[], max_length=200)
     signing_secret: str | None = Field(default=None, min_length=16, max_length=200)
+    # The conversion pixel carries no secret: off unless the network is to use it.
+    allow_pixel: bool = False
 
 
 class RotateTokenIn(Body):
