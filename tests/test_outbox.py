@@ -634,3 +634,28 @@ async def test_campaign_postback_template_is_checked(api):
     assert bad["details"][0]["field"] == "postback_body"
     ok = await api.call("PATCH", path, json={"postback_url": "https://ts.example/pb?c={clickid}"})
     assert ok["postback_url"] == "https://ts.example/pb?c={clickid}"
+
+
+async def test_a_pixel_conversion_is_delivered_once_with_its_postback(
+    client, api, pool, receiver, settings
+):
+    setup = await converted(client, api, receiver, txid="order-9")
+    await api.call(
+        "PATCH", f"/api/affiliate-networks/{setup['network']['id']}", json={"allow_pixel": True}
+    )
+    pixel = await client.get("/px.gif", params={"clickid": setup["click_id"], "txid": "order-9"})
+    assert pixel.status == 200
+    # Another order of the same click, by pixel only.
+    pixel = await client.get("/px.gif", params={"clickid": setup["click_id"], "txid": "order-10"})
+    assert pixel.status == 200
+    rows = await pool.fetch(
+        "SELECT c.txid, c.source FROM deliveries d JOIN conversions c ON c.id = d.conversion_id "
+        "ORDER BY d.id"
+    )
+    assert [(r["txid"], r["source"]) for r in rows] == [
+        ("order-9", "postback"),
+        ("order-10", "pixel"),
+    ]
+    async with running_sender(pool, settings) as sender:
+        await wait_until(lambda: sender.delivered == 2)
+    assert len(receiver.requests) == 2
