@@ -363,6 +363,12 @@ def test_preset_without_any_matching_signal_is_dead() -> None:
             "numeric",
         ),
         ("google_ads", {**GOOGLE, "access_token": ""}, "credentials.access_token", "required"),
+        (
+            "google_ads",
+            {**GOOGLE, "client_id": "id.apps", "refresh_token": "1//tok"},
+            "credentials.client_secret",
+            "with the other OAuth fields",
+        ),
     ],
 )
 def test_preset_configuration_problems(

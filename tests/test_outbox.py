@@ -659,3 +659,79 @@ async def test_a_pixel_conversion_is_delivered_once_with_its_postback(
     async with running_sender(pool, settings) as sender:
         await wait_until(lambda: sender.delivered == 2)
     assert len(receiver.requests) == 2
+
+
+async def test_google_ads_access_tokens_are_refreshed_and_kept(
+    client, api, pool, receiver, settings
+):
+    tokens = iter(["ya29.first-token", "ya29.second-token"])
+
+    def answer(n, request):
+        if request.path == "/token":
+            return web.json_response({"access_token": next(tokens), "expires_in": 3599})
+        return web.json_response({"results": [{}]})
+
+    receiver.script = answer
+    source = {
+        "postback_preset": "google_ads",
+        "postback_credentials": {
+            "customer_id": "123-456-7890",
+            "conversion_action_id": "555",
+            "developer_token": "dev-token-abcdefgh",
+            "client_id": "1234.apps.example",
+            "client_secret": "oauth-client-secret",
+            "refresh_token": "1//refresh-token-value",
+        },
+    }
+    setup = await api.setup_campaign()
+    await api.call("PATCH", f"/api/traffic-sources/{setup['source']['id']}", json=source)
+    for txid in ("A", "B"):
+        click_id = await make_click(client, setup["campaign"], gclid=f"gclid-{txid}")
+        params = {"clickid": click_id, "txid": txid, "token": setup["network"]["postback_token"]}
+        assert (await client.get("/postback", params=params)).status == 200
+    async with running_sender(
+        pool,
+        settings,
+        google_ads_api_url=receiver.url("/v18"),
+        google_oauth_url=receiver.url("/token"),
+    ) as sender:
+        await wait_until(lambda: sender.delivered == 2)
+    token_requests = [r for r in receiver.requests if r["path"] == "/token"]
+    assert len(token_requests) == 1  # kept for the second delivery
+    form = dict(item.split("=") for item in token_requests[0]["body"].decode().split("&"))
+    assert form["grant_type"] == "refresh_token"
+    assert form["client_id"] == "1234.apps.example"
+    uploads = [r for r in receiver.requests if r["path"] != "/token"]
+    assert [r["path"] for r in uploads] == ["/v18/customers/1234567890:uploadClickConversions"] * 2
+    assert {r["headers"]["Authorization"] for r in uploads} == {"Bearer ya29.first-token"}
+    assert {orjson.loads(r["body"])["conversions"][0]["gclid"] for r in uploads} == {
+        "gclid-A",
+        "gclid-B",
+    }
+
+
+async def test_a_refused_refresh_token_is_dead_with_the_reason(
+    client, api, pool, receiver, settings
+):
+    receiver.script = lambda n, request: web.json_response({"error": "invalid_grant"}, status=400)
+    source = {
+        "postback_preset": "google_ads",
+        "postback_credentials": {
+            "customer_id": "1234567890",
+            "conversion_action_id": "555",
+            "developer_token": "dev-token-abcdefgh",
+            "client_id": "1234.apps.example",
+            "client_secret": "oauth-client-secret",
+            "refresh_token": "1//revoked-refresh-token",
+        },
+    }
+    await converted(client, api, receiver, source=source)
+    async with running_sender(pool, settings, google_oauth_url=receiver.url("/token")):
+        await wait_until(lambda: _state_is(pool, "dead"))
+    row = await pool.fetchrow("SELECT attempts, last_error FROM deliveries")
+    assert (row["attempts"], row["last_error"]) == (
+        1,
+        "Google OAuth refused the refresh token: invalid_grant",
+    )
+    listed = await api.call("GET", "/api/deliveries")
+    assert "revoked-refresh-token" not in str(listed)

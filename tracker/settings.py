@@ -115,6 +115,8 @@ class Settings(BaseSettings):
     meta_api_url: str = "https://graph.facebook.com/v21.0"
     tiktok_api_url: str = "https://business-api.tiktok.com/open_api/v1.3"
     google_ads_api_url: str = "https://googleads.googleapis.com/v18"
+    # Where Google Ads access tokens are refreshed (a source with a refresh token).
+    google_oauth_url: str = "https://oauth2.googleapis.com/token"
 
     def base_url(self) -> str:
         """The public base URL used in URLs we print and return."""

@@ -20,6 +20,8 @@ from tracker.outbound.payloads import (
 )
 
 CLICK_PARAM = "gclid"
+# OAuth fields from which the sender gets an access token (and a new one each hour).
+OAUTH_FIELDS = ("client_id", "client_secret", "refresh_token")
 
 
 def customer_digits(customer_id: str) -> str:
@@ -35,6 +37,14 @@ def credential_problems(credentials: Mapping[str, str]) -> Problems:
         if value and not _digits(customer_digits(value), 10):
             message = "must be a 10-digit customer id (dashes allowed)"
             problems.append((f"credentials.{name}", message))
+    given = [name for name in OAUTH_FIELDS if credentials.get(name)]
+    if given and len(given) < len(OAUTH_FIELDS):
+        for name in OAUTH_FIELDS:
+            if name not in given:
+                problems.append((f"credentials.{name}", "required with the other OAuth fields"))
+    elif not given and not credentials.get("access_token"):
+        message = "required, or client_id, client_secret and refresh_token to refresh one"
+        problems.append(("credentials.access_token", message))
     action = credentials.get("conversion_action_id")
     if action and not _digits(action):
         message = "must be the numeric id of the conversion action"

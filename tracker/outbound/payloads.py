@@ -55,21 +55,22 @@ REQUIRED_CREDENTIALS: dict[str, frozenset[str]] = {
     TEMPLATE: frozenset(),
     META: frozenset({"pixel_id", "access_token"}),
     TIKTOK: frozenset({"pixel_code", "access_token"}),
-    GOOGLE_ADS: frozenset(
-        {"customer_id", "conversion_action_id", "developer_token", "access_token"}
-    ),
+    # And an `access_token`, or the three OAuth fields the sender refreshes one with.
+    GOOGLE_ADS: frozenset({"customer_id", "conversion_action_id", "developer_token"}),
 }
 OPTIONAL_CREDENTIALS: dict[str, frozenset[str]] = {
     TEMPLATE: frozenset(),
     META: frozenset({"test_event_code", "event_source_url"}),
     TIKTOK: frozenset({"test_event_code"}),
-    GOOGLE_ADS: frozenset({"login_customer_id"}),
+    GOOGLE_ADS: frozenset(
+        {"login_customer_id", "access_token", "client_id", "client_secret", "refresh_token"}
+    ),
 }
 SECRET_CREDENTIALS: dict[str, frozenset[str]] = {
     TEMPLATE: frozenset(),
     META: frozenset({"access_token"}),
     TIKTOK: frozenset({"access_token"}),
-    GOOGLE_ADS: frozenset({"developer_token", "access_token"}),
+    GOOGLE_ADS: frozenset({"developer_token", "access_token", "client_secret", "refresh_token"}),
 }
 
 MAX_URL_LENGTH = 4000

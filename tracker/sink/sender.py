@@ -9,6 +9,7 @@ the same `Idempotency-Key`, and nothing else repeats.
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import socket
@@ -21,6 +22,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import orjson
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
@@ -189,6 +191,80 @@ def source_postback(row: Mapping[str, Any]) -> SourcePostback:
     )
 
 
+class TokenError(Exception):
+    """No access token could be had; `retryable` when trying later may help."""
+
+    def __init__(self, message: str, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class GoogleTokens:
+    """Google Ads access tokens refreshed from a source's OAuth credentials (an access
+    token lasts about an hour), kept in memory until a minute before they expire."""
+
+    def __init__(self, url: str, allow_private: bool) -> None:
+        self._url = URL(url)
+        self._allow_private = allow_private
+        self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
+        self._lock = asyncio.Lock()
+
+    async def credentials(
+        self, session: aiohttp.ClientSession, credentials: Mapping[str, str]
+    ) -> dict[str, str]:
+        """`credentials` with a current `access_token` when they carry a refresh token."""
+        refresh = credentials.get("refresh_token")
+        if not refresh:
+            return dict(credentials)
+        key = (credentials.get("client_id", ""), refresh)
+        async with self._lock:
+            token, expires = self._tokens.get(key, ("", 0.0))
+            if time.monotonic() >= expires:
+                token, lifetime = await self._refresh(session, credentials)
+                expires = time.monotonic() + max(lifetime - 60.0, lifetime / 2)
+                self._tokens[key] = (token, expires)
+        return {**credentials, "access_token": token}
+
+    async def _refresh(
+        self, session: aiohttp.ClientSession, credentials: Mapping[str, str]
+    ) -> tuple[str, float]:
+        check_destination(self._url, self._allow_private)
+        form = {
+            "grant_type": "refresh_token",
+            "client_id": credentials.get("client_id", ""),
+            "client_secret": credentials.get("client_secret", ""),
+            "refresh_token": credentials.get("refresh_token", ""),
+        }
+        try:
+            async with session.post(self._url, data=form, allow_redirects=False) as resp:
+                answer = await resp.read()
+                status = resp.status
+        except TimeoutError:
+            raise TokenError("Google OAuth did not answer in time", retryable=True) from None
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, RefusedAddress):
+                raise TokenError(str(exc.os_error), retryable=False) from None
+            raise TokenError(f"cannot reach Google OAuth: {exc.os_error}", retryable=True) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise TokenError(f"Google OAuth: {type(exc).__name__}", retryable=True) from None
+        try:
+            body = orjson.loads(answer)
+        except orjson.JSONDecodeError:
+            body = {}
+        if not isinstance(body, dict):
+            body = {}
+        if status != 200:
+            reason = str(body.get("error", ""))[:100] or f"answered {status}"
+            retryable = status == 429 or status >= 500
+            raise TokenError(f"Google OAuth refused the refresh token: {reason}", retryable)
+        token = body.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise TokenError("Google OAuth answered without an access token", retryable=True)
+        lifetime = body.get("expires_in")
+        seconds = float(lifetime) if isinstance(lifetime, int | float) and lifetime > 0 else 3600.0
+        return token, seconds
+
+
 class Outcome:
     """What one attempt came to."""
 
@@ -225,6 +301,7 @@ class DeliverySender:
         self._slots = asyncio.Semaphore(settings.outbound_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._rng = random.Random()
+        self._google = GoogleTokens(settings.google_oauth_url, settings.outbound_allow_private)
         self._urls = PlatformUrls(
             meta=settings.meta_api_url.rstrip("/"),
             tiktok=settings.tiktok_api_url.rstrip("/"),
@@ -332,10 +409,15 @@ class DeliverySender:
             secrets = list(dict(row["postback_credentials"] or {}).values())
             try:
                 values = dict(row.items())
-                request = build_request(
-                    source_postback(values), delivery_facts(values), self._urls, started
-                )
+                postback = source_postback(values)
+                if postback.preset == "google_ads":
+                    credentials = await self._google.credentials(session, postback.credentials)
+                    postback = dataclasses.replace(postback, credentials=credentials)
+                    secrets.append(credentials.get("access_token", ""))
+                request = build_request(postback, delivery_facts(values), self._urls, started)
                 outcome = await self._attempt(session, request)
+            except TokenError as exc:
+                outcome = Outcome(error=str(exc), retryable=exc.retryable)
             except PayloadError as exc:
                 outcome = Outcome(error=f"cannot build the request: {exc}")
             except RefusedAddress as exc:
