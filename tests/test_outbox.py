@@ -3,6 +3,8 @@ local receiver, retried, given up, replayed; several senders; a sender killed mi
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import os
 import random
 import signal
@@ -42,6 +44,7 @@ class Receiver:
             {
                 "method": request.method,
                 "path": request.path,
+                "raw_path": request.raw_path,
                 "query": dict(request.query),
                 "headers": dict(request.headers),
                 "body": body,
@@ -735,3 +738,23 @@ async def test_a_refused_refresh_token_is_dead_with_the_reason(
     )
     listed = await api.call("GET", "/api/deliveries")
     assert "revoked-refresh-token" not in str(listed)
+
+
+async def test_signed_postbacks_verify_at_the_receiver(client, api, pool, receiver, settings):
+    secret = "source-signing-secret-0042"
+    source = {
+        "postback_url": receiver.url("/pb?c={sub1}&p={payout}"),
+        "postback_signing_secret": secret,
+    }
+    await converted(client, api, receiver, source=source)
+    async with running_sender(pool, settings) as sender:
+        await wait_until(lambda: sender.delivered == 1)
+    [request] = receiver.requests
+    fields = dict(part.split("=", 1) for part in request["headers"]["X-Signature"].split(","))
+    # The URL exactly as it arrived: the receiver's own origin, then the raw path and query.
+    sent = receiver.url(request["raw_path"])
+    expected = hmac.new(secret.encode(), f"{fields['t']}.{sent}".encode(), hashlib.sha256)
+    assert hmac.compare_digest(fields["v1"], expected.hexdigest())
+    assert abs(int(fields["t"]) - time.time()) < 60
+    assert request["query"]["c"] == "zone 7"
+    assert "zone%207" in request["raw_path"]
