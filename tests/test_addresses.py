@@ -100,3 +100,24 @@ def test_is_public_inside_the_protocol_block_follows_iana():
     for private in ["192.0.0.0", "192.0.0.8", "192.0.0.11", "192.0.0.170", "192.0.0.255"]:
         assert not is_public((4, int(ipaddress.IPv4Address(private)))), private
     assert is_public((4, int(ipaddress.IPv4Address("192.0.1.0"))))
+
+
+@pytest.mark.parametrize(
+    ("text", "public"),
+    [
+        ("64:ff9b::a00:1", False),  # NAT64 of 10.0.0.1
+        ("64:ff9b::a9fe:a9fe", False),  # NAT64 of 169.254.169.254
+        ("64:ff9b::808:808", True),  # NAT64 of 8.8.8.8
+        ("64:ff9b:1::a00:1", False),
+        ("2002:7f00:1::", False),  # 6to4 of 127.0.0.1
+        ("2002:808:808::1", True),
+        ("::7f00:1", False),  # IPv4-compatible 127.0.0.1
+        ("::ffff:0:a9fe:a9fe", False),  # IPv4-translated 169.254.169.254
+        ("fec0::1", False),
+        ("2a00:1450:4001::1", True),
+    ],
+)
+def test_ipv6_forms_carrying_an_ipv4_address_are_judged_by_it(text, public):
+    parsed = parse_ip(text)
+    assert parsed is not None
+    assert is_public(parsed) is public

@@ -330,6 +330,7 @@ def test_deliveries_that_cannot_be_built(changes: dict[str, Any], message: str) 
         ({"url": "https://{sub1}/"}, "url", "not in the host"),
         ({"url": "https://u:p@s.test/"}, "url", "user name or password"),
         ({"url": "https://s.test/pb#{sub1}"}, "url", "#fragment"),
+        ({"url": "https://s.test/pb?c=\u00fc{sub1}"}, "url", "must be ASCII"),
         ({"url": "https://s.test/a b"}, "url", "whitespace"),
         ({"url": "s.test/pb"}, "url", "http:// or https://"),
         ({"url": "https://s.test/" + "x" * 4000}, "url", "at most 4000"),

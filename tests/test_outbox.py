@@ -758,3 +758,108 @@ async def test_signed_postbacks_verify_at_the_receiver(client, api, pool, receiv
     assert abs(int(fields["t"]) - time.time()) < 60
     assert request["query"]["c"] == "zone 7"
     assert "zone%207" in request["raw_path"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "state", "error"),
+    [
+        # A 200 is delivered whatever nonsense comes with it.
+        (
+            lambda: web.Response(
+                status=200, headers={"Retry-After": "Mon, 01 Jan 99999999999999 00:00:00 GMT"}
+            ),
+            "delivered",
+            None,
+        ),
+        (
+            lambda: web.Response(status=302, headers={"Location": "http://[::1"}),
+            "dead",
+            "redirected to an invalid URL",
+        ),
+        (
+            lambda: web.Response(status=302, headers={"Location": "http://h:99999/"}),
+            "dead",
+            "redirected to an invalid URL",
+        ),
+        (
+            lambda: web.Response(status=302, headers={"Location": "/pb?again=1"}),
+            "dead",
+            "more than 5 redirects",
+        ),
+        (lambda: web.Response(status=503, headers={"Retry-After": "soon"}), "pending", None),
+    ],
+)
+async def test_odd_answers_are_recorded_not_looped(
+    client, api, pool, receiver, settings, answer, state, error
+):
+    receiver.script = lambda n, request: answer()
+    await converted(client, api, receiver)
+    async with running_sender(pool, settings, outbound_retry_base_seconds=60) as sender:
+        await wait_until(lambda: sender.sent == 1)
+    row = await pool.fetchrow("SELECT state, attempts, last_error FROM deliveries")
+    assert (row["state"], row["attempts"]) == (state, 1)
+    if error is not None:
+        assert row["last_error"] == error
+    assert await pool.fetchval("SELECT count(*) FROM delivery_attempts") == 1
+
+
+@pytest.mark.parametrize(
+    ("preset", "credentials", "click", "answer", "error"),
+    [
+        (
+            "google_ads",
+            {
+                "customer_id": "1234567890",
+                "conversion_action_id": "555",
+                "developer_token": "dev-token-abcdefgh",
+                "access_token": "ya29.fixed-access-token",
+            },
+            {"gclid": "bad-gclid"},
+            {"partialFailureError": {"code": 3, "message": "The gclid could not be decoded."}},
+            "Google Ads refused the conversion: The gclid could not be decoded.",
+        ),
+        (
+            "tiktok",
+            {"pixel_code": "C123ABC", "access_token": "tt-access-token-0000"},
+            {"ttclid": "E.C.P.xyz"},
+            {"code": 40001, "message": "Invalid access token", "data": {}},
+            "TikTok refused the event: code 40001: Invalid access token",
+        ),
+    ],
+)
+async def test_a_platform_refusal_inside_a_200_is_not_delivered(
+    client, api, pool, receiver, settings, preset, credentials, click, answer, error
+):
+    receiver.script = lambda n, request: web.json_response(answer)
+    setup = await api.setup_campaign()
+    source = {"postback_preset": preset, "postback_credentials": credentials}
+    await api.call("PATCH", f"/api/traffic-sources/{setup['source']['id']}", json=source)
+    click_id = await make_click(client, setup["campaign"], **click)
+    params = {"clickid": click_id, "payout": "3", "token": setup["network"]["postback_token"]}
+    assert (await client.get("/postback", params=params)).status == 200
+    urls = {"google_ads_api_url": receiver.url("/g"), "tiktok_api_url": receiver.url("/t")}
+    async with running_sender(pool, settings, **urls):
+        await wait_until(lambda: _state_is(pool, "dead"))
+    row = await pool.fetchrow("SELECT last_error FROM deliveries")
+    assert row["last_error"] == error
+    attempt = await pool.fetchrow("SELECT status_code FROM delivery_attempts")
+    assert attempt["status_code"] == 200
+
+
+async def test_attempts_never_recorded_are_given_up(client, api, pool, receiver, settings):
+    await converted(client, api, receiver)
+    # As if every allowed attempt was claimed by a sender that died before recording it.
+    await pool.execute("UPDATE deliveries SET attempts = 3, lease = 3")
+    async with running_sender(pool, settings, outbound_max_attempts=3):
+        await wait_until(lambda: _state_is(pool, "dead"))
+    assert receiver.requests == []
+    error = await pool.fetchval("SELECT last_error FROM deliveries")
+    assert error == "gave up: 3 attempts were made and never recorded"
+
+
+def test_secrets_are_redacted_as_written_and_as_url_encoded():
+    secret = "EAAB|a/b+c=d"
+    quoted = "EAAB%7Ca%2Fb%2Bc%3Dd"
+    text = f"400, url='https://x/events?access_token={quoted}' {secret}"
+    assert secret not in sender_module.redact(text, [secret])
+    assert "%7C" not in sender_module.redact(text, [secret])

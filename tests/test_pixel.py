@@ -7,7 +7,7 @@ from decimal import Decimal
 from tests.test_lifecycle import prepared
 from tests.test_postback import make_click
 from tests.test_postback_queue import drained
-from tracker.postbacks import PIXEL_CANNOT_REFUND, PIXEL_NOT_ALLOWED
+from tracker.postbacks import PIXEL_CANNOT_REFUND, PIXEL_NOT_ALLOWED, PIXEL_STATUS
 from tracker.settings import Settings
 from tracker.sink.postbacks import postback_queue_sink
 from tracker.store import keys
@@ -136,15 +136,20 @@ async def test_a_pixel_never_changes_or_refunds_a_conversion(client, api, pool):
     await hit(client, clickid=click_id, txid="R", payout="99")
     await hit(client, clickid=click_id, txid="R2", parent_txid="R", payout="-5")
     await hit(client, clickid=click_id, txid="R3", status="chargeback", payout="-5")
+    # Nor create one born rejected or charged back, which a source would be told about.
+    await hit(client, clickid=click_id, txid="R4", status="chargeback", payout="10")
+    await hit(client, clickid=click_id, txid="R5", status="rejected")
     row = await pool.fetchrow("SELECT status, payout, refunded FROM conversions")
     assert tuple(row) == ("approved", Decimal(10), Decimal(0))
     assert await pool.fetchval("SELECT count(*) FROM conversions") == 1
     logged = await log_rows(pool)
     assert [(r["result"], r["reason"]) for r in logged[1:]] == [
-        ("duplicate", None),
+        ("invalid", PIXEL_STATUS),
         ("duplicate", None),
         ("invalid", PIXEL_CANNOT_REFUND),
-        ("invalid", PIXEL_CANNOT_REFUND),
+        ("invalid", PIXEL_STATUS),
+        ("invalid", PIXEL_STATUS),
+        ("invalid", PIXEL_STATUS),
     ]
 
 

@@ -32,6 +32,8 @@ UNMATCHED, REJECTED_AUTH, INVALID = "unmatched", "rejected-auth", "invalid"
 QUEUED, FAILED = "queued", "failed"
 PIXEL_NOT_ALLOWED = "pixel not allowed for this network"
 PIXEL_CANNOT_REFUND = "a pixel cannot take money back (negative payout or parent_txid)"
+PIXEL_STATUSES = frozenset({"lead", "pending", "approved"})
+PIXEL_STATUS = "a pixel reports only lead, pending or approved conversions"
 
 
 # Deletes the replay key only if it still holds this receipt id.
@@ -168,6 +170,11 @@ class PostbackProcessor:
             original = fields.payout
         else:
             original = offer.payout if offer.payout is not None else Decimal(0)
+        if pixel and status not in PIXEL_STATUSES:
+            # A new conversion born rejected or charged back would be reported as such to
+            # the traffic source: only an authenticated postback may say so.
+            details = [{"field": "status", "message": PIXEL_STATUS}]
+            return Outcome(INVALID, 400, reason=PIXEL_STATUS, details=details, **found)
         if pixel and (fields.parent_txid is not None or original < 0):
             # Refunds come only from an authenticated postback (or the API).
             details = [{"field": "payout", "message": PIXEL_CANNOT_REFUND}]

@@ -124,9 +124,37 @@ _NOT_PUBLIC = AddressRanges.of(
 )
 
 
+def _prefix(cidr: str) -> tuple[int, int]:
+    network = ipaddress.IPv6Network(cidr)
+    return int(network.network_address) >> (128 - network.prefixlen), 128 - network.prefixlen
+
+
+# IPv6 forms that carry an IPv4 address, and where it sits (bits from the right): NAT64
+# (well-known and local-use prefixes), 6to4, IPv4-compatible and IPv4-translated. Such an
+# address is as public as the IPv4 address it reaches.
+_CARRIES_V4 = tuple(
+    (*_prefix(cidr), shift)
+    for cidr, shift in (
+        ("64:ff9b::/96", 0),
+        ("64:ff9b:1::/48", 0),
+        ("2002::/16", 80),
+        ("::/96", 0),
+        ("::ffff:0:0:0/96", 0),
+    )
+)
+_SITE_LOCAL = _prefix("fec0::/10")  # deprecated, still routed inside some networks
+
+
 def is_public(address: Address) -> bool:
-    """False for private, reserved, loopback, link-local and multicast addresses."""
-    if address[0] == 4:
+    """False for private, reserved, loopback, link-local and multicast addresses, and for
+    IPv6 addresses that carry such an IPv4 address."""
+    version, number = address
+    if version == 4:
         return address not in _NOT_PUBLIC
-    v6 = ipaddress.IPv6Address(address[1])
+    for prefix, host_bits, shift in _CARRIES_V4:
+        if number >> host_bits == prefix:
+            return is_public((4, (number >> shift) & 0xFFFFFFFF))
+    if number >> _SITE_LOCAL[1] == _SITE_LOCAL[0]:
+        return False
+    v6 = ipaddress.IPv6Address(number)
     return v6.is_global and not v6.is_multicast

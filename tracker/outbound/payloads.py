@@ -395,6 +395,9 @@ def url_template_problem(url: str) -> str | None:
         return "must not contain a user name or password"
     if "#" in url:
         return "must not have a #fragment: it is never sent"
+    if not url.isascii():
+        # Sent as written: a receiver refuses raw UTF-8 in a request line.
+        return "must be ASCII: percent-encode other characters (%C3%BC for ü)"
     host = parts.hostname or ""
     if not host:
         return "must name a host"

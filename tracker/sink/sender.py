@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import aiohttp
 import asyncpg
@@ -44,6 +45,9 @@ from tracker.store.db import POSTGRES_UNAVAILABLE
 log = logging.getLogger("tracker.sender")
 
 RESPONSE_KEPT = 512
+# Read of an answer: enough for a platform's error in a 200 (see `platform_refusal`).
+ANSWER_READ = 64 * 1024
+_CREDENTIAL_HEADERS = ("Authorization", "Access-Token", "developer-token", "login-customer-id")
 MAX_REDIRECTS = 5
 # Longest wait a Retry-After may ask for; beyond it the normal backoff applies.
 MAX_RETRY_AFTER = 6 * 3600.0
@@ -110,17 +114,19 @@ def retry_after(value: str | None, now: datetime) -> float | None:
         return min(float(value), MAX_RETRY_AFTER)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, min((when - now).total_seconds(), MAX_RETRY_AFTER))
+    except (TypeError, ValueError, OverflowError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, min((when - now).total_seconds(), MAX_RETRY_AFTER))
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
+    """`text` without the secrets, as written or as they appear in a URL."""
     for secret in secrets:
         if secret and len(secret) >= 4:
-            text = text.replace(secret, "…")
+            for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
+                text = text.replace(form, "…")
     return text
 
 
@@ -207,7 +213,7 @@ class GoogleTokens:
         self._url = URL(url)
         self._allow_private = allow_private
         self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
-        self._lock = asyncio.Lock()
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def credentials(
         self, session: aiohttp.ClientSession, credentials: Mapping[str, str]
@@ -217,13 +223,19 @@ class GoogleTokens:
         if not refresh:
             return dict(credentials)
         key = (credentials.get("client_id", ""), refresh)
-        async with self._lock:
+        async with self._locks.setdefault(key, asyncio.Lock()):
             token, expires = self._tokens.get(key, ("", 0.0))
             if time.monotonic() >= expires:
                 token, lifetime = await self._refresh(session, credentials)
                 expires = time.monotonic() + max(lifetime - 60.0, lifetime / 2)
                 self._tokens[key] = (token, expires)
         return {**credentials, "access_token": token}
+
+    def forget(self, credentials: Mapping[str, str]) -> None:
+        """Drop the kept token (the API refused it): the next attempt gets a new one."""
+        self._tokens.pop(
+            (credentials.get("client_id", ""), credentials.get("refresh_token", "")), None
+        )
 
     async def _refresh(
         self, session: aiohttp.ClientSession, credentials: Mapping[str, str]
@@ -265,28 +277,48 @@ class GoogleTokens:
         return token, seconds
 
 
+@dataclasses.dataclass(slots=True)
 class Outcome:
-    """What one attempt came to."""
+    """What one attempt came to. `body` is the start of the answer, for the platforms'
+    errors inside a 200; `refused`: a 2xx whose body says the platform took nothing."""
 
-    __slots__ = ("error", "response", "retry_after", "retryable", "status_code")
-
-    def __init__(
-        self,
-        status_code: int | None = None,
-        response: str | None = None,
-        error: str | None = None,
-        retryable: bool = False,
-        retry_after: float | None = None,
-    ) -> None:
-        self.status_code = status_code
-        self.response = response
-        self.error = error
-        self.retryable = retryable
-        self.retry_after = retry_after
+    status_code: int | None = None
+    response: str | None = None
+    error: str | None = None
+    retryable: bool = False
+    retry_after: float | None = None
+    body: bytes = b""
+    refused: bool = False
 
     @property
     def delivered(self) -> bool:
-        return self.status_code is not None and 200 <= self.status_code < 300
+        return self.status_code is not None and 200 <= self.status_code < 300 and not self.refused
+
+
+def platform_refusal(preset: str, body: bytes) -> str | None:
+    """Why an ad platform's 2xx answer took nothing, or None. Google Ads reports a bad
+    gclid or conversion action in `partialFailureError`; TikTok answers every error
+    with 200 and a non-zero `code`; Meta with an `error` object."""
+    if preset == "template" or not body:
+        return None
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(answer, dict):
+        return None
+    if preset == "google_ads" and answer.get("partialFailureError"):
+        failure = answer["partialFailureError"]
+        message = failure.get("message") if isinstance(failure, dict) else failure
+        return f"Google Ads refused the conversion: {str(message)[:300]}"
+    if preset == "tiktok" and answer.get("code") not in (None, 0):
+        message = str(answer.get("message"))[:300]
+        return f"TikTok refused the event: code {answer.get('code')}: {message}"
+    if preset == "meta" and answer.get("error"):
+        error = answer["error"]
+        message = error.get("message") if isinstance(error, dict) else error
+        return f"Meta refused the event: {str(message)[:300]}"
+    return None
 
 
 class DeliverySender:
@@ -354,7 +386,9 @@ class DeliverySender:
             wait = POLL_SECONDS
             if free > 0:
                 try:
-                    claimed = await deliveries.claim(self._pool, free, self.lease_seconds)
+                    claimed = await deliveries.claim(
+                        self._pool, free, self.lease_seconds, self._settings.outbound_max_attempts
+                    )
                     if not claimed:
                         due_in = await deliveries.next_due_in(self._pool)
                         if due_in is not None:
@@ -406,28 +440,59 @@ class DeliverySender:
         async with self._slots:
             started = datetime.now(UTC)
             clock = time.perf_counter()
-            secrets = list(dict(row["postback_credentials"] or {}).values())
+            secrets = [str(v) for v in dict(row["postback_credentials"] or {}).values()]
+            secrets.append(row["postback_signing_secret"] or "")
             try:
-                values = dict(row.items())
-                postback = source_postback(values)
-                if postback.preset == "google_ads":
-                    credentials = await self._google.credentials(session, postback.credentials)
-                    postback = dataclasses.replace(postback, credentials=credentials)
-                    secrets.append(credentials.get("access_token", ""))
-                request = build_request(postback, delivery_facts(values), self._urls, started)
-                outcome = await self._attempt(session, request)
+                # One deadline for the whole attempt (token, redirects), inside the lease.
+                async with asyncio.timeout(self.lease_seconds - 1):
+                    outcome = await self._prepare_and_send(session, row, started, secrets)
+            except TimeoutError:
+                outcome = Outcome(
+                    error=f"no answer within {self.lease_seconds - 1:g} s", retryable=True
+                )
             except TokenError as exc:
                 outcome = Outcome(error=str(exc), retryable=exc.retryable)
             except PayloadError as exc:
                 outcome = Outcome(error=f"cannot build the request: {exc}")
             except RefusedAddress as exc:
                 outcome = Outcome(error=str(exc))
+            except Exception as exc:  # recorded, so that the delivery cannot loop unseen
+                log.exception("%s: delivery %s failed unexpectedly", self._name, row["id"])
+                outcome = Outcome(error=f"unexpected error: {type(exc).__name__}")
             latency = int((time.perf_counter() - clock) * 1000)
             if outcome.error:
                 outcome.error = redact(outcome.error, secrets)[:1000]
             if outcome.response:
                 outcome.response = redact(outcome.response, secrets)
             await self._record(row, outcome, started, latency)
+
+    async def _prepare_and_send(
+        self,
+        session: aiohttp.ClientSession,
+        row: asyncpg.Record,
+        started: datetime,
+        secrets: list[str],
+    ) -> "Outcome":
+        values = dict(row.items())
+        postback = source_postback(values)
+        refreshed = False
+        if postback.preset == "google_ads" and postback.credentials.get("refresh_token"):
+            credentials = await self._google.credentials(session, postback.credentials)
+            postback = dataclasses.replace(postback, credentials=credentials)
+            secrets.append(credentials.get("access_token", ""))
+            refreshed = True
+        request = build_request(postback, delivery_facts(values), self._urls, started)
+        outcome = await self._attempt(session, request)
+        if outcome.status_code is not None and outcome.delivered:
+            platform_error = platform_refusal(postback.preset, outcome.body)
+            if platform_error is not None:
+                outcome.error = platform_error
+                outcome.refused = True
+        if refreshed and outcome.status_code == 401:
+            # An access token revoked before its time: the next attempt gets a new one.
+            self._google.forget(postback.credentials)
+            outcome.retryable = True
+        return outcome
 
     async def _attempt(self, session: aiohttp.ClientSession, request: OutboundRequest) -> Outcome:
         url = URL(request.url, encoded=True)
@@ -439,16 +504,10 @@ class DeliverySender:
                 async with session.request(
                     method, url, headers=headers, data=body, allow_redirects=False
                 ) as resp:
-                    head = await resp.content.read(RESPONSE_KEPT)
-                    text = head.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+                    head = await resp.content.read(ANSWER_READ)
                     status = resp.status
-                    if status in _REDIRECTS and "Location" in resp.headers:
-                        url = url.join(URL(resp.headers["Location"]))
-                        if status == 303 or (status in (301, 302) and method == "POST"):
-                            method, body = "GET", None
-                            headers.pop("Content-Type", None)
-                        continue
-                    after = retry_after(resp.headers.get("Retry-After"), datetime.now(UTC))
+                    location = resp.headers.get("Location") if status in _REDIRECTS else None
+                    wait = resp.headers.get("Retry-After")
             except TimeoutError:
                 return Outcome(
                     error=f"no answer within {self._settings.outbound_timeout:g} s",
@@ -460,15 +519,35 @@ class DeliverySender:
                 return Outcome(error=f"cannot connect: {exc.os_error}", retryable=True)
             except aiohttp.InvalidURL:
                 return Outcome(error="the URL is not valid")
+            except aiohttp.ClientResponseError as exc:
+                # Its text names the URL, which may carry a token: the reason only.
+                return Outcome(error=f"{type(exc).__name__}: {exc.message}", retryable=True)
             except (aiohttp.ClientError, OSError) as exc:
                 return Outcome(error=f"{type(exc).__name__}: {exc}", retryable=True)
+            if location is not None:
+                try:
+                    target = url.join(URL(location))
+                    target_host = target.host
+                except (ValueError, UnicodeError):
+                    return Outcome(status_code=status, error="redirected to an invalid URL")
+                if target_host != url.host:
+                    # Credentials are for the host they were configured for.
+                    for name in _CREDENTIAL_HEADERS:
+                        headers.pop(name, None)
+                url = target
+                if status == 303 or (status in (301, 302) and method == "POST"):
+                    method, body = "GET", None
+                    headers.pop("Content-Type", None)
+                continue
+            text = head[:RESPONSE_KEPT].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
             retryable = status == 429 or status >= 500
             return Outcome(
                 status_code=status,
                 response=text,
                 error=None if 200 <= status < 300 else f"answered {status}",
                 retryable=retryable,
-                retry_after=after if retryable else None,
+                retry_after=retry_after(wait, datetime.now(UTC)) if retryable else None,
+                body=head,
             )
         return Outcome(error=f"more than {MAX_REDIRECTS} redirects")
 

@@ -26,6 +26,7 @@ WITH due AS (
 )
 UPDATE deliveries d
 SET attempts = d.attempts + 1,
+    lease = d.lease + 1,
     next_attempt_at = clock_timestamp() + make_interval(secs => $2)
 FROM due WHERE d.id = due.id
 RETURNING d.id
@@ -34,7 +35,7 @@ _CONVERSION_COLUMNS = ", ".join(
     f"c.{name}" for name in (*SUB_NAMES, *(name for name, _ in FACT_COLUMNS))
 )
 SELECT_CLAIMED = f"""
-SELECT d.id, d.attempts, d.created_at, d.status, d.payout, d.currency, d.conversion_id,
+SELECT d.id, d.attempts, d.lease, d.created_at, d.status, d.payout, d.currency, d.conversion_id,
        d.traffic_source_id, d.campaign_id,
        c.created_at AS conversion_time, c.click_time, c.click_id, c.external_id, c.offer_id,
        nullif(c.txid, '') AS txid, c.event, c.ip, c.user_agent, c.click_params, c.cost,
@@ -53,8 +54,8 @@ LEFT JOIN campaigns cp ON cp.id = d.campaign_id
 WHERE d.id = any($1::bigint[])
 ORDER BY d.id
 """
-# The attempt, and what it decided, if the sender still holds the lease (`attempts`
-# unchanged): a sender whose lease ran out records what it saw and changes nothing else.
+# The attempt, and what it decided, if the sender still holds the lease: a sender whose
+# lease ran out records what it saw and changes nothing else.
 FINISH_ATTEMPT = """
 WITH attempt AS (
     INSERT INTO delivery_attempts
@@ -66,7 +67,15 @@ SET state = $3,
     next_attempt_at = coalesce($4, next_attempt_at),
     finished_at = CASE WHEN $3 = 'pending' THEN NULL ELSE clock_timestamp() END,
     last_error = $5
-WHERE id = $1 AND attempts = $2 AND state = 'pending'
+WHERE id = $1 AND lease = $2 AND state = 'pending'
+"""
+# Deliveries whose last allowed attempt was claimed and never recorded (its sender died
+# each time): given up rather than claimed for ever.
+GIVE_UP_UNRECORDED = """
+UPDATE deliveries
+SET state = 'dead', finished_at = clock_timestamp(),
+    last_error = 'gave up: ' || attempts || ' attempts were made and never recorded'
+WHERE state = 'pending' AND attempts >= $1 AND next_attempt_at <= clock_timestamp()
 """
 NEXT_DUE_IN = """
 SELECT extract(epoch FROM min(next_attempt_at) - clock_timestamp())
@@ -116,9 +125,12 @@ RETURNING d.id
 """
 
 
-async def claim(pool: asyncpg.Pool, limit: int, lease_seconds: float) -> list[asyncpg.Record]:
+async def claim(
+    pool: asyncpg.Pool, limit: int, lease_seconds: float, max_attempts: int
+) -> list[asyncpg.Record]:
     """Take up to `limit` due deliveries, with everything needed to send them."""
     async with pool.acquire() as conn:
+        await conn.execute(GIVE_UP_UNRECORDED, max_attempts)
         ids = [row["id"] for row in await conn.fetch(CLAIM_DUE, limit, lease_seconds)]
         if not ids:
             return []
@@ -139,7 +151,7 @@ async def finish(
     await pool.execute(
         FINISH_ATTEMPT,
         delivery["id"],
-        delivery["attempts"],
+        delivery["lease"],
         state,
         next_attempt_at,
         error,

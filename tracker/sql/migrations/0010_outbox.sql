@@ -46,6 +46,9 @@ CREATE TABLE deliveries (
     currency char(3) NOT NULL,
     state text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'delivered', 'dead')),
     attempts integer NOT NULL DEFAULT 0,
+    -- Counts every claim and never goes back (a retry resets `attempts`): a sender may
+    -- record an attempt only while the lease it claimed is the current one.
+    lease bigint NOT NULL DEFAULT 0,
     -- When a sender may take it next: now for a new one, later for a retry, and while
     -- a sender holds it, the end of that sender's lease.
     next_attempt_at timestamptz NOT NULL DEFAULT clock_timestamp(),
@@ -78,8 +81,9 @@ BEGIN
         conversion_id, history_id, traffic_source_id, campaign_id, status, payout, currency
     )
     SELECT h.conversion_id, h.id, c.traffic_source_id, c.campaign_id, e.status,
+           -- A chargeback takes back what partial refunds have not taken back already.
            CASE WHEN h.refund > 0 THEN -h.refund
-                WHEN e.status = 'chargeback' THEN -abs(h.payout)
+                WHEN e.status = 'chargeback' THEN -greatest(abs(h.payout) - c.refunded, 0)
                 ELSE h.payout END,
            c.currency
     FROM added h
