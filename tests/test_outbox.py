@@ -863,3 +863,24 @@ def test_secrets_are_redacted_as_written_and_as_url_encoded():
     text = f"400, url='https://x/events?access_token={quoted}' {secret}"
     assert secret not in sender_module.redact(text, [secret])
     assert "%7C" not in sender_module.redact(text, [secret])
+
+
+async def test_a_chargeback_after_a_partial_refund_reports_what_is_left(
+    client, api, pool, receiver
+):
+    source = {
+        "postback_url": receiver.url("/pb?s={status}&p={payout}"),
+        "postback_statuses": ["approved", "chargeback"],
+    }
+    setup = await converted(client, api, receiver, source=source, payout="100")
+    token = setup["network"]["postback_token"]
+    refund = {"clickid": setup["click_id"], "txid": "R1", "parent_txid": "T1", "payout": "-30"}
+    assert (await client.get("/postback", params={**refund, "token": token})).status == 200
+    chargeback = {"clickid": setup["click_id"], "txid": "T1", "status": "chargeback"}
+    assert (await client.get("/postback", params={**chargeback, "token": token})).status == 200
+    rows = await pool.fetch("SELECT status, payout FROM deliveries ORDER BY id")
+    assert [(r["status"], r["payout"]) for r in rows] == [
+        ("approved", Decimal("100")),
+        ("chargeback", Decimal("-30")),
+        ("chargeback", Decimal("-70")),
+    ]

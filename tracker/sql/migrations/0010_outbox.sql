@@ -75,8 +75,17 @@ CREATE INDEX delivery_attempts_delivery ON delivery_attempts (delivery_id, id);
 -- change; the deliveries it causes are written by this trigger in the same statement, so
 -- neither can exist without the other. A new conversion or a status change fires when its
 -- status is listed; a partial refund fires as `chargeback` when that is listed.
-CREATE FUNCTION enqueue_deliveries() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Planned afresh on every call (force_custom_plan): a plan cached while `conversions` was
+-- small would keep scanning it whole as it grows, for as long as the connection lives.
+CREATE FUNCTION enqueue_deliveries() RETURNS trigger
+LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan AS $$
 BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM traffic_sources
+        WHERE postback_url IS NOT NULL OR postback_preset <> 'template'
+    ) AND NOT EXISTS (SELECT 1 FROM campaigns WHERE postback_url IS NOT NULL) THEN
+        RETURN NULL;  -- no source is sent anything
+    END IF;
     INSERT INTO deliveries (
         conversion_id, history_id, traffic_source_id, campaign_id, status, payout, currency
     )

@@ -1,0 +1,529 @@
+"""Benchmark of the hot paths against a bare aiohttp baseline measured in the same run.
+
+Starts its own Redis, PostgreSQL, tracker and sink, drives them with wrk, and
+prints requests/s and latency percentiles as the median of several runs (with
+min and max), plus ratios to the baseline. Results are also written as JSON to
+bench/results/. Usage: python bench/run.py [--runs 3] [--duration 8] [--connections 50]
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+from redis.asyncio import Redis
+
+from tracker.demo import seed_demo
+from tracker.devstack import PostgresServer, RedisServer, free_port, wait_for_port
+from tracker.store import keys
+from tracker.store.db import migrate
+
+BENCH = Path(__file__).resolve().parent
+
+
+def summarize(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+async def wait_listening(port: int) -> None:
+    await asyncio.to_thread(wait_for_port, port, "server")
+
+
+async def wrk(
+    url: str, script: str, args: list[str], duration: int, connections: int
+) -> dict[str, Any]:
+    proc = await asyncio.create_subprocess_exec(
+        "wrk",
+        "-t2",
+        f"-c{connections}",
+        f"-d{duration}s",
+        "--latency",
+        "-s",
+        str(BENCH / script),
+        url,
+        "--",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    line = [ln for ln in out.decode().splitlines() if ln.startswith("{")][-1]
+    raw = json.loads(line)
+    seconds = raw["duration_us"] / 1e6
+    return {
+        "rps": raw["requests"] / seconds,
+        "p50_ms": raw["p50_us"] / 1000,
+        "p90_ms": raw["p90_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+        "requests": raw["requests"],
+        "errors": raw["errors"],
+        "bad_status": raw["non_2xx_3xx"],
+    }
+
+
+class Stack:
+    """Redis, PostgreSQL, and the tracker processes, in a temporary directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.pg = PostgresServer(root / "postgres", free_port())
+        self.redis_server = RedisServer(root / "redis", free_port())
+        self.port = free_port()
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            TRACKER_DATABASE_URL=self.pg.dsn(),
+            TRACKER_REDIS_URL=self.redis_server.url(),
+            TRACKER_HTTP_PORT=str(self.port),
+            TRACKER_API_KEY="bench",
+            # wrk is the proxy: facts.lua sends each visitor's address in X-Forwarded-For.
+            TRACKER_TRUSTED_PROXIES='["127.0.0.1"]',
+            # The delivery phase posts back to a receiver on this machine.
+            TRACKER_OUTBOUND_ALLOW_PRIVATE="true",
+        )
+        return env
+
+    def start_process(self, name: str, *args: str) -> None:
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "tracker", *args], env=self.env(), stderr=subprocess.DEVNULL
+        )
+
+    def stop_process(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        for name in list(self.procs):
+            self.stop_process(name)
+        self.redis_server.stop()
+        self.pg.stop()
+
+
+async def sink_backlog(redis: Redis) -> int:
+    for group in await redis.xinfo_groups(keys.CLICK_STREAM):
+        return int(group["pending"]) + int(group.get("lag") or 0)
+    return 0
+
+
+async def stored_clicks(pool: asyncpg.Pool) -> int:
+    return int(
+        await pool.fetchval("SELECT coalesce(sum(clicks + bot_clicks), 0) FROM click_rollups")
+    )
+
+
+async def click_run(
+    stack: Stack,
+    redis: Redis,
+    pool: asyncpg.Pool,
+    path: str,
+    duration: int,
+    connections: int,
+    script: str = "click.lua",
+) -> dict[str, Any]:
+    """One wrk click run, with the sink watched during and after it."""
+    before = await stored_clicks(pool)
+    started = time.monotonic()
+    peak = 0
+    task = asyncio.create_task(
+        wrk(f"http://127.0.0.1:{stack.port}", script, [path], duration, connections)
+    )
+    while not task.done():
+        peak = max(peak, await sink_backlog(redis))
+        await asyncio.sleep(0.5)
+    result = await task
+    backlog_at_end = await sink_backlog(redis)
+    ended = time.monotonic()
+    while await sink_backlog(redis) > 0:
+        if time.monotonic() - ended > 60:
+            break
+        await asyncio.sleep(0.05)
+    drained = time.monotonic()
+    stored = await stored_clicks(pool) - before
+    result.update(
+        sink_rows_per_s=stored / (drained - started),
+        backlog_peak=peak,
+        backlog_at_end=backlog_at_end,
+        drain_s=drained - ended,
+        stored=stored,
+    )
+    return result
+
+
+async def settle(redis: Redis, pool: asyncpg.Pool) -> None:
+    """Let background work left by the previous phase finish before measuring the next:
+    Redis AOF rewrites and saves, Postgres autovacuum, and a checkpoint."""
+    for _ in range(600):
+        persistence = await redis.info("persistence")
+        vacuums = await pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'autovacuum:%'"
+        )
+        busy = persistence.get("aof_rewrite_in_progress") or persistence.get(
+            "rdb_bgsave_in_progress"
+        )
+        if not busy and not vacuums:
+            break
+        await asyncio.sleep(0.1)
+    await pool.execute("CHECKPOINT")
+
+
+async def create_flows_campaign(port: int, pool: asyncpg.Pool) -> str:
+    """A campaign using every flow feature a direct link can: geo, device, parameter and
+    hour rules, a second offer, bots sent elsewhere; its click path."""
+    ids = await pool.fetchrow(
+        "SELECT c.traffic_source_id, o.id AS offer_id, o.affiliate_network_id "
+        "FROM campaigns c JOIN campaign_offers co ON co.campaign_id = c.id "
+        "JOIN offers o ON o.id = co.offer_id ORDER BY c.id LIMIT 1"
+    )
+    headers = {"Authorization": "Bearer bench"}
+    base = f"http://127.0.0.1:{port}/api"
+    async with aiohttp.ClientSession(headers=headers) as http:
+        offer_url = "https://offer2.example.com/?clickid={clickid}&geo={country}&os={os}"
+        async with http.post(
+            f"{base}/offers",
+            json={
+                "name": "Second offer",
+                "url": offer_url,
+                "affiliate_network_id": ids["affiliate_network_id"],
+            },
+        ) as resp:
+            second = (await resp.json())["id"]
+        body = {
+            "name": "Flows campaign",
+            "traffic_source_id": ids["traffic_source_id"],
+            "offers": [
+                {"offer_id": ids["offer_id"], "weight": 70},
+                {"offer_id": second, "weight": 30},
+            ],
+            "cost_model": "auto",
+            "bot_action": "url",
+            "bot_url": "https://safe.example.com/?c={clickid}",
+            "rules": [
+                {
+                    "name": "DACH iPhones",
+                    "conditions": [
+                        {"field": "country", "op": "in", "values": ["DE", "AT", "CH"]},
+                        {"field": "os", "op": "in", "values": ["iOS"]},
+                    ],
+                    "offers": [{"offer_id": second, "weight": 1}],
+                },
+                {
+                    "name": "Desktop zones at night",
+                    "conditions": [
+                        {"field": "device", "op": "in", "values": ["desktop"]},
+                        {"field": "param:sub1", "op": "in", "values": ["zone1", "zone2", "zone3"]},
+                        {"field": "hour", "op": "in", "values": [0, 1, 2, 3, 4, 5]},
+                    ],
+                    "offers": [{"offer_id": second, "weight": 1}],
+                },
+                {
+                    "name": "Office networks",
+                    "conditions": [{"field": "ip", "op": "in", "values": ["198.51.100.0/24"]}],
+                    "offers": [{"offer_id": ids["offer_id"], "weight": 1}],
+                },
+            ],
+        }
+        async with http.post(f"{base}/campaigns", json=body) as resp:
+            campaign = await resp.json()
+            if resp.status != 201:
+                raise SystemExit(f"flows campaign refused: {campaign}")
+    return f"/c/{campaign['key']}"
+
+
+# Conversions written as the conversion writer writes them (row and history row in one
+# statement), each making one delivery through the outbox trigger.
+INSERT_CONVERSIONS = """
+WITH c AS (
+    INSERT INTO conversions (click_id, dedupe_key, txid, campaign_id, offer_id,
+        traffic_source_id, click_time, payout, currency, original_payout, original_currency,
+        status, params, external_id)
+    SELECT $1 || n, 'k', $1 || n, c.id,
+           (SELECT offer_id FROM campaign_offers WHERE campaign_id = c.id LIMIT 1),
+           c.traffic_source_id, now(), 1.25, 'USD', 1.25, 'USD', 'approved', '{}', 'ext' || n
+    FROM generate_series(1, $2) n, campaigns c
+    WHERE c.id = (SELECT min(id) FROM campaigns)
+    RETURNING id, status, payout
+)
+INSERT INTO conversion_history (conversion_id, old_status, new_status, payout, params)
+SELECT id, NULL, status, payout, '{}' FROM c
+"""
+
+
+async def delivered(pool: asyncpg.Pool, prefix: str) -> asyncpg.Record:
+    return await pool.fetchrow(
+        "SELECT count(*) FILTER (WHERE d.state = 'delivered') AS done, count(*) AS total, "
+        "extract(epoch FROM max(d.finished_at) - min(d.created_at)) AS span, "
+        "percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM "
+        "d.finished_at - d.created_at)) AS p50, "
+        "percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM "
+        "d.finished_at - d.created_at)) AS p99 "
+        "FROM deliveries d JOIN conversions c ON c.id = d.conversion_id "
+        "WHERE c.click_id LIKE $1 || '%'",
+        prefix,
+    )
+
+
+async def deliveries_phase(pool: asyncpg.Pool, opts: argparse.Namespace) -> dict[str, Any]:
+    """The sink's sender posting back to a local receiver: deliveries/s for a backlog
+    written at once, and the delay from conversion to delivery at a steady rate."""
+    port = free_port()
+    receiver = subprocess.Popen([sys.executable, str(BENCH / "receiver.py"), str(port)])
+    try:
+        await wait_listening(port)
+        await pool.execute(
+            "UPDATE traffic_sources SET postback_url = $1",
+            f"http://127.0.0.1:{port}/pb?c={{external_id}}&p={{payout}}&d={{delivery_id}}",
+        )
+        rates = []
+        for run in range(opts.runs):
+            prefix, count = f"burst{run}-", 5000
+            await pool.execute(INSERT_CONVERSIONS, prefix, count)
+            while (row := await delivered(pool, prefix))["done"] < count:
+                await asyncio.sleep(0.1)
+            rates.append(count / float(row["span"]))
+        # A steady 200 conversions/s, in 20 writes of 10 a second, for the run's duration.
+        prefix = "steady-"
+        writes = opts.duration * 20
+        for i in range(writes):
+            await pool.execute(INSERT_CONVERSIONS, f"{prefix}{i}-", 10)
+            await asyncio.sleep(0.05)
+        while (row := await delivered(pool, prefix))["done"] < writes * 10:
+            await asyncio.sleep(0.1)
+    finally:
+        receiver.send_signal(signal.SIGTERM)
+        receiver.wait(timeout=30)
+    result = {
+        "deliveries_per_s": summarize(rates),
+        "steady_p50_ms": float(row["p50"]) * 1000,
+        "steady_p99_ms": float(row["p99"]) * 1000,
+    }
+    rate = result["deliveries_per_s"]
+    print(
+        f"{'deliveries (5,000 at once)':<28}  per_s {rate['median']:.1f} "
+        f"[{rate['min']:.1f}..{rate['max']:.1f}]",
+        flush=True,
+    )
+    print(
+        f"{'  conversion to delivery':<28}  at 200/s: p50_ms {result['steady_p50_ms']:.1f}  "
+        f"p99_ms {result['steady_p99_ms']:.1f}",
+        flush=True,
+    )
+    return result
+
+
+def report_line(label: str, runs: list[dict[str, Any]], keys_: list[str]) -> dict[str, Any]:
+    summary = {k: summarize([r[k] for r in runs]) for k in keys_}
+    parts = [f"{label:<28}"]
+    for k in keys_:
+        s = summary[k]
+        parts.append(f"{k} {s['median']:.1f} [{s['min']:.1f}..{s['max']:.1f}]")
+    print("  ".join(parts), flush=True)
+    return summary
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--label", default="")
+    parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
+    opts = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk not found: run `make bench`, which installs it")
+
+    root = Path(tempfile.mkdtemp(prefix="tracker-bench-"))
+    root.chmod(0o755)
+    stack = Stack(root)
+    results: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "label": opts.label,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "runs": opts.runs,
+        "duration_s": opts.duration,
+        "connections": opts.connections,
+    }
+    print(
+        f"cores={os.cpu_count()} runs={opts.runs} duration={opts.duration}s "
+        f"connections={opts.connections}; figures are median [min..max]",
+        flush=True,
+    )
+    try:
+        stack.pg.start()
+        stack.redis_server.start()
+        await migrate(stack.pg.dsn())
+        demo = await seed_demo(stack.pg.dsn())
+        _c = await asyncpg.connect(stack.pg.dsn()); await _c.execute("ALTER TABLE conversion_history DISABLE TRIGGER conversion_history_deliveries"); await _c.close()
+        pool = await asyncpg.create_pool(stack.pg.dsn(), min_size=1, max_size=2)
+        redis = Redis.from_url(stack.redis_server.url())
+        path = f"/c/{demo.campaign_key}"
+        latency = ["rps", "p50_ms", "p90_ms", "p99_ms"]
+
+        # Baseline: a bare aiohttp 302 on the same loop settings.
+        baseline_port = free_port()
+        baseline = subprocess.Popen(
+            [sys.executable, str(BENCH / "baseline_app.py"), str(baseline_port)]
+        )
+        try:
+            await wait_listening(baseline_port)
+            await wrk(f"http://127.0.0.1:{baseline_port}", "click.lua", [path], 2, opts.connections)
+            runs = [
+                await wrk(
+                    f"http://127.0.0.1:{baseline_port}",
+                    "click.lua",
+                    [path],
+                    opts.duration,
+                    opts.connections,
+                )
+                for _ in range(opts.runs)
+            ]
+        finally:
+            baseline.send_signal(signal.SIGTERM)
+            baseline.wait(timeout=30)
+        results["baseline"] = report_line("baseline 302", runs, latency)
+        base_rps = results["baseline"]["rps"]["median"]
+
+        stack.start_process("sink", "sink")
+        worker_counts = [int(w) for w in opts.workers.split(",")]
+        for workers in worker_counts:
+            serve_args = ["serve", "--workers", str(workers)] if workers > 1 else ["serve"]
+            stack.start_process("serve", *serve_args)
+            await wait_listening(stack.port)
+            await asyncio.sleep(1.0 if workers == 1 else 2.0)
+            await settle(redis, pool)
+            await wrk(f"http://127.0.0.1:{stack.port}", "click.lua", [path], 2, opts.connections)
+            runs = [
+                await click_run(stack, redis, pool, path, opts.duration, opts.connections)
+                for _ in range(opts.runs)
+            ]
+            name = f"clicks_workers_{workers}"
+            results[name] = report_line(f"click, --workers {workers}", runs, latency)
+            results[name]["ratio_to_baseline"] = results[name]["rps"]["median"] / base_rps
+            results[name]["errors"] = sum(r["errors"] + r["bad_status"] for r in runs)
+            results[f"sink_during_{name}"] = report_line(
+                "  sink",
+                runs,
+                ["sink_rows_per_s", "backlog_peak", "backlog_at_end", "drain_s"],
+            )
+            print(
+                f"  ratio to baseline {results[name]['ratio_to_baseline']:.2f}; "
+                f"errors {results[name]['errors']}",
+                flush=True,
+            )
+            if workers == 1:
+                # The same run with every visitor fact at work: a User-Agent mix with bots,
+                # 50,000 addresses (GeoIP, data-center and range checks), languages, rules,
+                # and the unique check (which the plain run makes too).
+                flows_path = await create_flows_campaign(stack.port, pool)
+                await asyncio.sleep(1.0)  # the configuration reaches the worker
+                await settle(redis, pool)
+                url = f"http://127.0.0.1:{stack.port}"
+                await wrk(url, "facts.lua", [flows_path], 2, opts.connections)
+                runs = [
+                    await click_run(
+                        stack, redis, pool, flows_path, opts.duration, opts.connections, "facts.lua"
+                    )
+                    for _ in range(opts.runs)
+                ]
+                facts = report_line("click, full facts", runs, latency)
+                facts["ratio_to_plain"] = facts["rps"]["median"] / results[name]["rps"]["median"]
+                facts["ratio_to_baseline"] = facts["rps"]["median"] / base_rps
+                facts["errors"] = sum(r["errors"] + r["bad_status"] for r in runs)
+                results["clicks_full_facts"] = facts
+                print(
+                    f"  ratio to plain click {facts['ratio_to_plain']:.2f}; "
+                    f"errors {facts['errors']}",
+                    flush=True,
+                )
+                # The same clicks with the sink stopped: how much of the gap to the
+                # baseline is the sink, Postgres and Redis sharing the cores.
+                stack.stop_process("sink")
+                await settle(redis, pool)
+                runs = [
+                    await wrk(
+                        f"http://127.0.0.1:{stack.port}",
+                        "click.lua",
+                        [path],
+                        opts.duration,
+                        opts.connections,
+                    )
+                    for _ in range(opts.runs)
+                ]
+                alone = report_line("click, sink stopped", runs, latency)
+                alone["ratio_to_baseline"] = alone["rps"]["median"] / base_rps
+                results["clicks_workers_1_sink_stopped"] = alone
+                print(f"  ratio to baseline {alone['ratio_to_baseline']:.2f}", flush=True)
+                stack.start_process("sink", "sink")
+                while await sink_backlog(redis) > 0:
+                    await asyncio.sleep(0.1)
+
+                # Postbacks over the clicks just made, each with a new txid.
+                await settle(redis, pool)
+                ids_file = root / "clickids.txt"
+                rows = await pool.fetch("SELECT click_id FROM clicks LIMIT 200000")
+                ids_file.write_text("\n".join(r["click_id"] for r in rows) + "\n")
+                args = [str(ids_file), demo.postback_token, "0"]
+                url = f"http://127.0.0.1:{stack.port}"
+                await wrk(url, "postback.lua", args, 2, opts.connections)
+                before = await pool.fetchval("SELECT count(*) FROM conversions")
+                runs = []
+                for run in range(1, opts.runs + 1):
+                    args[2] = str(run)  # txids stay unique across runs
+                    runs.append(
+                        await wrk(url, "postback.lua", args, opts.duration, opts.connections)
+                    )
+                stored = await pool.fetchval("SELECT count(*) FROM conversions") - before
+                results["postbacks"] = report_line("postback (unique txid)", runs, latency)
+                results["postbacks"]["errors"] = sum(r["errors"] + r["bad_status"] for r in runs)
+                results["postbacks"]["stored_vs_answered"] = [
+                    stored,
+                    sum(r["requests"] for r in runs),
+                ]
+                print(
+                    f"  conversions stored {stored} for {sum(r['requests'] for r in runs)} "
+                    f"answered requests; errors {results['postbacks']['errors']}",
+                    flush=True,
+                )
+                # Fewer connections: latency when the process is not saturated.
+                await settle(redis, pool)
+                few = max(1, opts.connections // 3)
+                runs = []
+                for run in range(1, opts.runs + 1):
+                    args[2] = f"few{run}"
+                    runs.append(await wrk(url, "postback.lua", args, opts.duration, few))
+                results["postbacks_few_connections"] = report_line(
+                    f"postback, {few} connections", runs, latency
+                )
+            stack.stop_process("serve")
+        results["deliveries"] = await deliveries_phase(pool, opts)
+        if "clicks_workers_2" in results:
+            w1 = results["clicks_workers_1"]["rps"]["median"]
+            w2 = results["clicks_workers_2"]["rps"]["median"]
+            results["workers_2_over_1"] = w2 / w1
+            print(f"--workers 2 / --workers 1 = {w2 / w1:.2f} on {os.cpu_count()} cores")
+        await redis.aclose()
+        await pool.close()
+    finally:
+        stack.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    out = BENCH / "results" / f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written {out.relative_to(BENCH.parent)}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
