@@ -24,7 +24,7 @@ from tracker.store import signatures
 from tracker.store.clicks import ClickReader
 from tracker.store.config import ConfigCache
 from tracker.store.conversions import ConversionPostback, ConversionWriter, ParentNotFound
-from tracker.store.postback_log import PIXEL, Inbound, mark_rematched, unmatched_for
+from tracker.store.postback_log import PIXEL, UPLOAD, Inbound, mark_rematched, unmatched_for
 
 log = logging.getLogger("tracker.postback")
 
@@ -134,11 +134,13 @@ class PostbackProcessor:
             reason = "forbidden: the affiliate network is archived"
             return Outcome(REJECTED_AUTH, 403, reason=reason, **found)
         pixel = inbound.source == PIXEL
+        # An upload was authenticated by the API key: it is the buyer's own correction.
+        networks_auth = inbound.source not in (PIXEL, UPLOAD)
         if pixel:
             # The pixel carries no secret: the network's switch stands in for its auth.
             if not network.allow_pixel:
                 return Outcome(REJECTED_AUTH, 403, reason=PIXEL_NOT_ALLOWED, **found)
-        else:
+        elif networks_auth:
             refusal = check_postback_auth(
                 network,
                 fields.token or inbound.path_token,
@@ -213,7 +215,7 @@ class PostbackProcessor:
             dedupe_key = fields.txid
         # Spent last, just before the write, so that only a postback that passed every
         # other check uses up its signature.
-        if network.signing_secret and not pixel and not await self.claim_signature(inbound):
+        if network.signing_secret and networks_auth and not await self.claim_signature(inbound):
             self._refusals.warning(
                 "postback for click %s refused: signature already used", fields.clickid
             )

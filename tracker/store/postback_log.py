@@ -22,8 +22,9 @@ from tracker.store.db import POSTGRES_UNAVAILABLE
 log = logging.getLogger("tracker.postback_log")
 
 
-# What a conversion or a log row came from: a postback, or a hit on the conversion pixel.
-POSTBACK, PIXEL = "postback", "pixel"
+# What a conversion or a log row came from: a postback, a hit on the conversion pixel, or a
+# row of a corrections CSV uploaded through the API.
+POSTBACK, PIXEL, UPLOAD = "postback", "pixel", "upload"
 
 
 def new_receipt_id() -> str:
@@ -46,7 +47,7 @@ class Inbound:
     # Given at the edge; the unit of idempotency when a postback is applied again.
     receipt_id: str = dataclasses.field(default_factory=new_receipt_id)
     queued: bool = False  # applied by the sink from the Redis queue
-    source: str = POSTBACK  # or PIXEL: a browser's hit on /px.gif or /px.js
+    source: str = POSTBACK  # or PIXEL (/px.gif, /px.js), or UPLOAD (POST /api/conversions/upload)
 
 
 class Result(Protocol):

@@ -22,7 +22,13 @@ from tracker.domain.campaign import ConfigSnapshot, NetworkRoute
 from tracker.logs import Throttled
 from tracker.settings import Settings
 from tracker.store import keys
-from tracker.store.postback_log import FAILED_RESULTS, Inbound, Result, truncated_for_log
+from tracker.store.postback_log import (
+    FAILED_RESULTS,
+    UPLOAD,
+    Inbound,
+    Result,
+    truncated_for_log,
+)
 
 log = logging.getLogger("tracker.ratelimit")
 
@@ -184,11 +190,14 @@ class PostbackGuard:
 
     async def screen(self, inbound: Inbound, outcome: Result, config: ConfigSnapshot) -> Screened:
         """Successful postbacks pass as they are. Failed ones are cut to the row size cap
-        and, unless they passed authentication or carry a network's token, counted
-        against their address."""
+        and, unless they passed authentication (an upload's rows did, by the API key) or
+        carry a network's token, counted against their address."""
         if outcome.result not in FAILED_RESULTS:
             return Screened(inbound)
-        authenticated = outcome.network_id is not None and outcome.result != "rejected-auth"
+        # An upload's rows come with the API key: its failures are the buyer's typos.
+        authenticated = inbound.source == UPLOAD or (
+            outcome.network_id is not None and outcome.result != "rejected-auth"
+        )
         if not authenticated and not carries_network_token(inbound, config.networks.values()):
             retry_after = await self.limiter.hit(inbound.client_ip or "unknown")
             if retry_after is not None:

@@ -136,7 +136,7 @@ async def postback(request: web.Request) -> web.Response:
 def request_address(request: web.Request) -> str | None:
     """The sender's address: the peer's, or the one a trusted proxy forwarded."""
     forwarded = request.headers.getall("X-Forwarded-For", [])
-    return client_address(request.remote, forwarded, request.app[TRUSTED_PROXIES])
+    return client_address(request.remote, forwarded, request.config_dict[TRUSTED_PROXIES])
 
 
 async def receive(app: web.Application, inbound: Inbound) -> Outcome | Screened:

@@ -1,6 +1,6 @@
 from aiohttp import web
 
-from tracker.web import click, costs, deliveries, ledger, pixel, postback, reports
+from tracker.web import click, costs, deliveries, ledger, pixel, postback, reports, upload
 from tracker.web.admin import RESOURCES
 
 
@@ -28,6 +28,7 @@ def setup_routes(app: web.Application, api: web.Application) -> None:
     api.router.add_get("/reports", reports.report)
     api.router.add_post("/costs", costs.set_cost)
     api.router.add_get("/postbacks", ledger.list_postbacks)
+    api.router.add_post("/conversions/upload", upload.upload_conversions)
     api.router.add_get("/deliveries", deliveries.list_deliveries)
     api.router.add_post("/deliveries/replay", deliveries.replay_deliveries)
     api.router.add_post("/deliveries/{id}/retry", deliveries.retry_delivery)
