@@ -357,3 +357,16 @@ async def test_rollups_and_raw_clicks_agree(client, api, pool, sink):
     assert reports[0]["rows"] == reports[1]["rows"]
     assert reports[0]["totals"] == reports[1]["totals"]
     assert (reports[0]["totals"]["clicks"], reports[0]["totals"]["bots"]) == (20, 20)
+
+
+async def test_the_ends_of_time_in_any_zone_never_fail(api):
+    for query in (
+        "from=9999-12-30&to=9999-12-31&tz=America/New_York&group_by=day",
+        "from=9999-12-31T23:00&to=9999-12-31&tz=Pacific/Kiritimati&group_by=hour",
+        "from=0001-01-01&to=0001-01-02&tz=Asia/Tokyo&group_by=week",
+        "from=0001-01-01&to=0001-01-01&tz=America/Los_Angeles&group_by=month",
+    ):
+        resp = await api.client.get(f"/api/reports?{query}", headers=api.headers)
+        assert resp.status in (200, 400), (query, await resp.text())
+        body = await resp.json()
+        assert body.get("rows", []) == [], query

@@ -4,7 +4,7 @@ import csv
 import io
 import re
 import zoneinfo
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import localcontext
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -34,6 +34,8 @@ MAX_EVENTS = 10
 MAX_FILTER_VALUES = 500
 # Enough for any sum of NUMERIC amounts below 10^12 with 14 decimal places.
 EXACT_DIGITS = 60
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+_LATEST = datetime.max.replace(tzinfo=UTC)
 _FILTER = re.compile(r"(filter|exclude)\[([a-z0-9_]+)\]")
 _KNOWN = frozenset(
     {"from", "to", "tz", "group_by", "campaign_id", "conversion_time", "events", "sort",
@@ -55,13 +57,17 @@ def _moment(text: str, zone: ZoneInfo, end: bool) -> datetime:
     text = text.strip()
     if len(text) == 10:
         day = date.fromisoformat(text)
-        if end:
-            if day == date.max:
-                raise ValueError("is past the last representable day")
-            day += timedelta(days=1)
-        return datetime.combine(day, time(), tzinfo=zone)
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=zone)
+        if end and day == date.max:
+            return _LATEST
+        moment = datetime.combine(day + timedelta(days=int(end)), time(), tzinfo=zone)
+    else:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=zone)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # within a day of the ends of representable time
+        return _LATEST if end else _EARLIEST
 
 
 def _words(value: str) -> list[str]:
@@ -219,8 +225,8 @@ async def report(request: web.Request) -> web.StreamResponse:
         return await _csv(request, spec, items)
     return json_response(
         {
-            "from": spec.start.isoformat(),
-            "to": spec.end.isoformat(),
+            "from": _local(spec.start, spec.tz),
+            "to": _local(spec.end, spec.tz),
             "tz": spec.tz,
             "conversion_time": spec.conversion_time,
             "group_by": list(spec.group_by),
@@ -235,6 +241,13 @@ async def report(request: web.Request) -> web.StreamResponse:
 
 # A cell a spreadsheet would run as a formula (a sub id such as `=HYPERLINK(…)`).
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _local(moment: datetime, tz: str) -> str:
+    try:
+        return moment.astimezone(ZoneInfo(tz)).isoformat()
+    except OverflowError:
+        return moment.isoformat()
 
 
 def _cell(value: Any, text: bool) -> Any:
