@@ -242,7 +242,7 @@ async def test_an_update_over_part_of_a_day_moves_only_that_part(api, pool):
         (date(2026, 3, 2), 1): Decimal("2.00"),  # d costs 1; e and f kept 0.50
     }
     report = await report_cost(api, "2026-03-01", "2026-03-02", "day")
-    assert [(r["day"], r["clicks"], r["bot_clicks"], r["cost"]) for r in report["rows"]] == [
+    assert [(r["day"], r["clicks"], r["bots"], r["cost"]) for r in report["rows"]] == [
         ("2026-03-01", 2, 1, "2.50"),
         ("2026-03-02", 3, 0, "2.00"),
     ]

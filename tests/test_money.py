@@ -4,7 +4,6 @@ from decimal import Decimal
 import pytest
 
 from tracker.domain.fx import convert
-from tracker.domain.metrics import derive
 from tracker.domain.money import (
     ISO_4217,
     MoneyError,
@@ -143,9 +142,3 @@ def test_conversion_of_extreme_amounts_does_not_raise():
     }
     amount = convert(Decimal("999999999999.9999"), "BBB", "AAA", date(2024, 1, 1), rates)
     assert amount is not None and not fits_amount_column(amount)
-
-
-def test_metrics_with_zero_denominators_are_null():
-    row = derive(0, 0, Decimal(0), Decimal(0))
-    assert row["roi"] is None and row["cr"] is None and row["epc"] is None
-    assert row["profit"] == "0.00"

@@ -125,8 +125,10 @@ async def test_booked_costs_fall_on_the_conversion_day_offer_and_source(api, poo
         " params) VALUES ($1, '', $2, $3, 100, '2026-03-01', $4, 2, 'USD', 2, 'USD', $5, '{}')",
         [(k, campaign_id, offer, at, status) for k, offer, at, status in conversions],
     )
+    by_arrival = "&conversion_time=postback"
     report = await api.call(
-        "GET", "/api/reports?from=2026-03-01&to=2026-03-02&group_by=day,offer,traffic_source"
+        "GET",
+        "/api/reports?from=2026-03-01&to=2026-03-02&group_by=day,offer,traffic_source" + by_arrival,
     )
     rows = [(r["day"], r["offer_id"], r["clicks"], r["cost"]) for r in report["rows"]]
     assert rows == [
@@ -136,8 +138,12 @@ async def test_booked_costs_fall_on_the_conversion_day_offer_and_source(api, poo
     ]
     assert report["totals"]["cost"] == "4.25" and report["totals"]["cpa"] == "1.4167"
     # Outside the range, nothing is booked.
-    late = await api.call("GET", "/api/reports?from=2026-03-02&to=2026-03-02")
+    late = await api.call("GET", "/api/reports?from=2026-03-02&to=2026-03-02" + by_arrival)
     assert late["totals"]["cost"] == "2.50"
+    # Dated by their clicks (the default), all three fall on the clicks' day.
+    report = await api.call("GET", "/api/reports?from=2026-03-01&to=2026-03-02&group_by=day,offer")
+    rows = [(r["day"], r["offer_id"], r["clicks"], r["cost"]) for r in report["rows"]]
+    assert rows == [("2026-03-01", 7, 5, "3.00"), ("2026-03-01", 8, 0, "1.25")]
 
 
 async def test_a_payout_awaiting_its_rate_books_no_revshare_yet(api, pool):

@@ -1,6 +1,8 @@
 """Process configuration, read from `TRACKER_*` environment variables."""
 
-from pydantic import Field, SecretStr
+import zoneinfo
+
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Large hosting and cloud networks: clicks from them are not people browsing.
@@ -96,6 +98,11 @@ class Settings(BaseSettings):
     # How often the sink re-matches unmatched postbacks whose click has since been stored.
     orphan_sweep_seconds: float = Field(default=60.0, gt=0)
 
+    # Reports: the time zone of `from`, `to` and time buckets when a report names none,
+    # and the longest range one report may cover.
+    report_timezone: str = "UTC"
+    report_max_days: int = Field(default=366, ge=1)
+
     # Conversions sent back to traffic sources (the outbox sender in `tracker sink` or
     # `tracker sender`). The first retry waits about this long, each next one twice as long.
     outbound_retry_base_seconds: float = Field(default=5.0, gt=0)
@@ -117,6 +124,15 @@ class Settings(BaseSettings):
     google_ads_api_url: str = "https://googleads.googleapis.com/v18"
     # Where Google Ads access tokens are refreshed (a source with a refresh token).
     google_oauth_url: str = "https://oauth2.googleapis.com/token"
+
+    @field_validator("report_timezone")
+    @classmethod
+    def known_time_zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone such as Europe/Berlin") from None
+        return value
 
     def base_url(self) -> str:
         """The public base URL used in URLs we print and return."""

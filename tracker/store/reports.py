@@ -1,25 +1,41 @@
-"""The ROI report query: clicks and cost from the rollups, revenue from conversions.
+"""The report query: click counters and cost from the clicks, conversions, revenue and
+booked cost from the conversions, grouped by up to three dimensions.
+
+Clicks are read from `click_rollups` when the report fits them (campaign, offer,
+traffic source and UTC day, whole UTC days, no other filter), else from the raw
+clicks. Conversions carry every dimension of their click, so they are grouped without
+a join; `conversion_time` dates them by their click (`click_time`) or by their arrival
+(`created_at`).
 
 Cost has two parts. What clicks cost (`cpc`, `auto`, `cpm`, and costs set with
-`POST /api/costs`) is stored with each click and summed in the rollups. What
-conversions cost (`cpa`, `revshare`) is booked from the approved conversions,
-on the conversion's day, campaign, offer and source, like revenue, with the
-campaign's current `cost_value`. Both are exact NUMERIC sums: nothing is rounded.
+`POST /api/costs`) is stored with each click. What conversions cost (`cpa`,
+`revshare`) is booked from the approved conversions, with the campaign's current
+`cost_value`. Both are exact NUMERIC sums: nothing is rounded.
 """
 
-from datetime import date
+from datetime import UTC, time
 from typing import Any
 
 import asyncpg
 
-# Report dimension -> (column in click_rollups, expression in conversions, name join).
-DIMENSIONS: dict[str, tuple[str, str, str | None]] = {
-    "campaign": ("campaign_id", "campaign_id", "campaigns"),
-    "offer": ("offer_id", "offer_id", "offers"),
-    "traffic_source": ("traffic_source_id", "traffic_source_id", "traffic_sources"),
-    "day": ("day", "(created_at AT TIME ZONE 'UTC')::date", None),
-}
+from tracker.domain.reports import (
+    COUNTERS,
+    ID_DIMENSIONS,
+    RATIOS,
+    ReportSpec,
+    dimension_column,
+)
 
+# Id dimension -> (column of clicks and conversions, table of names).
+_ID_COLUMNS = {
+    "campaign": ("campaign_id", "campaigns"),
+    "offer": ("offer_id", "offers"),
+    "lander": ("lander_id", "landers"),
+    "traffic_source": ("traffic_source_id", "traffic_sources"),
+    "affiliate_network": ("affiliate_network_id", "affiliate_networks"),
+}
+# What click_rollups can answer: these dimensions, over whole UTC days.
+_ROLLUP_DIMENSIONS = frozenset({"campaign", "offer", "traffic_source", "day"})
 
 # Campaigns whose conversions carry a cost; names chosen to clash with no conversions column.
 BOOKING_CAMPAIGNS = """(
@@ -31,73 +47,245 @@ BOOKING_CAMPAIGNS = """(
 # amounts and 0.01 has 14 places; NULL while the payout awaits an exchange rate).
 BOOKED_COST = """CASE m.booking_model
     WHEN 'cpa' THEN m.booking_value
-    WHEN 'revshare' THEN m.booking_value * 0.01 * (payout - refunded)
+    WHEN 'revshare' THEN m.booking_value * 0.01 * (v.payout - v.refunded)
 END"""
+_CLICK_COUNTERS = ("clicks", "unique_clicks", "bots", "lp_views", "lp_clicks")
+_CONVERSION_COUNTERS = tuple(c for c in COUNTERS if c not in _CLICK_COUNTERS)
+# Ratios as SQL over a group's sums, for sorting; NULL when the denominator is zero.
+_RATIO_SQL = {
+    "profit": "g.revenue - g.cost",
+    "roi": "(g.revenue - g.cost) * 100 / nullif(g.cost, 0)",
+    "cr": "g.conversions * 100.0 / nullif(g.clicks, 0)",
+    "epc": "g.revenue / nullif(g.clicks, 0)",
+    "cpc": "g.cost / nullif(g.clicks, 0)",
+    "cpa": "g.cost / nullif(g.conversions, 0)",
+    "lp_ctr": "g.lp_clicks * 100.0 / nullif(g.lp_views, 0)",
+}
+assert set(_RATIO_SQL) == set(RATIOS)
 
 
-def build_report_query(group_by: list[str], campaign_filter: bool) -> str:
-    """SQL for one report; `group_by` holds names validated against DIMENSIONS."""
-    columns = [DIMENSIONS[name][0] for name in group_by]
-    click_select = ", ".join(columns)
-    conv_select = ", ".join(f"{DIMENSIONS[n][1]} AS {DIMENSIONS[n][0]}" for n in group_by)
-    positions = ", ".join(str(i + 1) for i in range(len(group_by)))
-    where_campaign = " AND campaign_id = $3" if campaign_filter else ""
-    name_joins = []
-    name_columns = []
-    for name in group_by:
-        column, _, table = DIMENSIONS[name]
-        if table is not None:
-            alias = f"n_{name}"
-            name_joins.append(f"LEFT JOIN {table} {alias} ON {alias}.id = r.{column}")
-            name_columns.append(f"{alias}.name AS {name}_name")
-    return f"""
-WITH c AS (
-    SELECT {click_select}, sum(clicks) AS clicks, sum(bot_clicks) AS bot_clicks,
-           sum(unique_clicks) AS unique_clicks, sum(lp_views) AS lp_views,
-           sum(lp_clicks) AS lp_clicks, sum(cost) AS cost
-    FROM click_rollups
-    WHERE day BETWEEN $1 AND $2{where_campaign}
-    GROUP BY {positions}
-), v AS (
-    SELECT {conv_select},
-           count(*) FILTER (WHERE status = 'approved') AS conversions,
-           sum(payout - refunded) FILTER (WHERE status = 'approved') AS revenue,
-           sum({BOOKED_COST}) FILTER (WHERE status = 'approved') AS booked_cost,
-           count(*) FILTER (WHERE status = 'lead') AS leads,
-           count(*) FILTER (WHERE status = 'pending') AS pending,
-           count(*) FILTER (WHERE status = 'approved' AND payout IS NULL) AS unconverted
-    FROM conversions
-    LEFT JOIN {BOOKING_CAMPAIGNS} ON m.booking_campaign_id = campaign_id
-    WHERE created_at >= ($1::date)::timestamp AT TIME ZONE 'UTC'
-      AND created_at < ($2::date + 1)::timestamp AT TIME ZONE 'UTC'{where_campaign}
-    GROUP BY {positions}
-), r AS (
-    SELECT {click_select},
-           coalesce(c.clicks, 0)::bigint AS clicks,
-           coalesce(c.bot_clicks, 0)::bigint AS bot_clicks,
-           coalesce(c.unique_clicks, 0)::bigint AS unique_clicks,
-           coalesce(c.lp_views, 0)::bigint AS lp_views,
-           coalesce(c.lp_clicks, 0)::bigint AS lp_clicks,
-           coalesce(c.cost, 0) + coalesce(v.booked_cost, 0) AS cost,
-           coalesce(v.conversions, 0)::bigint AS conversions,
-           coalesce(v.revenue, 0) AS revenue,
-           coalesce(v.leads, 0)::bigint AS leads,
-           coalesce(v.pending, 0)::bigint AS pending,
-           coalesce(v.unconverted, 0)::bigint AS unconverted
-    FROM c FULL JOIN v USING ({click_select})
-)
-SELECT r.*{"".join(", " + c for c in name_columns)}
-FROM r {" ".join(name_joins)}
-ORDER BY {", ".join(f"r.{c}" for c in columns)}
-"""
+def uses_rollups(spec: ReportSpec) -> bool:
+    whole_days = all(moment.astimezone(UTC).time() == time() for moment in (spec.start, spec.end))
+    return (
+        spec.tz == "UTC"
+        and whole_days
+        and set(spec.group_by) <= _ROLLUP_DIMENSIONS
+        and set(spec.filters) <= {"campaign", "offer", "traffic_source"}
+        and set(spec.excludes) <= {"campaign", "offer", "traffic_source"}
+    )
+
+
+class _Query:
+    """Collects the parameters of one statement."""
+
+    def __init__(self, spec: ReportSpec) -> None:
+        self.args: list[Any] = [spec.start, spec.end, spec.tz]
+
+    def param(self, value: Any, cast: str) -> str:
+        self.args.append(value)
+        return f"${len(self.args)}::{cast}"
+
+
+def _dimension_sql(name: str, row: str, moment: str) -> str:
+    if name in _ID_COLUMNS:
+        column = _ID_COLUMNS[name][0]
+        return f"o.{column}" if name == "affiliate_network" else f"{row}.{column}"
+    local = f"({moment} AT TIME ZONE $3::text)"
+    if name == "hour":
+        return f"date_trunc('hour', {moment}, $3::text)"
+    if name == "day":
+        return f"{local}::date"
+    if name == "week":
+        return f"date_trunc('week', {local})::date"
+    if name == "month":
+        return f"to_char({local}, 'YYYY-MM')"
+    if name == "weekday":
+        return f"extract(isodow FROM {local})::int"
+    return f"{row}.{name}"
+
+
+def _cast(name: str) -> str:
+    if name in ID_DIMENSIONS or name == "asn":
+        return "bigint[]"
+    return "boolean[]" if name == "is_unique" else "text[]"
+
+
+def _conditions(spec: ReportSpec, query: _Query, row: str, moment: str) -> list[str]:
+    # $3, the time zone, is always a parameter: named here when no dimension uses it.
+    where = [f"{moment} >= $1", f"{moment} < $2", "$3::text IS NOT NULL"]
+    for name, values in spec.filters.items():
+        expr = _dimension_sql(name, row, moment)
+        where.append(f"{expr} = any({query.param(list(values), _cast(name))})")
+    for name, values in spec.excludes.items():
+        expr = _dimension_sql(name, row, moment)
+        values_param = query.param(list(values), _cast(name))
+        where.append(f"({expr} IS NULL OR NOT {expr} = any({values_param}))")
+    return where
+
+
+def _needs_offers(spec: ReportSpec) -> bool:
+    return "affiliate_network" in (*spec.group_by, *spec.filters, *spec.excludes)
+
+
+def build_report(spec: ReportSpec) -> tuple[str, str, list[Any]]:
+    """(rows SQL, totals SQL, parameters) of one report; names come from the catalogue
+    in `domain.reports`, values are parameters."""
+    query = _Query(spec)
+    dims = [f"d{i}" for i in range(len(spec.group_by))]
+    offers_join = " JOIN offers o ON o.id = {row}.offer_id" if _needs_offers(spec) else ""
+
+    if uses_rollups(spec):
+        select = ", ".join(
+            f"{_dimension_sql(n, 'r', '') if n != 'day' else 'r.day'} AS {d}"
+            for n, d in zip(spec.group_by, dims, strict=True)
+        )
+        where = [
+            "r.day >= ($1 AT TIME ZONE 'UTC')::date",
+            "r.day < ($2 AT TIME ZONE 'UTC')::date",
+        ]
+        for name, values in spec.filters.items():
+            column = _ID_COLUMNS[name][0]
+            where.append(f"r.{column} = any({query.param(list(values), 'bigint[]')})")
+        for name, values in spec.excludes.items():
+            column = _ID_COLUMNS[name][0]
+            where.append(f"NOT r.{column} = any({query.param(list(values), 'bigint[]')})")
+        clicks = f"""
+    SELECT {select + "," if select else ""}
+           sum(r.clicks) AS clicks, sum(r.unique_clicks) AS unique_clicks,
+           sum(r.bot_clicks) AS bots, sum(r.lp_views) AS lp_views,
+           sum(r.lp_clicks) AS lp_clicks, sum(r.cost) AS click_cost
+    FROM click_rollups r
+    WHERE {" AND ".join(where)}
+    {"GROUP BY " + ", ".join(dims) if dims else ""}"""
+    else:
+        select = ", ".join(
+            f"{_dimension_sql(n, 'k', 'k.created_at')} AS {d}"
+            for n, d in zip(spec.group_by, dims, strict=True)
+        )
+        where = _conditions(spec, query, "k", "k.created_at")
+        clicks = f"""
+    SELECT {select + "," if select else ""}
+           count(*) FILTER (WHERE NOT k.is_bot) AS clicks,
+           count(*) FILTER (WHERE k.is_unique AND NOT k.is_bot) AS unique_clicks,
+           count(*) FILTER (WHERE k.is_bot) AS bots,
+           count(*) FILTER (WHERE k.lander_id IS NOT NULL AND NOT k.is_bot) AS lp_views,
+           count(*) FILTER (WHERE k.lp_clicked_at IS NOT NULL AND NOT k.is_bot) AS lp_clicks,
+           sum(k.cost) AS click_cost
+    FROM clicks k{offers_join.format(row="k")}
+    WHERE {" AND ".join(where)}
+    {"GROUP BY " + ", ".join(dims) if dims else ""}"""
+
+    moment = "v.click_time" if spec.conversion_time == "click" else "v.created_at"
+    select = ", ".join(
+        f"{_dimension_sql(n, 'v', moment)} AS {d}" for n, d in zip(spec.group_by, dims, strict=True)
+    )
+    where = _conditions(spec, query, "v", moment)
+    events = ", ".join(
+        f"count(*) FILTER (WHERE v.status = 'approved' AND v.event = {query.param(name, 'text')})"
+        f" AS event_{i}"
+        for i, name in enumerate(spec.events)
+    )
+    offers_v = offers_join.format(row="v")
+    conversions = f"""
+    SELECT {select + "," if select else ""}
+           count(*) FILTER (WHERE v.status = 'approved') AS conversions,
+           count(*) FILTER (WHERE v.status = 'lead') AS leads,
+           count(*) FILTER (WHERE v.status = 'pending') AS pending,
+           count(*) FILTER (WHERE v.status = 'rejected') AS rejected,
+           count(*) FILTER (WHERE v.status = 'chargeback') AS chargebacks,
+           count(*) FILTER (WHERE v.status = 'approved' AND v.payout IS NULL) AS unconverted,
+           sum(v.payout - v.refunded) FILTER (WHERE v.status = 'approved') AS revenue,
+           sum({BOOKED_COST}) FILTER (WHERE v.status = 'approved') AS booked_cost
+           {", " + events if events else ""}
+    FROM conversions v
+    LEFT JOIN {BOOKING_CAMPAIGNS} ON m.booking_campaign_id = v.campaign_id{offers_v}
+    WHERE {" AND ".join(where)}
+    {"GROUP BY " + ", ".join(dims) if dims else ""}"""
+
+    event_columns = [f"event_{i}" for i in range(len(spec.events))]
+    lead = "".join(f"{d}, " for d in dims)
+    zero_clicks = "".join(f"0 AS {c}, " for c in _CLICK_COUNTERS) + "0::numeric AS click_cost"
+    zero_conversions = ", ".join(
+        [
+            *(f"0 AS {c}" for c in (*_CONVERSION_COUNTERS, *event_columns)),
+            "0::numeric AS revenue",
+            "0::numeric AS booked_cost",
+        ]
+    )
+    click_part = ", ".join((*_CLICK_COUNTERS, "click_cost"))
+    conversion_part = ", ".join((*_CONVERSION_COUNTERS, *event_columns, "revenue", "booked_cost"))
+    sums = ", ".join(
+        [f"sum({c})::bigint AS {c}" for c in (*COUNTERS, *event_columns)]
+        + [
+            "coalesce(sum(revenue), 0) AS revenue",
+            "coalesce(sum(click_cost), 0) + coalesce(sum(booked_cost), 0) AS cost",
+        ]
+    )
+    common = f"""
+WITH k AS ({clicks}
+), v AS ({conversions}
+), u AS (
+    SELECT {lead}{click_part}, {zero_conversions} FROM k
+    UNION ALL
+    SELECT {lead}{zero_clicks}, {conversion_part} FROM v
+), g AS (
+    SELECT {lead}{sums}
+    FROM u
+    {"GROUP BY " + ", ".join(dims) if dims else ""}
+)"""
+    names = []
+    joins = []
+    for name, d in zip(spec.group_by, dims, strict=True):
+        if name in _ID_COLUMNS:
+            table = _ID_COLUMNS[name][1]
+            joins.append(f"LEFT JOIN {table} n_{d} ON n_{d}.id = g.{d}")
+            names.append(f"n_{d}.name AS {d}_name")
+    order = []
+    for key, descending in spec.sort:
+        if key in spec.group_by:
+            expr = f"g.{dims[spec.group_by.index(key)]}"
+        elif key in _RATIO_SQL:
+            expr = f"({_RATIO_SQL[key]})"
+        elif key.startswith("event:"):
+            expr = f"g.event_{spec.events.index(key.removeprefix('event:'))}"
+        else:
+            expr = f"g.{key}"
+        order.append(f"{expr} {'DESC' if descending else 'ASC'} NULLS LAST")
+    order += [f"g.{d} ASC NULLS LAST" for d in dims]
+    limit = query.param(spec.limit, "bigint")
+    offset = query.param(spec.offset, "bigint")
+    rows_sql = f"""{common}
+SELECT g.*{"".join(", " + n for n in names)}
+FROM g {" ".join(joins)}
+{"ORDER BY " + ", ".join(order) if order else ""}
+LIMIT {limit} OFFSET {offset}"""
+    total_sums = ", ".join(
+        [f"coalesce(sum({c}), 0)::bigint AS {c}" for c in (*COUNTERS, *event_columns)]
+        + ["coalesce(sum(revenue), 0) AS revenue", "coalesce(sum(cost), 0) AS cost"]
+    )
+    totals_sql = f"""{common}
+SELECT count(*) AS groups, {total_sums}
+FROM g"""
+    return rows_sql, totals_sql, query.args
 
 
 async def fetch_report(
-    pool: asyncpg.Pool, start: date, end: date, group_by: list[str], campaign_id: int | None
-) -> list[dict[str, Any]]:
-    """One row per group: the counters and sums that `derive` turns into metrics."""
-    query = build_report_query(group_by, campaign_id is not None)
-    args: list[Any] = [start, end]
-    if campaign_id is not None:
-        args.append(campaign_id)
-    return [dict(row) for row in await pool.fetch(query, *args)]
+    pool: asyncpg.Pool, spec: ReportSpec
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The page of groups the spec asks for, each with its sums, and the totals over
+    every group (with `groups`, their number)."""
+    rows_sql, totals_sql, args = build_report(spec)
+    async with pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
+        rows = await conn.fetch(rows_sql, *args)
+        totals = await conn.fetchrow(totals_sql, *args[:-2])
+    dims = [f"d{i}" for i in range(len(spec.group_by))]
+    out = []
+    for row in rows:
+        item = dict(row)
+        for name, d in zip(spec.group_by, dims, strict=True):
+            item[dimension_column(name)] = item.pop(d)
+            if f"{d}_name" in item:
+                item[f"{name}_name"] = item.pop(f"{d}_name")
+        out.append(item)
+    assert totals is not None
+    return out, dict(totals)

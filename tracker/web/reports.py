@@ -1,101 +1,289 @@
-"""ROI reports: `GET /api/reports`."""
+"""ROI reports: `GET /api/reports`, as JSON or CSV."""
 
-from datetime import date
-from decimal import Decimal, localcontext
+import csv
+import io
+import re
+import zoneinfo
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import localcontext
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from multidict import MultiMapping
 
-from tracker.domain.metrics import derive
-from tracker.domain.params import first_wins
-from tracker.domain.validation import QueryId
-from tracker.store.reports import DIMENSIONS, fetch_report
-from tracker.web.appkeys import PG_POOL
-from tracker.web.errors import json_response
-
-MAX_DAYS = 366
-# Counts summed into the totals beside the money. `clicks` are human clicks only;
-# bots are counted apart in `bot_clicks`, never as clicks.
-COUNTERS = (
-    "clicks",
-    "bot_clicks",
-    "unique_clicks",
-    "lp_views",
-    "lp_clicks",
-    "leads",
-    "pending",
-    "unconverted",
+from tracker.domain.reports import (
+    DIMENSIONS,
+    FILTERABLE,
+    ID_DIMENSIONS,
+    MAX_DIMENSIONS,
+    METRICS,
+    TEXT_DIMENSIONS,
+    ReportSpec,
+    derive,
+    dimension_column,
+    filter_value,
 )
+from tracker.domain.validation import INT64_MAX
+from tracker.store.reports import fetch_report
+from tracker.web.appkeys import PG_POOL, SETTINGS
+from tracker.web.errors import ApiError, json_response
+
+MAX_LIMIT = 10000
+MAX_EVENTS = 10
+MAX_FILTER_VALUES = 500
 # Enough for any sum of NUMERIC amounts below 10^12 with 14 decimal places.
 EXACT_DIGITS = 60
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+_LATEST = datetime.max.replace(tzinfo=UTC)
+_FILTER = re.compile(r"(filter|exclude)\[([a-z0-9_]+)\]")
+_KNOWN = frozenset(
+    {"from", "to", "tz", "group_by", "campaign_id", "conversion_time", "events", "sort",
+     "limit", "offset", "format"}
+)  # fmt: skip
 
 
-class ReportQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+class _Problems:
+    def __init__(self) -> None:
+        self.details: list[dict[str, str]] = []
 
-    start: date = Field(alias="from")
-    end: date = Field(alias="to")
-    group_by: list[str] = ["campaign"]
-    campaign_id: QueryId | None = None
-
-    @field_validator("group_by", mode="before")
-    @classmethod
-    def split_group_by(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
-        if not value:
-            raise ValueError("give at least one of " + ", ".join(DIMENSIONS))
-        unknown = [part for part in value if part not in DIMENSIONS]
-        if unknown:
-            raise ValueError(f"unknown {unknown}; use {', '.join(DIMENSIONS)}")
-        return list(dict.fromkeys(value))
-
-    @model_validator(mode="after")
-    def check_range(self) -> "ReportQuery":
-        if self.end < self.start:
-            raise ValueError("'to' is before 'from'")
-        if (self.end - self.start).days >= MAX_DAYS:
-            raise ValueError(f"at most {MAX_DAYS} days per report")
-        return self
+    def add(self, field: str, message: str) -> None:
+        self.details.append({"field": field, "message": message})
 
 
-async def report(request: web.Request) -> web.Response:
-    """Clicks, visitor counters, conversions, revenue, cost and the ratios, per group
-    and in total."""
-    query = ReportQuery.model_validate(first_wins(request.query.items()))
-    rows = await fetch_report(
-        request.config_dict[PG_POOL], query.start, query.end, query.group_by, query.campaign_id
+def _moment(text: str, zone: ZoneInfo, end: bool) -> datetime:
+    """A date (its local midnight; for `to`, the next one) or an ISO date-time (naive:
+    in `zone`)."""
+    text = text.strip()
+    if len(text) == 10:
+        day = date.fromisoformat(text)
+        if end and day == date.max:
+            return _LATEST
+        moment = datetime.combine(day + timedelta(days=int(end)), time(), tzinfo=zone)
+    else:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=zone)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # within a day of the ends of representable time
+        return _LATEST if end else _EARLIEST
+
+
+def _words(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def parse_report_query(query: MultiMapping[str], default_tz: str, max_days: int) -> ReportSpec:
+    """A report's spec from its query string; a 400 naming every bad parameter."""
+    problems = _Problems()
+    first = {name: query.getone(name) for name in query if _FILTER.fullmatch(name) is None}
+    for name in first:
+        if name not in _KNOWN:
+            problems.add(name, "unknown parameter")
+
+    tz_name = first.get("tz", default_tz)
+    zone = ZoneInfo("UTC")
+    try:
+        if not tz_name or "\x00" in tz_name:
+            raise zoneinfo.ZoneInfoNotFoundError
+        zone = ZoneInfo(tz_name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        problems.add("tz", f"{tz_name[:60]!r} is not an IANA time zone such as Europe/Berlin")
+
+    bounds: dict[str, datetime] = {}
+    for name in ("from", "to"):
+        if name not in first:
+            problems.add(name, "required: a date (2026-03-01) or date-time (2026-03-01T08:00)")
+            continue
+        try:
+            bounds[name] = _moment(first[name], zone, end=name == "to")
+        except (ValueError, OverflowError):
+            problems.add(name, "is not a date (2026-03-01) or date-time (2026-03-01T08:00)")
+    if len(bounds) == 2:
+        if bounds["to"] <= bounds["from"]:
+            problems.add("to", "is before `from`")
+        elif bounds["to"] - bounds["from"] > timedelta(days=max_days):
+            problems.add("to", f"a report covers at most {max_days} days")
+
+    group_by = _words(first.get("group_by", "campaign"))
+    for name in group_by:
+        if name not in DIMENSIONS:
+            problems.add(
+                "group_by", f"unknown dimension {name[:40]!r}; use {', '.join(DIMENSIONS)}"
+            )
+    group_by = list(dict.fromkeys(group_by))
+    if len(group_by) > MAX_DIMENSIONS:
+        problems.add("group_by", f"at most {MAX_DIMENSIONS} dimensions")
+
+    filters: dict[str, tuple[Any, ...]] = {}
+    excludes: dict[str, tuple[Any, ...]] = {}
+    for name in dict.fromkeys(query):
+        match = _FILTER.fullmatch(name)
+        if match is None:
+            continue
+        kind, dimension = match.groups()
+        if dimension not in FILTERABLE:
+            problems.add(name, f"unknown field; use {', '.join(FILTERABLE)}")
+            continue
+        values = [v for text in query.getall(name) for v in _words(text)]
+        if not values or len(values) > MAX_FILTER_VALUES:
+            problems.add(name, f"give 1 to {MAX_FILTER_VALUES} values, comma-separated")
+            continue
+        try:
+            parsed = tuple(dict.fromkeys(filter_value(dimension, v) for v in values))
+        except ValueError as exc:
+            problems.add(name, str(exc))
+            continue
+        (filters if kind == "filter" else excludes)[dimension] = parsed
+    if "campaign_id" in first:
+        raw = first["campaign_id"]
+        if raw.isascii() and raw.isdigit() and len(raw) <= 19 and 0 < int(raw) <= INT64_MAX:
+            filters["campaign"] = (*filters.get("campaign", ()), int(raw))
+        else:
+            problems.add("campaign_id", "must be a whole number from 1 to 9223372036854775807")
+
+    conversion_time = first.get("conversion_time", "click")
+    if conversion_time not in ("click", "postback"):
+        problems.add("conversion_time", "must be click or postback")
+
+    events = tuple(dict.fromkeys(_words(first.get("events", ""))))
+    if len(events) > MAX_EVENTS or any(len(e) > 64 or "\x00" in e for e in events):
+        problems.add("events", f"at most {MAX_EVENTS} event names of up to 64 characters")
+
+    sort: list[tuple[str, bool]] = []
+    sortable = {*group_by, *METRICS, *(f"event:{e}" for e in events)}
+    for word in _words(first.get("sort", "")):
+        key = word.removeprefix("-")
+        if key not in sortable:
+            problems.add("sort", f"{key[:40]!r} is neither a metric nor a grouped dimension")
+        else:
+            sort.append((key, word.startswith("-")))
+
+    limits = {}
+    for name, default, high in (("limit", 1000, MAX_LIMIT), ("offset", 0, 10**9)):
+        raw = first.get(name, str(default))
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 10 or int(raw) > high:
+            problems.add(name, f"a whole number from 0 to {high}")
+        else:
+            limits[name] = int(raw)
+    if limits.get("limit") == 0:
+        problems.add("limit", f"a whole number from 1 to {MAX_LIMIT}")
+
+    if first.get("format", "json") not in ("json", "csv"):
+        problems.add("format", "must be json or csv")
+    if problems.details:
+        raise ApiError(400, "invalid report query", problems.details)
+    return ReportSpec(
+        start=bounds["from"],
+        end=bounds["to"],
+        tz=tz_name,
+        group_by=tuple(group_by),
+        conversion_time=conversion_time,
+        filters=filters,
+        excludes=excludes,
+        events=events,
+        sort=tuple(sort),
+        limit=limits["limit"],
+        offset=limits["offset"],
     )
-    counts = dict.fromkeys(COUNTERS, 0)
-    conversions = 0
-    # Revshare costs carry 14 decimal places; the default 28 digits could round their sums.
+
+
+def _dimension_values(spec: ReportSpec, row: dict[str, Any]) -> dict[str, Any]:
+    zone = ZoneInfo(spec.tz)
+    item: dict[str, Any] = {}
+    for name in spec.group_by:
+        column = dimension_column(name)
+        value = row[column]
+        if name == "hour" and isinstance(value, datetime):
+            value = value.astimezone(zone).isoformat(timespec="minutes")
+        item[column] = value
+        if name in ID_DIMENSIONS:
+            item[f"{name}_name"] = row.get(f"{name}_name")
+    return item
+
+
+def _columns(spec: ReportSpec) -> list[str]:
+    columns = []
+    for name in spec.group_by:
+        columns.append(dimension_column(name))
+        if name in ID_DIMENSIONS:
+            columns.append(f"{name}_name")
+    return columns + list(METRICS) + [f"event:{e}" for e in spec.events]
+
+
+async def report(request: web.Request) -> web.StreamResponse:
+    """Clicks, visitor counters, conversions by status, revenue, cost and the ratios,
+    per group (sorted and paged) and in total."""
+    settings = request.config_dict[SETTINGS]
+    spec = parse_report_query(request.query, settings.report_timezone, settings.report_max_days)
+    rows, totals = await fetch_report(request.config_dict[PG_POOL], spec)
     with localcontext(prec=EXACT_DIGITS):
-        revenue = cost = Decimal(0)
-        out = []
-        for row in rows:
-            item: dict[str, Any] = {}
-            for name in query.group_by:
-                column = DIMENSIONS[name][0]
-                item[column] = row[column]
-                if f"{name}_name" in row:
-                    item[f"{name}_name"] = row[f"{name}_name"]
-            conversions += row["conversions"]
-            revenue += row["revenue"]
-            cost += row["cost"]
-            for name in COUNTERS:
-                counts[name] += row[name]
-            item.update(derive(row["clicks"], row["conversions"], row["revenue"], row["cost"]))
-            item.update((name, row[name]) for name in COUNTERS if name != "clicks")
-            out.append(item)
-        totals = derive(counts["clicks"], conversions, revenue, cost)
-    totals.update((name, counts[name]) for name in COUNTERS if name != "clicks")
+        items = [{**_dimension_values(spec, row), **derive(row, spec.events)} for row in rows]
+        total = derive(totals, spec.events)
+    if request.query.get("format") == "csv":
+        return await _csv(request, spec, items)
     return json_response(
         {
-            "from": query.start,
-            "to": query.end,
-            "group_by": query.group_by,
-            "rows": out,
-            "totals": totals,
+            "from": _local(spec.start, spec.tz),
+            "to": _local(spec.end, spec.tz),
+            "tz": spec.tz,
+            "conversion_time": spec.conversion_time,
+            "group_by": list(spec.group_by),
+            "rows": items,
+            "totals": total,
+            "total_rows": totals["groups"],
+            "limit": spec.limit,
+            "offset": spec.offset,
         }
     )
+
+
+# A cell a spreadsheet would run as a formula (a sub id such as `=HYPERLINK(…)`).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _local(moment: datetime, tz: str) -> str:
+    try:
+        return moment.astimezone(ZoneInfo(tz)).isoformat()
+    except OverflowError:
+        return moment.isoformat()
+
+
+def _cell(value: Any, text: bool) -> Any:
+    if value is None:
+        return ""
+    if text and isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+async def _csv(
+    request: web.Request, spec: ReportSpec, items: list[dict[str, Any]]
+) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/csv; charset=utf-8",
+            "Content-Disposition": 'attachment; filename="report.csv"',
+        }
+    )
+    await response.prepare(request)
+    columns = _columns(spec)
+    texts = {dimension_column(n) for n in spec.group_by if n in TEXT_DIMENSIONS}
+    texts |= {f"{n}_name" for n in spec.group_by if n in ID_DIMENSIONS}
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(columns)
+    for i, item in enumerate(items, start=1):
+        writer.writerow([_cell(item.get(column), column in texts) for column in columns])
+        if i % 500 == 0:
+            await response.write(buffer.getvalue().encode())
+            buffer.seek(0)
+            buffer.truncate()
+    await response.write(buffer.getvalue().encode())
+    await response.write_eof()
+    return response
