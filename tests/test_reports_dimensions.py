@@ -370,3 +370,49 @@ async def test_the_ends_of_time_in_any_zone_never_fail(api):
         assert resp.status in (200, 400), (query, await resp.text())
         body = await resp.json()
         assert body.get("rows", []) == [], query
+
+
+async def test_review_edge_cases(api, pool):
+    await click(pool, T0, campaign_id=1)
+    await click(pool, T0, campaign_id=2)
+    base = {"from": "2026-03-10", "to": "2026-03-10", "group_by": "campaign", "tz": "Etc/UTC"}
+    both = await api.call("GET", "/api/reports", params={**base, "filter[campaign]": "1,2"})
+    assert both["totals"]["clicks"] == 2
+    # campaign_id and filter[campaign] together: both must hold.
+    one = await api.call(
+        "GET", "/api/reports", params={**base, "filter[campaign]": "1,2", "campaign_id": "2"}
+    )
+    assert [r["campaign_id"] for r in one["rows"]] == [2]
+    none = await api.call(
+        "GET", "/api/reports", params={**base, "filter[campaign]": "1", "campaign_id": "2"}
+    )
+    assert none["rows"] == [] and none["totals"]["clicks"] == 0 and none["total_rows"] == 0
+    # A compact date is a date: its whole day counts.
+    compact = await api.call(
+        "GET", "/api/reports", params={**base, "from": "20260310", "to": "20260310"}
+    )
+    assert compact["totals"]["clicks"] == 2
+    for tz in ("localtime", "/etc/passwd", "posixrules ", ""):
+        body = await api.call("GET", "/api/reports", params={**base, "tz": tz}, expect=400)
+        assert body["details"][0]["field"] == "tz"
+    # A year in Berlin is 366 days and an hour across a DST change: still one report.
+    year = {"from": "2023-10-29", "to": "2024-10-28", "tz": "Europe/Berlin"}
+    await api.call("GET", "/api/reports", params=year)
+
+
+async def test_a_report_past_its_time_limit_says_so(settings):
+    from tests.conftest import start_client
+    from tracker.web.app import create_app
+
+    slow = settings.model_copy(update={"report_timeout": 0.0001})
+    client = await start_client(create_app(slow), slow)
+    try:
+        resp = await client.get(
+            "/api/reports?from=2026-03-01&to=2026-03-31&group_by=country,hour",
+            headers={"Authorization": f"Bearer {settings.api_key.get_secret_value()}"},
+        )
+        body = await resp.json()
+        assert resp.status == 504, body
+        assert body["error"].startswith("the report took longer than 0.0001 s")
+    finally:
+        await client.close()

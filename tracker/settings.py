@@ -102,6 +102,8 @@ class Settings(BaseSettings):
     # and the longest range one report may cover.
     report_timezone: str = "UTC"
     report_max_days: int = Field(default=366, ge=1)
+    # Seconds one report may take; a longer one gets a 504 asking for a narrower report.
+    report_timeout: float = Field(default=30.0, gt=0)
 
     # Conversions sent back to traffic sources (the outbox sender in `tracker sink` or
     # `tracker sender`). The first retry waits about this long, each next one twice as long.

@@ -8,6 +8,7 @@ as a postback's would be.
 
 import csv
 import io
+from collections import Counter
 from dataclasses import dataclass
 
 from tracker.domain.text import dirt_in
@@ -75,7 +76,7 @@ def _header(cells: list[str]) -> list[str]:
     unknown = [u for u, name in zip(unknown, names, strict=True) if name not in COLUMNS]
     if unknown:
         raise CsvRefused(f"unknown columns {', '.join(map(repr, unknown))}: {_HEADER_HINT}")
-    repeated = sorted({name for name in names if names.count(name) > 1})
+    repeated = sorted(name for name, count in Counter(names).items() if count > 1)
     if repeated:
         raise CsvRefused(f"columns named twice: {', '.join(map(repr, repeated))}")
     return names

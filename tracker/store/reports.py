@@ -254,8 +254,14 @@ WITH k AS ({clicks}
     order += [f"g.{d} ASC NULLS LAST" for d in dims]
     limit = query.param(spec.limit, "bigint")
     offset = query.param(spec.offset, "bigint")
+    # The totals ride along on every row of the page (windows see every group before the
+    # LIMIT): one pass over the data. Only an empty page needs `totals_sql`.
+    window_totals = ", ".join(
+        ["count(*) OVER () AS t_groups"]
+        + [f"sum(g.{c}) OVER () AS t_{c}" for c in (*COUNTERS, *event_columns, "revenue", "cost")]
+    )
     rows_sql = f"""{common}
-SELECT g.*{"".join(", " + n for n in names)}
+SELECT g.*{"".join(", " + n for n in names)}, {window_totals}
 FROM g {" ".join(joins)}
 {"ORDER BY " + ", ".join(order) if order else ""}
 LIMIT {limit} OFFSET {offset}"""
@@ -270,22 +276,27 @@ FROM g"""
 
 
 async def fetch_report(
-    pool: asyncpg.Pool, spec: ReportSpec
+    pool: asyncpg.Pool, spec: ReportSpec, time_limit: float
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The page of groups the spec asks for, each with its sums, and the totals over
-    every group (with `groups`, their number)."""
+    every group (with `groups`, their number). TimeoutError past `time_limit` seconds."""
     rows_sql, totals_sql, args = build_report(spec)
-    async with pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
-        rows = await conn.fetch(rows_sql, *args)
-        totals = await conn.fetchrow(totals_sql, *args[:-2])
+    async with pool.acquire() as conn, conn.transaction(readonly=True):
+        rows = await conn.fetch(rows_sql, *args, timeout=time_limit)
+        if rows:
+            first = rows[0]
+            totals = {k.removeprefix("t_"): v for k, v in first.items() if k.startswith("t_")}
+        else:
+            found = await conn.fetchrow(totals_sql, *args[:-2], timeout=time_limit)
+            assert found is not None
+            totals = dict(found)
     dims = [f"d{i}" for i in range(len(spec.group_by))]
     out = []
     for row in rows:
-        item = dict(row)
+        item = {k: v for k, v in row.items() if not k.startswith("t_")}
         for name, d in zip(spec.group_by, dims, strict=True):
             item[dimension_column(name)] = item.pop(d)
             if f"{d}_name" in item:
                 item[f"{name}_name"] = item.pop(f"{d}_name")
         out.append(item)
-    assert totals is not None
-    return out, dict(totals)
+    return out, totals

@@ -1,6 +1,7 @@
 """ROI reports: `GET /api/reports`, as JSON or CSV."""
 
 import csv
+import functools
 import io
 import re
 import zoneinfo
@@ -36,6 +37,7 @@ MAX_FILTER_VALUES = 500
 EXACT_DIGITS = 60
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
 _LATEST = datetime.max.replace(tzinfo=UTC)
+_DATE = re.compile(r"[0-9]{4}-?[0-9]{2}-?[0-9]{2}")
 _FILTER = re.compile(r"(filter|exclude)\[([a-z0-9_]+)\]")
 _KNOWN = frozenset(
     {"from", "to", "tz", "group_by", "campaign_id", "conversion_time", "events", "sort",
@@ -51,11 +53,22 @@ class _Problems:
         self.details.append({"field": field, "message": message})
 
 
+@functools.cache
+def _zones() -> frozenset[str]:
+    """IANA zone names (not `localtime` or a file path), the same in Python and Postgres."""
+    not_zones = {"localtime", "posixrules", "Factory"}
+    return frozenset(
+        name
+        for name in zoneinfo.available_timezones()
+        if name not in not_zones and not name.startswith(("posix/", "right/"))
+    ) | {"UTC"}
+
+
 def _moment(text: str, zone: ZoneInfo, end: bool) -> datetime:
     """A date (its local midnight; for `to`, the next one) or an ISO date-time (naive:
     in `zone`)."""
     text = text.strip()
-    if len(text) == 10:
+    if _DATE.fullmatch(text):
         day = date.fromisoformat(text)
         if end and day == date.max:
             return _LATEST
@@ -67,7 +80,7 @@ def _moment(text: str, zone: ZoneInfo, end: bool) -> datetime:
     try:
         return moment.astimezone(UTC)
     except OverflowError:  # within a day of the ends of representable time
-        return _LATEST if end else _EARLIEST
+        return _LATEST if moment.year == date.max.year else _EARLIEST
 
 
 def _words(value: str) -> list[str]:
@@ -85,7 +98,7 @@ def parse_report_query(query: MultiMapping[str], default_tz: str, max_days: int)
     tz_name = first.get("tz", default_tz)
     zone = ZoneInfo("UTC")
     try:
-        if not tz_name or "\x00" in tz_name:
+        if tz_name not in _zones():
             raise zoneinfo.ZoneInfoNotFoundError
         zone = ZoneInfo(tz_name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -103,7 +116,7 @@ def parse_report_query(query: MultiMapping[str], default_tz: str, max_days: int)
     if len(bounds) == 2:
         if bounds["to"] <= bounds["from"]:
             problems.add("to", "is before `from`")
-        elif bounds["to"] - bounds["from"] > timedelta(days=max_days):
+        elif bounds["to"] - bounds["from"] > timedelta(days=max_days, hours=1):  # DST
             problems.add("to", f"a report covers at most {max_days} days")
 
     group_by = _words(first.get("group_by", "campaign"))
@@ -139,7 +152,9 @@ def parse_report_query(query: MultiMapping[str], default_tz: str, max_days: int)
     if "campaign_id" in first:
         raw = first["campaign_id"]
         if raw.isascii() and raw.isdigit() and len(raw) <= 19 and 0 < int(raw) <= INT64_MAX:
-            filters["campaign"] = (*filters.get("campaign", ()), int(raw))
+            # With filter[campaign] too, both must hold.
+            wanted = filters.get("campaign")
+            filters["campaign"] = (int(raw),) if wanted is None or int(raw) in wanted else ()
         else:
             problems.add("campaign_id", "must be a whole number from 1 to 9223372036854775807")
 
@@ -217,7 +232,16 @@ async def report(request: web.Request) -> web.StreamResponse:
     per group (sorted and paged) and in total."""
     settings = request.config_dict[SETTINGS]
     spec = parse_report_query(request.query, settings.report_timezone, settings.report_max_days)
-    rows, totals = await fetch_report(request.config_dict[PG_POOL], spec)
+    try:
+        rows, totals = await fetch_report(
+            request.config_dict[PG_POOL], spec, settings.report_timeout
+        )
+    except TimeoutError:
+        raise ApiError(
+            504,
+            f"the report took longer than {settings.report_timeout:g} s: "
+            "narrow the range, filter, or group by fewer or coarser dimensions",
+        ) from None
     with localcontext(prec=EXACT_DIGITS):
         items = [{**_dimension_values(spec, row), **derive(row, spec.events)} for row in rows]
         total = derive(totals, spec.events)

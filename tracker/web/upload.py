@@ -91,7 +91,8 @@ async def upload_conversions(request: web.Request) -> web.Response:
                 error, status = "internal error", 500
             body = {
                 "error": f"{error}: the rows from line {row.line} on were not applied; "
-                "upload the file again later (rows already applied will answer duplicate)",
+                "upload the file again later (rows already applied answer duplicate, unless "
+                "the file changes one conversion more than once)",
                 "rows": answered,
                 "summary": summary,
                 "not_applied": {"from_row": row.line, "rows": len(rows) - index},
@@ -165,13 +166,19 @@ async def _read_form_file(request: web.Request) -> bytes:
         while (part := await reader.next()) is not None:
             if not isinstance(part, BodyPartReader):
                 raise ApiError(400, "unreadable multipart body: nested multipart")
+            if len(parts) >= MAX_PARTS:
+                raise ApiError(400, f"a form of at most {MAX_PARTS} fields: send the file alone")
             _check_charset(part.get_charset(default="utf-8"))
+            # Part names count against the size cap too: a form is no way around it.
+            size += len(part.name or "")
             data = bytearray()
             while chunk := await part.read_chunk(_CHUNK):
                 data += chunk
                 size += len(chunk)
                 if size > MAX_BYTES:
                     raise _too_large()
+            if size > MAX_BYTES:
+                raise _too_large()
             parts.append((part.name, bytes(data)))
     except (ValueError, AssertionError, LookupError) as exc:
         raise ApiError(400, f"unreadable multipart body: {str(exc)[:200]}") from None
@@ -181,6 +188,9 @@ async def _read_form_file(request: web.Request) -> bytes:
     if len(parts) == 1 and not files:
         return parts[0][1]
     raise ApiError(400, f"send one CSV file, in a multipart field named {FILE_FIELD!r}")
+
+
+MAX_PARTS = 10
 
 
 def _check_charset(charset: str | None) -> None:
