@@ -1,7 +1,7 @@
 """Moves clicks from the Redis stream into Postgres.
 
 Entries are read with a consumer group, written in one statement per batch
-(idempotent on click id, with the daily rollups in the same transaction), and
+(idempotent on click id, with the daily and hourly rollups in the same transaction), and
 acknowledged only after the commit. Entries left pending by a consumer that
 died are claimed after `claim_idle_ms`; acknowledged entries are trimmed.
 """
@@ -29,7 +29,7 @@ _FROM_BATCH = ", ".join(
         *("coalesce(is_bot, false)" if name == "is_bot" else name for name in _STORED),
     ]
 )
-# Per-(day, campaign, offer, source) counters of one click: human clicks, bot clicks,
+# Per-(day or hour, campaign, offer, source) counters of one click: human clicks, bot clicks,
 # unique human clicks, lander views, lander click-throughs, and cost.
 _COUNTERS = """
     (NOT is_bot)::int AS clicks, is_bot::int AS bot_clicks,
@@ -38,7 +38,9 @@ _COUNTERS = """
     (lp_clicked_at IS NOT NULL AND NOT is_bot)::int AS lp_clicks,
     coalesce(cost, 0) AS cost
 """
+_KEYS = "created_at, campaign_id, offer_id, traffic_source_id, lander_id"
 _ADD_TO_ROLLUPS = """
+, daily AS (
 INSERT INTO click_rollups AS r (
     day, campaign_id, offer_id, traffic_source_id,
     clicks, bot_clicks, unique_clicks, lp_views, lp_clicks, cost
@@ -56,6 +58,25 @@ SET clicks = r.clicks + EXCLUDED.clicks,
     lp_views = r.lp_views + EXCLUDED.lp_views,
     lp_clicks = r.lp_clicks + EXCLUDED.lp_clicks,
     cost = r.cost + EXCLUDED.cost
+)
+INSERT INTO click_hourly AS h (
+    hour, campaign_id, offer_id, traffic_source_id, lander_id,
+    clicks, bot_clicks, unique_clicks, lp_views, lp_clicks, cost
+)
+SELECT date_trunc('hour', created_at, 'UTC'), campaign_id, offer_id, traffic_source_id,
+       coalesce(lander_id, 0),
+       sum(clicks), sum(bot_clicks), sum(unique_clicks), sum(lp_views), sum(lp_clicks),
+       sum(cost)
+FROM counted
+GROUP BY 1, 2, 3, 4, 5
+ORDER BY 1, 2, 3, 4, 5
+ON CONFLICT (hour, campaign_id, offer_id, traffic_source_id, lander_id) DO UPDATE
+SET clicks = h.clicks + EXCLUDED.clicks,
+    bot_clicks = h.bot_clicks + EXCLUDED.bot_clicks,
+    unique_clicks = h.unique_clicks + EXCLUDED.unique_clicks,
+    lp_views = h.lp_views + EXCLUDED.lp_views,
+    lp_clicks = h.lp_clicks + EXCLUDED.lp_clicks,
+    cost = h.cost + EXCLUDED.cost
 """
 INSERT_CLICKS = f"""
 WITH batch AS (
@@ -66,7 +87,7 @@ WITH batch AS (
     ON CONFLICT (click_id) DO NOTHING
     RETURNING *
 ), counted AS (
-    SELECT created_at, campaign_id, offer_id, traffic_source_id, {_COUNTERS} FROM inserted
+    SELECT {_KEYS}, {_COUNTERS} FROM inserted
 )
 {_ADD_TO_ROLLUPS}
 """
@@ -100,13 +121,13 @@ WITH batch AS (
     ON CONFLICT (click_id) DO NOTHING
     RETURNING *
 ), counted AS (
-    SELECT created_at, campaign_id, offer_id, traffic_source_id, {_COUNTERS} FROM inserted
+    SELECT {_KEYS}, {_COUNTERS} FROM inserted
     UNION ALL
-    SELECT created_at, campaign_id, offer_id, traffic_source_id, {_COUNTERS} FROM updated
+    SELECT {_KEYS}, {_COUNTERS} FROM updated
     UNION ALL
-    SELECT created_at, campaign_id, offer_id, traffic_source_id,
+    SELECT created_at, campaign_id, offer_id, traffic_source_id, lander_id,
            -clicks, -bot_clicks, -unique_clicks, -lp_views, -lp_clicks, -cost
-    FROM (SELECT created_at, campaign_id, offer_id, traffic_source_id, {_COUNTERS}
+    FROM (SELECT created_at, campaign_id, offer_id, traffic_source_id, lander_id, {_COUNTERS}
           FROM previous) AS p
 )
 {_ADD_TO_ROLLUPS}

@@ -47,7 +47,8 @@ SELECT_CAMPAIGN_EXISTS = "SELECT EXISTS (SELECT 1 FROM campaigns WHERE id = $1)"
 # one reads the costs the earlier one committed: no difference is lost.
 _SET_SLICE_COST = """
 WITH slice AS MATERIALIZED (
-    SELECT click_id, created_at, offer_id, traffic_source_id, coalesce(cost, 0) AS old_cost
+    SELECT click_id, created_at, offer_id, traffic_source_id, lander_id,
+           coalesce(cost, 0) AS old_cost
     FROM clicks
     WHERE campaign_id = $1 AND created_at >= $2 AND created_at < $3{filters}
     ORDER BY created_at, click_id
@@ -57,7 +58,7 @@ WITH slice AS MATERIALIZED (
            count(*) OVER () AS n
     FROM slice
 ), shares AS MATERIALIZED (
-    SELECT click_id, created_at, offer_id, traffic_source_id, old_cost,
+    SELECT click_id, created_at, offer_id, traffic_source_id, lander_id, old_cost,
            (div($4::bigint, n) + CASE WHEN place <= mod($4::bigint, n) THEN 1 ELSE 0 END)
                * 0.000001 AS new_cost
     FROM ranked
@@ -72,6 +73,15 @@ WITH slice AS MATERIALIZED (
     ORDER BY 1, 3, 4
     ON CONFLICT (day, campaign_id, offer_id, traffic_source_id) DO UPDATE
     SET cost = r.cost + EXCLUDED.cost
+), moved_hourly AS (
+    INSERT INTO click_hourly AS h (hour, campaign_id, offer_id, traffic_source_id, lander_id, cost)
+    SELECT date_trunc('hour', created_at, 'UTC'), $1, offer_id, traffic_source_id,
+           coalesce(lander_id, 0), sum(new_cost - old_cost)
+    FROM shares
+    GROUP BY 1, 3, 4, 5
+    ORDER BY 1, 3, 4, 5
+    ON CONFLICT (hour, campaign_id, offer_id, traffic_source_id, lander_id) DO UPDATE
+    SET cost = h.cost + EXCLUDED.cost
 )
 INSERT INTO cost_updates (campaign_id, starts_at, ends_at, filter, cost, clicks)
 SELECT $1, $2, $3, $5::jsonb, $6, count(*) FROM shares HAVING count(*) > 0

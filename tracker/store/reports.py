@@ -2,9 +2,10 @@
 booked cost from the conversions, grouped by up to three dimensions.
 
 Clicks are read from `click_rollups` when the report fits them (campaign, offer,
-traffic source and UTC day, whole UTC days, no other filter), else from the raw
-clicks. Conversions carry every dimension of their click, so they are grouped without
-a join; `conversion_time` dates them by their click (`click_time`) or by their arrival
+traffic source and UTC day, whole UTC days, no other filter), from `click_hourly` when
+it asks only for ids and time in a zone of whole-hour offsets, else from the raw
+clicks. Conversions carry every dimension of their click, so they are grouped without a
+join; `conversion_time` dates them by their click (`click_time`) or by their arrival
 (`created_at`).
 
 Cost has two parts. What clicks cost (`cpc`, `auto`, `cpm`, and costs set with
@@ -13,8 +14,9 @@ Cost has two parts. What clicks cost (`cpc`, `auto`, `cpm`, and costs set with
 `cost_value`. Both are exact NUMERIC sums: nothing is rounded.
 """
 
-from datetime import UTC, time
+from datetime import UTC, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
@@ -22,6 +24,7 @@ from tracker.domain.reports import (
     COUNTERS,
     ID_DIMENSIONS,
     RATIOS,
+    TIME_DIMENSIONS,
     ReportSpec,
     dimension_column,
 )
@@ -75,6 +78,38 @@ def uses_rollups(spec: ReportSpec) -> bool:
     )
 
 
+_HOURLY_DIMENSIONS = frozenset(
+    {"campaign", "offer", "lander", "traffic_source", "affiliate_network", *TIME_DIMENSIONS}
+)
+_HOURLY_FILTERS = frozenset(ID_DIMENSIONS)
+
+
+def uses_hourly(spec: ReportSpec) -> bool:
+    """Whether `click_hourly` answers the report: id dimensions and time only, bounds on
+    whole UTC hours, and a zone whose offset is whole hours over the whole range."""
+    if not (
+        set(spec.group_by) <= _HOURLY_DIMENSIONS
+        and set(spec.filters) <= _HOURLY_FILTERS
+        and set(spec.excludes) <= _HOURLY_FILTERS
+    ):
+        return False
+    try:
+        bounds = [moment.astimezone(UTC) for moment in (spec.start, spec.end)]
+        zone = ZoneInfo(spec.tz)
+    except (OverflowError, ValueError, KeyError):
+        return False
+    if any(moment.time().replace(hour=0) != time() for moment in bounds):
+        return False
+    moment = bounds[0]
+    while True:  # offsets change at most a few times a year: daily samples find them
+        offset = zone.utcoffset(moment.replace(tzinfo=None))
+        if offset is None or offset.total_seconds() % 3600:
+            return False
+        if moment >= bounds[1]:
+            return True
+        moment = min(moment + timedelta(days=1), bounds[1])
+
+
 class _Query:
     """Collects the parameters of one statement."""
 
@@ -87,6 +122,8 @@ class _Query:
 
 
 def _dimension_sql(name: str, row: str, moment: str) -> str:
+    if name == "lander" and row == "h":
+        return "nullif(h.lander_id, 0)"  # the hourly rollups key "no lander" as 0
     if name in _ID_COLUMNS:
         column = _ID_COLUMNS[name][0]
         return f"o.{column}" if name == "affiliate_network" else f"{row}.{column}"
@@ -155,6 +192,20 @@ def build_report(spec: ReportSpec) -> tuple[str, str, list[Any]]:
            sum(r.bot_clicks) AS bots, sum(r.lp_views) AS lp_views,
            sum(r.lp_clicks) AS lp_clicks, sum(r.cost) AS click_cost
     FROM click_rollups r
+    WHERE {" AND ".join(where)}
+    {"GROUP BY " + ", ".join(dims) if dims else ""}"""
+    elif uses_hourly(spec):
+        select = ", ".join(
+            f"{_dimension_sql(n, 'h', 'h.hour')} AS {d}"
+            for n, d in zip(spec.group_by, dims, strict=True)
+        )
+        where = _conditions(spec, query, "h", "h.hour")
+        clicks = f"""
+    SELECT {select + "," if select else ""}
+           sum(h.clicks) AS clicks, sum(h.unique_clicks) AS unique_clicks,
+           sum(h.bot_clicks) AS bots, sum(h.lp_views) AS lp_views,
+           sum(h.lp_clicks) AS lp_clicks, sum(h.cost) AS click_cost
+    FROM click_hourly h{offers_join.format(row="h")}
     WHERE {" AND ".join(where)}
     {"GROUP BY " + ", ".join(dims) if dims else ""}"""
     else:
