@@ -110,6 +110,11 @@ def uses_hourly(spec: ReportSpec) -> bool:
         moment = min(moment + timedelta(days=1), bounds[1])
 
 
+# A rollup row whose clicks all moved away (a lander click-through to another offer)
+# stays, at zero: it is no group, as it is none in the raw clicks.
+_SOME_CLICKS = "HAVING sum({row}.clicks) + sum({row}.bot_clicks) > 0"
+
+
 class _Query:
     """Collects the parameters of one statement."""
 
@@ -193,7 +198,8 @@ def build_report(spec: ReportSpec) -> tuple[str, str, list[Any]]:
            sum(r.lp_clicks) AS lp_clicks, sum(r.cost) AS click_cost
     FROM click_rollups r
     WHERE {" AND ".join(where)}
-    {"GROUP BY " + ", ".join(dims) if dims else ""}"""
+    {"GROUP BY " + ", ".join(dims) if dims else ""}
+    {_SOME_CLICKS.format(row="r")}"""
     elif uses_hourly(spec):
         select = ", ".join(
             f"{_dimension_sql(n, 'h', 'h.hour')} AS {d}"
@@ -207,7 +213,8 @@ def build_report(spec: ReportSpec) -> tuple[str, str, list[Any]]:
            sum(h.lp_clicks) AS lp_clicks, sum(h.cost) AS click_cost
     FROM click_hourly h{offers_join.format(row="h")}
     WHERE {" AND ".join(where)}
-    {"GROUP BY " + ", ".join(dims) if dims else ""}"""
+    {"GROUP BY " + ", ".join(dims) if dims else ""}
+    {_SOME_CLICKS.format(row="h")}"""
     else:
         select = ", ".join(
             f"{_dimension_sql(n, 'k', 'k.created_at')} AS {d}"
