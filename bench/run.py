@@ -4,6 +4,8 @@ Starts its own Redis, PostgreSQL, tracker and sink, drives them with wrk, and
 prints requests/s and latency percentiles as the median of several runs (with
 min and max), plus ratios to the baseline. Results are also written as JSON to
 bench/results/. Usage: python bench/run.py [--runs 3] [--duration 8] [--connections 50]
+[--reports CLICKS] (the report phase, bench/reports.py, last; off by default: a million
+clicks take about a minute to load, ten million about eight)
 """
 
 import argparse
@@ -24,6 +26,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import reports as report_bench
 from redis.asyncio import Redis
 
 from tracker.demo import seed_demo
@@ -341,6 +344,14 @@ async def main() -> None:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--label", default="")
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
+    parser.add_argument(
+        "--reports",
+        type=int,
+        default=0,
+        metavar="CLICKS",
+        help="then load this many clicks and time the reports (bench/reports.py)",
+    )
+    parser.add_argument("--reports-runs", type=int, default=20, help="runs of each report")
     opts = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: run `make bench`, which installs it")
@@ -519,6 +530,11 @@ async def main() -> None:
     finally:
         stack.stop()
         shutil.rmtree(root, ignore_errors=True)
+    if opts.reports:
+        # Its own PostgreSQL, started after the other phases' stack is gone.
+        results["reports"] = await report_bench.run(
+            report_bench.options(clicks=opts.reports, runs=opts.reports_runs)
+        )
     out = BENCH / "results" / f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written {out.relative_to(BENCH.parent)}")
