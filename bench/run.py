@@ -283,7 +283,7 @@ async def deliveries_phase(pool: asyncpg.Pool, opts: argparse.Namespace) -> dict
     """The sink's sender posting back to a local receiver: deliveries/s for a backlog
     written at once, and the delay from conversion to delivery at a steady rate."""
     port = free_port()
-    receiver = subprocess.Popen([sys.executable, str(BENCH / "receiver.py"), str(port)])
+    receiver = subprocess.Popen([sys.executable, str(BENCH / "baseline_app.py"), str(port)])
     try:
         await wait_listening(port)
         await pool.execute(

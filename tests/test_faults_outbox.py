@@ -5,12 +5,9 @@ Runs `tracker serve` and `tracker sink` as processes against a Redis and a Postg
 their own, as the other fault tests do."""
 
 import asyncio
-import shutil
 import signal
-import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import aiohttp
 import asyncpg
@@ -18,33 +15,20 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.test_faults_postbacks import Stack, campaign_with_clicks, until
-from tracker.store.db import migrate
+from tests.test_faults_postbacks import Stack, campaign_with_clicks, running_stack, until
 
 pytestmark = pytest.mark.faults
 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    root = Path(tempfile.mkdtemp(prefix="tracker-faults-outbox-"))
-    root.chmod(0o755)
-    stack = Stack(root)
-    stack.env.update(
+    with running_stack(
+        "tracker-faults-outbox-",
         TRACKER_OUTBOUND_ALLOW_PRIVATE="true",
         TRACKER_OUTBOUND_RETRY_BASE_SECONDS="0.2",
         TRACKER_OUTBOUND_TIMEOUT="2",
-    )
-    try:
-        stack.pg.start()
-        stack.redis.start()
-        asyncio.run(migrate(stack.pg.dsn()))
-        stack.start_web()
+    ) as stack:
         yield stack
-    finally:
-        stack.stop()
-        stack.redis.stop()
-        stack.pg.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

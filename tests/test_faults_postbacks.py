@@ -5,6 +5,7 @@ Redis and a Postgres of their own, and stop Postgres under load.
 """
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -74,11 +75,14 @@ class Stack:
             self.web.wait(timeout=20)
 
 
-@pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
-    root = Path(tempfile.mkdtemp(prefix="tracker-faults-pb-"))
+@contextlib.contextmanager
+def running_stack(prefix: str, **env: str) -> Iterator[Stack]:
+    """Postgres, Redis and `tracker serve` in a temporary folder, with `env` added to the
+    tracker processes' environment; all stopped and removed on exit."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
     root.chmod(0o755)
     stack = Stack(root)
+    stack.env.update(env)
     try:
         stack.pg.start()
         stack.redis.start()
@@ -90,6 +94,12 @@ def stack() -> Iterator[Stack]:
         stack.redis.stop()
         stack.pg.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    with running_stack("tracker-faults-pb-") as stack:
+        yield stack
 
 
 @pytest.fixture

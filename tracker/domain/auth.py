@@ -122,6 +122,14 @@ def client_address(
     """
     if not forwarded_for or not trusted or not is_trusted(peer, trusted):
         return peer
+    return forwarded_client(peer, forwarded_for, trusted)
+
+
+def forwarded_client(
+    peer: str | None, forwarded_for: str | Sequence[str], trusted: AddressRanges
+) -> str | None:
+    """The nearest untrusted address in X-Forwarded-For, for a peer already known to be a
+    trusted proxy (see `client_address`)."""
     joined = forwarded_for if isinstance(forwarded_for, str) else ",".join(forwarded_for)
     hops = [hop.strip() for hop in joined.split(",") if hop.strip()]
     for hop in reversed(hops):

@@ -11,7 +11,6 @@ from urllib.parse import quote
 from tracker.outbound.payloads import (
     DeliveryFacts,
     OutboundRequest,
-    PayloadError,
     PlatformUrls,
     Problems,
     SourcePostback,
@@ -19,6 +18,7 @@ from tracker.outbound.payloads import (
     epoch_seconds,
     json_number,
     json_request,
+    match_keys,
     preset_value,
     url_template_problem,
 )
@@ -48,17 +48,12 @@ def build(postback: SourcePostback, facts: DeliveryFacts, urls: PlatformUrls) ->
     """The Conversions API request for one delivery."""
     credentials = postback.credentials
     value = preset_value(postback, facts)
-    user_data: dict[str, str] = {}
     fbclid = facts.click_params.get(CLICK_PARAM)
-    if fbclid:
-        # The fbc format: version "fb", subdomain index 1, the click's time in ms, the fbclid.
-        user_data["fbc"] = f"fb.1.{epoch_millis(facts.click_time)}.{fbclid}"
-    if facts.ip:
-        user_data["client_ip_address"] = facts.ip
-    if facts.user_agent:
-        user_data["client_user_agent"] = facts.user_agent
-    if not user_data:
-        raise PayloadError("the click has no fbclid, IP address or User-Agent for Meta to match")
+    # The fbc format: version "fb", subdomain index 1, the click's time in ms, the fbclid.
+    fbc = ("fbc", f"fb.1.{epoch_millis(facts.click_time)}.{fbclid}") if fbclid else None
+    user_data = match_keys(
+        facts, "Meta", CLICK_PARAM, fbc, "client_ip_address", "client_user_agent"
+    )
     event: dict[str, Any] = {
         "event_name": facts.event or DEFAULT_EVENT,
         "event_time": epoch_seconds(facts.conversion_time),

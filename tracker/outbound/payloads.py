@@ -316,6 +316,32 @@ def preset_value(postback: SourcePostback, facts: DeliveryFacts) -> Decimal | No
     return value
 
 
+def match_keys(
+    facts: DeliveryFacts,
+    platform: str,
+    click_param: str,
+    click_key: tuple[str, str] | None,
+    ip_key: str,
+    user_agent_key: str,
+) -> dict[str, str]:
+    """What an ad platform matches a conversion on: its own click id (`click_key`, the
+    platform's name for it and its value, when the click URL had `click_param`), the
+    click's IP address and User-Agent, under the platform's names. PayloadError when
+    there is none of them."""
+    keys: dict[str, str] = {}
+    if click_key is not None:
+        keys[click_key[0]] = click_key[1]
+    if facts.ip:
+        keys[ip_key] = facts.ip
+    if facts.user_agent:
+        keys[user_agent_key] = facts.user_agent
+    if not keys:
+        raise PayloadError(
+            f"the click has no {click_param}, IP address or User-Agent for {platform} to match"
+        )
+    return keys
+
+
 def epoch_seconds(moment: datetime) -> int:
     """Whole Unix seconds, exact (no float)."""
     return (_aware(moment) - _EPOCH) // timedelta(seconds=1)

@@ -10,13 +10,13 @@ from typing import Any
 from tracker.outbound.payloads import (
     DeliveryFacts,
     OutboundRequest,
-    PayloadError,
     PlatformUrls,
     Problems,
     SourcePostback,
     epoch_seconds,
     json_number,
     json_request,
+    match_keys,
     preset_value,
 )
 
@@ -38,16 +38,9 @@ def build(postback: SourcePostback, facts: DeliveryFacts, urls: PlatformUrls) ->
     """The Events API request for one delivery."""
     credentials = postback.credentials
     value = preset_value(postback, facts)
-    user: dict[str, str] = {}
     ttclid = facts.click_params.get(CLICK_PARAM)
-    if ttclid:
-        user["ttclid"] = ttclid
-    if facts.ip:
-        user["ip"] = facts.ip
-    if facts.user_agent:
-        user["user_agent"] = facts.user_agent
-    if not user:
-        raise PayloadError("the click has no ttclid, IP address or User-Agent for TikTok to match")
+    click_key = ("ttclid", ttclid) if ttclid else None
+    user = match_keys(facts, "TikTok", CLICK_PARAM, click_key, "ip", "user_agent")
     event: dict[str, Any] = {
         "event": facts.event or DEFAULT_EVENT,
         "event_time": epoch_seconds(facts.conversion_time),

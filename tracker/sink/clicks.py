@@ -39,44 +39,33 @@ _COUNTERS = """
     coalesce(cost, 0) AS cost
 """
 _KEYS = "created_at, campaign_id, offer_id, traffic_source_id, lander_id"
-_ADD_TO_ROLLUPS = """
-, daily AS (
-INSERT INTO click_rollups AS r (
-    day, campaign_id, offer_id, traffic_source_id,
-    clicks, bot_clicks, unique_clicks, lp_views, lp_clicks, cost
-)
-SELECT (created_at AT TIME ZONE 'UTC')::date, campaign_id, offer_id, traffic_source_id,
-       sum(clicks), sum(bot_clicks), sum(unique_clicks), sum(lp_views), sum(lp_clicks),
-       sum(cost)
+_ROLLUP_COUNTERS = ("clicks", "bot_clicks", "unique_clicks", "lp_views", "lp_clicks", "cost")
+
+
+def _add_to_rollup(table: str, keys: dict[str, str]) -> str:
+    """Upsert of `counted`, summed by `keys` (rollup column -> expression), into `table`;
+    rows are taken in key order, the same in every writer, so writers do not deadlock."""
+    positions = ", ".join(str(i) for i in range(1, len(keys) + 1))
+    return f"""
+INSERT INTO {table} AS r ({", ".join(keys)}, {", ".join(_ROLLUP_COUNTERS)})
+SELECT {", ".join(keys.values())}, {", ".join(f"sum({c})" for c in _ROLLUP_COUNTERS)}
 FROM counted
-GROUP BY 1, 2, 3, 4
-ORDER BY 1, 2, 3, 4
-ON CONFLICT (day, campaign_id, offer_id, traffic_source_id) DO UPDATE
-SET clicks = r.clicks + EXCLUDED.clicks,
-    bot_clicks = r.bot_clicks + EXCLUDED.bot_clicks,
-    unique_clicks = r.unique_clicks + EXCLUDED.unique_clicks,
-    lp_views = r.lp_views + EXCLUDED.lp_views,
-    lp_clicks = r.lp_clicks + EXCLUDED.lp_clicks,
-    cost = r.cost + EXCLUDED.cost
-)
-INSERT INTO click_hourly AS h (
-    hour, campaign_id, offer_id, traffic_source_id, lander_id,
-    clicks, bot_clicks, unique_clicks, lp_views, lp_clicks, cost
-)
-SELECT date_trunc('hour', created_at, 'UTC'), campaign_id, offer_id, traffic_source_id,
-       coalesce(lander_id, 0),
-       sum(clicks), sum(bot_clicks), sum(unique_clicks), sum(lp_views), sum(lp_clicks),
-       sum(cost)
-FROM counted
-GROUP BY 1, 2, 3, 4, 5
-ORDER BY 1, 2, 3, 4, 5
-ON CONFLICT (hour, campaign_id, offer_id, traffic_source_id, lander_id) DO UPDATE
-SET clicks = h.clicks + EXCLUDED.clicks,
-    bot_clicks = h.bot_clicks + EXCLUDED.bot_clicks,
-    unique_clicks = h.unique_clicks + EXCLUDED.unique_clicks,
-    lp_views = h.lp_views + EXCLUDED.lp_views,
-    lp_clicks = h.lp_clicks + EXCLUDED.lp_clicks,
-    cost = h.cost + EXCLUDED.cost
+GROUP BY {positions}
+ORDER BY {positions}
+ON CONFLICT ({", ".join(keys)}) DO UPDATE
+SET {", ".join(f"{c} = r.{c} + EXCLUDED.{c}" for c in _ROLLUP_COUNTERS)}"""
+
+
+_IDS = {c: c for c in ("campaign_id", "offer_id", "traffic_source_id")}
+_DAILY = {"day": "(created_at AT TIME ZONE 'UTC')::date", **_IDS}
+_HOURLY = {
+    "hour": "date_trunc('hour', created_at, 'UTC')",
+    **_IDS,
+    "lander_id": "coalesce(lander_id, 0)",
+}
+_ADD_TO_ROLLUPS = f"""
+, daily AS ({_add_to_rollup("click_rollups", _DAILY)}
+){_add_to_rollup("click_hourly", _HOURLY)}
 """
 INSERT_CLICKS = f"""
 WITH batch AS (

@@ -110,9 +110,19 @@ def uses_hourly(spec: ReportSpec) -> bool:
         moment = min(moment + timedelta(days=1), bounds[1])
 
 
-# A rollup row whose clicks all moved away (a lander click-through to another offer)
-# stays, at zero: it is no group, as it is none in the raw clicks.
-_SOME_CLICKS = "HAVING sum({row}.clicks) + sum({row}.bot_clicks) > 0"
+def _rolled_clicks(source: str, row: str, select: str, where: list[str], dims: list[str]) -> str:
+    """The click counters of a report from a rollup table (`source`, aliased `row`). A
+    rollup row whose clicks all moved away (a lander click-through to another offer)
+    stays, at zero: it is no group, as it is none in the raw clicks."""
+    return f"""
+    SELECT {select + "," if select else ""}
+           sum({row}.clicks) AS clicks, sum({row}.unique_clicks) AS unique_clicks,
+           sum({row}.bot_clicks) AS bots, sum({row}.lp_views) AS lp_views,
+           sum({row}.lp_clicks) AS lp_clicks, sum({row}.cost) AS click_cost
+    FROM {source}
+    WHERE {" AND ".join(where)}
+    {"GROUP BY " + ", ".join(dims) if dims else ""}
+    HAVING sum({row}.clicks) + sum({row}.bot_clicks) > 0"""
 
 
 class _Query:
@@ -191,30 +201,15 @@ def build_report(spec: ReportSpec) -> tuple[str, str, list[Any]]:
         for name, values in spec.excludes.items():
             column = _ID_COLUMNS[name][0]
             where.append(f"NOT r.{column} = any({query.param(list(values), 'bigint[]')})")
-        clicks = f"""
-    SELECT {select + "," if select else ""}
-           sum(r.clicks) AS clicks, sum(r.unique_clicks) AS unique_clicks,
-           sum(r.bot_clicks) AS bots, sum(r.lp_views) AS lp_views,
-           sum(r.lp_clicks) AS lp_clicks, sum(r.cost) AS click_cost
-    FROM click_rollups r
-    WHERE {" AND ".join(where)}
-    {"GROUP BY " + ", ".join(dims) if dims else ""}
-    {_SOME_CLICKS.format(row="r")}"""
+        clicks = _rolled_clicks("click_rollups r", "r", select, where, dims)
     elif uses_hourly(spec):
         select = ", ".join(
             f"{_dimension_sql(n, 'h', 'h.hour')} AS {d}"
             for n, d in zip(spec.group_by, dims, strict=True)
         )
         where = _conditions(spec, query, "h", "h.hour")
-        clicks = f"""
-    SELECT {select + "," if select else ""}
-           sum(h.clicks) AS clicks, sum(h.unique_clicks) AS unique_clicks,
-           sum(h.bot_clicks) AS bots, sum(h.lp_views) AS lp_views,
-           sum(h.lp_clicks) AS lp_clicks, sum(h.cost) AS click_cost
-    FROM click_hourly h{offers_join.format(row="h")}
-    WHERE {" AND ".join(where)}
-    {"GROUP BY " + ", ".join(dims) if dims else ""}
-    {_SOME_CLICKS.format(row="h")}"""
+        source = "click_hourly h" + offers_join.format(row="h")
+        clicks = _rolled_clicks(source, "h", select, where, dims)
     else:
         select = ", ".join(
             f"{_dimension_sql(n, 'k', 'k.created_at')} AS {d}"

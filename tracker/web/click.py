@@ -6,7 +6,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from tracker.domain.auth import client_address, is_trusted
+from tracker.domain.auth import forwarded_client, is_trusted
 from tracker.domain.click import (
     ClickMacros,
     ParamLimits,
@@ -67,11 +67,14 @@ async def click(request: web.Request) -> web.StreamResponse:
     trusted = app[TRUSTED_PROXIES]
     peer = request.remote
     cdn_country = None
-    if trusted and is_trusted(peer, trusted):
+    ip = peer
+    if trusted and is_trusted(peer, trusted):  # once per click: the peer is a proxy of ours
         cdn_country = headers.get(CF_COUNTRY_HEADER) or (
             headers.get(settings.country_header) if settings.country_header else None
         )
-    ip = client_address(peer, headers.getall("X-Forwarded-For", ()), trusted)
+        forwarded = headers.getall("X-Forwarded-For", ())
+        if forwarded:
+            ip = forwarded_client(peer, forwarded, trusted)
     user_agent = clean_optional(headers.get("User-Agent"))
     visitor = app[VISITOR_FACTS].visitor(
         ip,
