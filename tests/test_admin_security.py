@@ -16,9 +16,9 @@ from tests.conftest import API_KEY, start_client
 from tests.test_cli import env_for, wait_until_listening
 from tests.test_lifecycle import prepared
 from tracker.devstack import RedisServer, free_port
+from tracker.domain.urls import url_problem
 from tracker.web.app import create_app
 from tracker.web.appkeys import CONFIG
-from tracker.web.schemas import url_problem
 
 GOOD_URLS = [
     "https://offer.example/lp?cid={clickid}&s={sub1}#{sub2}",

@@ -7,17 +7,17 @@ settings, calls `build_request`, and sends the `OutboundRequest` byte for byte. 
 
 import hashlib
 import hmac
-import ipaddress
 import re
-import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
 from functools import cache
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import orjson
+
+from tracker.domain.urls import url_problem
 
 TEMPLATE, META, TIKTOK, GOOGLE_ADS = "template", "meta", "tiktok", "google_ads"
 PRESETS = (TEMPLATE, META, TIKTOK, GOOGLE_ADS)
@@ -73,7 +73,6 @@ SECRET_CREDENTIALS: dict[str, frozenset[str]] = {
     GOOGLE_ADS: frozenset({"developer_token", "access_token", "client_secret", "refresh_token"}),
 }
 
-MAX_URL_LENGTH = 4000
 MAX_BODY_LENGTH = 16000
 MAX_CREDENTIAL_LENGTH = 2048
 SIGNATURE_HEADER = "X-Signature"
@@ -371,9 +370,6 @@ def json_request(
 MacroValue = str | int | Decimal | None
 # A name in braces is always a macro, in the URL and in either kind of body.
 _MACRO = re.compile(r"\{(param:[^{}\s\"\\]{1,128}|[A-Za-z0-9_.\-]{1,64})\}")
-_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"})
-_HOST_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
-_HOST_NAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,39 +395,11 @@ def _stray_brace(template: _Template) -> bool:
 
 
 def url_template_problem(url: str) -> str | None:
-    """Why `url` is not a usable postback URL template, or None.
-
-    An absolute http(s) URL with macros only in the path and query: the host is
-    fixed when the source is saved, whatever a click carries."""
-    if len(url) > MAX_URL_LENGTH:
-        return f"must be at most {MAX_URL_LENGTH} characters"
-    for char in url:
-        if unicodedata.category(char) in _FORBIDDEN_CATEGORIES:
-            return f"must not contain whitespace or control characters (found {char!r})"
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - parsing the port is the check
-    except ValueError as exc:
-        return f"is not a valid URL: {exc}"
-    if parts.scheme not in ("http", "https") or not url.lower().startswith(parts.scheme + "://"):
-        return "must be an http:// or https:// URL"
-    if "{" in parts.netloc or "}" in parts.netloc:
-        return "macros are allowed only in the path and query, not in the host"
-    if "@" in parts.netloc:
-        return "must not contain a user name or password"
-    if "#" in url:
-        return "must not have a #fragment: it is never sent"
-    if not url.isascii():
-        # Sent as written: a receiver refuses raw UTF-8 in a request line.
-        return "must be ASCII: percent-encode other characters (%C3%BC for ü)"
-    host = parts.hostname or ""
-    if not host:
-        return "must name a host"
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if parts.netloc.startswith("[") or not _HOST_NAME.fullmatch(host):
-            return f"host {host[:60]!r} is not a valid host name (use the xn-- form)"
+    """Why `url` is not a usable postback URL template, or None: a URL the sender can
+    request as written (see `domain.urls.url_problem`) whose macros are all known."""
+    problem = url_problem(url, sent_as_written=True)
+    if problem is not None:
+        return problem
     template = _split(url)
     unknown = _unknown_macro(template)
     if unknown is not None:

@@ -2,13 +2,10 @@
 
 import functools
 import ipaddress
-import re
-import unicodedata
 import zoneinfo
 from datetime import date
 from decimal import Decimal
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -24,6 +21,7 @@ from pydantic import (
 from tracker.domain.lifecycle import STATUSES, SYNONYMS
 from tracker.domain.money import parse_currency, parse_money
 from tracker.domain.rules import MAX_VALUES
+from tracker.domain.urls import url_problem
 
 STATUS_WORDS = (*STATUSES, *SYNONYMS)
 
@@ -32,51 +30,6 @@ def _money_or_none(value: Any) -> Any:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     return parse_money(value)
-
-
-MAX_URL_LENGTH = 4000
-# Controls (NUL, tab, newlines, DEL, C1), invisible formatting (zero-width, bidi
-# overrides), surrogates, and every kind of space and line or paragraph separator.
-_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"})
-_HOST_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
-_HOST_NAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?")
-
-
-def url_problem(value: str) -> str | None:
-    """Why `value` is not an acceptable http(s) URL template, or None.
-
-    Macros (`{name}`) may appear in the path, query and fragment only: the scheme,
-    host and port are fixed when the URL is saved, whatever a click carries."""
-    if len(value) > MAX_URL_LENGTH:
-        return f"must be at most {MAX_URL_LENGTH} characters"
-    for char in value:
-        if unicodedata.category(char) in _FORBIDDEN_CATEGORIES:
-            return f"must not contain whitespace or control characters (found {char!r})"
-    try:
-        parts = urlsplit(value)
-    except ValueError as exc:
-        return f"is not a valid URL: {exc}"
-    if parts.scheme not in ("http", "https") or not value.lower().startswith(parts.scheme + "://"):
-        return "must be an http:// or https:// URL"
-    if "{" in parts.netloc or "}" in parts.netloc:
-        return "macros are allowed only in the path, query and fragment, not in the host"
-    try:
-        parts.port  # noqa: B018 - parsing the port is the check
-    except ValueError as exc:
-        return f"is not a valid URL: {exc}"
-    if "@" in parts.netloc:
-        return "must not contain a user name or password"
-    host = parts.hostname or ""
-    if not host:
-        return "must name a host"
-    if not host.isascii():
-        return "host must be ASCII (give an international name in its xn-- form)"
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if parts.netloc.startswith("[") or not _HOST_NAME.fullmatch(host):
-            return f"host {host!r} is not a valid host name"
-    return None
 
 
 def _http_url(value: Any) -> Any:
