@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     # Seconds a stopping web process waits for in-flight requests before closing.
     shutdown_timeout: float = 10.0
     config_refresh_seconds: float = Field(default=0.5, gt=0)
+    # GET /readyz: seconds each check may take, and how far behind the sink may fall
+    # (age of the oldest click or queued postback not yet stored; 0: not checked).
+    ready_timeout: float = Field(default=2.0, gt=0)
+    ready_max_sink_lag_seconds: float = Field(default=120.0, ge=0)
 
     # Seconds any Redis command may take, and connecting to Redis, before it counts as failed.
     redis_timeout: float = Field(default=0.5, gt=0)

@@ -1,6 +1,16 @@
 from aiohttp import web
 
-from tracker.web import click, costs, deliveries, ledger, pixel, postback, reports, upload
+from tracker.web import (
+    click,
+    costs,
+    deliveries,
+    health,
+    ledger,
+    pixel,
+    postback,
+    reports,
+    upload,
+)
 from tracker.web.admin import RESOURCES
 
 
@@ -12,6 +22,8 @@ async def probe_postback(request: web.Request) -> web.StreamResponse:
 def setup_routes(app: web.Application, api: web.Application) -> None:
     """`app` serves clicks and postbacks; `api` is mounted at /api behind the API key."""
     app.router.add_get("/c/{campaign_key}", click.click, allow_head=False)
+    app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/readyz", health.readyz)
     app.router.add_route("HEAD", "/c/{campaign_key}", click.probe_campaign)
     app.router.add_get("/lp/click", click.lander_click, allow_head=False)
     # aiohttp would answer HEAD by running the GET handler: a probe must not convert.

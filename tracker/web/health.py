@@ -1,0 +1,74 @@
+"""Liveness and readiness, for load balancers and orchestrators; no API key, no heavy work."""
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+from aiohttp import web
+
+from tracker.store import keys
+from tracker.store.health import missing_migrations, stream_lag_seconds
+from tracker.web.appkeys import PG_POOL, REDIS, SETTINGS
+from tracker.web.errors import json_response
+
+# What the sink reads, and the group it reads them as.
+SINK_STREAMS = {
+    "clicks": (keys.CLICK_STREAM, keys.SINK_GROUP),
+    "postbacks": (keys.POSTBACK_STREAM, keys.POSTBACK_GROUP),
+}
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 while the process serves requests: it touches no store."""
+    return json_response({"status": "ok"})
+
+
+async def _timed(probe: Awaitable[Any], limit: float) -> tuple[Any, float, str | None]:
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(limit):
+            value = await probe
+    except TimeoutError:
+        return None, limit, f"no answer within {limit:g} s"
+    except Exception as exc:  # any failure of a store is "not ready", said in the body
+        return None, time.perf_counter() - started, f"{type(exc).__name__}: {exc}"[:300]
+    return value, time.perf_counter() - started, None
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 when Redis and Postgres answer, every migration is applied and the sink keeps
+    up; else 503. The body names each check, its result and what is wrong."""
+    app = request.app
+    settings = app[SETTINGS]
+    timeout = settings.ready_timeout
+    redis, pool = app[REDIS], app[PG_POOL]
+    probes: dict[str, Awaitable[Any]] = {
+        "redis": redis.ping(),
+        "postgres": pool.fetchval("SELECT 1"),
+        "migrations": missing_migrations(pool),
+        **{
+            f"sink_{name}": stream_lag_seconds(redis, stream, group)
+            for name, (stream, group) in SINK_STREAMS.items()
+        },
+    }
+    results = await asyncio.gather(*(_timed(p, timeout) for p in probes.values()))
+    checks: dict[str, dict[str, Any]] = {}
+    problems = []
+    for name, (value, seconds, error) in zip(probes, results, strict=True):
+        check: dict[str, Any] = {"ok": error is None, "ms": round(seconds * 1000, 1)}
+        if error is None and name == "migrations" and value:
+            error = f"not applied: {', '.join(value)} (run `tracker migrate`)"
+        if error is None and name.startswith("sink_"):
+            check["lag_seconds"] = round(value, 1)
+            limit = settings.ready_max_sink_lag_seconds
+            if limit and value > limit:
+                error = f"the sink is {value:.0f} s behind (limit {limit:g} s): is it running?"
+        if error is not None:
+            check.update(ok=False, error=error)
+            problems.append(f"{name}: {error}")
+        checks[name] = check
+    if problems:
+        body = {"status": "not ready", "error": "; ".join(problems), "checks": checks}
+        return json_response(body, status=503)
+    return json_response({"status": "ready", "checks": checks})
