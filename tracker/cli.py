@@ -20,6 +20,7 @@ log = logging.getLogger("tracker.cli")
 
 
 def serve(settings: Settings, reuse_port: bool = False) -> None:
+    from tracker.web.access import JsonAccessLogger, access_logger
     from tracker.web.app import create_app, handler_args
 
     loop = uvloop.new_event_loop()
@@ -29,7 +30,8 @@ def serve(settings: Settings, reuse_port: bool = False) -> None:
         host=settings.http_host,
         port=settings.http_port,
         reuse_port=reuse_port,
-        access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
+        access_log=access_logger() if settings.access_log else None,
+        access_log_class=JsonAccessLogger,
         **handler_args(settings),
         print=None,
         loop=loop,
@@ -165,8 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("dev", help="start local Redis and Postgres, the app and the sink")
     args = parser.parse_args(argv)
 
-    setup_logging()
     settings = Settings()
+    setup_logging(settings.log_level, secrets=settings.secrets())
     if args.command == "serve":
         if args.host:
             settings.http_host = args.host

@@ -1,29 +1,78 @@
-"""JSON-lines logging for every process."""
+"""JSON-lines logging for every process: one object a line on stderr, with the request's
+id on every line logged while handling it, and secrets masked."""
 
 import logging
+import re
 import sys
 import time
+from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from datetime import UTC, datetime
 
 import orjson
 
+# The id of the request being handled, made only when a line is logged; set by the web
+# layer for each request (a callable, so that a request that logs nothing costs nothing).
+REQUEST_ID: ContextVar[Callable[[], str] | None] = ContextVar("request_id", default=None)
+# Passed as `extra={...}` to tie a line to what it is about.
+CONTEXT_FIELDS = ("click_id", "conversion_id", "receipt_id", "delivery_id")
+MASK = "***"
+# A parameter, header or JSON field whose value is a credential: `token=…`,
+# `X-Signature: …`, `"api_key": "…"`, `postback_token=…` (an underscore or dash may join it to
+# another word; letters and digits may not).
+_SECRET_FIELD = re.compile(
+    r"(?i)(?<![a-z0-9])"
+    r"(token|access_token|refresh_token|developer_token|signature|sig|hmac|api[_-]?key"
+    r"|secret|client_secret|signing_secret|password|passwd)"
+    r"(?![a-z0-9])"
+    r"(\"?\s*[=:]\s*\"?)"
+    r"([^&\s\"',;}]+)"
+)
+_AUTHORIZATION = re.compile(r"(?i)\b(bearer|basic)\s+[a-z0-9._~+/=-]+")
+
+
+def mask_secrets(text: str, literals: Iterable[str] = ()) -> str:
+    """`text` with credential values replaced by `***`: named parameters and fields,
+    Authorization schemes, and any of `literals` (the configured keys) wherever they appear."""
+    for literal in literals:
+        if literal and literal in text:
+            text = text.replace(literal, MASK)
+    text = _SECRET_FIELD.sub(lambda m: f"{m[1]}{m[2]}{MASK}", text)
+    return _AUTHORIZATION.sub(lambda m: f"{m[1]} {MASK}", text)
+
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        # Short values would mask innocent text; keys and passwords are long.
+        self._secrets = tuple(s for s in secrets if len(s) >= 8)
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": mask_secrets(record.getMessage(), self._secrets),
         }
+        request_id = REQUEST_ID.get()
+        if request_id is not None:
+            entry["request_id"] = request_id()
+        fields = record.__dict__
+        for name in CONTEXT_FIELDS:
+            if name in fields:
+                entry[name] = fields[name]
+        access = fields.get("access")
+        if access is not None:
+            entry.update(access)
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry).decode()
+            entry["exception"] = mask_secrets(self.formatException(record.exc_info), self._secrets)
+        return orjson.dumps(entry, default=str).decode()
 
 
-def setup_logging(level: str = "INFO") -> None:
+def setup_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
+    """JSON lines on stderr at `level`; `secrets` are masked wherever they appear."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -1,6 +1,7 @@
 """Process configuration, read from `TRACKER_*` environment variables."""
 
 import zoneinfo
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,7 +39,9 @@ class Settings(BaseSettings):
     click_max_param_length: int = 512
     # Proxies (addresses or CIDRs) whose X-Forwarded-For is believed for postback allowlists.
     trusted_proxies: list[str] = []
+    # One JSON line per request on stderr (logger `tracker.access`); costs click throughput.
     access_log: bool = False
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     # Failed admin API authentications allowed per client address and window; then 429.
     admin_auth_max_failures: int = Field(default=20, ge=1)
     admin_auth_window_seconds: int = Field(default=60, ge=1)
@@ -130,6 +133,15 @@ class Settings(BaseSettings):
     google_ads_api_url: str = "https://googleads.googleapis.com/v18"
     # Where Google Ads access tokens are refreshed (a source with a refresh token).
     google_oauth_url: str = "https://oauth2.googleapis.com/token"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def upper_case_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    def secrets(self) -> list[str]:
+        """Configured credentials, masked wherever a log line would show them."""
+        return [self.api_key.get_secret_value()] if self.api_key is not None else []
 
     @field_validator("report_timezone")
     @classmethod

@@ -112,7 +112,11 @@ class PostbackQueueSink(StreamConsumer):
             raise PostgresUnavailable(repr(exc)) from exc
         except Exception as exc:
             # Not a matter of waiting: keep it in the log, with why, rather than retry forever.
-            log.exception("queued postback %s failed", inbound.receipt_id)
+            log.exception(
+                "queued postback %s failed",
+                inbound.receipt_id,
+                extra={"receipt_id": inbound.receipt_id},
+            )
             outcome = Outcome(FAILED, 500, reason=f"failed when applied from the queue: {exc!r}")
         if outcome.logged:
             return

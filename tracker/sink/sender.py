@@ -42,6 +42,12 @@ from tracker.settings import Settings
 from tracker.store import deliveries
 from tracker.store.db import POSTGRES_UNAVAILABLE
 
+
+def _about(row: asyncpg.Record) -> dict[str, Any]:
+    """Log fields tying a line to its delivery and conversion."""
+    return {"delivery_id": row["id"], "conversion_id": row["conversion_id"]}
+
+
 log = logging.getLogger("tracker.sender")
 
 RESPONSE_KEPT = 512
@@ -457,7 +463,12 @@ class DeliverySender:
             except RefusedAddress as exc:
                 outcome = Outcome(error=str(exc))
             except Exception as exc:  # recorded, so that the delivery cannot loop unseen
-                log.exception("%s: delivery %s failed unexpectedly", self._name, row["id"])
+                log.exception(
+                    "%s: delivery %s failed unexpectedly",
+                    self._name,
+                    row["id"],
+                    extra=_about(row),
+                )
                 outcome = Outcome(error=f"unexpected error: {type(exc).__name__}")
             latency = int((time.perf_counter() - clock) * 1000)
             if outcome.error:
@@ -594,11 +605,23 @@ class DeliverySender:
                 if delay is None:
                     # The lease runs out and another attempt follows: sent twice at worst,
                     # with one Idempotency-Key.
-                    log.error("%s: delivery %s not recorded (%r)", self._name, row["id"], exc)
+                    log.error(
+                        "%s: delivery %s not recorded (%r)",
+                        self._name,
+                        row["id"],
+                        exc,
+                        extra=_about(row),
+                    )
                     return
                 await asyncio.sleep(delay)
         self.sent += 1
         if state == deliveries.DELIVERED:
             self.delivered += 1
         elif state == deliveries.DEAD:
-            log.warning("%s: delivery %s is dead: %s", self._name, row["id"], error)
+            log.warning(
+                "%s: delivery %s is dead: %s",
+                self._name,
+                row["id"],
+                error,
+                extra=_about(row),
+            )

@@ -18,9 +18,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tracker.domain.money import format_money
 from tracker.domain.validation import field_errors
-from tracker.logs import Throttled
+from tracker.logs import REQUEST_ID, Throttled
 from tracker.store.batching import BatchQueueFullError
 from tracker.store.db import POSTGRES_UNAVAILABLE
+from tracker.web.access import REQUEST_TAG, RequestTag
 from tracker.web.appkeys import SETTINGS
 
 log = logging.getLogger("tracker.web")
@@ -93,6 +94,15 @@ def error_middleware(max_url_length: int) -> Callable[..., Any]:
 
     @web.middleware
     async def answer_errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # Every line logged while handling the request carries its id.
+        tag = request[REQUEST_TAG] = RequestTag(request)
+        token = REQUEST_ID.set(tag)
+        try:
+            return await answer(request, handler)
+        finally:
+            REQUEST_ID.reset(token)
+
+    async def answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         if len(request.raw_path) > max_url_length:
             return json_response(
                 {"error": f"request URL longer than {max_url_length} bytes"}, status=414
@@ -118,6 +128,7 @@ def error_middleware(max_url_length: int) -> Callable[..., Any]:
             return json_response({"error": "storage unavailable, retry later"}, 503)
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
-            return json_response({"error": "internal error"}, 500)
+            request_id = request[REQUEST_TAG]()
+            return json_response({"error": "internal error", "request_id": request_id}, 500)
 
     return answer_errors_as_json

@@ -105,7 +105,11 @@ async def _record(request: web.Request) -> None:
     except STORAGE_UNAVAILABLE as exc:  # Redis, when Postgres could not take it either
         _failures.warning("pixel hit %s not recorded: %r", inbound.receipt_id, exc)
     except Exception:
-        log.exception("pixel hit %s not recorded", inbound.receipt_id)
+        log.exception(
+            "pixel hit %s not recorded",
+            inbound.receipt_id,
+            extra={"receipt_id": inbound.receipt_id},
+        )
 
 
 def _click_id_given(params: dict[str, str]) -> bool:

@@ -164,7 +164,11 @@ async def receive(app: web.Application, inbound: Inbound) -> Outcome | Screened:
         await _release_signature(app, inbound)
         if isinstance(exc, STORAGE_UNAVAILABLE):  # Redis
             raise
-        log.exception("postback %s not recorded", inbound.receipt_id)
+        log.exception(
+            "postback %s not recorded",
+            inbound.receipt_id,
+            extra={"receipt_id": inbound.receipt_id},
+        )
         return Outcome(FAILED, 503, reason="postback not recorded, retry later")
     return await log_outcome(app, inbound, outcome)
 
@@ -195,7 +199,13 @@ async def _queue(app: web.Application, inbound: Inbound, exc: BaseException) -> 
     try:
         await enqueue(app[REDIS], inbound)
     except Exception as redis_exc:
-        log.error("postback %s not queued: %r after %r", inbound.receipt_id, redis_exc, exc)
+        log.error(
+            "postback %s not queued: %r after %r",
+            inbound.receipt_id,
+            redis_exc,
+            exc,
+            extra={"receipt_id": inbound.receipt_id},
+        )
         await _release_signature(app, inbound)
         return Outcome(FAILED, 503, reason="storage unavailable, retry later")
     # The batchers log the outage once; one line per queued postback would flood the log.
