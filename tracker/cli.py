@@ -52,7 +52,11 @@ def supervise_workers(settings: Settings, workers: int) -> int:
         "--host", settings.http_host, "--port", str(settings.http_port),
     ]  # fmt: skip
     log.info("starting %d workers on port %d", workers, settings.http_port)
-    return run_processes([command] * workers, StopSignal(), restart=True)
+    base = settings.metrics_port
+    commands = [
+        command + (["--metrics-port", str(base + i)] if base else []) for i in range(workers)
+    ]
+    return run_processes(commands, StopSignal(), restart=True)
 
 
 async def _pool_when_reachable(settings: Settings) -> "asyncpg.Pool":
@@ -75,6 +79,7 @@ async def _run_sink(settings: Settings) -> None:
     from tracker.postbacks import OrphanMatcher
     from tracker.sink.clicks import ClickSink
     from tracker.sink.housekeeping import housekeeping
+    from tracker.sink.metrics import serving_sink_metrics
     from tracker.sink.postbacks import queue_sink_for
     from tracker.sink.sender import DeliverySender
     from tracker.sink.services import postback_services
@@ -107,7 +112,10 @@ async def _run_sink(settings: Settings) -> None:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop)
             log.info("sink %s started", sink.consumer)
-            async with housekeeping(pool, matcher, settings):
+            async with (
+                housekeeping(pool, matcher, settings),
+                serving_sink_metrics(settings, redis, pool, sink, queue, sender),
+            ):
                 await asyncio.gather(sink.run(), queue.run(), sender.run())
     finally:
         await redis.aclose()
@@ -158,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     serve_cmd.add_argument("--port", type=int)
     serve_cmd.add_argument("--workers", type=int, default=1, help="processes sharing the port")
     serve_cmd.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    serve_cmd.add_argument("--metrics-port", type=int, help=argparse.SUPPRESS)
     commands.add_parser(
         "sink", help="move clicks into Postgres; apply postbacks queued during an outage"
     )
@@ -174,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
             settings.http_host = args.host
         if args.port:
             settings.http_port = args.port
+        if args.metrics_port:
+            settings.metrics_port = args.metrics_port
         if args.workers > 1:
             sys.exit(supervise_workers(settings, args.workers))
         serve(settings, reuse_port=args.reuse_port)

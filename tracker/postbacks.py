@@ -65,6 +65,8 @@ class Outcome:
     click_id: str | None = None
     # True when the log row was written with the conversion, in its transaction.
     logged: bool = False
+    # The conversion's status when it was written (created or updated).
+    status: str | None = None
 
     def body(self) -> dict[str, Any]:
         if self.conversion_id is not None and self.http_status == 200:
@@ -242,7 +244,9 @@ class PostbackProcessor:
             )
         except ParentNotFound as exc:
             return Outcome(INVALID, 404, reason=str(exc), **found)
-        return Outcome(result, 200, conversion_id=conversion_id, logged=True, **found)
+        return Outcome(
+            result, 200, conversion_id=conversion_id, logged=True, status=status, **found
+        )
 
     async def claim_signature(self, inbound: Inbound) -> bool:
         """Spend the postback's signature (in any spelling); False when another receipt

@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     # One JSON line per request on stderr (logger `tracker.access`); costs click throughput.
     access_log: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # Prometheus: GET /metrics on the web port needs the API key. A process may also serve
+    # its metrics without the key on a port of its own, bound to metrics_host: web worker i
+    # of `serve --workers N` on metrics_port + i, the sink on sink_metrics_port (0: none).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    sink_metrics_port: int = Field(default=0, ge=0, le=65535)
     # Failed admin API authentications allowed per client address and window; then 429.
     admin_auth_max_failures: int = Field(default=20, ge=1)
     admin_auth_window_seconds: int = Field(default=60, ge=1)

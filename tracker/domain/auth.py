@@ -140,3 +140,13 @@ def forwarded_client(
 
 def is_trusted(address: str | None, trusted: AddressRanges) -> bool:
     return parse_ip(address) in trusted
+
+
+def bearer_key_matches(header: str, expected: str) -> bool:
+    """An `Authorization: Bearer <key>` header carrying `expected`. Header text that is
+    not ASCII (aiohttp hands undecodable bytes over as surrogates) never matches."""
+    scheme, _, given = header.partition(" ")
+    given = given.strip(" ")
+    if scheme.lower() != "bearer" or not given.isascii():
+        return False
+    return hmac.compare_digest(given.encode("ascii"), expected.encode())

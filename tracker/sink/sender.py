@@ -8,6 +8,7 @@ the same `Idempotency-Key`, and nothing else repeats.
 """
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -349,6 +350,8 @@ class DeliverySender:
         self.lease_seconds = settings.outbound_timeout * 2 + 1
         self.sent = 0
         self.delivered = 0
+        # Attempts recorded, by what they led to: delivered, retry (pending again), dead.
+        self.outcomes: collections.Counter[str] = collections.Counter()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -615,6 +618,7 @@ class DeliverySender:
                     return
                 await asyncio.sleep(delay)
         self.sent += 1
+        self.outcomes["retry" if state == deliveries.PENDING else state] += 1
         if state == deliveries.DELIVERED:
             self.delivered += 1
         elif state == deliveries.DEAD:

@@ -18,6 +18,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from tracker.store.health import stream_backlog
+
 log = logging.getLogger("tracker.sink")
 
 Entry = tuple[bytes, dict[bytes, bytes] | None]
@@ -139,8 +141,4 @@ class StreamConsumer(ABC):
 
     async def backlog(self) -> int:
         """Entries not yet handled: pending plus never delivered."""
-        with contextlib.suppress(ResponseError):  # no stream yet
-            for group in await self.redis.xinfo_groups(self.stream):
-                if group["name"] in (self.group, self.group.encode()):
-                    return int(group["pending"]) + int(group.get("lag") or 0)
-        return int(await self.redis.xlen(self.stream))
+        return await stream_backlog(self.redis, self.stream, self.group)

@@ -55,16 +55,23 @@ class Batcher(Generic[T, R]):
         self.failing = False
         self._slots = asyncio.Semaphore(max_in_flight)
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._name = name
+        self.name = name
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.items = 0
+        # Told each batch's size (the metrics' histogram), when set.
+        self.on_batch: Callable[[int], None] | None = None
+
+    @property
+    def pending(self) -> int:
+        """Items queued for the next batches."""
+        return len(self._pending)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=self._name)
+        self._task = asyncio.create_task(self._run(), name=self.name)
 
     async def close(self) -> None:
         """Stop taking items, write everything already queued, then return."""
@@ -81,9 +88,9 @@ class Batcher(Generic[T, R]):
         `BatchTimeoutError` after `max_wait` seconds (the item may still be written).
         """
         if self._task is None or self._closing:
-            raise BatchClosedError(f"{self._name} is not running")
+            raise BatchClosedError(f"{self.name} is not running")
         if len(self._pending) >= self._max_pending:
-            raise BatchQueueFullError(f"{self._name}: {len(self._pending)} items already queued")
+            raise BatchQueueFullError(f"{self.name}: {len(self._pending)} items already queued")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, future))
@@ -91,7 +98,7 @@ class Batcher(Generic[T, R]):
         if max_wait is None:
             return await future
         # A timer handle rather than wait_for: no extra task per item on the hot path.
-        timer = loop.call_later(max_wait, _expire, future, self._name)
+        timer = loop.call_later(max_wait, _expire, future, self.name)
         try:
             return await future
         finally:
@@ -118,17 +125,19 @@ class Batcher(Generic[T, R]):
     async def _write(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         self.batches += 1
         self.items += len(batch)
+        if self.on_batch is not None:
+            self.on_batch(len(batch))
         try:
             results = await self._flush([item for item, _ in batch])
         except Exception as exc:
             if not self.failing:
                 self.failing = True
-                log.warning("%s: writes failing (%r); quiet until they work", self._name, exc)
+                log.warning("%s: writes failing (%r); quiet until they work", self.name, exc)
             results = [exc] * len(batch)
         else:
             if self.failing:
                 self.failing = False
-                log.info("%s: writes working again", self._name)
+                log.info("%s: writes working again", self.name)
         finally:
             self._slots.release()
         for (_, future), result in zip(batch, results, strict=True):

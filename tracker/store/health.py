@@ -52,3 +52,15 @@ async def stream_lag_seconds(redis: Redis, stream: str, group: str) -> float:
 
 def _as_bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
+
+
+async def stream_backlog(redis: Redis, stream: str, group: str) -> int:
+    """Entries of `stream` that `group` has not acknowledged: pending plus never read."""
+    try:
+        groups = await redis.xinfo_groups(stream)
+    except ResponseError:
+        return 0  # no stream yet
+    for info in groups:
+        if info["name"] in (group, group.encode()):
+            return int(info["pending"]) + int(info.get("lag") or 0)
+    return int(await redis.xlen(stream))

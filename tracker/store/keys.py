@@ -9,6 +9,11 @@ AUTH_FAILURES_PREFIX = "authfail:"
 # Postbacks that arrived while Postgres was unavailable, applied by the sink in order.
 POSTBACK_STREAM = "stream:postbacks"
 POSTBACK_GROUP = "postbacks"
+# What the sink reads, by a short name, and the group it reads each as.
+SINK_STREAMS = {
+    "clicks": (CLICK_STREAM, SINK_GROUP),
+    "postbacks": (POSTBACK_STREAM, POSTBACK_GROUP),
+}
 
 
 # A visitor's last click on a campaign; expires with the campaign's unique window.

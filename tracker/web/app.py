@@ -1,7 +1,6 @@
 """The web application: click redirect, postback, admin API and reports."""
 
 import gc
-import hmac
 import ipaddress
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,9 +11,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from tracker.domain.addresses import AddressRanges
-from tracker.domain.auth import client_address
 from tracker.facts.visitors import VisitorFacts
 from tracker.logs import Throttled
+from tracker.metrics import Metrics, serve_metrics
 from tracker.postbacks import PostbackProcessor
 from tracker.settings import Settings
 from tracker.store.auth_failures import AuthFailures
@@ -25,12 +24,15 @@ from tracker.store.db import create_pool
 from tracker.store.postback_log import PostbackLog
 from tracker.store.ratelimit import PostbackGuard
 from tracker.store.redis import redis_for
+from tracker.web.apikey import require_api_key
 from tracker.web.appkeys import (
+    AUTH_FAILURES,
     CLICK_READER,
     CLICK_WRITER,
     CONFIG,
     CONVERSION_WRITER,
     COOKIE_ATTRIBUTES,
+    METRICS,
     PG_POOL,
     POSTBACK_GUARD,
     POSTBACK_LOG,
@@ -41,51 +43,8 @@ from tracker.web.appkeys import (
     VISITOR_FACTS,
 )
 from tracker.web.click import cookie_attributes
-from tracker.web.errors import Handler, error_middleware, json_response
+from tracker.web.errors import error_middleware
 from tracker.web.routes import setup_routes
-
-
-def bearer_key_matches(header: str, expected: str) -> bool:
-    """An `Authorization: Bearer <key>` header carrying `expected`. Header text that is
-    not ASCII (aiohttp hands undecodable bytes over as surrogates) never matches."""
-    scheme, _, given = header.partition(" ")
-    given = given.strip(" ")
-    if scheme.lower() != "bearer" or not given.isascii():
-        return False
-    return hmac.compare_digest(given.encode("ascii"), expected.encode())
-
-
-def require_api_key(failures: AuthFailures) -> Callable[..., Any]:
-    """Bearer-key check for the API sub-application (the click path never pays for it);
-    an address with too many recent failures gets 429 until its window ends."""
-
-    @web.middleware
-    async def check_api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
-        address = (
-            client_address(
-                request.remote,
-                request.headers.getall("X-Forwarded-For", []),
-                request.config_dict[TRUSTED_PROXIES],
-            )
-            or "unknown"
-        )
-        redis = request.config_dict[REDIS]
-        retry_after = await failures.retry_after(redis, address)
-        if retry_after is not None:
-            response = json_response(
-                {"error": "too many failed authentications from this address, retry later"},
-                status=429,
-            )
-            response.headers["Retry-After"] = str(retry_after)
-            return response
-        expected = request.config_dict[SETTINGS].api_key
-        header = request.headers.get("Authorization", "")
-        if expected is None or not bearer_key_matches(header, expected.get_secret_value()):
-            await failures.record(redis, address)
-            return json_response({"error": "missing or wrong API key"}, status=401)
-        return await handler(request)
-
-    return check_api_key
 
 
 async def postgres_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -101,6 +60,19 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     app[REDIS] = redis_for(app[SETTINGS])
     yield
     await app[REDIS].aclose()
+
+
+async def metrics_port_ctx(app: web.Application) -> AsyncIterator[None]:
+    """This process's metrics on a port of its own, when one is set."""
+    settings = app[SETTINGS]
+    if not settings.metrics_port:
+        yield
+        return
+    runner = await serve_metrics(
+        app[METRICS], app[REDIS], settings.metrics_host, settings.metrics_port
+    )
+    yield
+    await runner.cleanup()
 
 
 class Service(Protocol):
@@ -173,6 +145,28 @@ def handler_args(settings: Settings) -> dict[str, Any]:
     }
 
 
+async def watch_services(app: web.Application) -> None:
+    """Show the writers' batches and queues, the pool and the spool in the metrics."""
+    metrics = app[METRICS]
+    writer = app[CLICK_WRITER]
+    metrics.watch_batchers(
+        service.batcher
+        for service in (writer, app[CLICK_READER], app[CONVERSION_WRITER], app[POSTBACK_LOG])
+    )
+    metrics.scrape_time.pools["web"] = app[PG_POOL]
+    counts = metrics.scrape_time.counts
+    counts["tracker_clicks_spooled"] = (
+        "Clicks written to the local spool while Redis was unavailable",
+        None,
+        lambda: writer.spooled,
+    )
+    counts["tracker_clicks_replayed"] = (
+        "Spooled clicks replayed into Redis",
+        None,
+        lambda: writer.replayed,
+    )
+
+
 async def freeze_startup_objects(app: web.Application) -> None:
     """Keep what startup loaded (the GeoIP tables, parsers' regexes, the configuration)
     out of the garbage collector's full passes: over the GeoIP tables one takes ~30 ms,
@@ -183,11 +177,13 @@ async def freeze_startup_objects(app: web.Application) -> None:
 
 def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings()
+    metrics = Metrics()
     app = web.Application(
-        middlewares=[error_middleware(settings.max_request_line)],
+        middlewares=[error_middleware(settings.max_request_line, metrics)],
         client_max_size=256 * 1024,
     )
     app[SETTINGS] = settings
+    app[METRICS] = metrics
     app[TRUSTED_PROXIES] = AddressRanges(
         ipaddress.ip_network(cidr, strict=False) for cidr in settings.trusted_proxies
     )
@@ -197,6 +193,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
         [
             postgres_ctx,
             redis_ctx,
+            metrics_port_ctx,
             running(
                 CONFIG,
                 lambda app: ConfigCache(
@@ -220,9 +217,12 @@ def create_app(settings: Settings | None = None) -> web.Application:
             running(POSTBACK_GUARD, lambda app: PostbackGuard(app[REDIS], app[SETTINGS])),
         ]
     )
-    failures = AuthFailures(settings.admin_auth_max_failures, settings.admin_auth_window_seconds)
-    api = web.Application(middlewares=[require_api_key(failures)])
+    app[AUTH_FAILURES] = AuthFailures(
+        settings.admin_auth_max_failures, settings.admin_auth_window_seconds
+    )
+    api = web.Application(middlewares=[require_api_key()])
     app.on_startup.append(make_postback_processor)
+    app.on_startup.append(watch_services)
     app.on_startup.append(freeze_startup_objects)
     setup_routes(app, api)
     app.add_subapp("/api", api)

@@ -6,8 +6,10 @@ from redis.asyncio import Redis
 
 from tracker.domain.addresses import AddressRanges
 from tracker.facts.visitors import VisitorFacts
+from tracker.metrics import Metrics
 from tracker.postbacks import PostbackProcessor
 from tracker.settings import Settings
+from tracker.store.auth_failures import AuthFailures
 from tracker.store.clicks import ClickReader, ClickWriter
 from tracker.store.config import ConfigCache
 from tracker.store.conversions import ConversionWriter
@@ -28,3 +30,5 @@ TRUSTED_PROXIES = web.AppKey("trusted_proxies", AddressRanges)
 VISITOR_FACTS = web.AppKey("visitor_facts", VisitorFacts)
 # `; Path=/; HttpOnly; SameSite=Lax` (`SameSite=None; Secure` over https), for every cookie.
 COOKIE_ATTRIBUTES = web.AppKey("cookie_attributes", str)
+METRICS = web.AppKey("metrics", Metrics)
+AUTH_FAILURES = web.AppKey("auth_failures", AuthFailures)

@@ -25,6 +25,7 @@ from tracker.web.appkeys import (
     CLICK_WRITER,
     CONFIG,
     COOKIE_ATTRIBUTES,
+    METRICS,
     SETTINGS,
     TRUSTED_PROXIES,
     VISITOR_FACTS,
@@ -59,8 +60,10 @@ async def click(request: web.Request) -> web.StreamResponse:
     replay, so every visitor who reaches an offer has a click to convert on.
     """
     app = request.app
+    metrics = app[METRICS]
     campaign = app[CONFIG].snapshot.campaigns.get(request.match_info["campaign_key"])
     if campaign is None:
+        metrics.count(metrics.clicks, "unknown_campaign", "false")
         raise ApiError(404, "unknown campaign")
     settings = app[SETTINGS]
     headers = request.headers
@@ -110,18 +113,21 @@ async def click(request: web.Request) -> web.StreamResponse:
             click_id, orjson.dumps(record), campaign.ttl_seconds, unique_key, unique_ttl
         )
     except ClickWriteError:
+        metrics.count(metrics.clicks, "failed", "true" if record.is_bot else "false")
         raise ApiError(503, "click could not be recorded, try again") from None
     if decided is not None:
         record.is_unique = decided
 
     if record.is_bot and campaign.bot_action != "offer":
         if campaign.bot_action == "404" or campaign.bot_url is None:
+            metrics.count(metrics.clicks, "bot_404", "true")
             raise ApiError(404, "not found")
+        metrics.count(metrics.clicks, "bot_url", "true")
         target = campaign.bot_url
-    elif plan.lander is not None:
-        target = plan.lander.url
     else:
-        target = plan.offer.url
+        result = "offer" if plan.lander is None else "lander"
+        metrics.count(metrics.clicks, result, "true" if record.is_bot else "false")
+        target = plan.offer.url if plan.lander is None else plan.lander.url
     macros = ClickMacros(
         record.__getattribute__,
         campaign.external_id_param,

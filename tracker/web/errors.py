@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import date, datetime
 from decimal import Decimal
@@ -19,6 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tracker.domain.money import format_money
 from tracker.domain.validation import field_errors
 from tracker.logs import REQUEST_ID, Throttled
+from tracker.metrics import Metrics
 from tracker.store.batching import BatchQueueFullError
 from tracker.store.db import POSTGRES_UNAVAILABLE
 from tracker.web.access import REQUEST_TAG, RequestTag
@@ -32,6 +34,9 @@ STORAGE_UNAVAILABLE: tuple[type[BaseException], ...] = (
     RedisTimeoutError,
     BatchQueueFullError,
 )
+
+# Methods timed by name; any other (a client may send any token) is "other".
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -88,8 +93,9 @@ def invalid(exc: ValidationError, what: str = "invalid request") -> ApiError:
     return ApiError(400, what, list(field_errors(exc)))
 
 
-def error_middleware(max_url_length: int) -> Callable[..., Any]:
-    """Answer every failure as JSON: client errors as 4xx, anything else as a logged 500."""
+def error_middleware(max_url_length: int, metrics: Metrics) -> Callable[..., Any]:
+    """Answer every failure as JSON: client errors as 4xx, anything else as a logged 500;
+    time every request for the metrics, by route."""
     outage = Throttled(log)
 
     @web.middleware
@@ -97,10 +103,15 @@ def error_middleware(max_url_length: int) -> Callable[..., Any]:
         # Every line logged while handling the request carries its id.
         tag = request[REQUEST_TAG] = RequestTag(request)
         token = REQUEST_ID.set(tag)
+        started = time.perf_counter()
         try:
             return await answer(request, handler)
         finally:
             REQUEST_ID.reset(token)
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else "unmatched"
+            method = request.method if request.method in _METHODS else "other"
+            metrics.route_timer(route, method)(time.perf_counter() - started)
 
     async def answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         if len(request.raw_path) > max_url_length:

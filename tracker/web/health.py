@@ -12,12 +12,6 @@ from tracker.store.health import missing_migrations, stream_lag_seconds
 from tracker.web.appkeys import PG_POOL, REDIS, SETTINGS
 from tracker.web.errors import json_response
 
-# What the sink reads, and the group it reads them as.
-SINK_STREAMS = {
-    "clicks": (keys.CLICK_STREAM, keys.SINK_GROUP),
-    "postbacks": (keys.POSTBACK_STREAM, keys.POSTBACK_GROUP),
-}
-
 
 async def healthz(request: web.Request) -> web.Response:
     """200 while the process serves requests: it touches no store."""
@@ -49,7 +43,7 @@ async def readyz(request: web.Request) -> web.Response:
         "migrations": missing_migrations(pool),
         **{
             f"sink_{name}": stream_lag_seconds(redis, stream, group)
-            for name, (stream, group) in SINK_STREAMS.items()
+            for name, (stream, group) in keys.SINK_STREAMS.items()
         },
     }
     results = await asyncio.gather(*(_timed(p, timeout) for p in probes.values()))

@@ -21,9 +21,16 @@ from tracker.domain.text import clean_text, dirt_in
 from tracker.logs import Throttled
 from tracker.postbacks import INVALID, Outcome
 from tracker.store.postback_log import PIXEL, Inbound, new_receipt_id
+from tracker.web.appkeys import METRICS
 from tracker.web.click import CLICK_COOKIE
 from tracker.web.errors import STORAGE_UNAVAILABLE
-from tracker.web.postback import checked_params, log_outcome, receive, request_address
+from tracker.web.postback import (
+    checked_params,
+    count_outcome,
+    log_outcome,
+    receive,
+    request_address,
+)
 
 log = logging.getLogger("tracker.web.pixel")
 
@@ -101,7 +108,7 @@ async def _record(request: web.Request) -> None:
                 return
             # In the logged parameters, not in the raw query: the log shows where it came from.
             inbound = replace(inbound, params={**params, "clickid": cookie})
-        await receive(app, inbound)
+        count_outcome(app[METRICS], inbound, await receive(app, inbound))
     except STORAGE_UNAVAILABLE as exc:  # Redis, when Postgres could not take it either
         _failures.warning("pixel hit %s not recorded: %r", inbound.receipt_id, exc)
     except Exception:

@@ -10,12 +10,15 @@ from aiohttp import web
 from tracker.domain.auth import SIGNED_POST_QUERY_PARAMS, client_address
 from tracker.domain.params import form_pairs, json_pairs, load_json_object, postback_params
 from tracker.domain.text import clean_text, dirt_in
+from tracker.metrics import Metrics
 from tracker.postbacks import FAILED, INVALID, QUEUED, REJECTED_AUTH, Outcome
+from tracker.store.conversions import CREATED, UPDATED
 from tracker.store.db import POSTGRES_UNAVAILABLE
 from tracker.store.postback_log import Inbound, enqueue, new_receipt_id
 from tracker.store.ratelimit import Screened
 from tracker.web.appkeys import (
     CONFIG,
+    METRICS,
     POSTBACK_GUARD,
     POSTBACK_LOG,
     POSTBACKS,
@@ -122,6 +125,7 @@ async def postback(request: web.Request) -> web.Response:
             receipt_id=receipt_id,
         )
         answer = await receive(app, inbound)
+    count_outcome(app[METRICS], inbound, answer)
     if isinstance(answer, Screened):
         response = json_response(answer.refusal, 429)
         response.headers["Retry-After"] = str(answer.retry_after)
@@ -131,6 +135,16 @@ async def postback(request: web.Request) -> web.Response:
     if answer.result == FAILED:
         return json_response({"error": answer.reason, "receipt_id": receipt_id}, 503)
     return json_response(answer.body(), answer.http_status)
+
+
+def count_outcome(metrics: Metrics, inbound: Inbound, answer: Outcome | Screened) -> None:
+    """Count a postback or pixel hit by outcome, and the conversion it wrote by status."""
+    if isinstance(answer, Screened):
+        metrics.count(metrics.postbacks, inbound.source, "throttled")
+        return
+    metrics.count(metrics.postbacks, inbound.source, answer.result)
+    if answer.status is not None and answer.result in (CREATED, UPDATED):
+        metrics.count(metrics.conversions, answer.status)
 
 
 def request_address(request: web.Request) -> str | None:

@@ -6,6 +6,7 @@ from tracker.web import (
     deliveries,
     health,
     ledger,
+    metrics,
     pixel,
     postback,
     reports,
@@ -24,6 +25,7 @@ def setup_routes(app: web.Application, api: web.Application) -> None:
     app.router.add_get("/c/{campaign_key}", click.click, allow_head=False)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
+    app.router.add_get("/metrics", metrics.scrape)
     app.router.add_route("HEAD", "/c/{campaign_key}", click.probe_campaign)
     app.router.add_get("/lp/click", click.lander_click, allow_head=False)
     # aiohttp would answer HEAD by running the GET handler: a probe must not convert.
