@@ -99,9 +99,11 @@ class Stack:
         )
         return env
 
-    def start_process(self, name: str, *args: str) -> None:
+    def start_process(self, name: str, *args: str, **env: str) -> None:
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "tracker", *args], env=self.env(), stderr=subprocess.DEVNULL
+            [sys.executable, "-m", "tracker", *args],
+            env={**self.env(), **env},
+            stderr=subprocess.DEVNULL,
         )
 
     def stop_process(self, name: str) -> None:
@@ -164,6 +166,35 @@ async def click_run(
         stored=stored,
     )
     return result
+
+
+async def metrics_cost(stack: Stack, path: str, opts: argparse.Namespace) -> dict[str, Any]:
+    """Clicks with the metrics counted and with them off (TRACKER_METRICS_ENABLED=false),
+    in alternating runs with the sink stopped, so that drift hits both alike."""
+    url = f"http://127.0.0.1:{stack.port}"
+    by_mode: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+    for _ in range(opts.runs):
+        for mode in ("off", "on"):
+            stack.stop_process("serve")
+            stack.start_process("serve", "serve", TRACKER_METRICS_ENABLED=str(mode == "on"))
+            await wait_listening(stack.port)
+            await asyncio.sleep(1.0)
+            await wrk(url, "click.lua", [path], 2, opts.connections)
+            by_mode[mode].append(
+                await wrk(url, "click.lua", [path], opts.duration, opts.connections)
+            )
+    stack.stop_process("serve")
+    stack.start_process("serve", "serve")
+    await wait_listening(stack.port)
+    line = report_line("click, metrics off", by_mode["off"], ["rps", "p50_ms", "p99_ms"])
+    pairs = [on["rps"] / off["rps"] for on, off in zip(by_mode["on"], by_mode["off"], strict=True)]
+    line["on_over_off"] = summarize(pairs)
+    print(
+        f"  metrics on / off, paired runs: {line['on_over_off']['median']:.3f} "
+        f"[{line['on_over_off']['min']:.3f}..{line['on_over_off']['max']:.3f}]",
+        flush=True,
+    )
+    return line
 
 
 async def settle(redis: Redis, pool: asyncpg.Pool) -> None:
@@ -477,6 +508,7 @@ async def main() -> None:
                 alone["ratio_to_baseline"] = alone["rps"]["median"] / base_rps
                 results["clicks_workers_1_sink_stopped"] = alone
                 print(f"  ratio to baseline {alone['ratio_to_baseline']:.2f}", flush=True)
+                results["metrics_cost"] = await metrics_cost(stack, path, opts)
                 stack.start_process("sink", "sink")
                 while await sink_backlog(redis) > 0:
                     await asyncio.sleep(0.1)

@@ -30,6 +30,10 @@ BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 STREAM_PROBE_SECONDS = 1.0
 
 
+def _ignore(seconds: float) -> None:
+    pass
+
+
 class ScrapeTime(Collector):
     """Values read when scraped: the pools' use and the writers' counts of this process."""
 
@@ -72,7 +76,10 @@ class ScrapeTime(Collector):
 class Metrics:
     """The metrics of one process (a web worker, or a sink)."""
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
+        # Off (TRACKER_METRICS_ENABLED=false), the paths count nothing: what the bench
+        # compares with, to measure what counting costs a click.
+        self.enabled = enabled
         self.registry = CollectorRegistry()
         r = self.registry
         self.clicks = Counter(
@@ -127,6 +134,8 @@ class Metrics:
 
     def count(self, counter: Counter, *labels: str) -> None:
         """Add one to `counter`'s series for `labels`."""
+        if not self.enabled:
+            return
         key = (counter, labels)
         increment = self._increments.get(key)
         if increment is None:
@@ -134,6 +143,8 @@ class Metrics:
         increment()
 
     def route_timer(self, route: str, method: str) -> Callable[[float], None]:
+        if not self.enabled:
+            return _ignore
         timer = self._route_timers.get((route, method))
         if timer is None:
             timer = self.requests.labels(route, method).observe
@@ -143,7 +154,8 @@ class Metrics:
     def watch_batchers(self, batchers: Iterable[Batcher[Any, Any]]) -> None:
         """Record each writer's batch sizes, and show its queue when scraped."""
         for batcher in batchers:
-            batcher.on_batch = self.batch_sizes.labels(batcher.name).observe
+            if self.enabled:
+                batcher.on_batch = self.batch_sizes.labels(batcher.name).observe
             self.scrape_time.batchers.append(batcher)
 
     async def read_streams(self, redis: Redis) -> None:

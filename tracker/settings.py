@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     # Prometheus: GET /metrics on the web port needs the API key. A process may also serve
     # its metrics without the key on a port of its own, bound to metrics_host: web worker i
     # of `serve --workers N` on metrics_port + i, the sink on sink_metrics_port (0: none).
+    metrics_enabled: bool = True
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=0, ge=0, le=65535)
     sink_metrics_port: int = Field(default=0, ge=0, le=65535)
