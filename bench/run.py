@@ -168,9 +168,17 @@ async def click_run(
     return result
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used (from /proc): steadier than throughput
+    on a shared machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def metrics_cost(stack: Stack, path: str, opts: argparse.Namespace) -> dict[str, Any]:
     """Clicks with the metrics counted and with them off (TRACKER_METRICS_ENABLED=false),
-    in alternating runs with the sink stopped, so that drift hits both alike."""
+    in alternating runs with the sink stopped, so that drift hits both alike; throughput,
+    and the serve process's CPU time per click."""
     url = f"http://127.0.0.1:{stack.port}"
     by_mode: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
     for _ in range(opts.runs):
@@ -180,20 +188,30 @@ async def metrics_cost(stack: Stack, path: str, opts: argparse.Namespace) -> dic
             await wait_listening(stack.port)
             await asyncio.sleep(1.0)
             await wrk(url, "click.lua", [path], 2, opts.connections)
-            by_mode[mode].append(
-                await wrk(url, "click.lua", [path], opts.duration, opts.connections)
-            )
+            pid = stack.procs["serve"].pid
+            cpu_before = process_cpu_seconds(pid)
+            run = await wrk(url, "click.lua", [path], opts.duration, opts.connections)
+            cpu = process_cpu_seconds(pid) - cpu_before
+            run["cpu_us_per_click"] = cpu / max(run["requests"], 1) * 1e6
+            by_mode[mode].append(run)
     stack.stop_process("serve")
     stack.start_process("serve", "serve")
     await wait_listening(stack.port)
-    line = report_line("click, metrics off", by_mode["off"], ["rps", "p50_ms", "p99_ms"])
-    pairs = [on["rps"] / off["rps"] for on, off in zip(by_mode["on"], by_mode["off"], strict=True)]
-    line["on_over_off"] = summarize(pairs)
-    print(
-        f"  metrics on / off, paired runs: {line['on_over_off']['median']:.3f} "
-        f"[{line['on_over_off']['min']:.3f}..{line['on_over_off']['max']:.3f}]",
-        flush=True,
-    )
+    figures = ["rps", "p50_ms", "p99_ms", "cpu_us_per_click"]
+    line: dict[str, Any] = {
+        "on": report_line("click, metrics on", by_mode["on"], figures),
+        "off": report_line("click, metrics off", by_mode["off"], figures),
+    }
+    for figure in ("rps", "cpu_us_per_click"):
+        pairs = [
+            on[figure] / off[figure] for on, off in zip(by_mode["on"], by_mode["off"], strict=True)
+        ]
+        line[f"{figure}_on_over_off"] = summary = summarize(pairs)
+        print(
+            f"  {figure}, metrics on / off in paired runs: {summary['median']:.3f} "
+            f"[{summary['min']:.3f}..{summary['max']:.3f}]",
+            flush=True,
+        )
     return line
 
 

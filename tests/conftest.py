@@ -2,6 +2,8 @@
 
 import asyncio
 import contextlib
+import logging
+import re
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -15,6 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from tracker.devstack import PostgresServer, RedisServer, free_port
+from tracker.logs import JsonFormatter
 from tracker.settings import Settings
 from tracker.sink.clicks import ClickSink
 from tracker.sink.orphans import orphan_matcher
@@ -22,6 +25,43 @@ from tracker.store.db import create_pool, migrate
 from tracker.web.app import create_app, handler_args
 
 API_KEY = "test-api-key"
+
+
+class LoggedLines(logging.Handler):
+    """Every line the suite logs, formatted as in production but without the configured
+    secrets to mask, so that a key the code itself writes would show."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(JsonFormatter())
+        self.leaks: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = self.format(record)
+        if API_KEY in line or _UNMASKED.search(line):
+            self.leaks.append(line)
+
+
+# A credential field or scheme whose value is not the mask.
+_UNMASKED = re.compile(
+    r"(?i)(?<![a-z0-9])(token|signature|api[_-]?key|secret|password)"
+    r"(\\?\"?\s*[=:]\s*\\?\"?)(?!\*\*\*)[A-Za-z0-9]"
+    r"|\b(bearer|basic) (?!\*\*\*)[A-Za-z0-9]"
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_logs() -> Iterator[None]:
+    """No line logged by the suite shows the API key or an unmasked credential."""
+    lines = LoggedLines()
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.INFO)  # what production logs
+    root.addHandler(lines)
+    yield
+    root.removeHandler(lines)
+    root.setLevel(level)
+    assert not lines.leaks, lines.leaks[:5]
 
 
 @pytest.fixture(scope="session")

@@ -111,7 +111,7 @@ async def _until_ready(stack: Stack, within: float = 20.0) -> None:
 
 
 @pytest.mark.faults
-async def test_readiness_through_a_frozen_redis_and_a_stopped_postgres(stack: Stack) -> None:
+async def test_readiness_through_redis_and_postgres_outages(stack: Stack) -> None:
     await _until_ready(stack)
     redis_process = stack.redis.process
     assert redis_process is not None
@@ -139,4 +139,14 @@ async def test_readiness_through_a_frozen_redis_and_a_stopped_postgres(stack: St
     assert took < 2.5
     assert not body["checks"]["postgres"]["ok"] and not body["checks"]["migrations"]["ok"]
     assert body["checks"]["redis"]["ok"]
+    await _until_ready(stack)
+
+    await asyncio.to_thread(stack.redis.stop)
+    try:
+        status, body, took = await _probe(stack, "/readyz")
+    finally:
+        await asyncio.to_thread(stack.redis.start)
+    print(f"redis stopped: /readyz {status} in {took:.2f} s")
+    assert status == 503 and took < 2.5
+    assert not body["checks"]["redis"]["ok"] and body["checks"]["postgres"]["ok"]
     await _until_ready(stack)
