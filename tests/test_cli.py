@@ -96,6 +96,10 @@ async def test_sink_started_before_postgres_waits_for_it(settings):
     root = Path(tempfile.mkdtemp(prefix="tracker-test-sink-"))
     root.chmod(0o755)  # Postgres runs as its own user when we are root
     pg = PostgresServer(root / "pg", free_port(), fast_unsafe=True)
+    # Migrated, then stopped: the sink must not meet a database without its tables.
+    await asyncio.to_thread(pg.start)
+    await migrate(pg.dsn())
+    await asyncio.to_thread(pg.stop)
     env = env_for(settings, free_port())
     env["TRACKER_DATABASE_URL"] = pg.dsn()
     redis = Redis.from_url(settings.redis_url)
@@ -107,7 +111,6 @@ async def test_sink_started_before_postgres_waits_for_it(settings):
         await asyncio.sleep(1.5)
         assert sink.poll() is None, "the sink gave up while Postgres was away"
         await asyncio.to_thread(pg.start)
-        await migrate(pg.dsn())
         conn = await asyncpg.connect(pg.dsn())
         try:
             for _ in range(400):

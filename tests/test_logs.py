@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestServer
 
 from tracker.domain.addresses import AddressRanges
 from tracker.logs import JsonFormatter, OncePerInterval, Throttled, mask_secrets
+from tracker.metrics import Metrics
 from tracker.web.access import JsonAccessLogger, access_logger
 from tracker.web.app import create_app, handler_args
 from tracker.web.appkeys import TRUSTED_PROXIES
@@ -143,7 +144,7 @@ async def _failing(request: web.Request) -> web.Response:
 
 @pytest.fixture
 async def failing_app(aiohttp_client: Any) -> Any:
-    app = web.Application(middlewares=[error_middleware(16384)])
+    app = web.Application(middlewares=[error_middleware(16384, Metrics())])
     app[TRUSTED_PROXIES] = AddressRanges([ipaddress.ip_network("127.0.0.1/32")])
     app.router.add_get("/fail", _failing)
     return await aiohttp_client(app)
@@ -177,7 +178,7 @@ async def test_a_trusted_proxys_request_id_is_kept_when_clean(failing_app, given
 
 
 async def test_an_untrusted_peers_request_id_is_not_believed(aiohttp_client):
-    app = web.Application(middlewares=[error_middleware(16384)])
+    app = web.Application(middlewares=[error_middleware(16384, Metrics())])
     app[TRUSTED_PROXIES] = AddressRanges([])
     app.router.add_get("/fail", _failing)
     client = await aiohttp_client(app)

@@ -21,7 +21,7 @@ def sink_metrics(
     sender: DeliverySender,
 ) -> Metrics:
     metrics = Metrics()
-    watched = metrics.scrape_time
+    watched = metrics
     watched.pools["sink"] = pool
     if sink is not None:
         watched.counts["tracker_sink_clicks_stored"] = (

@@ -153,8 +153,8 @@ async def watch_services(app: web.Application) -> None:
         service.batcher
         for service in (writer, app[CLICK_READER], app[CONVERSION_WRITER], app[POSTBACK_LOG])
     )
-    metrics.scrape_time.pools["web"] = app[PG_POOL]
-    counts = metrics.scrape_time.counts
+    metrics.pools["web"] = app[PG_POOL]
+    counts = metrics.counts
     counts["tracker_clicks_spooled"] = (
         "Clicks written to the local spool while Redis was unavailable",
         None,
