@@ -12,6 +12,7 @@ from tracker.devstack import free_port
 from tracker.settings import Settings
 from tracker.sink.housekeeping import Housekeeper
 from tracker.sink.orphans import orphan_matcher
+from tracker.store.partitions import ensure_partitions
 from tracker.store.postback_log import Inbound, truncated_for_log
 from tracker.store.ratelimit import FailureLimiter
 from tracker.web.appkeys import POSTBACK_GUARD
@@ -147,6 +148,7 @@ def test_cutting_keeps_utf8_whole_and_drops_nul():
 
 async def insert_log(pool, age_days, result, n=1):
     when = datetime.now(UTC) - timedelta(days=age_days)
+    await ensure_partitions(pool, "postback_log", [when])
     await pool.executemany(
         "INSERT INTO postback_log (received_at, result, method, raw, params) "
         "VALUES ($1, $2, 'GET', '', '{}')",
