@@ -109,23 +109,37 @@ async def list_partitions(conn: Db, table: str) -> list[Partition]:
 
 
 async def create_ahead(pool: asyncpg.Pool, table: str, now: datetime, ahead: int) -> list[str]:
-    """Create the partitions of `table` for the current period and `ahead` more."""
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(f"SET LOCAL lock_timeout = '{MAINTENANCE_LOCK_TIMEOUT}'")
-        return await ensure_partitions(conn, table, periods_ahead(now, TABLES[table], ahead))
+    """Create the partitions of `table` for the current period and `ahead` more; one that
+    cannot get its table lock in time is left for the next round (writers create a
+    partition they need themselves)."""
+    created = []
+    for start in periods_ahead(now, TABLES[table], ahead):
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = '{MAINTENANCE_LOCK_TIMEOUT}'")
+                created += await ensure_partitions(conn, table, [start])
+        except asyncpg.LockNotAvailableError:
+            log.warning("partition of %s for %s not created now: %s is busy", table, start, table)
+            break
+    return created
 
 
 async def drop_older_than(pool: asyncpg.Pool, table: str, cutoff: datetime) -> list[str]:
     """Drop the partitions of `table` whose every row is older than `cutoff` (a partition
-    holding the cutoff, or anything after it, stays); return the names dropped."""
+    holding the cutoff, or anything after it, stays); return the names dropped. One that
+    cannot get its table lock in time (a long report) is left for the next round."""
     dropped = []
     for partition in await list_partitions(pool, table):
         if partition.ends > cutoff:
             break
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.execute(f"SET LOCAL lock_timeout = '{MAINTENANCE_LOCK_TIMEOUT}'")
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_ID)
-            await conn.execute(f'DROP TABLE IF EXISTS "{partition.name}"')
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = '{MAINTENANCE_LOCK_TIMEOUT}'")
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_ID)
+                await conn.execute(f'DROP TABLE IF EXISTS "{partition.name}"')
+        except asyncpg.LockNotAvailableError:
+            log.warning("partition %s not dropped now: %s is busy", partition.name, table)
+            break
         log.info("dropped partition %s (rows before %s)", partition.name, partition.ends)
         dropped.append(partition.name)
     return dropped

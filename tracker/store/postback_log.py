@@ -223,25 +223,25 @@ def truncated_for_log(inbound: Inbound, max_bytes: int) -> Inbound:
 
 
 # One small batch per statement, so the clean-up never holds many row locks at once.
+# Rows past the general retention go with their whole daily partition (tracker maintain).
 DELETE_EXPIRED = """
-DELETE FROM postback_log WHERE id IN (
-    SELECT id FROM postback_log
-    WHERE received_at < $1 OR (received_at < $2 AND result = any($3::text[]))
-    LIMIT $4
+DELETE FROM postback_log WHERE (id, received_at) IN (
+    SELECT id, received_at FROM postback_log
+    WHERE received_at < $1 AND result = any($2::text[])
+    LIMIT $3
 )
 """
 
 
 async def delete_expired(
-    pool: asyncpg.Pool, now: datetime, keep_days: int, keep_failed_days: int, batch: int
+    pool: asyncpg.Pool, now: datetime, keep_failed_days: int, batch: int
 ) -> int:
-    """Delete log rows older than `keep_days`, failed ones older than `keep_failed_days`,
-    `batch` rows per statement; return how many were deleted."""
+    """Delete refused log rows older than `keep_failed_days`, `batch` rows per statement;
+    return how many were deleted."""
     deleted = 0
     while True:
         status = await pool.execute(
             DELETE_EXPIRED,
-            now - timedelta(days=keep_days),
             now - timedelta(days=keep_failed_days),
             list(REFUSED_RESULTS),
             batch,
