@@ -26,6 +26,7 @@
 -- base32hex characters hold 50 bits, the 48-bit time and two random bits. NULL for
 -- a text that is not a click id. Inlined by the planner (one SQL expression). Each
 -- shift is in parentheses: `<<`, `|` and `>>` share one precedence in Postgres.
+-- to_timestamp takes a double: exact to the microsecond until about the year 2240.
 CREATE FUNCTION click_id_time(click_id text) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 SELECT CASE WHEN click_id ~ '^[0-9a-v]{29}$' THEN to_timestamp(((
@@ -71,11 +72,13 @@ BEGIN
         RETURN NULL;
     END IF;
     PERFORM pg_advisory_xact_lock(7240612);
-    IF to_regclass(name) IS NOT NULL THEN
+    -- Whoever held the lock may have just created it (committed while we waited).
+    BEGIN
+        EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
+                       name, parent, start, stop);
+    EXCEPTION WHEN duplicate_table THEN
         RETURN NULL;
-    END IF;
-    EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
-                   name, parent, start, stop);
+    END;
     RETURN name;
 END
 $$;
