@@ -20,13 +20,13 @@ from asyncpg.pool import PoolConnectionProxy
 
 log = logging.getLogger("tracker.partitions")
 
+Db = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy
+
 Grain = Literal["day", "month"]
 # Each partitioned table and its grain.
 TABLES: dict[str, Grain] = {"clicks": "day", "postback_log": "day", "conversions": "month"}
 # The same number `create_time_partition` locks in Postgres.
 PARTITION_LOCK_ID = 7_240_612
-
-Db = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy
 # How long maintenance waits for a table lock (creating or dropping a partition locks the
 # parent table briefly) before giving up until its next round; writers wait meanwhile.
 MAINTENANCE_LOCK_TIMEOUT = "2s"
