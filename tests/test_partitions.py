@@ -29,7 +29,7 @@ from tracker.store.partitions import (
     period_start,
     periods_ahead,
 )
-from tracker.store.postback_log import Inbound, PostbackLog
+from tracker.store.postback_log import SELECT_ORPHANS_WITH_CLICKS, Inbound, PostbackLog
 from tracker.store.retention import delete_finished_deliveries, maintain
 
 NOW = datetime.now(UTC)
@@ -212,6 +212,18 @@ async def test_lookups_by_id_touch_one_partition(pool, plan_mode):
             )
             assert scanned_partitions(plan, "conversions_p") == {
                 f"conversions_p{period_start(moments[3], 'month'):%Y%m}"
+            }
+            # The orphan sweep probes each orphan's click in its partition only.
+            await conn.execute(
+                "INSERT INTO postback_log (click_id, result, method, raw, params)"
+                " VALUES ($1, 'unmatched', 'GET', '', '{}')",
+                click_id,
+            )
+            plan = orjson.loads(
+                await conn.fetchval(explain + SELECT_ORPHANS_WITH_CLICKS, NOW, 10, [])
+            )
+            assert scanned_partitions(plan, "clicks_p") == {
+                f"clicks_p{period_start(moments[3], 'day'):%Y%m%d}"
             }
         finally:
             await conn.execute("RESET plan_cache_mode")

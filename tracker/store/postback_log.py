@@ -256,12 +256,16 @@ async def delete_expired(
 SELECT_ORPHANS_WITH_CLICKS = """
 SELECT DISTINCT l.click_id
 FROM postback_log l
-JOIN clicks c ON c.click_id = l.click_id AND c.created_at = click_id_time(l.click_id)
+-- One probe per orphan into its click's partition only (LIMIT keeps the subquery a
+-- parameterised probe rather than a join over every partition).
+CROSS JOIN LATERAL (
+    SELECT c.campaign_id FROM clicks c
+    WHERE c.click_id = l.click_id AND c.created_at = click_id_time(l.click_id)
+    LIMIT 1
+) AS c
 JOIN campaigns k ON k.id = c.campaign_id
 WHERE l.result = 'unmatched'
   AND l.received_at > $1::timestamptz - interval '365 days'
-  -- A postback up to 365 days old matches a click up to 365 days older (pruning bound).
-  AND c.created_at > $1::timestamptz - interval '730 days'
   AND l.received_at > $1::timestamptz - make_interval(days => k.attribution_window_days)
   AND l.click_id <> ALL($3::text[])
 LIMIT $2
