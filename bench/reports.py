@@ -33,6 +33,7 @@ from tracker.devstack import PostgresServer, free_port
 from tracker.domain.click import COPIED_TO_CONVERSION, ClickRecord
 from tracker.domain.clickid import new_click_id
 from tracker.sink.clicks import INSERT_CLICKS
+from tracker.store import partitions
 from tracker.store import reports as report_store
 from tracker.store.db import create_pool, migrate
 from tracker.web.reports import parse_report_query
@@ -424,6 +425,13 @@ async def time_reports(
 
 
 TABLES = ("clicks", "click_rollups", "click_hourly", "conversions")
+# A partitioned table's size is its partitions' (a plain table has no partition tree).
+TABLE_SIZE = """
+SELECT coalesce(
+    (SELECT sum(pg_total_relation_size(relid))::bigint FROM pg_partition_tree($1::regclass)),
+    pg_total_relation_size($1::regclass)
+)
+"""
 
 
 async def run(opts: argparse.Namespace) -> dict[str, Any]:
@@ -446,6 +454,13 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
         await migrate(pg.dsn())
         pool = await create_pool(pg.dsn(), min_size=1, max_size=2, pg_timeout=600)
         await create_world(pool, setup)
+        # The days loaded, and their conversions' months, get their partitions first.
+        moments = [
+            datetime.combine(first + timedelta(days=d), datetime.min.time(), UTC)
+            for d in range(opts.days + 1)
+        ]
+        await partitions.ensure_partitions(pool, "clicks", moments)
+        await partitions.ensure_partitions(pool, "conversions", moments)
 
         seconds = await load_clicks(pool, opts, start_ms)
         clicks = int(await pool.fetchval("SELECT count(*) FROM clicks"))
@@ -465,7 +480,7 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
 
         sizes = {}
         for table in TABLES:
-            size = await pool.fetchval("SELECT pg_total_relation_size($1::regclass)", table)
+            size = await pool.fetchval(TABLE_SIZE, table)
             rows = await pool.fetchval(f"SELECT count(*) FROM {table}")
             sizes[table] = {"bytes": int(size), "rows": int(rows)}
             print(

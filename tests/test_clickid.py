@@ -1,6 +1,14 @@
 import time
+from datetime import UTC, datetime, timedelta
 
-from tracker.domain.clickid import CLICK_ID_LENGTH, click_id_time_ms, is_click_id, new_click_id
+from tracker.domain.clickid import (
+    CLICK_ID_LENGTH,
+    click_id_time_ms,
+    click_ms,
+    click_time,
+    is_click_id,
+    new_click_id,
+)
 
 
 def test_shape():
@@ -28,3 +36,11 @@ def test_ids_made_later_sort_later():
     earlier = new_click_id()
     time.sleep(0.002)
     assert new_click_id() > earlier
+
+
+def test_click_time_is_the_id_prefix_or_none():
+    stamp = 1_764_460_800_123
+    click_id = new_click_id(stamp)
+    assert click_time(click_id) == datetime(2025, 11, 30, tzinfo=UTC) + timedelta(milliseconds=123)
+    assert click_ms(click_id, 5) == stamp
+    assert click_time("not-a-click") is None and click_ms("not-a-click", 5) == 5

@@ -9,6 +9,7 @@ import pytest
 from tests.conftest import wait_for_sink
 from tests.test_postback import make_click
 from tracker.store.costs import FILTER_COLUMNS
+from tracker.store.partitions import ensure_partitions
 from tracker.web.costs import CostFilter
 
 DAY1 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -22,6 +23,7 @@ async def insert_clicks(pool, campaign_id: int, clicks: list[dict]) -> None:
     """Clicks written straight into Postgres, then the rollups rebuilt from them, as the
     sink keeps them: `clicks` counts humans, `cost` covers every click."""
     offer_id, source_id = 1, 1
+    await ensure_partitions(pool, "clicks", [c["at"] for c in clicks])
     await pool.executemany(
         "INSERT INTO clicks (click_id, created_at, campaign_id, offer_id, traffic_source_id,"
         " cost, sub1, country, is_bot) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",

@@ -27,6 +27,7 @@ import pytest
 from tests.conftest import BROWSER
 from tracker.demo import seed_demo
 from tracker.devstack import PostgresServer, RedisServer, free_port, wait_for_port
+from tracker.domain.clickid import new_click_id
 from tracker.processes import restart_delay
 from tracker.store.clicks import ClickReader
 from tracker.store.db import migrate
@@ -302,16 +303,18 @@ async def test_sink_killed_under_load(run: Run) -> None:
 
 
 async def test_postback_click_lookup_falls_back_to_postgres(pool) -> None:
+    stored = new_click_id()
     await pool.execute(
         "INSERT INTO clicks (click_id, created_at, campaign_id, offer_id, traffic_source_id) "
-        "VALUES ('stored', now(), 1, 2, 3)"
+        "VALUES ($1, click_id_time($1), 1, 2, 3)",
+        stored,
     )
     nowhere = create_redis(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2, connect_timeout=0.2)
     reader = ClickReader(nowhere, pool, timeout=0.2)
     await reader.start()
     try:
-        click = await reader.fetch("stored")
-        missing = await reader.fetch("never")
+        click = await reader.fetch(stored)
+        missing = await reader.fetch(new_click_id())
     finally:
         await reader.close()
         with contextlib.suppress(Exception):

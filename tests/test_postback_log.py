@@ -12,6 +12,7 @@ from tracker.devstack import free_port
 from tracker.settings import Settings
 from tracker.sink.housekeeping import Housekeeper
 from tracker.sink.orphans import orphan_matcher
+from tracker.store.partitions import ensure_partitions
 from tracker.store.postback_log import Inbound, truncated_for_log
 from tracker.store.ratelimit import FailureLimiter
 from tracker.web.appkeys import POSTBACK_GUARD
@@ -147,6 +148,7 @@ def test_cutting_keeps_utf8_whole_and_drops_nul():
 
 async def insert_log(pool, age_days, result, n=1):
     when = datetime.now(UTC) - timedelta(days=age_days)
+    await ensure_partitions(pool, "postback_log", [when])
     await pool.executemany(
         "INSERT INTO postback_log (received_at, result, method, raw, params) "
         "VALUES ($1, $2, 'GET', '', '{}')",
@@ -155,6 +157,8 @@ async def insert_log(pool, age_days, result, n=1):
 
 
 async def test_retention_deletes_old_rows_in_batches(settings, pool, redis):
+    """Refused rows past their shorter retention are deleted in batches; every row past
+    the general retention goes with its daily partition."""
     settings = settings.model_copy(update={"postback_log_cleanup_batch": 7})
     await insert_log(pool, 100, "created", 20)  # older than 90 days: gone
     await insert_log(pool, 80, "created", 3)  # kept
@@ -165,7 +169,11 @@ async def test_retention_deletes_old_rows_in_batches(settings, pool, redis):
     await insert_log(pool, 20, "duplicate", 5)  # kept
     await insert_log(pool, 10, "invalid", 6)  # kept
     async with orphan_matcher(pool, redis, settings) as matcher:
-        assert await Housekeeper(pool, matcher, settings).purge_log() == 28
+        keeper = Housekeeper(pool, matcher, settings)
+        assert await keeper.purge_log() == 6
+        done = await keeper.maintain()
+    day = (datetime.now(UTC) - timedelta(days=100)).strftime("%Y%m%d")
+    assert f"postback_log_p{day}" in done.dropped
     rows = await pool.fetch("SELECT result, count(*) FROM postback_log GROUP BY 1 ORDER BY 1")
     assert [tuple(r) for r in rows] == [
         ("created", 3),
@@ -177,7 +185,9 @@ async def test_retention_deletes_old_rows_in_batches(settings, pool, redis):
 
 async def test_retention_runs_in_the_background(settings, pool, redis):
     await insert_log(pool, 100, "created", 3)
-    settings = settings.model_copy(update={"postback_log_cleanup_seconds": 0.05})
+    settings = settings.model_copy(
+        update={"postback_log_cleanup_seconds": 0.05, "maintain_seconds": 0.05}
+    )
     async with orphan_matcher(pool, redis, settings) as matcher:
         keeper = Housekeeper(pool, matcher, Settings(**settings.model_dump()))
         await keeper.start()

@@ -12,6 +12,7 @@ import orjson
 from tracker.domain.click import CLICK_COLUMNS
 from tracker.sink.clicks import INSERT_CLICKS, STORE_LANDER_CLICKS
 from tracker.store.costs import set_slice_cost
+from tracker.store.partitions import ensure_for_click_batch
 
 START = datetime(2026, 3, 27, tzinfo=UTC)  # across Europe's change to summer time (29 March)
 HOURS = 96
@@ -72,6 +73,7 @@ async def test_rollups_agree_with_raw_clicks_on_random_data(api, pool):
     records = [record(rng, n, ids) for n in range(3000)]
     for at in range(0, len(records), 500):
         batch = orjson.dumps(records[at : at + 500]).decode()
+        await ensure_for_click_batch(pool, batch)
         await pool.execute(INSERT_CLICKS, batch)
     # Click-throughs from landers, a third of them to another offer: counts move.
     through = []

@@ -6,6 +6,7 @@ from decimal import Decimal, localcontext
 
 from tests.conftest import wait_for_sink
 from tests.test_postback import make_click
+from tracker.store.partitions import ensure_partitions
 from tracker.web.appkeys import CONFIG
 
 
@@ -119,6 +120,7 @@ async def test_booked_costs_fall_on_the_conversion_day_offer_and_source(api, poo
         ("k3", 8, datetime(2026, 3, 2, 2, 0, tzinfo=UTC), "approved"),
         ("k4", 8, datetime(2026, 3, 2, 3, 0, tzinfo=UTC), "lead"),
     ]
+    await ensure_partitions(pool, "conversions", [datetime(2026, 3, 1, tzinfo=UTC)])
     await pool.executemany(
         "INSERT INTO conversions (click_id, dedupe_key, campaign_id, offer_id, traffic_source_id,"
         " click_time, created_at, payout, currency, original_payout, original_currency, status,"
@@ -150,6 +152,7 @@ async def test_a_payout_awaiting_its_rate_books_no_revshare_yet(api, pool):
     setup = await api.setup_campaign()
     campaign_id = setup["campaign"]["id"]
     await set_cost_model(pool, campaign_id, "revshare", "50")
+    await ensure_partitions(pool, "conversions", [datetime(2026, 3, 1, tzinfo=UTC)])
     await pool.executemany(
         "INSERT INTO conversions (click_id, dedupe_key, campaign_id, offer_id, traffic_source_id,"
         " click_time, created_at, payout, currency, original_payout, original_currency, status,"

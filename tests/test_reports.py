@@ -3,6 +3,8 @@
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
+from tracker.store.partitions import ensure_partitions
+
 
 async def insert_facts(pool):
     """Two campaigns over two days, written straight into the tables reports read."""
@@ -23,6 +25,7 @@ async def insert_facts(pool):
         ("k4", 2, 20, datetime(2026, 3, 2, 2, 0, tzinfo=UTC), Decimal("0.01"), "approved"),
         ("k5", 2, 20, datetime(2026, 3, 3, 0, 0, tzinfo=UTC), Decimal("50"), "approved"),
     ]
+    await ensure_partitions(pool, "conversions", [c[3] for c in conversions])
     await pool.executemany(
         "INSERT INTO conversions (click_id, dedupe_key, campaign_id, offer_id, traffic_source_id,"
         " click_time, created_at, payout, currency, original_payout, original_currency, status,"
@@ -100,6 +103,7 @@ async def test_bot_unique_and_lander_counters_in_rows_and_totals(api, pool):
     assert tuple(totals[c] for c in counters) == (95, 27, 75, 54, 31)
     assert totals["cost"] == "6.60"
     # A group with conversions and no clicks has zero counters, not nulls.
+    await ensure_partitions(pool, "conversions", [datetime(2026, 3, 3, tzinfo=UTC)])
     await pool.execute(
         "INSERT INTO conversions (click_id, dedupe_key, campaign_id, offer_id, traffic_source_id,"
         " click_time, created_at, payout, currency, original_payout, original_currency, status,"

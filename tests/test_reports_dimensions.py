@@ -9,6 +9,7 @@ from decimal import Decimal
 from urllib.parse import urlsplit
 
 from tests.conftest import wait_for_sink
+from tracker.store.partitions import ensure_partitions
 
 _ids = itertools.count(1)
 
@@ -26,6 +27,7 @@ async def click(pool, at: datetime, **facts):
     }
     columns = ", ".join(values)
     marks = ", ".join(f"${i}" for i in range(1, len(values) + 1))
+    await ensure_partitions(pool, "clicks", [at])
     await pool.execute(f"INSERT INTO clicks ({columns}) VALUES ({marks})", *values.values())
     # The rollup rows the sink writes with the click, for reports that read rollups.
     human = not values["is_bot"]
@@ -95,6 +97,7 @@ async def conversion(
     }
     columns = ", ".join(values)
     marks = ", ".join(f"${i}" for i in range(1, len(values) + 1))
+    await ensure_partitions(pool, "conversions", [values["click_time"]])
     await pool.execute(f"INSERT INTO conversions ({columns}) VALUES ({marks})", *values.values())
 
 

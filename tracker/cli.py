@@ -1,4 +1,4 @@
-"""`tracker serve | sink | sender | migrate | seed-demo | dev`."""
+"""`tracker serve | sink | sender | migrate | maintain | seed-demo | dev`."""
 
 import argparse
 import asyncio
@@ -146,6 +146,21 @@ async def _run_sender(settings: Settings) -> None:
     log.info("sender stopped after %d attempts, %d delivered", sender.sent, sender.delivered)
 
 
+async def _maintain(settings: Settings) -> None:
+    from datetime import UTC, datetime
+
+    from tracker.store.db import create_pool
+    from tracker.store.retention import maintain
+
+    pool = await create_pool(settings.database_url, 1, 2, settings.pg_timeout)
+    try:
+        done = await maintain(pool, settings, datetime.now(UTC))
+    finally:
+        await pool.close()
+    for line in done.lines():
+        print(line)
+
+
 async def _seed_demo(settings: Settings) -> None:
     from tracker.demo import seed_demo
 
@@ -172,6 +187,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     commands.add_parser("sender", help="send conversions to traffic sources (the sink does it too)")
     commands.add_parser("migrate", help="apply database migrations")
+    commands.add_parser(
+        "maintain",
+        help="create partitions ahead and drop what retention says is old (the sink does "
+        "it every TRACKER_MAINTAIN_SECONDS)",
+    )
     commands.add_parser("seed-demo", help="create the demo campaign (idempotent)")
     commands.add_parser("dev", help="start local Redis and Postgres, the app and the sink")
     args = parser.parse_args(argv)
@@ -199,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else "")
         )
+    elif args.command == "maintain":
+        asyncio.run(_maintain(settings))
     elif args.command == "seed-demo":
         asyncio.run(_seed_demo(settings))
     elif args.command == "dev":

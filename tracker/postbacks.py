@@ -278,7 +278,7 @@ class OrphanMatcher:
                 # (two receipts), only the first to be re-matched spends the signature.
                 outcome = await self._processor.process(inbound)
                 if outcome.result != UNMATCHED:
-                    await mark_rematched(self._pool, log_id, outcome)
+                    await mark_rematched(self._pool, log_id, outcome, inbound.received_at)
                     log.info("orphan postback %s matched: %s", log_id, outcome.result)
             except Exception:
                 log.exception("re-matching orphan postback %s failed", log_id)

@@ -102,13 +102,27 @@ class Settings(BaseSettings):
     postback_failures_per_minute: int = Field(default=60, ge=1)
     # A failed postback's log row (raw text and parameters) is cut to about this size.
     postback_log_max_bytes: int = Field(default=4096, ge=1024)
-    # Days postback log rows are kept: all rows, and refused ones (invalid, rejected-auth).
-    # Unmatched rows follow the first, since they wait for their click.
+    # Days postback log rows are kept: all rows (whole daily partitions dropped once
+    # older), and refused ones (invalid, rejected-auth; deleted in batches from live
+    # partitions). Unmatched rows follow the first, since they wait for their click.
     postback_log_retention_days: int = Field(default=90, ge=1)
     postback_log_failed_retention_days: int = Field(default=14, ge=1)
-    # How often the sink deletes expired postback log rows, and rows per delete.
+    # How often the sink deletes expired refused postback log rows, and rows per delete.
     postback_log_cleanup_seconds: float = Field(default=300.0, gt=0)
     postback_log_cleanup_batch: int = Field(default=1000, ge=1)
+    # Days raw clicks are kept (0: for ever); whole daily partitions are dropped once
+    # older. Never less than the longest attribution window plus a day (raised, and
+    # logged, when shorter). Reports on rollups and conversions are not affected.
+    click_retention_days: int = Field(default=90, ge=0)
+    # Days finished (delivered or dead) deliveries and their attempts are kept (0: for
+    # ever); pending ones stay until they finish.
+    delivery_retention_days: int = Field(default=30, ge=0)
+    # How often the sink creates partitions ahead and applies retention (also at start);
+    # `tracker maintain` does the same once.
+    maintain_seconds: float = Field(default=3600.0, gt=0)
+    # Daily partitions (clicks, postback log) and monthly ones (conversions) made ahead.
+    partition_days_ahead: int = Field(default=7, ge=1)
+    partition_months_ahead: int = Field(default=2, ge=1)
     # How often the sink re-matches unmatched postbacks whose click has since been stored.
     orphan_sweep_seconds: float = Field(default=60.0, gt=0)
 

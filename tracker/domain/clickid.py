@@ -8,6 +8,7 @@ import base64
 import os
 import re
 import time
+from datetime import UTC, datetime, timedelta
 
 CLICK_ID_LENGTH = 29  # 144 bits / 5 bits per character, rounded up
 _RANDOM_BYTES = 12  # 96 bits
@@ -63,3 +64,20 @@ def click_id_time_ms(click_id: str) -> int:
     """The millisecond timestamp encoded in a click id."""
     padded = click_id[:CLICK_ID_LENGTH].upper() + "==="
     return int.from_bytes(base64.b32hexdecode(padded)[:6], "big")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def click_time(click_id: str) -> datetime | None:
+    """When the click was made, from its id's time prefix (its `created_at` in Postgres,
+    which pins the click's partition); None for a text that is not a click id."""
+    if not is_click_id(click_id):
+        return None
+    return _EPOCH + timedelta(milliseconds=click_id_time_ms(click_id))
+
+
+def click_ms(click_id: str, created_ms: int) -> int:
+    """A click's time in milliseconds: its id's, or `created_ms` for an id the click path
+    did not make (the same rule as `click_created_at` in Postgres)."""
+    return click_id_time_ms(click_id) if is_click_id(click_id) else created_ms

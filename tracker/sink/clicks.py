@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from tracker.domain.click import CLICK_COLUMNS
 from tracker.sink.stream import Entry, StreamConsumer
-from tracker.store import keys
+from tracker.store import keys, partitions
 
 log = logging.getLogger("tracker.sink")
 
@@ -25,7 +25,8 @@ _INSERTED = ", ".join(["created_at", *_STORED])
 # Records written before a column existed lack it; `is_bot` then means a human.
 _FROM_BATCH = ", ".join(
     [
-        "to_timestamp(created_ms / 1000.0)",
+        # The time in the click id, so that a lookup by id finds the click's partition.
+        "click_created_at(click_id, created_ms)",
         *("coalesce(is_bot, false)" if name == "is_bot" else name for name in _STORED),
     ]
 )
@@ -73,7 +74,7 @@ WITH batch AS (
 ), inserted AS (
     INSERT INTO clicks ({_INSERTED})
     SELECT {_FROM_BATCH} FROM batch
-    ON CONFLICT (click_id) DO NOTHING
+    ON CONFLICT (click_id, created_at) DO NOTHING
     RETURNING *
 ), counted AS (
     SELECT {_KEYS}, {_COUNTERS} FROM inserted
@@ -92,8 +93,16 @@ WITH batch AS (
         jsonb_to_recordset($1::text::jsonb) AS ({_RECORD_TYPES}, lp_ms bigint)
     ) WITH ORDINALITY AS r
     ORDER BY click_id, ordinality DESC
+), times AS (
+    -- The batch's time range bounds the scans below to its clicks' partitions.
+    SELECT min(click_created_at(click_id, created_ms)) AS first,
+           max(click_created_at(click_id, created_ms)) AS last
+    FROM batch
 ), previous AS (
-    SELECT c.* FROM clicks c JOIN batch b USING (click_id)
+    SELECT c.* FROM clicks c
+    JOIN batch b ON c.click_id = b.click_id
+                AND c.created_at = click_created_at(b.click_id, b.created_ms)
+    WHERE c.created_at BETWEEN (SELECT first FROM times) AND (SELECT last FROM times)
     ORDER BY c.click_id
     FOR UPDATE OF c
 ), updated AS (
@@ -101,13 +110,14 @@ WITH batch AS (
     SET offer_id = b.offer_id,
         lp_clicked_at = coalesce(c.lp_clicked_at, to_timestamp(b.lp_ms / 1000.0))
     FROM batch b
-    WHERE c.click_id = b.click_id
+    WHERE c.click_id = b.click_id AND c.created_at = click_created_at(b.click_id, b.created_ms)
+      AND c.created_at BETWEEN (SELECT first FROM times) AND (SELECT last FROM times)
     RETURNING c.*
 ), inserted AS (
     INSERT INTO clicks ({_INSERTED}, lp_clicked_at)
     SELECT {_FROM_BATCH}, to_timestamp(lp_ms / 1000.0) FROM batch
     WHERE click_id NOT IN (SELECT click_id FROM previous)
-    ON CONFLICT (click_id) DO NOTHING
+    ON CONFLICT (click_id, created_at) DO NOTHING
     RETURNING *
 ), counted AS (
     SELECT {_KEYS}, {_COUNTERS} FROM inserted
@@ -179,7 +189,7 @@ class ClickSink(StreamConsumer):
                 continue
             body = b"[" + b",".join(p for _, p in part) + b"]"
             try:
-                await self.pool.execute(statement, body.decode())
+                await self._execute(statement, body.decode())
             except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError):
                 await self._store_one_by_one(statement, part)
         if payloads:
@@ -189,11 +199,18 @@ class ClickSink(StreamConsumer):
         await self.redis.xack(keys.CLICK_STREAM, keys.SINK_GROUP, *ids)
         self.stored += len(payloads)
 
+    async def _execute(self, statement: str, records: str) -> None:
+        """Run a click statement on a batch, creating the partitions it needs if missing."""
+        await partitions.creating_partitions(
+            lambda: self.pool.execute(statement, records),
+            lambda: partitions.ensure_for_click_batch(self.pool, records),
+        )
+
     async def _store_one_by_one(self, statement: str, payloads: list[tuple[bytes, bytes]]) -> None:
         """A batch was refused: store what is good, and keep the rest as dead letters."""
         for entry_id, payload in payloads:
             try:
-                await self.pool.execute(statement, (b"[" + payload + b"]").decode())
+                await self._execute(statement, (b"[" + payload + b"]").decode())
             except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
                 log.error("click entry %s refused by Postgres: %s", entry_id, exc)
                 await self.pool.execute(

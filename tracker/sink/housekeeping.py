@@ -1,4 +1,5 @@
-"""Periodic chores of the sink: orphan postbacks that missed their click, and old log rows.
+"""Periodic chores of the sink: orphan postbacks that missed their click, old log rows,
+and maintenance (partitions created ahead, retention; see tracker/store/retention.py).
 
 Orphans are re-matched right after their click's batch is stored; one that missed
 that moment (the sink died in between, or the postback was logged just after its
@@ -8,7 +9,7 @@ click was stored) is found here by joining the log with the stored clicks.
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
 import asyncpg
@@ -17,6 +18,7 @@ from tracker.postbacks import OrphanMatcher
 from tracker.settings import Settings
 from tracker.store import signatures
 from tracker.store.postback_log import delete_expired, orphans_with_clicks
+from tracker.store.retention import Maintenance, maintain
 
 log = logging.getLogger("tracker.housekeeping")
 
@@ -54,24 +56,32 @@ class Housekeeper:
             await self._matcher.rematch(click_ids)
 
     async def purge_log(self) -> int:
-        """Delete expired postback log rows; return how many."""
+        """Delete expired refused postback log rows; return how many. (Older rows of every
+        kind go with their partitions, in `maintain`.)"""
         s = self._settings
         deleted = await delete_expired(
             self._pool,
             self._clock(),
-            s.postback_log_retention_days,
             s.postback_log_failed_retention_days,
             s.postback_log_cleanup_batch,
         )
         if deleted:
-            log.info("deleted %d expired postback log rows", deleted)
+            log.info("deleted %d expired refused postback log rows", deleted)
         await signatures.delete_expired(self._pool, self._clock())
         return deleted
+
+    async def maintain(self) -> Maintenance:
+        """Create partitions ahead and apply retention."""
+        done = await maintain(self._pool, self._settings, self._clock())
+        if done.created or done.dropped or done.deliveries_deleted:
+            log.info("maintenance: %s", "; ".join(done.lines()))
+        return done
 
     async def run(self) -> None:
         """Sweep and purge, each on its own period, until cancelled."""
         loop = asyncio.get_running_loop()
-        chores = [
+        chores: list[tuple[Callable[[], Awaitable[object]], float]] = [
+            (self.maintain, self._settings.maintain_seconds),
             (self.sweep_orphans, self._settings.orphan_sweep_seconds),
             (self.purge_log, self._settings.postback_log_cleanup_seconds),
         ]

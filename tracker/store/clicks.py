@@ -24,7 +24,9 @@ _SELECTED = [name for name, _ in CLICK_COLUMNS if name not in ("created_ms", "co
 SELECT_CLICK = f"""
 SELECT {", ".join(_SELECTED)}, (extract(epoch FROM created_at) * 1000)::bigint AS created_ms,
        cost::text AS cost, (extract(epoch FROM lp_clicked_at) * 1000)::bigint AS lp_ms
-FROM clicks WHERE click_id = $1
+FROM clicks
+-- The time in the id pins the click's partition; a text that is no click id finds none.
+WHERE click_id = $1 AND created_at = click_id_time($1)
 """
 
 # KEYS: the stream, then two keys per click: its record and its visitor's unique-click

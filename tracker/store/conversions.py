@@ -4,6 +4,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -11,9 +12,11 @@ import asyncpg
 import orjson
 
 from tracker.domain.click import CLICK_COLUMNS, COPIED_TO_CONVERSION
+from tracker.domain.clickid import click_ms
 from tracker.domain.fx import RateTable, convert
 from tracker.domain.lifecycle import CHARGEBACK, REJECTED, decide_change, refund_key
 from tracker.domain.money import fits_amount_column
+from tracker.store import partitions
 from tracker.store.batching import BatchedService, Batcher
 from tracker.store.postback_log import (
     INSERT_LOG,
@@ -31,6 +34,8 @@ _COPIED = ", ".join(COPIED_TO_CONVERSION)
 _COPIED_TYPES = ", ".join(f"{name} {_CLICK_TYPES[name]}" for name in COPIED_TO_CONVERSION)
 
 CREATED, UPDATED, DUPLICATE = "created", "updated", "duplicate"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+T = TypeVar("T")
 
 _LOG_COLUMNS = ", ".join(LOG_INBOUND_COLUMNS)
 
@@ -59,7 +64,7 @@ WITH input AS (
     -- Key order, the same in every batch and process, so that concurrent batches wait
     -- for each other's new rows in one order instead of deadlocking.
     ORDER BY click_id, dedupe_key, idx
-    ON CONFLICT (click_id, dedupe_key) DO NOTHING
+    ON CONFLICT (click_id, dedupe_key, click_time) DO NOTHING
     RETURNING id, click_id, dedupe_key, status, payout, params
 ), history AS (
     INSERT INTO conversion_history (conversion_id, old_status, new_status, payout, params)
@@ -76,19 +81,21 @@ WITH input AS (
     JOIN creators c USING (click_id, dedupe_key),
          jsonb_populate_record(NULL::postback_log, c.log) AS p
     WHERE c.log IS NOT NULL
-    ON CONFLICT (receipt_id) DO NOTHING
+    ON CONFLICT (receipt_id, received_at) DO NOTHING
 )
 SELECT id, click_id, dedupe_key FROM inserted
 """
-_LOCKED_COLUMNS = "id, status, payout, refunded, original_payout, original_currency"
+_LOCKED_COLUMNS = "id, click_time, status, payout, refunded, original_payout, original_currency"
+# $3: the click's time in ms, which pins the conversion's partition (the same expression
+# as the insert's, so the two are equal to the microsecond).
 LOCK_CONVERSION = f"""
 SELECT {_LOCKED_COLUMNS} FROM conversions
-WHERE click_id = $1 AND dedupe_key = $2
+WHERE click_id = $1 AND dedupe_key = $2 AND click_time = to_timestamp($3::bigint / 1000.0)
 FOR UPDATE
 """
 LOCK_PARENT = f"""
 SELECT {_LOCKED_COLUMNS} FROM conversions
-WHERE click_id = $1 AND txid = $2
+WHERE click_id = $1 AND txid = $2 AND click_time = to_timestamp($3::bigint / 1000.0)
 ORDER BY id LIMIT 1
 FOR UPDATE
 """
@@ -104,9 +111,12 @@ SET status = $2,
     refunded = CASE WHEN $3 THEN least(refunded, coalesce($4::numeric, refunded))
                     ELSE refunded END,
     updated_at = now()
-WHERE id = $1
+WHERE id = $1 AND click_time = $8
 """
-ADD_REFUND = "UPDATE conversions SET refunded = refunded + $2, updated_at = now() WHERE id = $1"
+ADD_REFUND = """
+UPDATE conversions SET refunded = refunded + $2, updated_at = now()
+WHERE id = $1 AND click_time = $3
+"""
 INSERT_HISTORY = """
 INSERT INTO conversion_history
     (conversion_id, old_status, new_status, payout, refund, refund_key, params)
@@ -147,6 +157,11 @@ class ConversionPostback:
         """A negative payout on its own txid, taken back from the parent conversion."""
         return self.parent_txid is not None and self.original_payout < 0
 
+    @property
+    def click_ms(self) -> int:
+        """The click's time (ms), from its id: the conversion's `click_time`."""
+        return click_ms(str(self.click["click_id"]), int(self.click["created_ms"]))
+
     def as_row(self, idx: int) -> dict[str, Any]:
         row = {name: self.click.get(name) for name in COPIED_TO_CONVERSION}
         row["is_bot"] = bool(row["is_bot"])  # records older than the column lack it
@@ -158,7 +173,7 @@ class ConversionPostback:
             parent_txid=self.parent_txid,
             network_id=self.network_id,
             click_params=self.click.get("params"),
-            click_ms=self.click["created_ms"],
+            click_ms=self.click_ms,
             payout=None if self.payout is None else str(self.payout),
             currency=self.currency,
             original_payout=str(self.original_payout),
@@ -207,13 +222,21 @@ class ConversionWriter(BatchedService):
         inserts = [i for i, pb in enumerate(batch) if not pb.is_refund]
         if inserts:
             try:
-                await _retrying(lambda: self._insert_new(batch, inserts, results))
+                await _retrying(
+                    lambda: self._with_partitions(
+                        [batch[i] for i in inserts],
+                        lambda: self._insert_new(batch, inserts, results),
+                    )
+                )
             except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
                 # One bad row spoils the statement: write each alone so only it fails.
                 log.warning("conversion batch refused (%s); writing one by one", exc)
                 for i in inserts:
                     try:
-                        await self._insert_new(batch, [i], results)
+                        await self._with_partitions(
+                            [batch[i]],
+                            lambda: self._insert_new(batch, [i], results),  # noqa: B023
+                        )
                     except Exception as row_exc:
                         results[i] = row_exc
         done: list[ConversionResult | BaseException] = []
@@ -221,11 +244,29 @@ class ConversionWriter(BatchedService):
             result = results[i]
             if result is None:
                 try:
-                    result = await _retrying(lambda: self._update_logged(pb))  # noqa: B023
+                    result = await _retrying(
+                        lambda: self._with_partitions([pb], lambda: self._update_logged(pb))  # noqa: B023
+                    )
                 except Exception as exc:
                     result = exc
             done.append(result)
         return done
+
+    async def _with_partitions(
+        self, postbacks: list[ConversionPostback], write: Callable[[], Awaitable[T]]
+    ) -> T:
+        """`write()`, creating first, if it meets none, the partitions its conversions and
+        their log rows need."""
+
+        async def make_room() -> list[str]:
+            months = [_EPOCH + timedelta(milliseconds=pb.click_ms) for pb in postbacks]
+            days = [pb.inbound.received_at for pb in postbacks if pb.inbound is not None]
+            return [
+                *await partitions.ensure_partitions(self._pool, "conversions", months),
+                *await partitions.ensure_partitions(self._pool, "postback_log", days),
+            ]
+
+        return await partitions.creating_partitions(write, make_room)
 
     async def _update_logged(self, pb: ConversionPostback) -> ConversionResult:
         """An update or refund and the postback's log row, in one transaction."""
@@ -267,12 +308,13 @@ class ConversionWriter(BatchedService):
 
     async def _update(self, conn: Any, pb: ConversionPostback) -> ConversionResult:
         """A postback that met an existing conversion, in the caller's transaction."""
-        row = await conn.fetchrow(LOCK_CONVERSION, pb.click["click_id"], pb.dedupe_key)
+        lock = (LOCK_CONVERSION, pb.click["click_id"], pb.dedupe_key, pb.click_ms)
+        row = await conn.fetchrow(*lock)
         if row is None:  # the conflicting row was rolled back: this one creates
             inserted = await conn.fetch(INSERT_CONVERSIONS, orjson.dumps([pb.as_row(0)]).decode())
             if inserted:
                 return CREATED, int(inserted[0]["id"])
-            row = await conn.fetchrow(LOCK_CONVERSION, pb.click["click_id"], pb.dedupe_key)
+            row = await conn.fetchrow(*lock)
             if row is None:
                 raise RuntimeError("conversion vanished while being updated")
         if pb.source == PIXEL:
@@ -285,7 +327,7 @@ class ConversionWriter(BatchedService):
 
     async def _refund(self, conn: Any, pb: ConversionPostback) -> ConversionResult:
         """A refund by parent txid, in the caller's transaction."""
-        row = await conn.fetchrow(LOCK_PARENT, pb.click["click_id"], pb.parent_txid)
+        row = await conn.fetchrow(LOCK_PARENT, pb.click["click_id"], pb.parent_txid, pb.click_ms)
         if row is None:
             raise ParentNotFound(f"no conversion with txid {pb.parent_txid!r} on this click")
         amount = _report_amount(row, pb)
@@ -325,7 +367,7 @@ class ConversionWriter(BatchedService):
             )
             if added is None:  # this refund was applied before
                 return DUPLICATE, conversion_id
-            await conn.execute(ADD_REFUND, conversion_id, change.refund)
+            await conn.execute(ADD_REFUND, conversion_id, change.refund, row["click_time"])
             return UPDATED, conversion_id
         if change.new_status is None:
             return DUPLICATE, conversion_id
@@ -341,6 +383,7 @@ class ConversionWriter(BatchedService):
             pb.currency,
             pb.original_payout,
             pb.original_currency,
+            row["click_time"],
         )
         await conn.fetchval(
             INSERT_HISTORY,
@@ -370,7 +413,6 @@ def _report_amount(row: asyncpg.Record, pb: ConversionPostback) -> Decimal | Non
     return None
 
 
-T = TypeVar("T")
 # Tries of a write that Postgres rolled back to break a deadlock or a serialization
 # conflict with another writer: the write is whole again on the next try.
 ROLLBACK_RETRIES = 3
@@ -389,10 +431,12 @@ async def _retrying(write: Callable[[], Awaitable[T]]) -> T:
 
 
 SELECT_UNCONVERTED = """
-SELECT id, original_payout, original_currency, currency, created_at
+SELECT id, click_time, original_payout, original_currency, currency, created_at
 FROM conversions WHERE payout IS NULL AND id > $1 ORDER BY id LIMIT 5000
 """
-SET_CONVERTED = "UPDATE conversions SET payout = $2 WHERE id = $1 AND payout IS NULL"
+SET_CONVERTED = """
+UPDATE conversions SET payout = $2 WHERE id = $1 AND click_time = $3 AND payout IS NULL
+"""
 
 
 async def convert_pending(pool: asyncpg.Pool, rates: RateTable) -> int:
@@ -418,7 +462,7 @@ async def convert_pending(pool: asyncpg.Pool, rates: RateTable) -> int:
             if not fits_amount_column(amount):
                 log.warning("conversion %s stays unconverted: %s is too large", row["id"], amount)
                 continue
-            updates.append((row["id"], amount))
+            updates.append((row["id"], amount, row["click_time"]))
         if updates:
             await pool.executemany(SET_CONVERTED, updates)
             converted += len(updates)

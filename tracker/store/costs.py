@@ -63,7 +63,10 @@ WITH slice AS MATERIALIZED (
                * 0.000001 AS new_cost
     FROM ranked
 ), updated AS (
-    UPDATE clicks c SET cost = s.new_cost FROM shares s WHERE c.click_id = s.click_id
+    -- created_at pins each click's partition, the slice's range the partitions scanned.
+    UPDATE clicks c SET cost = s.new_cost FROM shares s
+    WHERE c.click_id = s.click_id AND c.created_at = s.created_at
+      AND c.created_at >= $2 AND c.created_at < $3
 ), moved AS (
     INSERT INTO click_rollups AS r (day, campaign_id, offer_id, traffic_source_id, clicks, cost)
     SELECT (created_at AT TIME ZONE 'UTC')::date, $1, offer_id, traffic_source_id, 0,

@@ -1,7 +1,22 @@
-"""PostgreSQL access: the pool and the migration runner."""
+"""PostgreSQL access: the pool and the migration runner.
+
+Each migration file is applied in one transaction together with its row in
+`schema_migrations`, so it is either wholly applied or not at all. A file whose
+first line is `-- tracker:no-transaction` is for statements Postgres refuses to
+run inside a transaction block (`CREATE INDEX CONCURRENTLY`, say): its statements
+are run one at a time, each committed on its own, and the file is recorded only
+after the last one. If the runner stops half-way through such a file, the
+statements before the failure stay applied and the file is not recorded, so the
+next `tracker migrate` runs it again from the top: every statement in such a file
+must be safe to run twice (`IF NOT EXISTS`, `IF EXISTS`). An interrupted
+`CREATE INDEX CONCURRENTLY` leaves an INVALID index behind, which `IF NOT EXISTS`
+would then keep: write `DROP INDEX CONCURRENTLY IF EXISTS name;` before it.
+"""
 
 import logging
 from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -68,9 +83,14 @@ async def create_pool(
     return pool
 
 
-def list_migrations() -> list[tuple[int, str, str]]:
-    """(version, file name, SQL) for every bundled migration, in order."""
-    folder = resources.files("tracker") / "sql" / "migrations"
+NO_TRANSACTION_MARKER = "-- tracker:no-transaction"
+
+
+def list_migrations(folder: Traversable | Path | None = None) -> list[tuple[int, str, str]]:
+    """(version, file name, SQL) for every migration in `folder` (default: the bundled
+    ones), in order."""
+    if folder is None:
+        folder = resources.files("tracker") / "sql" / "migrations"
     found = []
     for entry in folder.iterdir():
         if entry.name.endswith(".sql"):
@@ -79,8 +99,30 @@ def list_migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-async def migrate(dsn: str) -> list[str]:
-    """Apply pending migrations once each, under an advisory lock; return the names applied."""
+def split_statements(sql: str) -> list[str]:
+    """The statements of a no-transaction migration, split at semicolons that end a line
+    (such files hold plain DDL: no function bodies or strings spanning lines)."""
+    statements: list[str] = []
+    current: list[str] = []
+    for line in sql.splitlines():
+        if line.strip().startswith("--"):
+            continue
+        current.append(line)
+        if line.rstrip().endswith(";"):
+            statements.append("\n".join(current).strip().rstrip(";").strip())
+            current = []
+    statements.append("\n".join(current).strip())
+    return [statement for statement in statements if statement]
+
+
+def is_no_transaction(sql: str) -> bool:
+    first = sql.lstrip().split("\n", 1)[0].strip()
+    return first == NO_TRANSACTION_MARKER
+
+
+async def migrate(dsn: str, folder: Traversable | Path | None = None) -> list[str]:
+    """Apply pending migrations once each, under an advisory lock; return the names applied.
+    `folder` holds the migration files (default: the bundled ones)."""
     conn = await asyncpg.connect(dsn)
     applied_now = []
     try:
@@ -88,12 +130,17 @@ async def migrate(dsn: str) -> list[str]:
         try:
             await conn.execute(CREATE_MIGRATIONS_TABLE)
             done = {row["version"] for row in await conn.fetch(SELECT_APPLIED)}
-            for version, name, sql in list_migrations():
+            for version, name, sql in list_migrations(folder):
                 if version in done:
                     continue
-                async with conn.transaction():
-                    await conn.execute(sql)
+                if is_no_transaction(sql):
+                    for statement in split_statements(sql):
+                        await conn.execute(statement)
                     await conn.execute(INSERT_APPLIED, version, name)
+                else:
+                    async with conn.transaction():
+                        await conn.execute(sql)
+                        await conn.execute(INSERT_APPLIED, version, name)
                 log.info("applied migration %s", name)
                 applied_now.append(name)
         finally:

@@ -15,7 +15,7 @@ import orjson
 from redis.asyncio import Redis
 
 from tracker.domain.text import clean_optional, clean_text
-from tracker.store import keys
+from tracker.store import keys, partitions
 from tracker.store.batching import BatchedService, Batcher
 from tracker.store.db import POSTGRES_UNAVAILABLE
 
@@ -81,7 +81,7 @@ INSERT INTO postback_log ({", ".join(_INBOUND + _RESULT)})
 SELECT {", ".join(f"p.{column}" for column in _INBOUND + _RESULT)}
 FROM jsonb_array_elements($1::text::jsonb) AS e,
      jsonb_populate_record(NULL::postback_log, (e -> 'inbound') || (e -> 'outcome')) AS p
-ON CONFLICT (receipt_id) DO NOTHING
+ON CONFLICT (receipt_id, received_at) DO NOTHING
 """
 LOG_INBOUND_COLUMNS = _INBOUND
 SELECT_UNMATCHED_FOR = f"""
@@ -93,7 +93,7 @@ ORDER BY id
 MARK_REMATCHED = """
 UPDATE postback_log
 SET result = $2, reason = $3, conversion_id = $4, network_id = $5, rematched_at = now()
-WHERE id = $1
+WHERE id = $1 AND received_at = $6
 """
 
 
@@ -113,7 +113,7 @@ class PostbackLog(BatchedService):
     async def _flush(self, entries: list[_Entry]) -> list[BaseException | None]:
         try:
             # orjson serialises the dataclasses itself, without the deep copy `asdict` makes.
-            await self._pool.execute(INSERT_LOG, orjson.dumps(entries).decode())
+            await self._insert(orjson.dumps(entries).decode(), entries)
             return [None] * len(entries)
         except POSTGRES_UNAVAILABLE:
             raise
@@ -122,10 +122,19 @@ class PostbackLog(BatchedService):
             log.warning("postback log batch refused (%s); writing one by one", exc)
         return [await self._insert_alone(entry) for entry in entries]
 
+    async def _insert(self, rows_json: str, entries: list[_Entry]) -> None:
+        """INSERT_LOG, creating the daily partitions its rows need if missing."""
+        await partitions.creating_partitions(
+            lambda: self._pool.execute(INSERT_LOG, rows_json),
+            lambda: partitions.ensure_partitions(
+                self._pool, "postback_log", [e.inbound.received_at for e in entries]
+            ),
+        )
+
     async def _insert_alone(self, entry: _Entry) -> BaseException | None:
         """Store one row; a row refused as it is is stored with its text sanitised."""
         try:
-            await self._pool.execute(INSERT_LOG, orjson.dumps([entry]).decode())
+            await self._insert(orjson.dumps([entry]).decode(), [entry])
             return None
         except POSTGRES_UNAVAILABLE as exc:
             return exc
@@ -138,7 +147,7 @@ class PostbackLog(BatchedService):
         }
         clean = {"inbound": log_fields(entry.inbound), "outcome": outcome}
         try:
-            await self._pool.execute(INSERT_LOG, orjson.dumps([clean]).decode())
+            await self._insert(orjson.dumps([clean]).decode(), [entry])
             return None
         except Exception as exc:
             return exc
@@ -150,7 +159,11 @@ async def unmatched_for(pool: asyncpg.Pool, click_ids: list[str]) -> list[tuple[
     return [(row["id"], Inbound(**{name: row[name] for name in _INBOUND})) for row in rows]
 
 
-async def mark_rematched(pool: asyncpg.Pool, log_id: int, outcome: Result) -> None:
+async def mark_rematched(
+    pool: asyncpg.Pool, log_id: int, outcome: Result, received_at: datetime
+) -> None:
+    """Record what became of logged postback `log_id` (received at `received_at`, which
+    pins its partition) when it was processed again."""
     await pool.execute(
         MARK_REMATCHED,
         log_id,
@@ -158,6 +171,7 @@ async def mark_rematched(pool: asyncpg.Pool, log_id: int, outcome: Result) -> No
         outcome.reason,
         outcome.conversion_id,
         outcome.network_id,
+        received_at,
     )
 
 
@@ -209,25 +223,25 @@ def truncated_for_log(inbound: Inbound, max_bytes: int) -> Inbound:
 
 
 # One small batch per statement, so the clean-up never holds many row locks at once.
+# Rows past the general retention go with their whole daily partition (tracker maintain).
 DELETE_EXPIRED = """
-DELETE FROM postback_log WHERE id IN (
-    SELECT id FROM postback_log
-    WHERE received_at < $1 OR (received_at < $2 AND result = any($3::text[]))
-    LIMIT $4
+DELETE FROM postback_log WHERE (id, received_at) IN (
+    SELECT id, received_at FROM postback_log
+    WHERE received_at < $1 AND result = any($2::text[])
+    LIMIT $3
 )
 """
 
 
 async def delete_expired(
-    pool: asyncpg.Pool, now: datetime, keep_days: int, keep_failed_days: int, batch: int
+    pool: asyncpg.Pool, now: datetime, keep_failed_days: int, batch: int
 ) -> int:
-    """Delete log rows older than `keep_days`, failed ones older than `keep_failed_days`,
-    `batch` rows per statement; return how many were deleted."""
+    """Delete refused log rows older than `keep_failed_days`, `batch` rows per statement;
+    return how many were deleted."""
     deleted = 0
     while True:
         status = await pool.execute(
             DELETE_EXPIRED,
-            now - timedelta(days=keep_days),
             now - timedelta(days=keep_failed_days),
             list(REFUSED_RESULTS),
             batch,
@@ -242,7 +256,13 @@ async def delete_expired(
 SELECT_ORPHANS_WITH_CLICKS = """
 SELECT DISTINCT l.click_id
 FROM postback_log l
-JOIN clicks c ON c.click_id = l.click_id
+-- One probe per orphan into its click's partition only (LIMIT keeps the subquery a
+-- parameterised probe rather than a join over every partition).
+CROSS JOIN LATERAL (
+    SELECT c.campaign_id FROM clicks c
+    WHERE c.click_id = l.click_id AND c.created_at = click_id_time(l.click_id)
+    LIMIT 1
+) AS c
 JOIN campaigns k ON k.id = c.campaign_id
 WHERE l.result = 'unmatched'
   AND l.received_at > $1::timestamptz - interval '365 days'
