@@ -1,15 +1,17 @@
-"""`tracker serve | sink | sender | migrate | maintain | seed-demo | dev`."""
+"""The `tracker` command: the processes (`serve`, `sink`, `sender`, `migrate`, `maintain`,
+`seed-demo`, `dev`) and the commands that talk to a running tracker's API."""
 
-import argparse
 import asyncio
 import logging
 import signal
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
+import typer
 import uvloop
 from aiohttp import web
 
+from tracker import remote
 from tracker.logs import setup_logging
 from tracker.settings import Settings
 
@@ -19,7 +21,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tracker.cli")
 
 
-def serve(settings: Settings, reuse_port: bool = False) -> None:
+def run_web(settings: Settings, reuse_port: bool = False) -> None:
     from tracker.web.access import JsonAccessLogger, access_logger
     from tracker.web.app import create_app, handler_args
 
@@ -162,9 +164,9 @@ async def _maintain(settings: Settings) -> None:
 
 
 async def _seed_demo(settings: Settings) -> None:
-    from tracker.demo import seed_demo
+    from tracker.demo import seed_demo as make_demo
 
-    demo = await seed_demo(settings.database_url, settings.redis_url)
+    demo = await make_demo(settings.database_url, settings.redis_url)
     base = settings.base_url()
     print(f"click URL:    {base}/c/{demo.campaign_key}?external_id=demo&sub1=banner1")
     print(
@@ -173,60 +175,89 @@ async def _seed_demo(settings: Settings) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="tracker", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve_cmd = commands.add_parser("serve", help="run the web app")
-    serve_cmd.add_argument("--host")
-    serve_cmd.add_argument("--port", type=int)
-    serve_cmd.add_argument("--workers", type=int, default=1, help="processes sharing the port")
-    serve_cmd.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
-    serve_cmd.add_argument("--metrics-port", type=int, help=argparse.SUPPRESS)
-    commands.add_parser(
-        "sink", help="move clicks into Postgres; apply postbacks queued during an outage"
-    )
-    commands.add_parser("sender", help="send conversions to traffic sources (the sink does it too)")
-    commands.add_parser("migrate", help="apply database migrations")
-    commands.add_parser(
-        "maintain",
-        help="create partitions ahead and drop what retention says is old (the sink does "
-        "it every TRACKER_MAINTAIN_SECONDS)",
-    )
-    commands.add_parser("seed-demo", help="create the demo campaign (idempotent)")
-    commands.add_parser("dev", help="start local Redis and Postgres, the app and the sink")
-    args = parser.parse_args(argv)
+app = typer.Typer(
+    name="tracker",
+    help="A server-to-server postback conversion tracker: its processes, and a client of its API.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+remote.register(app)
 
+
+def _settings() -> Settings:
     settings = Settings()
     setup_logging(settings.log_level, secrets=settings.secrets())
-    if args.command == "serve":
-        if args.host:
-            settings.http_host = args.host
-        if args.port:
-            settings.http_port = args.port
-        if args.metrics_port:
-            settings.metrics_port = args.metrics_port
-        if args.workers > 1:
-            sys.exit(supervise_workers(settings, args.workers))
-        serve(settings, reuse_port=args.reuse_port)
-    elif args.command == "sink":
-        uvloop.run(_run_sink(settings))
-    elif args.command == "sender":
-        uvloop.run(_run_sender(settings))
-    elif args.command == "migrate":
-        from tracker.store.db import migrate
+    return settings
 
-        applied = asyncio.run(migrate(settings.database_url))
-        print(
-            f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else "")
-        )
-    elif args.command == "maintain":
-        asyncio.run(_maintain(settings))
-    elif args.command == "seed-demo":
-        asyncio.run(_seed_demo(settings))
-    elif args.command == "dev":
-        from tracker.dev import run_dev
 
-        sys.exit(run_dev())
+@app.command(rich_help_panel="Processes")
+def serve(
+    host: Annotated[str | None, typer.Option(help="listen address (TRACKER_HTTP_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="listen port (TRACKER_HTTP_PORT)")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="processes sharing the port")] = 1,
+    reuse_port: Annotated[bool, typer.Option(hidden=True)] = False,
+    metrics_port: Annotated[int | None, typer.Option(hidden=True)] = None,
+) -> None:
+    """Run the web app: click redirect, postback, pixel, admin API and reports."""
+    settings = _settings()
+    if host:
+        settings.http_host = host
+    if port:
+        settings.http_port = port
+    if metrics_port:
+        settings.metrics_port = metrics_port
+    if workers > 1:
+        raise typer.Exit(supervise_workers(settings, workers))
+    run_web(settings, reuse_port=reuse_port)
+
+
+@app.command(rich_help_panel="Processes")
+def sink() -> None:
+    """Move clicks into Postgres, apply postbacks queued during an outage, send conversions
+    to traffic sources, and keep partitions and retention."""
+    uvloop.run(_run_sink(_settings()))
+
+
+@app.command(rich_help_panel="Processes")
+def sender() -> None:
+    """Only send conversions to traffic sources (the sink does it too)."""
+    uvloop.run(_run_sender(_settings()))
+
+
+@app.command(rich_help_panel="Processes")
+def migrate() -> None:
+    """Apply the database migrations (safe to run from several hosts at once)."""
+    from tracker.store.db import migrate as apply_migrations
+
+    applied = asyncio.run(apply_migrations(_settings().database_url))
+    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+
+
+@app.command(rich_help_panel="Processes")
+def maintain() -> None:
+    """Create partitions ahead and drop what retention says is old (the sink does it every
+    TRACKER_MAINTAIN_SECONDS)."""
+    asyncio.run(_maintain(_settings()))
+
+
+@app.command("seed-demo", rich_help_panel="Processes")
+def seed_demo() -> None:
+    """Create the demo campaign (idempotent) and print its URLs."""
+    asyncio.run(_seed_demo(_settings()))
+
+
+@app.command(rich_help_panel="Processes")
+def dev() -> None:
+    """Start local Redis and Postgres, the app and the sink, for trying the tracker out."""
+    from tracker.dev import run_dev
+
+    raise typer.Exit(run_dev())
+
+
+def main() -> None:
+    app()
 
 
 if __name__ == "__main__":
