@@ -81,6 +81,18 @@ def servers() -> Iterator[tuple[PostgresServer, RedisServer]]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+async def fresh_database(servers: tuple[PostgresServer, RedisServer], name: str) -> str:
+    """The DSN of a new, empty database `name` on the suite's server."""
+    pg, _ = servers
+    admin = await asyncpg.connect(pg.dsn("postgres"))
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    return pg.dsn(name)
+
+
 @pytest.fixture
 async def settings(servers: tuple[PostgresServer, RedisServer], tmp_path: Path) -> Settings:
     """Settings for one test, with an emptied database and Redis."""

@@ -5,6 +5,7 @@ import asyncio
 import asyncpg
 import pytest
 
+from tests.conftest import fresh_database
 from tracker.store.db import (
     NO_TRANSACTION_MARKER,
     is_no_transaction,
@@ -43,21 +44,10 @@ async def test_concurrent_migrations_apply_each_file_once(servers):
         await conn.close()
 
 
-async def _fresh_database(servers, name: str) -> str:
-    pg, _ = servers
-    admin = await asyncpg.connect(pg.dsn("postgres"))
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name}")
-        await admin.execute(f"CREATE DATABASE {name}")
-    finally:
-        await admin.close()
-    return pg.dsn(name)
-
-
 async def test_migrations_with_and_without_a_transaction(servers, tmp_path):
     """A plain file is all or nothing; a no-transaction file runs CONCURRENTLY statements,
     and when it fails half-way the next run repeats it from the top without harm."""
-    dsn = await _fresh_database(servers, "migrate_kinds")
+    dsn = await fresh_database(servers, "migrate_kinds")
     (tmp_path / "0001_table.sql").write_text(
         "CREATE TABLE things (id int PRIMARY KEY, name text);\n"
         "INSERT INTO things VALUES (1, 'a');\n"

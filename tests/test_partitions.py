@@ -13,7 +13,7 @@ import asyncpg
 import orjson
 import pytest
 
-from tests.conftest import wait_for_sink
+from tests.conftest import fresh_database, wait_for_sink
 from tests.test_cli import env_for
 from tracker.devstack import free_port
 from tracker.domain.clickid import click_ms, click_time, new_click_id
@@ -87,17 +87,6 @@ def test_periods_ahead_cross_month_and_year_ends():
 
 
 # -- the migration from unpartitioned tables ---------------------------------------------
-
-
-async def fresh_database(servers, name: str) -> str:
-    pg, _ = servers
-    admin = await asyncpg.connect(pg.dsn("postgres"))
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name}")
-        await admin.execute(f"CREATE DATABASE {name}")
-    finally:
-        await admin.close()
-    return pg.dsn(name)
 
 
 async def test_migration_keeps_every_row_and_id_sequence(servers, tmp_path):
