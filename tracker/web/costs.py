@@ -12,7 +12,8 @@ from tracker.domain.validation import INT64_MAX
 from tracker.store.costs import campaign_exists, set_slice_cost
 from tracker.web.admin import read_json_object
 from tracker.web.appkeys import PG_POOL
-from tracker.web.errors import ApiError, json_response
+from tracker.web.errors import ApiError
+from tracker.web.responses import CostOut, model_response
 from tracker.web.schemas import Body
 
 MAX_DAYS = 366
@@ -115,7 +116,8 @@ async def set_cost(request: web.Request) -> web.Response:
             "are not counted; retry in a moment if they were just made)",
         )
     cost_update_id, clicks = done
-    return json_response(
+    return model_response(
+        CostOut,
         {
             "campaign_id": item.campaign_id,
             "from": item.start,

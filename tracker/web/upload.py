@@ -23,6 +23,7 @@ from tracker.store.postback_log import UPLOAD, Inbound
 from tracker.web.appkeys import CONFIG, POSTBACK_GUARD, POSTBACK_LOG, POSTBACKS
 from tracker.web.errors import STORAGE_UNAVAILABLE, ApiError, json_response
 from tracker.web.postback import request_address
+from tracker.web.responses import UploadOut, model_response
 
 log = logging.getLogger("tracker.web.upload")
 
@@ -100,7 +101,7 @@ async def upload_conversions(request: web.Request) -> web.Response:
             return json_response(body, status)
         answered.append(_row_answer(row, outcome))
         summary[outcome.result] += 1
-    return json_response({"rows": answered, "summary": summary})
+    return model_response(UploadOut, {"rows": answered, "summary": summary})
 
 
 async def _apply(app: Any, inbound: Inbound, row: CsvRow) -> Outcome:
