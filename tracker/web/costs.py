@@ -14,7 +14,7 @@ from tracker.web.admin import read_json_object
 from tracker.web.appkeys import PG_POOL
 from tracker.web.errors import ApiError
 from tracker.web.responses import CostOut, model_response
-from tracker.web.schemas import Body
+from tracker.web.schemas import Body, MoneyText
 
 MAX_DAYS = 366
 
@@ -83,7 +83,7 @@ class CostIn(Body):
     campaign_id: RowId
     start: Time = Field(alias="from")
     end: Time = Field(alias="to")
-    cost: Annotated[Decimal, BeforeValidator(parse_money), AfterValidator(_cost)]
+    cost: Annotated[Decimal, BeforeValidator(parse_money), AfterValidator(_cost), MoneyText]
     filter: CostFilter = CostFilter()
 
     @model_validator(mode="after")

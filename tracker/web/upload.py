@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from tracker.domain.corrections import CsvRefused, CsvRow, TooManyRows, read_corrections
@@ -181,8 +182,11 @@ async def _read_form_file(request: web.Request) -> bytes:
             if size > MAX_BYTES:
                 raise _too_large()
             parts.append((part.name, bytes(data)))
-    except (ValueError, AssertionError, LookupError) as exc:
-        raise ApiError(400, f"unreadable multipart body: {str(exc)[:200]}") from None
+    except (ValueError, AssertionError, LookupError, HttpProcessingError) as exc:
+        # A part's malformed headers come as HttpProcessingError, whose text is its
+        # status and message.
+        reason = getattr(exc, "message", None) or str(exc)
+        raise ApiError(400, f"unreadable multipart body: {str(reason)[:200]}") from None
     files = [data for name, data in parts if name == FILE_FIELD]
     if len(files) == 1:
         return files[0]
