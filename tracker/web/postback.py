@@ -77,8 +77,8 @@ async def _read(request: web.Request) -> tuple[dict[str, str], str]:
             try:
                 form = await request.post()
             except (LookupError, UnicodeDecodeError, AssertionError, HttpProcessingError) as exc:
-                reason = getattr(exc, "message", None) or exc
-                raise ValueError(f"unreadable multipart body: {reason}") from None
+                why = getattr(exc, "message", None) or exc
+                raise ValueError(f"unreadable multipart body: {why}") from None
             body_pairs = [(name, value) for name, value in form.items() if isinstance(value, str)]
         elif body:
             raise ValueError(
