@@ -11,9 +11,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 from openapi_spec_validator import validate
 from pydantic import ValidationError
+from redis.asyncio import Redis
 
 from tests.conftest import API_KEY, Api, start_client
 from tracker.settings import Settings
+from tracker.store import keys
 from tracker.web.app import create_app
 from tracker.web.openapi import ASSETS_PATH, DOCS_PATH, DOCUMENT_PATH, build_document
 from tracker.web.reports import _KNOWN, ReportQuery
@@ -135,6 +137,7 @@ SCHEMATHESIS_CHECKS = (
 )
 
 
+@pytest.mark.timeout(240)
 async def test_schemathesis_finds_no_error(settings: Settings, tmp_path: Path) -> None:
     """Every operation, positive and negative inputs, deterministic: no 500, every
     answer documented and matching its schema. The per-address failure limits are
@@ -144,10 +147,23 @@ async def test_schemathesis_finds_no_error(settings: Settings, tmp_path: Path) -
     )
     client = await start_client(create_app(settings), settings)
     try:
-        await Api(client).setup_campaign()
+        made = await Api(client).setup_campaign()
+        # Real values for the click and postback paths, so that their logic runs too.
+        (tmp_path / "schemathesis.toml").write_text(
+            "[parameters]\n"
+            f'"path.campaign_key" = "{made["campaign"]["key"]}"\n'
+            f'"path.token" = "{made["network"]["postback_token"]}"\n'
+        )
         await run_schemathesis(client, tmp_path)
     finally:
         await client.close()
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        clicks = await redis.xlen(keys.CLICK_STREAM)
+    finally:
+        await redis.aclose()
+    print(f"clicks recorded during the run: {clicks}")
+    assert clicks > 0
 
 
 async def run_schemathesis(client: TestClient[Any, Any], tmp_path: Path) -> None:
@@ -157,8 +173,8 @@ async def run_schemathesis(client: TestClient[Any, Any], tmp_path: Path) -> None
         "--url", base,
         "--checks", SCHEMATHESIS_CHECKS,
         "--header", f"Authorization: Bearer {API_KEY}",
-        "--phases", "examples,coverage,fuzzing",
-        "--max-examples", "8",
+        "--phases", "examples,coverage,fuzzing,stateful",
+        "--max-examples", "5",
         "--generation-deterministic",
         "--workers", "1",
         "--max-redirects", "0",
@@ -177,3 +193,12 @@ async def run_schemathesis(client: TestClient[Any, Any], tmp_path: Path) -> None
     text = output.decode(errors="replace")
     print(text[-3000:])
     assert process.returncode == 0, text[-20000:]
+
+
+@pytest.mark.parametrize("path", ["/api/conversions/upload", "/postback"])
+async def test_a_multipart_part_with_a_broken_header_is_a_400(api: Api, path: str) -> None:
+    body = b"--4bea\r\nno colon here\r\n\r\nx\r\n--4bea--\r\n"
+    headers = {**api.headers, "Content-Type": "multipart/form-data; boundary=4bea"}
+    resp = await api.client.post(path, data=body, headers=headers)
+    assert resp.status == 400, await resp.text()
+    assert (await resp.json())["error"]

@@ -46,6 +46,11 @@ ERRORS = {
 }
 
 
+TEXT = {"type": "string"}
+# A row id in a path: other text is a 404.
+PATH_SCHEMAS = {"id": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}}
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     """A documented answer: a JSON body shaped by `model`, or another `media` type."""
@@ -55,6 +60,8 @@ class Answer:
     media: str | None = JSON
     schema: dict[str, Any] | None = None
     headers: tuple[str, ...] = ()
+    # Operations (by id) whose `id` path parameter is this answer's `id`.
+    links: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +84,8 @@ class Op:
     partial: bool = False
     bearer: bool = False
     headers: tuple[dict[str, Any], ...] = ()
+    # Else made from the method and path.
+    operation_id: str | None = None
 
 
 Method = Literal["GET", "HEAD", "POST", "PATCH", "DELETE"]
@@ -149,7 +158,8 @@ def _content(answer: Answer, schemas: _Schemas) -> dict[str, Any] | None:
 def _operation(documented: Documented, schemas: _Schemas) -> dict[str, Any]:
     op = documented.op
     operation: dict[str, Any] = {
-        "operationId": re.sub(r"[^A-Za-z0-9]+", "_", f"{documented.method} {documented.path}")
+        "operationId": op.operation_id
+        or re.sub(r"[^A-Za-z0-9]+", "_", f"{documented.method} {documented.path}")
         .strip("_")
         .lower(),
         "summary": op.summary,
@@ -158,7 +168,7 @@ def _operation(documented: Documented, schemas: _Schemas) -> dict[str, Any]:
     if op.description:
         operation["description"] = op.description
     parameters = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        {"name": name, "in": "path", "required": True, "schema": PATH_SCHEMAS.get(name, TEXT)}
         for name in re.findall(r"{(\w+)}", documented.path)
     ]
     if op.query is not None:
@@ -188,6 +198,11 @@ def _operation(documented: Documented, schemas: _Schemas) -> dict[str, Any]:
         content = _content(answer, schemas)
         if content is not None:
             response["content"] = content
+        if answer.links:
+            response["links"] = {
+                target: {"operationId": target, "parameters": {"id": "$response.body#/id"}}
+                for target in answer.links
+            }
         if answer.headers:
             response["headers"] = {name: {"schema": {"type": "string"}} for name in answer.headers}
         responses[str(status)] = response

@@ -265,33 +265,42 @@ API: tuple[Route, ...] = (
 def resource_routes(resource: ResourceViews) -> list[Route]:
     """The five routes of an admin resource (and a network's token rotation)."""
     base, label, tag = f"/{resource.path}", resource.label, resource.path.replace("-", " ")
+    name = label.replace(" ", "_")
     one = Answer(f"The {label} (ETag: its version, for If-Match)", resource.out, headers=("ETag",))
     page: type[BaseModel] = Page[resource.out]  # type: ignore[name-defined]
+    by_id = [f"get_{name}", f"update_{name}", f"archive_{name}"]
+    if isinstance(resource, AffiliateNetworks):
+        by_id.append("rotate_token")
+    created = replace(one, description=f"Created: {one.description}", links=tuple(by_id))
     routes = [
         Route("POST", base, resource.create, Op(
-            f"Create a {label}", tag, {201: one}, errors=WRITE, body=resource.model,
+            f"Create a {label}", tag, {201: created}, errors=WRITE, body=resource.model,
+            operation_id=f"create_{name}",
         )),
         Route("GET", base, resource.list, Op(
             f"List {label}s", tag, {200: Answer(f"A page of {label}s", page)},
-            errors=READ, query=ListQuery,
+            errors=READ, query=ListQuery, operation_id=f"list_{name}s",
         )),
         Route("GET", base + "/{id}", resource.get, Op(
-            f"Get a {label}", tag, {200: one}, errors=(404, 503),
+            f"Get a {label}", tag, {200: one}, errors=(404, 503), operation_id=f"get_{name}",
         )),
         Route("PATCH", base + "/{id}", resource.update, Op(
             f"Change a {label}: the fields given change, the others stay", tag, {200: one},
             errors=(*WRITE, 404, 412), body=resource.model, partial=True,
             headers=({"name": "If-Match", "in": "header", "schema": {"type": "string"},
                       "description": "only if the row is still at this ETag"},),
+            operation_id=f"update_{name}",
         )),
         Route("DELETE", base + "/{id}", resource.archive, Op(
             f"Archive a {label}", tag, {200: one}, errors=(404, 503),
+            operation_id=f"archive_{name}",
         )),
     ]  # fmt: skip
     if isinstance(resource, AffiliateNetworks):
         routes.append(Route("POST", base + "/{id}/rotate-token", resource.rotate_token, Op(
             "Issue a new postback token; the old one works for `grace_seconds` more", tag,
             {200: one}, errors=(*WRITE, 404), body=RotateTokenIn, body_required=False,
+            operation_id="rotate_token",
         )))  # fmt: skip
     return routes
 
