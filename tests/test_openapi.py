@@ -120,6 +120,8 @@ async def test_docs_page_loads_its_assets_from_the_tracker(client: TestClient[An
     )
     start = await (await client.get(f"{DOCS_PATH}/start.js")).text()
     assert DOCUMENT_PATH in start
+    assert "validatorUrl: null" in start  # no badge from a public validator
+    assert "default-src 'none'" in resp.headers["Content-Security-Policy"]
 
 
 async def test_an_empty_multipart_upload_is_a_400(api: Api) -> None:

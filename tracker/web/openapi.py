@@ -62,6 +62,8 @@ class Answer:
     headers: tuple[str, ...] = ()
     # Operations (by id) whose `id` path parameter is this answer's `id`.
     links: tuple[str, ...] = ()
+    # Other media types the same answer may come in (a report as CSV).
+    also: tuple[tuple[str, dict[str, Any]], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,8 @@ class Op:
     errors: tuple[int, ...] = ()
     description: str = ""
     query: type[BaseModel] | None = None
+    # The query's fields may come in the body instead (a postback's POST): none required.
+    query_optional: bool = False
     # Query parameters the handler reads by hand, as OpenAPI parameter objects.
     parameters: tuple[dict[str, Any], ...] = ()
     body: type[BaseModel] | None = None
@@ -152,7 +156,7 @@ def _content(answer: Answer, schemas: _Schemas) -> dict[str, Any] | None:
         schema = schemas.ref(answer.model, "serialization")
     else:
         schema = answer.schema or {}
-    return {answer.media: {"schema": schema}}
+    return {answer.media: {"schema": schema}, **{m: {"schema": s} for m, s in answer.also}}
 
 
 def _operation(documented: Documented, schemas: _Schemas) -> dict[str, Any]:
@@ -174,7 +178,11 @@ def _operation(documented: Documented, schemas: _Schemas) -> dict[str, Any]:
     if op.query is not None:
         in_path = {p["name"] for p in parameters}
         # A value the path carries is not read from the query (a postback's token).
-        parameters += [p for p in _query_parameters(op.query, schemas) if p["name"] not in in_path]
+        parameters += [
+            {**p, "required": p["required"] and not op.query_optional}
+            for p in _query_parameters(op.query, schemas)
+            if p["name"] not in in_path
+        ]
     parameters += [copy.deepcopy(p) for p in (*op.parameters, *op.headers)]
     if parameters:
         operation["parameters"] = parameters
@@ -304,7 +312,9 @@ START_SCRIPT = f"""window.addEventListener("load", function () {{
     url: "{DOCUMENT_PATH}",
     dom_id: "#swagger-ui",
     deepLinking: true,
-    persistAuthorization: false
+    persistAuthorization: false,
+    // Swagger UI's default would show a badge fetched from a public validator.
+    validatorUrl: null
   }});
 }});
 """

@@ -30,7 +30,7 @@ from tracker.domain.validation import INT64_MAX
 from tracker.store.reports import fetch_report
 from tracker.web.appkeys import PG_POOL, SETTINGS
 from tracker.web.errors import ApiError
-from tracker.web.responses import ReportOut, model_response
+from tracker.web.responses import report_response
 
 MAX_LIMIT = 10000
 MAX_EVENTS = 10
@@ -249,8 +249,7 @@ async def report(request: web.Request) -> web.StreamResponse:
         total = derive(totals, spec.events)
     if request.query.get("format") == "csv":
         return await _csv(request, spec, items)
-    return model_response(
-        ReportOut,
+    return report_response(
         {
             "from": _local(spec.start, spec.tz),
             "to": _local(spec.end, spec.tz),

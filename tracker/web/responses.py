@@ -318,6 +318,16 @@ ReportRow: type[BaseModel] = create_model(
 )
 
 
+def report_response(body: dict[str, Any]) -> web.Response:
+    """A report, shaped by ReportOut. Every row is built by the same code for one spec,
+    so the first stands for the shape of all: checking 10,000 rows would add a
+    noticeable fraction of a second to a large report."""
+    rows = body["rows"]
+    checked = shaped(ReportOut, {**body, "rows": rows[:1]})
+    checked["rows"] = rows
+    return json_response(checked)
+
+
 class ReportOut(Out):
     start: str = Field(alias="from")
     end: str = Field(alias="to")

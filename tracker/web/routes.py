@@ -138,6 +138,7 @@ POSTBACK_POST = Op(
     errors=POSTBACK.errors,
     description=POSTBACK_DESCRIPTION,
     query=PostbackFields,
+    query_optional=True,
     headers=SIGNATURE_HEADERS,
     body=PostbackFields,
     body_media=(JSON, "application/x-www-form-urlencoded", "multipart/form-data"),
@@ -210,7 +211,8 @@ READ, WRITE = (400, 503), (400, 408, 413, 503)
 API: tuple[Route, ...] = (
     Route("GET", "/reports", reports.report, Op(
         "ROI report: clicks, conversions, revenue, cost and ratios by dimension", "reports",
-        {200: Answer("The report (`format=csv`: the rows as CSV)", ReportOut)},
+        {200: Answer("The report; with `format=csv`, its rows as CSV", ReportOut,
+                     also=(("text/csv", {"type": "string"}),))},
         errors=(*READ, 504), query=reports.ReportQuery,
         parameters=tuple(
             {"name": kind, "in": "query", "style": "deepObject", "explode": True,
