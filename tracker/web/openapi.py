@@ -107,7 +107,8 @@ class _Schemas:
     """Collects every model the operations use, then renders them once."""
 
     wanted: dict[tuple[type[BaseModel], JsonSchemaMode], None] = field(default_factory=dict)
-    partial: set[type[BaseModel]] = field(default_factory=set)
+    # Models also wanted as PATCH bodies (kept in order: the document is the same each time).
+    partial: dict[type[BaseModel], None] = field(default_factory=dict)
     # Definitions nested in query models.
     extra_defs: dict[str, Any] = field(default_factory=dict)
 
@@ -190,7 +191,7 @@ def _operation(documented: Documented, schemas: _Schemas) -> dict[str, Any]:
         if op.body is not None:
             if op.partial:
                 schemas.ref(op.body, "validation")
-                schemas.partial.add(op.body)
+                schemas.partial[op.body] = None
                 body_schema = {"$ref": f"__{id(op.body)}_patch__"}
             else:
                 body_schema = schemas.ref(op.body, "validation")
