@@ -1,6 +1,6 @@
 """Every route, with what the API document says of it (tracker.web.openapi)."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from importlib import metadata
 
@@ -40,7 +40,7 @@ from tracker.web.responses import (
 )
 from tracker.web.schemas import CurrencyRateIn, RotateTokenIn
 
-Handler = Callable[[web.Request], web.StreamResponse] | Callable[..., object]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 async def probe_postback(request: web.Request) -> web.StreamResponse:
@@ -324,9 +324,9 @@ def _add(app: web.Application, route: Route, allow_head: bool = False) -> None:
     if route.method == "GET":
         # aiohttp would answer HEAD by running the GET handler: a probe must not convert,
         # nor a lander's click-through; a click URL's HEAD has its own handler.
-        app.router.add_get(route.path, route.handler, allow_head=allow_head)  # type: ignore[arg-type]
+        app.router.add_get(route.path, route.handler, allow_head=allow_head)
     else:
-        app.router.add_route(route.method, route.path, route.handler)  # type: ignore[arg-type]
+        app.router.add_route(route.method, route.path, route.handler)
 
 
 def _version() -> str:
