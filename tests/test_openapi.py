@@ -6,6 +6,7 @@ import re
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -19,7 +20,7 @@ from tracker.store import keys
 from tracker.web.app import create_app
 from tracker.web.openapi import ASSETS_PATH, DOCS_PATH, DOCUMENT_PATH, build_document
 from tracker.web.reports import _KNOWN, ReportQuery
-from tracker.web.responses import CampaignOut, shaped
+from tracker.web.responses import CampaignOut, PostbackOut, PostbackRefusalOut, shaped
 from tracker.web.routes import documented
 
 
@@ -122,6 +123,35 @@ async def test_docs_page_loads_its_assets_from_the_tracker(client: TestClient[An
     assert DOCUMENT_PATH in start
     assert "validatorUrl: null" in start  # no badge from a public validator
     assert "default-src 'none'" in resp.headers["Content-Security-Policy"]
+
+
+async def test_postback_answers_match_their_documented_models(api: Api) -> None:
+    """The postback path answers without a model (it is a hot path): its answers are
+    held to the documented ones here, each with every field it may carry."""
+    made = await api.setup_campaign()
+    click = await api.client.get(
+        urlsplit(made["campaign"]["click_url"]).path, allow_redirects=False
+    )
+    click_id = click.headers["Location"].split("cid=")[1]
+    token = made["network"]["postback_token"]
+    answers = []
+    for params, status in (
+        ({"clickid": click_id, "txid": "t1", "payout": "2.50", "token": token}, 200),
+        ({"clickid": click_id, "txid": "t1", "payout": "2.50", "token": token}, 200),
+        ({"clickid": "0" * 26, "token": token}, 404),
+        ({"clickid": click_id, "token": "wrong"}, 403),
+        ({"clickid": click_id, "payout": "1e3", "token": token}, 400),
+    ):
+        resp = await api.client.get("/postback", params=params)
+        assert resp.status == status, await resp.text()
+        answers.append((status, await resp.json()))
+    assert [body.get("result") for _, body in answers] == [
+        "created", "duplicate", "unmatched", "rejected-auth", "invalid"
+    ]  # fmt: skip
+    for status, body in answers:
+        model = PostbackOut if status == 200 else PostbackRefusalOut
+        model.model_validate(body)  # extra fields are refused
+    assert any(body.get("details") for _, body in answers)
 
 
 async def test_an_empty_multipart_upload_is_a_400(api: Api) -> None:

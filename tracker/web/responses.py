@@ -269,13 +269,24 @@ class ReadyOut(Out):
     checks: dict[str, CheckOut]
 
 
-class PostbackOut(BaseModel):
+class PostbackOut(Out):
     """A postback's answer: its result, and the conversion or, while PostgreSQL is
-    unavailable, the receipt under which it waits (`queued`)."""
+    unavailable, the receipt under which it waits (`queued`). Documented only: the
+    postback path builds its answer without a model, and the schemathesis run holds
+    it to this shape."""
 
     result: str
     conversion_id: int | None = None
     receipt_id: str | None = None
+
+
+class PostbackRefusalOut(Out):
+    """A postback refused: why, and its result (invalid, rejected-auth, unmatched);
+    a body that cannot be read at all has no result."""
+
+    error: str
+    result: str | None = None
+    details: list[FieldProblem] | None = None
 
 
 def _dimension_type(name: str) -> Any:

@@ -28,12 +28,12 @@ from tracker.web.responses import (
     DeliveryOut,
     DeliveryReplayOut,
     DeliveryRetryOut,
-    ErrorOut,
     HealthOut,
     Items,
     Page,
     PostbackLogOut,
     PostbackOut,
+    PostbackRefusalOut,
     ReadyOut,
     ReportOut,
     UploadOut,
@@ -118,9 +118,9 @@ While PostgreSQL is unavailable the postback is kept in Redis and answered
 """
 POSTBACK_ANSWERS = {
     200: Answer("Conversion created, updated or a duplicate; or queued", PostbackOut),
-    400: Answer("Invalid postback", ErrorOut),
-    403: Answer("Token, address or signature refused", ErrorOut),
-    404: Answer("Unknown click", ErrorOut),
+    400: Answer("Invalid postback", PostbackRefusalOut),
+    403: Answer("Token, address or signature refused", PostbackRefusalOut),
+    404: Answer("Unknown click", PostbackRefusalOut),
 }
 POSTBACK = Op(
     "Record a conversion (server-to-server postback)",
