@@ -11,7 +11,14 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 import asyncpg
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+)
 
 from tracker.domain.auth import canonical_signature, check_postback_auth
 from tracker.domain.dialects import DialectConflict, canonical_params
@@ -45,7 +52,13 @@ class PostbackFields(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
     clickid: str = Field(min_length=1, max_length=64)
-    payout: Annotated[Decimal | None, BeforeValidator(_payout)] = None
+    payout: Annotated[
+        Decimal | None,
+        BeforeValidator(_payout),
+        WithJsonSchema(
+            {"anyOf": [{"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]+)?$"}, {"type": "null"}]}
+        ),
+    ] = None
     txid: str = Field(default="", max_length=128)
     parent_txid: str | None = Field(default=None, max_length=128)
     status: str | None = Field(default=None, max_length=64)

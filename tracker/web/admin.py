@@ -2,20 +2,28 @@
 
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 from urllib.parse import quote
 
 import asyncpg
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from tracker.domain.params import load_json_object
+from tracker.domain.params import first_wins, load_json_object
 from tracker.domain.rules import RuleError, compile_conditions
 from tracker.domain.text import clean_text, dirt_in
 from tracker.outbound.payloads import TEMPLATE, check_postback_config, masked_credentials
 from tracker.store import admin as sql
 from tracker.web.appkeys import CONFIG, PG_POOL, SETTINGS
 from tracker.web.errors import ApiError, json_response, read_body
+from tracker.web.responses import (
+    AffiliateNetworkOut,
+    CampaignOut,
+    LanderOut,
+    OfferOut,
+    TrafficSourceOut,
+    shaped,
+)
 from tracker.web.schemas import (
     AffiliateNetworkIn,
     Body,
@@ -67,13 +75,24 @@ def _row_id(request: web.Request) -> int:
     return int(raw)
 
 
-def _int_query(request: web.Request, name: str, default: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or int(raw) > high:
-        raise ApiError(400, "invalid query", [{"field": name, "message": f"0 to {high}"}])
-    return int(raw)
+def _whole_number(value: Any) -> Any:
+    if isinstance(value, str) and not (value.isascii() and value.isdigit() and len(value) < 20):
+        raise ValueError("must be a whole number")
+    return value
+
+
+def _yes(value: Any) -> Any:
+    return value.lower() in ("1", "true") if isinstance(value, str) else value
+
+
+class ListQuery(BaseModel):
+    """A page of rows, newest last; archived rows only when asked for."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    include_archived: Annotated[bool, BeforeValidator(_yes)] = False
+    limit: Annotated[int, BeforeValidator(_whole_number), Field(ge=0, le=1000)] = 100
+    offset: Annotated[int, BeforeValidator(_whole_number), Field(ge=0, le=10**9)] = 0
 
 
 def _with_etag(item: Any, tag: str, status: int = 200) -> web.Response:
@@ -89,6 +108,8 @@ class ResourceViews:
     table: ClassVar[str]
     label: ClassVar[str]
     model: ClassVar[type[Body]]
+    # The answer's shape: every row presented passes through it.
+    out: ClassVar[type[BaseModel]]
     # Body field holding the id of a row in another table that must exist and be active.
     references: ClassVar[dict[str, str]] = {}
 
@@ -117,6 +138,11 @@ class ResourceViews:
         self, request: web.Request, conn: sql.Conn, rows: list[asyncpg.Record]
     ) -> list[dict[str, Any]]:
         return [dict(row) for row in rows]
+
+    async def presented(
+        self, request: web.Request, conn: sql.Conn, rows: list[asyncpg.Record]
+    ) -> list[dict[str, Any]]:
+        return [shaped(self.out, item) for item in await self.present(request, conn, rows)]
 
     async def _check_references(self, conn: sql.Conn, item: BaseModel) -> None:
         details = []
@@ -158,7 +184,7 @@ class ResourceViews:
                 row = await sql.update_row(conn, self.table, row_id, self.columns(item))
             assert row is not None
             await self.after_write(conn, row["id"], item)
-            [presented] = await self.present(request, conn, [row])
+            [presented] = await self.presented(request, conn, [row])
         await request.config_dict[CONFIG].changed()
         return presented, sql.etag(row)
 
@@ -180,16 +206,15 @@ class ResourceViews:
             row = await sql.get_row(conn, self.table, row_id)
             if row is None:
                 raise ApiError(404, f"{self.label} {row_id} not found")
-            [presented] = await self.present(request, conn, [row])
+            [presented] = await self.presented(request, conn, [row])
         return _with_etag(presented, sql.etag(row))
 
     async def list(self, request: web.Request) -> web.Response:
-        include_archived = request.query.get("include_archived", "").lower() in ("1", "true")
-        limit = _int_query(request, "limit", 100, 1000)
-        offset = _int_query(request, "offset", 0, 10**9)
+        query = ListQuery.model_validate(first_wins(request.query.items()))
+        limit, offset = query.limit, query.offset
         async with request.config_dict[PG_POOL].acquire() as conn:
-            rows = await sql.list_rows(conn, self.table, include_archived, limit, offset)
-            items = await self.present(request, conn, rows)
+            rows = await sql.list_rows(conn, self.table, query.include_archived, limit, offset)
+            items = await self.presented(request, conn, rows)
         return json_response({"items": items, "limit": limit, "offset": offset})
 
     async def archive(self, request: web.Request) -> web.Response:
@@ -210,7 +235,7 @@ class ResourceViews:
             row = await write(conn)
             if row is None:
                 raise ApiError(404, f"{self.label} {row_id} not found")
-            [presented] = await self.present(request, conn, [row])
+            [presented] = await self.presented(request, conn, [row])
         await request.config_dict[CONFIG].changed()
         return _with_etag(presented, sql.etag(row))
 
@@ -242,6 +267,7 @@ class TrafficSources(ResourceViews):
     table = "traffic_sources"
     label = "traffic source"
     model = TrafficSourceIn
+    out = TrafficSourceOut
 
     def merge_input(self, current: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
         merged = super().merge_input(current, body)
@@ -300,6 +326,7 @@ class AffiliateNetworks(ResourceViews):
     table = "affiliate_networks"
     label = "affiliate network"
     model = AffiliateNetworkIn
+    out = AffiliateNetworkOut
 
     def creation_columns(self) -> dict[str, Any]:
         return {"postback_token": secrets.token_urlsafe(18)}
@@ -338,6 +365,7 @@ class Offers(ResourceViews):
     table = "offers"
     label = "offer"
     model = OfferIn
+    out = OfferOut
     references: ClassVar[dict[str, str]] = {"affiliate_network_id": "affiliate_networks"}
 
 
@@ -346,6 +374,7 @@ class Landers(ResourceViews):
     table = "landers"
     label = "lander"
     model = LanderIn
+    out = LanderOut
 
 
 class Campaigns(ResourceViews):
@@ -353,6 +382,7 @@ class Campaigns(ResourceViews):
     table = "campaigns"
     label = "campaign"
     model = CampaignIn
+    out = CampaignOut
     references: ClassVar[dict[str, str]] = {"traffic_source_id": "traffic_sources"}
 
     def columns(self, item: BaseModel) -> dict[str, Any]:

@@ -12,8 +12,9 @@ from tracker.domain.validation import INT64_MAX
 from tracker.store.costs import campaign_exists, set_slice_cost
 from tracker.web.admin import read_json_object
 from tracker.web.appkeys import PG_POOL
-from tracker.web.errors import ApiError, json_response
-from tracker.web.schemas import Body
+from tracker.web.errors import ApiError
+from tracker.web.responses import CostOut, model_response
+from tracker.web.schemas import Body, MoneyText
 
 MAX_DAYS = 366
 
@@ -82,7 +83,7 @@ class CostIn(Body):
     campaign_id: RowId
     start: Time = Field(alias="from")
     end: Time = Field(alias="to")
-    cost: Annotated[Decimal, BeforeValidator(parse_money), AfterValidator(_cost)]
+    cost: Annotated[Decimal, BeforeValidator(parse_money), AfterValidator(_cost), MoneyText]
     filter: CostFilter = CostFilter()
 
     @model_validator(mode="after")
@@ -115,7 +116,8 @@ async def set_cost(request: web.Request) -> web.Response:
             "are not counted; retry in a moment if they were just made)",
         )
     cost_update_id, clicks = done
-    return json_response(
+    return model_response(
+        CostOut,
         {
             "campaign_id": item.campaign_id,
             "from": item.start,

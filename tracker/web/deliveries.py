@@ -12,7 +12,14 @@ from tracker.domain.validation import INT64_MAX, QueryId, QueryLimit, day_after
 from tracker.store import deliveries
 from tracker.web.admin import read_json_object
 from tracker.web.appkeys import PG_POOL
-from tracker.web.errors import ApiError, json_response
+from tracker.web.errors import ApiError
+from tracker.web.responses import (
+    DeliveryOut,
+    DeliveryReplayOut,
+    DeliveryRetryOut,
+    Page,
+    model_response,
+)
 from tracker.web.schemas import Body
 
 
@@ -68,8 +75,9 @@ async def list_deliveries(request: web.Request) -> web.Response:
     rows = await deliveries.list_deliveries(
         request.config_dict[PG_POOL], query.args(query.status), query.limit, query.offset
     )
-    return json_response(
-        {"items": [_item(row) for row in rows], "limit": query.limit, "offset": query.offset}
+    return model_response(
+        Page[DeliveryOut],
+        {"items": [_item(row) for row in rows], "limit": query.limit, "offset": query.offset},
     )
 
 
@@ -84,11 +92,11 @@ async def retry_delivery(request: web.Request) -> web.Response:
         if state is None:
             raise ApiError(404, f"delivery {raw} not found")
         raise ApiError(409, f"delivery {raw} is pending already")
-    return json_response({"id": int(raw), "state": deliveries.PENDING})
+    return model_response(DeliveryRetryOut, {"id": int(raw), "state": deliveries.PENDING})
 
 
 async def replay_deliveries(request: web.Request) -> web.Response:
     """Send again every dead delivery of a range of days (and source or campaign)."""
     replay = ReplayIn.model_validate(await read_json_object(request))
     count = await deliveries.replay_dead(request.config_dict[PG_POOL], replay.args(None))
-    return json_response({"replayed": count})
+    return model_response(DeliveryReplayOut, {"replayed": count})

@@ -10,12 +10,12 @@ from aiohttp import web
 from tracker.store import keys
 from tracker.store.health import missing_migrations, stream_lag_seconds
 from tracker.web.appkeys import PG_POOL, REDIS, SETTINGS
-from tracker.web.errors import json_response
+from tracker.web.responses import HealthOut, ReadyOut, model_response
 
 
 async def healthz(request: web.Request) -> web.Response:
     """200 while the process serves requests: it touches no store."""
-    return json_response({"status": "ok"})
+    return model_response(HealthOut, {"status": "ok"})
 
 
 async def _timed(probe: Awaitable[Any], limit: float) -> tuple[Any, float, str | None]:
@@ -64,5 +64,5 @@ async def readyz(request: web.Request) -> web.Response:
         checks[name] = check
     if problems:
         body = {"status": "not ready", "error": "; ".join(problems), "checks": checks}
-        return json_response(body, status=503)
-    return json_response({"status": "ready", "checks": checks})
+        return model_response(ReadyOut, body, 503)
+    return model_response(ReadyOut, {"status": "ready", "checks": checks})

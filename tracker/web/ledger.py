@@ -11,7 +11,13 @@ from tracker.domain.validation import QueryId, QueryLimit, day_after
 from tracker.store.conversions import convert_pending
 from tracker.web.admin import read_json_object
 from tracker.web.appkeys import CONFIG, PG_POOL
-from tracker.web.errors import json_response
+from tracker.web.responses import (
+    CurrencyRateOut,
+    CurrencyRateSetOut,
+    Items,
+    PostbackLogOut,
+    model_response,
+)
 from tracker.web.schemas import CurrencyRateIn
 
 UPSERT_RATE = """
@@ -42,12 +48,12 @@ async def set_rate(request: web.Request) -> web.Response:
     config = request.config_dict[CONFIG]
     await config.changed()
     converted = await convert_pending(pool, config.snapshot.rates)
-    return json_response({**_rate_item(row), "converted": converted}, 201)
+    return model_response(CurrencyRateSetOut, {**_rate_item(row), "converted": converted}, 201)
 
 
 async def list_rates(request: web.Request) -> web.Response:
     rows = await request.config_dict[PG_POOL].fetch(SELECT_RATES)
-    return json_response({"items": [_rate_item(row) for row in rows]})
+    return model_response(Items[CurrencyRateOut], {"items": [_rate_item(row) for row in rows]})
 
 
 def _rate_item(row: Any) -> dict[str, Any]:
@@ -74,7 +80,7 @@ async def list_postbacks(request: web.Request) -> web.Response:
     rows = await request.config_dict[PG_POOL].fetch(
         SELECT_POSTBACKS, query.network_id, query.result, start, end, query.limit
     )
-    return json_response({"items": [_masked(dict(row)) for row in rows]})
+    return model_response(Items[PostbackLogOut], {"items": [_masked(dict(row)) for row in rows]})
 
 
 def _masked(item: dict[str, Any]) -> dict[str, Any]:

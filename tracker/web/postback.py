@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from tracker.domain.auth import SIGNED_POST_QUERY_PARAMS, client_address
 from tracker.domain.params import form_pairs, json_pairs, load_json_object, postback_params
@@ -78,8 +79,9 @@ async def _read(request: web.Request) -> tuple[dict[str, str], str]:
         elif content_type == "multipart/form-data":
             try:
                 form = await request.post()
-            except (LookupError, UnicodeDecodeError, AssertionError) as exc:
-                raise ValueError(f"unreadable multipart body: {exc}") from None
+            except (LookupError, UnicodeDecodeError, AssertionError, HttpProcessingError) as exc:
+                why = getattr(exc, "message", None) or exc
+                raise ValueError(f"unreadable multipart body: {why}") from None
             body_pairs = [(name, value) for name, value in form.items() if isinstance(value, str)]
         elif body:
             raise ValueError(

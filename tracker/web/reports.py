@@ -7,11 +7,12 @@ import re
 import zoneinfo
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import localcontext
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
 from multidict import MultiMapping
+from pydantic import BaseModel, Field
 
 from tracker.domain.reports import (
     DIMENSIONS,
@@ -28,7 +29,8 @@ from tracker.domain.reports import (
 from tracker.domain.validation import INT64_MAX
 from tracker.store.reports import fetch_report
 from tracker.web.appkeys import PG_POOL, SETTINGS
-from tracker.web.errors import ApiError, json_response
+from tracker.web.errors import ApiError
+from tracker.web.responses import report_response
 
 MAX_LIMIT = 10000
 MAX_EVENTS = 10
@@ -247,7 +249,7 @@ async def report(request: web.Request) -> web.StreamResponse:
         total = derive(totals, spec.events)
     if request.query.get("format") == "csv":
         return await _csv(request, spec, items)
-    return json_response(
+    return report_response(
         {
             "from": _local(spec.start, spec.tz),
             "to": _local(spec.end, spec.tz),
@@ -259,7 +261,7 @@ async def report(request: web.Request) -> web.StreamResponse:
             "total_rows": totals["groups"],
             "limit": spec.limit,
             "offset": spec.offset,
-        }
+        },
     )
 
 
@@ -311,3 +313,25 @@ async def _csv(
     await response.write(buffer.getvalue().encode())
     await response.write_eof()
     return response
+
+
+class ReportQuery(BaseModel):
+    """The query of `GET /api/reports`, for the API document (parse_report_query reads
+    it; a test keeps the two in step). `filter[<dimension>]` and
+    `exclude[<dimension>]` take comma-separated values as well."""
+
+    start: str = Field(alias="from", description="a date (2026-03-01) or date-time, in `tz`")
+    end: str = Field(alias="to", description="a date (included) or date-time (excluded)")
+    tz: str | None = Field(default=None, description="IANA zone; default TRACKER_REPORT_TIMEZONE")
+    group_by: str = Field(
+        default="campaign", description=f"comma-separated, of: {', '.join(DIMENSIONS)}"
+    )
+    campaign_id: int | None = Field(default=None, ge=1, le=INT64_MAX)
+    conversion_time: Literal["click", "postback"] = "click"
+    events: str | None = Field(default=None, description="comma-separated event names")
+    sort: str | None = Field(
+        default=None, description="comma-separated metrics or grouped dimensions; `-` descends"
+    )
+    limit: int = Field(default=1000, ge=1, le=MAX_LIMIT)
+    offset: int = Field(default=0, ge=0, le=10**9)
+    format: Literal["json", "csv"] = "json"

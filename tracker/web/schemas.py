@@ -14,6 +14,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -47,9 +48,24 @@ def _not_negative(value: Decimal | None) -> Decimal | None:
     return value
 
 
-OptionalMoney = Annotated[Decimal | None, BeforeValidator(_money_or_none)]
-Currency = Annotated[str, BeforeValidator(parse_currency)]
-Url = Annotated[str, BeforeValidator(_http_url)]
+# What the API document says an amount is: a decimal string (an integer is taken too).
+MONEY_SCHEMA = {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]+)?$", "examples": ["3.00"]}
+MoneyText = WithJsonSchema(MONEY_SCHEMA)
+OptionalMoney = Annotated[
+    Decimal | None,
+    BeforeValidator(_money_or_none),
+    WithJsonSchema({"anyOf": [MONEY_SCHEMA, {"type": "null"}]}),
+]
+Currency = Annotated[
+    str,
+    BeforeValidator(parse_currency),
+    WithJsonSchema({"type": "string", "pattern": "^[A-Za-z]{3}$", "examples": ["USD"]}),
+]
+Url = Annotated[
+    str,
+    BeforeValidator(_http_url),
+    WithJsonSchema({"type": "string", "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://[^\\s]+$"}),
+]
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 ParamName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
 
@@ -99,7 +115,9 @@ class TrafficSourceIn(Body):
     external_id_param: ParamName = "external_id"
     cost_param: ParamName = "cost"
     # Highest per-click cost accepted from click URLs of `auto` campaigns; above it, no cost.
-    max_click_cost: Annotated[Decimal, BeforeValidator(parse_money), Field(ge=0)] = Decimal("100")
+    max_click_cost: Annotated[Decimal, BeforeValidator(parse_money), Field(ge=0), MoneyText] = (
+        Decimal("100")
+    )
     # Conversions sent back: a URL template (GET, or POST with a body template), or an ad
     # platform's conversion API with its credentials. Checked as a whole by the view.
     postback_preset: Literal["template", "meta", "tiktok", "google_ads"] = "template"
@@ -284,7 +302,7 @@ class CurrencyRateIn(Body):
     """One unit of `currency` is worth `rate` USD from `valid_from` on."""
 
     currency: Currency
-    rate: Annotated[Decimal, BeforeValidator(lambda v: parse_money(v, 12))]
+    rate: Annotated[Decimal, BeforeValidator(lambda v: parse_money(v, 12)), MoneyText]
     valid_from: date
 
     @model_validator(mode="after")

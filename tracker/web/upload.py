@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from tracker.domain.corrections import CsvRefused, CsvRow, TooManyRows, read_corrections
@@ -23,6 +24,7 @@ from tracker.store.postback_log import UPLOAD, Inbound
 from tracker.web.appkeys import CONFIG, POSTBACK_GUARD, POSTBACK_LOG, POSTBACKS
 from tracker.web.errors import STORAGE_UNAVAILABLE, ApiError, json_response
 from tracker.web.postback import request_address
+from tracker.web.responses import UploadOut, model_response
 
 log = logging.getLogger("tracker.web.upload")
 
@@ -100,7 +102,7 @@ async def upload_conversions(request: web.Request) -> web.Response:
             return json_response(body, status)
         answered.append(_row_answer(row, outcome))
         summary[outcome.result] += 1
-    return json_response({"rows": answered, "summary": summary})
+    return model_response(UploadOut, {"rows": answered, "summary": summary})
 
 
 async def _apply(app: Any, inbound: Inbound, row: CsvRow) -> Outcome:
@@ -180,8 +182,11 @@ async def _read_form_file(request: web.Request) -> bytes:
             if size > MAX_BYTES:
                 raise _too_large()
             parts.append((part.name, bytes(data)))
-    except (ValueError, AssertionError, LookupError) as exc:
-        raise ApiError(400, f"unreadable multipart body: {str(exc)[:200]}") from None
+    except (ValueError, AssertionError, LookupError, HttpProcessingError) as exc:
+        # A part's malformed headers come as HttpProcessingError, whose text is its
+        # status and message.
+        reason = getattr(exc, "message", None) or str(exc)
+        raise ApiError(400, f"unreadable multipart body: {str(reason)[:200]}") from None
     files = [data for name, data in parts if name == FILE_FIELD]
     if len(files) == 1:
         return files[0]
