@@ -2,12 +2,15 @@
 retention."""
 
 import asyncio
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import asyncpg
 import orjson
@@ -15,14 +18,15 @@ import pytest
 
 from tests.conftest import wait_for_sink
 from tests.test_cli import env_for
-from tracker.devstack import free_port
+from tracker.devstack import PostgresServer, free_port
 from tracker.domain.clickid import click_ms, click_time, new_click_id
+from tracker.sink.clicks import ClickSink
 from tracker.sink.housekeeping import Housekeeper
 from tracker.sink.orphans import orphan_matcher
 from tracker.store import keys
 from tracker.store.clicks import SELECT_CLICK
 from tracker.store.conversions import LOCK_CONVERSION, ConversionPostback, ConversionWriter
-from tracker.store.db import list_migrations, migrate
+from tracker.store.db import create_pool, list_migrations, migrate
 from tracker.store.partitions import (
     ensure_partitions,
     list_partitions,
@@ -329,12 +333,14 @@ async def test_conversions_and_log_rows_without_a_partition_land(pool):
     assert (conversions, logged) == (1, 3)
 
 
+@dataclass(frozen=True)
 class _Outcome:
-    result = "unmatched"
-    reason = "unknown click id"
-    conversion_id = None
-    network_id = None
-    click_id = "nothing"
+    # A dataclass, as the processor's outcomes are: the log serialises it as it is.
+    result: str = "unmatched"
+    reason: str = "unknown click id"
+    conversion_id: int | None = None
+    network_id: int | None = None
+    click_id: str = "nothing"
 
 
 async def test_writers_racing_for_one_missing_partition_all_succeed(pool):
@@ -484,3 +490,74 @@ async def test_tracker_maintain_prints_what_it_did(settings, pool):
     assert f"dropped partition {old}" in lines
     assert lines[-1].startswith("created ") and "deleted 0 finished deliveries" in lines[-1]
     print(done.stdout)
+
+
+# -- review: create-on-miss whatever language the server speaks ---------------------------
+
+
+@pytest.fixture
+async def german_postgres(monkeypatch):
+    """A Postgres of this test's own whose messages are in German, as on a server set up
+    with a German locale (its `lc_messages`); the suite's servers speak English."""
+    root = Path(tempfile.mkdtemp(prefix="tracker-german-"))
+    root.chmod(0o755)
+    pg = PostgresServer(root / "postgres", free_port(), fast_unsafe=True)
+    monkeypatch.setenv("LANGUAGE", "de")  # gettext's choice when lc_messages is not plain C
+    try:
+        await asyncio.to_thread(pg.start)
+        monkeypatch.delenv("LANGUAGE")
+        conn = await asyncpg.connect(pg.dsn())
+        try:
+            await conn.execute("ALTER DATABASE tracker SET lc_messages = 'C.UTF-8'")
+        finally:
+            await conn.close()
+        await migrate(pg.dsn())
+        yield pg
+    finally:
+        await asyncio.to_thread(pg.stop)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.faults
+async def test_rows_land_without_a_partition_on_a_server_speaking_german(german_postgres, redis):
+    """A click, a conversion and log rows that meet no partition are stored even when the
+    server words its errors in another language than English."""
+    pool = await create_pool(german_postgres.dsn(), 1, 4)
+    try:
+        with pytest.raises(asyncpg.DivisionByZeroError, match="Division durch Null"):
+            await pool.execute("SELECT 1 / 0")
+        far = NOW + timedelta(days=40)  # past every partition made ahead
+        click = click_record(far)
+        sink = ClickSink(redis, pool, consumer="german")
+        await sink.store([(b"1-0", {b"d": orjson.dumps(click)})])
+        writer, log = ConversionWriter(pool), PostbackLog(pool)
+        await writer.start()
+        await log.start()
+        failures = []
+        try:
+            old_click = click_record(NOW - timedelta(days=130))  # a month with no partition
+            for write in (
+                writer.record(postback(old_click, "T1", far)),
+                log.append(
+                    Inbound(params={}, method="GET", raw="", received_at=far + timedelta(days=1)),
+                    _Outcome(),
+                ),
+            ):
+                try:
+                    await write
+                except Exception as exc:
+                    failures.append(exc)
+        finally:
+            await writer.close()
+            await log.close()
+        clicks = await pool.fetchval("SELECT count(*) FROM clicks")
+        dead = await pool.fetchval("SELECT count(*) FROM click_dead_letters")
+        conversions = await pool.fetchval("SELECT count(*) FROM conversions")
+        logged = await pool.fetchval("SELECT count(*) FROM postback_log")
+    finally:
+        await pool.close()
+    print(
+        f"german server: clicks stored {clicks} of 1 (dead letters {dead}), conversions "
+        f"{conversions} of 1, log rows {logged} of 2, failed writes {len(failures)}"
+    )
+    assert (clicks, dead, conversions, logged, failures) == (1, 0, 1, 2, [])

@@ -58,8 +58,14 @@ class Partition:
 
 
 def is_missing_partition(exc: BaseException) -> bool:
-    """Whether Postgres refused a row because no partition takes it (SQLSTATE 23514)."""
-    return isinstance(exc, asyncpg.CheckViolationError) and "no partition of relation" in str(exc)
+    """Whether Postgres refused a row because no partition of one of our partitioned
+    tables takes it: SQLSTATE 23514 naming the table and no constraint (a CHECK names
+    its constraint). Not the message, which is in the server's language."""
+    return (
+        isinstance(exc, asyncpg.CheckViolationError)
+        and exc.constraint_name is None
+        and exc.table_name in TABLES
+    )
 
 
 def period_start(moment: datetime, grain: Grain) -> datetime:
