@@ -33,7 +33,13 @@ from tracker.store.partitions import (
     period_start,
     periods_ahead,
 )
-from tracker.store.postback_log import SELECT_ORPHANS_WITH_CLICKS, Inbound, PostbackLog
+from tracker.store.postback_log import (
+    SELECT_ORPHANS_WITH_CLICKS,
+    Inbound,
+    PostbackLog,
+    unmatched_for,
+    unmatched_query,
+)
 from tracker.store.retention import delete_finished_deliveries, maintain
 
 NOW = datetime.now(UTC)
@@ -561,3 +567,45 @@ async def test_rows_land_without_a_partition_on_a_server_speaking_german(german_
         f"{conversions} of 1, log rows {logged} of 2, failed writes {len(failures)}"
     )
     assert (clicks, dead, conversions, logged, failures) == (1, 0, 1, 2, [])
+
+
+# -- review: the orphans of a stored batch are looked up in their clicks' days only -------
+
+
+@pytest.mark.parametrize("plan_mode", ["force_custom_plan", "force_generic_plan"])
+async def test_orphans_of_stored_clicks_are_looked_up_from_their_clicks_day_on(pool, plan_mode):
+    """After each batch of clicks it stores, the sink looks for postbacks that came before
+    them: in the log's partitions from the clicks' days on, not in every day kept."""
+    await ensure_partitions(pool, "postback_log", [NOW - timedelta(days=d) for d in range(40)])
+    clicked = NOW - timedelta(days=3)
+    click_id = new_click_id(ms(clicked))
+    other = new_click_id(ms(NOW))
+    await pool.executemany(
+        "INSERT INTO postback_log (click_id, received_at, result, method, raw, params)"
+        " VALUES ($1, $2, 'unmatched', 'GET', '', '{}')",
+        [(click_id, clicked + timedelta(minutes=5)), (other, NOW)],
+    )
+    found = await unmatched_for(pool, [click_id, other, "not-a-click-id"])
+    assert sorted(inbound.received_at for _, inbound in found) == [
+        clicked + timedelta(minutes=5),
+        NOW,
+    ]
+    assert unmatched_query(["not-a-click-id"]) is None
+    async with pool.acquire() as conn:
+        await conn.execute(f"SET plan_cache_mode = {plan_mode}")
+        try:
+            found_query = unmatched_query([click_id, other])
+            assert found_query is not None
+            query, args = found_query
+            plan = orjson.loads(
+                await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + query, *args)
+            )
+        finally:
+            await conn.execute("RESET plan_cache_mode")
+    scanned = scanned_partitions(plan, "postback_log_p")
+    kept = await list_partitions(pool, "postback_log")
+    print(f"postback log partitions kept {len(kept)}, scanned for a batch's orphans {len(scanned)}")
+    # None before the day before the oldest click (clocks of two hosts may differ).
+    since = clicked - timedelta(days=1)
+    assert scanned and all(p.ends > since for p in kept if p.name in scanned)
+    assert len([p for p in kept if p.ends <= since]) >= 30
