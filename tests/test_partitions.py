@@ -168,7 +168,11 @@ async def test_migration_keeps_every_row_and_id_sequence(servers, tmp_path):
             assert new_id == last + 1
         # Every row has its partition, and the days ahead exist.
         clicks = await list_partitions(conn, "clicks")
-        assert {period_start(m, "day") for m in moments} <= {p.starts for p in clicks}
+        # (Months before this one are one partition each: see the test of years of history.)
+        assert all(any(p.starts <= m < p.ends for p in clicks) for m in moments)
+        assert {period_start(m, "day") for m in moments if m >= period_start(NOW, "month")} <= {
+            p.starts for p in clicks
+        }
         assert period_start(NOW + timedelta(days=7), "day") in {p.starts for p in clicks}
         months = {p.starts for p in await list_partitions(conn, "conversions")}
         assert {period_start(NOW - timedelta(days=9 * i), "month") for i in range(13)} <= months
@@ -609,3 +613,76 @@ async def test_orphans_of_stored_clicks_are_looked_up_from_their_clicks_day_on(p
     since = clicked - timedelta(days=1)
     assert scanned and all(p.ends > since for p in kept if p.name in scanned)
     assert len([p for p in kept if p.ends <= since]) >= 30
+
+
+# -- review: a long history migrates into few partitions ---------------------------------
+
+
+async def test_migration_of_years_of_history_makes_monthly_partitions_before_this_month(
+    servers, settings, tmp_path
+):
+    """Clicks were kept for ever before 0015: three years of them in daily partitions are
+    thousands of tables made in one transaction, more locks than Postgres holds by default
+    ("out of shared memory"). Months before the current one get one partition each, which
+    retention drops once the whole month is past."""
+    dsn = await fresh_database(servers, "migrate_history")
+    old = tmp_path / "old"
+    old.mkdir()
+    for version, name, sql in list_migrations():
+        if version < 15:
+            (old / name).write_text(sql)
+    await migrate(dsn, old)
+    moments = [datetime.fromtimestamp(ms(NOW - timedelta(days=d)) / 1000, UTC) for d in range(1095)]
+    pool = await create_pool(dsn, 1, 2)
+    try:
+        await pool.executemany(
+            "INSERT INTO clicks (click_id, created_at, campaign_id, offer_id,"
+            " traffic_source_id) VALUES ($1, $2, 1, 2, 3)",
+            [(new_click_id(ms(m)), m) for m in moments],
+        )
+        await pool.executemany(
+            "INSERT INTO postback_log (received_at, result, method, raw, params, receipt_id)"
+            " VALUES ($1, 'created', 'GET', '', '{}', $2)",
+            [(m, f"r{i}") for i, m in enumerate(moments)],
+        )
+        assert await migrate(dsn) == ["0015_time_partitions.sql"]
+        this_month = period_start(NOW, "month")
+        for table in ("clicks", "postback_log"):
+            found = await list_partitions(pool, table)
+            count = await pool.fetchval(f"SELECT count(*) FROM {table}")
+            print(f"{table}: {count} rows over {len(moments)} days in {len(found)} partitions")
+            assert count == len(moments)
+            assert len(found) <= 37 + 31 + 8
+            # Whole months before this one; days from its first on (and a week ahead).
+            for p in found:
+                if p.starts < this_month:
+                    assert p.ends <= this_month and p.starts == period_start(p.starts, "month")
+                else:
+                    assert p.ends - p.starts == timedelta(days=1)
+        # Today's rows go to today's partition.
+        click_id = new_click_id(ms(NOW))
+        await pool.execute(
+            "INSERT INTO clicks (click_id, created_at, campaign_id, offer_id, traffic_source_id)"
+            " VALUES ($1, click_id_time($1), 1, 2, 3)",
+            click_id,
+        )
+        day = await pool.fetchval(
+            "SELECT tableoid::regclass::text FROM clicks WHERE click_id = $1", click_id
+        )
+        assert day == f"clicks_p{NOW:%Y%m%d}"
+        # A writer making room for a day of a month of history finds it has a partition.
+        history_day = NOW - timedelta(days=400)
+        assert await ensure_partitions(pool, "clicks", [history_day, NOW]) == []
+        # Retention drops the months wholly past it, and keeps every row it should keep.
+        keep = settings.model_copy(
+            update={"click_retention_days": 90, "postback_log_retention_days": 90}
+        )
+        await maintain(pool, keep, NOW)
+        cutoff = NOW - timedelta(days=90)
+        for table, column in (("clicks", "created_at"), ("postback_log", "received_at")):
+            left = await pool.fetchval(f"SELECT min({column}) FROM {table}")
+            kept = await pool.fetchval(f"SELECT count(*) FROM {table} WHERE {column} >= $1", cutoff)
+            assert kept == len([m for m in moments if m >= cutoff]) + (table == "clicks")
+            assert period_start(cutoff, "month") <= left < cutoff
+    finally:
+        await pool.close()
