@@ -686,3 +686,36 @@ async def test_migration_of_years_of_history_makes_monthly_partitions_before_thi
             assert period_start(cutoff, "month") <= left < cutoff
     finally:
         await pool.close()
+
+
+async def test_a_clock_far_ahead_drops_nothing_the_databases_clock_keeps(settings, pool):
+    """A sink whose clock jumped a year ahead must not drop a year of clicks and log rows:
+    retention is measured by the older of its clock and the database's."""
+    settings = settings.model_copy(
+        update={"click_retention_days": 30, "postback_log_retention_days": 30}
+    )
+    recent = await insert_click(pool, NOW - timedelta(days=2))
+    await ensure_partitions(pool, "postback_log", [NOW - timedelta(days=2)])
+    await pool.execute(
+        "INSERT INTO postback_log (received_at, result, method, raw, params)"
+        " VALUES ($1, 'unmatched', 'GET', '', '{}')",
+        NOW - timedelta(days=2),
+    )
+    done = await maintain(pool, settings, NOW + timedelta(days=365))
+    clicks = [r["click_id"] for r in await pool.fetch("SELECT click_id FROM clicks")]
+    logged = await pool.fetchval("SELECT count(*) FROM postback_log")
+    print(f"clock a year ahead: dropped {done.dropped}; clicks {clicks}, log rows {logged}")
+    assert clicks == [recent] and logged == 1
+
+
+async def test_a_clock_far_ahead_deletes_no_recent_refused_log_row(settings, pool, redis):
+    await ensure_partitions(pool, "postback_log", [NOW - timedelta(days=2)])
+    await pool.execute(
+        "INSERT INTO postback_log (received_at, result, method, raw, params)"
+        " VALUES ($1, 'invalid', 'GET', '', '{}')",
+        NOW - timedelta(days=2),
+    )
+    async with orphan_matcher(pool, redis, settings) as matcher:
+        ahead = Housekeeper(pool, matcher, settings, clock=lambda: NOW + timedelta(days=365))
+        assert await ahead.purge_log() == 0
+    assert await pool.fetchval("SELECT count(*) FROM postback_log") == 1
