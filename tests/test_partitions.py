@@ -18,6 +18,8 @@ import pytest
 
 from tests.conftest import wait_for_sink
 from tests.test_cli import env_for
+from tests.test_housekeeping import log_unmatched
+from tests.test_postback import make_click
 from tracker.devstack import PostgresServer, free_port
 from tracker.domain.clickid import click_ms, click_time, new_click_id
 from tracker.sink.clicks import ClickSink
@@ -719,3 +721,24 @@ async def test_a_clock_far_ahead_deletes_no_recent_refused_log_row(settings, poo
         ahead = Housekeeper(pool, matcher, settings, clock=lambda: NOW + timedelta(days=365))
         assert await ahead.purge_log() == 0
     assert await pool.fetchval("SELECT count(*) FROM postback_log") == 1
+
+
+async def test_sweep_converts_an_orphan_stamped_days_before_its_click(
+    client, api, pool, redis, sink, settings
+):
+    """The batch hook looks for orphans from a day before their clicks on; one stamped
+    earlier still (its host's clock two days behind) is converted by the periodic sweep."""
+    setup = await api.setup_campaign()
+    token = setup["network"]["postback_token"]
+    click_id = await make_click(client, setup["campaign"])
+    await wait_for_sink(sink)
+    behind = datetime.now(UTC) - timedelta(days=2)
+    await log_unmatched(pool, click_id, token, received_at=behind)
+    await redis.delete(keys.click_key(click_id))
+    async with orphan_matcher(pool, redis, settings) as matcher:
+        await matcher.rematch([click_id])  # what the sink does after a batch: not found
+        assert await pool.fetchval("SELECT count(*) FROM conversions") == 0
+        keeper = Housekeeper(pool, matcher, settings)
+        assert await keeper.sweep_orphans() == 1
+    assert await pool.fetchval("SELECT count(*) FROM conversions") == 1
+    assert await pool.fetchval("SELECT result FROM postback_log") == "created"

@@ -93,8 +93,10 @@ WHERE result = 'unmatched' AND click_id = any($1::text[]) AND received_at >= $2
 ORDER BY id
 """
 # A postback comes after its click; the hosts that stamped the two may disagree a little.
-# One that seems older still is found by the sink's periodic orphan sweep.
+# One that seems older still is found by the sink's periodic orphan sweep, which looks
+# back as far as SELECT_ORPHANS_WITH_CLICKS does (ORPHAN_HORIZON).
 ORPHAN_CLOCK_SLACK = timedelta(days=1)
+ORPHAN_HORIZON = timedelta(days=365)
 MARK_REMATCHED = """
 UPDATE postback_log
 SET result = $2, reason = $3, conversion_id = $4, network_id = $5, rematched_at = now()
@@ -158,19 +160,27 @@ class PostbackLog(BatchedService):
             return exc
 
 
-def unmatched_query(click_ids: list[str]) -> tuple[str, tuple[Any, ...]] | None:
+def unmatched_query(
+    click_ids: list[str], since: datetime | None = None
+) -> tuple[str, tuple[Any, ...]] | None:
     """The query `unmatched_for` runs, with its arguments: postbacks for those of
-    `click_ids` that are click ids (no other can match a click), received since the
-    oldest of them was made; None when there is none."""
+    `click_ids` that are click ids (no other can match a click), received since `since`
+    (default: a little before the oldest of the clicks was made); None when there is
+    none."""
     times = {click_id: moment for click_id in click_ids if (moment := click_time(click_id))}
     if not times:
         return None
-    return SELECT_UNMATCHED_FOR, (list(times), min(times.values()) - ORPHAN_CLOCK_SLACK)
+    if since is None:
+        since = min(times.values()) - ORPHAN_CLOCK_SLACK
+    return SELECT_UNMATCHED_FOR, (list(times), since)
 
 
-async def unmatched_for(pool: asyncpg.Pool, click_ids: list[str]) -> list[tuple[int, Inbound]]:
-    """Logged postbacks (log id, postback) still waiting for one of these clicks."""
-    found = unmatched_query(click_ids)
+async def unmatched_for(
+    pool: asyncpg.Pool, click_ids: list[str], since: datetime | None = None
+) -> list[tuple[int, Inbound]]:
+    """Logged postbacks (log id, postback) still waiting for one of these clicks, received
+    since `since` (default: see `unmatched_query`)."""
+    found = unmatched_query(click_ids, since)
     if found is None:
         return []
     query, args = found
