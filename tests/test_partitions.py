@@ -742,3 +742,20 @@ async def test_sweep_converts_an_orphan_stamped_days_before_its_click(
         assert await keeper.sweep_orphans() == 1
     assert await pool.fetchval("SELECT count(*) FROM conversions") == 1
     assert await pool.fetchval("SELECT result FROM postback_log") == "created"
+
+
+async def test_retention_drops_a_partition_an_operator_moved_to_another_schema(settings, pool):
+    """Partitions are dropped by their catalog identity, quoted by Postgres, not by a name
+    put between quotes: one moved to an archive schema was reported dropped and kept."""
+    old = NOW - timedelta(days=200)
+    await insert_click(pool, old)
+    name = f"clicks_p{old:%Y%m%d}"
+    await pool.execute("CREATE SCHEMA IF NOT EXISTS archive")
+    try:
+        await pool.execute(f"ALTER TABLE {name} SET SCHEMA archive")
+        done = await maintain(pool, settings, NOW)
+        assert f"archive.{name}" in done.dropped
+        assert await pool.fetchval("SELECT to_regclass($1)", f"archive.{name}") is None
+        assert await pool.fetchval("SELECT count(*) FROM clicks") == 0
+    finally:
+        await pool.execute("DROP SCHEMA archive CASCADE")
