@@ -612,7 +612,7 @@ async def test_orphans_of_stored_clicks_are_looked_up_from_their_clicks_day_on(p
     kept = await list_partitions(pool, "postback_log")
     print(f"postback log partitions kept {len(kept)}, scanned for a batch's orphans {len(scanned)}")
     # None before the day before the oldest click (clocks of two hosts may differ).
-    since = clicked - timedelta(days=1)
+    since = click_time(click_id) - timedelta(days=1)
     assert scanned and all(p.ends > since for p in kept if p.name in scanned)
     assert len([p for p in kept if p.ends <= since]) >= 30
 
