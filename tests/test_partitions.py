@@ -2,12 +2,15 @@
 retention."""
 
 import asyncio
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import asyncpg
 import orjson
@@ -15,21 +18,30 @@ import pytest
 
 from tests.conftest import fresh_database, wait_for_sink
 from tests.test_cli import env_for
-from tracker.devstack import free_port
+from tests.test_housekeeping import log_unmatched
+from tests.test_postback import make_click
+from tracker.devstack import PostgresServer, free_port
 from tracker.domain.clickid import click_ms, click_time, new_click_id
+from tracker.sink.clicks import ClickSink
 from tracker.sink.housekeeping import Housekeeper
 from tracker.sink.orphans import orphan_matcher
 from tracker.store import keys
 from tracker.store.clicks import SELECT_CLICK
 from tracker.store.conversions import LOCK_CONVERSION, ConversionPostback, ConversionWriter
-from tracker.store.db import list_migrations, migrate
+from tracker.store.db import create_pool, list_migrations, migrate
 from tracker.store.partitions import (
     ensure_partitions,
     list_partitions,
     period_start,
     periods_ahead,
 )
-from tracker.store.postback_log import SELECT_ORPHANS_WITH_CLICKS, Inbound, PostbackLog
+from tracker.store.postback_log import (
+    SELECT_ORPHANS_WITH_CLICKS,
+    Inbound,
+    PostbackLog,
+    unmatched_for,
+    unmatched_query,
+)
 from tracker.store.retention import delete_finished_deliveries, maintain
 
 NOW = datetime.now(UTC)
@@ -147,7 +159,11 @@ async def test_migration_keeps_every_row_and_id_sequence(servers, tmp_path):
             assert new_id == last + 1
         # Every row has its partition, and the days ahead exist.
         clicks = await list_partitions(conn, "clicks")
-        assert {period_start(m, "day") for m in moments} <= {p.starts for p in clicks}
+        # (Months before this one are one partition each: see the test of years of history.)
+        assert all(any(p.starts <= m < p.ends for p in clicks) for m in moments)
+        assert {period_start(m, "day") for m in moments if m >= period_start(NOW, "month")} <= {
+            p.starts for p in clicks
+        }
         assert period_start(NOW + timedelta(days=7), "day") in {p.starts for p in clicks}
         months = {p.starts for p in await list_partitions(conn, "conversions")}
         assert {period_start(NOW - timedelta(days=9 * i), "month") for i in range(13)} <= months
@@ -318,12 +334,14 @@ async def test_conversions_and_log_rows_without_a_partition_land(pool):
     assert (conversions, logged) == (1, 3)
 
 
+@dataclass(frozen=True)
 class _Outcome:
-    result = "unmatched"
-    reason = "unknown click id"
-    conversion_id = None
-    network_id = None
-    click_id = "nothing"
+    # A dataclass, as the processor's outcomes are: the log serialises it as it is.
+    result: str = "unmatched"
+    reason: str = "unknown click id"
+    conversion_id: int | None = None
+    network_id: int | None = None
+    click_id: str = "nothing"
 
 
 async def test_writers_racing_for_one_missing_partition_all_succeed(pool):
@@ -473,3 +491,261 @@ async def test_tracker_maintain_prints_what_it_did(settings, pool):
     assert f"dropped partition {old}" in lines
     assert lines[-1].startswith("created ") and "deleted 0 finished deliveries" in lines[-1]
     print(done.stdout)
+
+
+# -- review: create-on-miss whatever language the server speaks ---------------------------
+
+
+@pytest.fixture
+async def german_postgres(monkeypatch):
+    """A Postgres of this test's own whose messages are in German, as on a server set up
+    with a German locale (its `lc_messages`); the suite's servers speak English."""
+    root = Path(tempfile.mkdtemp(prefix="tracker-german-"))
+    root.chmod(0o755)
+    pg = PostgresServer(root / "postgres", free_port(), fast_unsafe=True)
+    monkeypatch.setenv("LANGUAGE", "de")  # gettext's choice when lc_messages is not plain C
+    try:
+        await asyncio.to_thread(pg.start)
+        monkeypatch.delenv("LANGUAGE")
+        conn = await asyncpg.connect(pg.dsn())
+        try:
+            await conn.execute("ALTER DATABASE tracker SET lc_messages = 'C.UTF-8'")
+        finally:
+            await conn.close()
+        await migrate(pg.dsn())
+        yield pg
+    finally:
+        await asyncio.to_thread(pg.stop)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.faults
+async def test_rows_land_without_a_partition_on_a_server_speaking_german(german_postgres, redis):
+    """A click, a conversion and log rows that meet no partition are stored even when the
+    server words its errors in another language than English."""
+    pool = await create_pool(german_postgres.dsn(), 1, 4)
+    try:
+        with pytest.raises(asyncpg.DivisionByZeroError, match="Division durch Null"):
+            await pool.execute("SELECT 1 / 0")
+        far = NOW + timedelta(days=40)  # past every partition made ahead
+        click = click_record(far)
+        sink = ClickSink(redis, pool, consumer="german")
+        await sink.store([(b"1-0", {b"d": orjson.dumps(click)})])
+        writer, log = ConversionWriter(pool), PostbackLog(pool)
+        await writer.start()
+        await log.start()
+        failures = []
+        try:
+            old_click = click_record(NOW - timedelta(days=130))  # a month with no partition
+            for write in (
+                writer.record(postback(old_click, "T1", far)),
+                log.append(
+                    Inbound(params={}, method="GET", raw="", received_at=far + timedelta(days=1)),
+                    _Outcome(),
+                ),
+            ):
+                try:
+                    await write
+                except Exception as exc:
+                    failures.append(exc)
+        finally:
+            await writer.close()
+            await log.close()
+        clicks = await pool.fetchval("SELECT count(*) FROM clicks")
+        dead = await pool.fetchval("SELECT count(*) FROM click_dead_letters")
+        conversions = await pool.fetchval("SELECT count(*) FROM conversions")
+        logged = await pool.fetchval("SELECT count(*) FROM postback_log")
+    finally:
+        await pool.close()
+    print(
+        f"german server: clicks stored {clicks} of 1 (dead letters {dead}), conversions "
+        f"{conversions} of 1, log rows {logged} of 2, failed writes {len(failures)}"
+    )
+    assert (clicks, dead, conversions, logged, failures) == (1, 0, 1, 2, [])
+
+
+# -- review: the orphans of a stored batch are looked up in their clicks' days only -------
+
+
+@pytest.mark.parametrize("plan_mode", ["force_custom_plan", "force_generic_plan"])
+async def test_orphans_of_stored_clicks_are_looked_up_from_their_clicks_day_on(pool, plan_mode):
+    """After each batch of clicks it stores, the sink looks for postbacks that came before
+    them: in the log's partitions from the clicks' days on, not in every day kept."""
+    await ensure_partitions(pool, "postback_log", [NOW - timedelta(days=d) for d in range(40)])
+    clicked = NOW - timedelta(days=3)
+    click_id = new_click_id(ms(clicked))
+    other = new_click_id(ms(NOW))
+    await pool.executemany(
+        "INSERT INTO postback_log (click_id, received_at, result, method, raw, params)"
+        " VALUES ($1, $2, 'unmatched', 'GET', '', '{}')",
+        [(click_id, clicked + timedelta(minutes=5)), (other, NOW)],
+    )
+    found = await unmatched_for(pool, [click_id, other, "not-a-click-id"])
+    assert sorted(inbound.received_at for _, inbound in found) == [
+        clicked + timedelta(minutes=5),
+        NOW,
+    ]
+    assert unmatched_query(["not-a-click-id"]) is None
+    async with pool.acquire() as conn:
+        await conn.execute(f"SET plan_cache_mode = {plan_mode}")
+        try:
+            found_query = unmatched_query([click_id, other])
+            assert found_query is not None
+            query, args = found_query
+            plan = orjson.loads(
+                await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + query, *args)
+            )
+        finally:
+            await conn.execute("RESET plan_cache_mode")
+    scanned = scanned_partitions(plan, "postback_log_p")
+    kept = await list_partitions(pool, "postback_log")
+    print(f"postback log partitions kept {len(kept)}, scanned for a batch's orphans {len(scanned)}")
+    # None before the day before the oldest click (clocks of two hosts may differ).
+    since = click_time(click_id) - timedelta(days=1)
+    assert scanned and all(p.ends > since for p in kept if p.name in scanned)
+    assert len([p for p in kept if p.ends <= since]) >= 30
+
+
+# -- review: a long history migrates into few partitions ---------------------------------
+
+
+async def test_migration_of_years_of_history_makes_monthly_partitions_before_this_month(
+    servers, settings, tmp_path
+):
+    """Clicks were kept for ever before 0015: three years of them in daily partitions are
+    thousands of tables made in one transaction, more locks than Postgres holds by default
+    ("out of shared memory"). Months before the current one get one partition each, which
+    retention drops once the whole month is past."""
+    dsn = await fresh_database(servers, "migrate_history")
+    old = tmp_path / "old"
+    old.mkdir()
+    for version, name, sql in list_migrations():
+        if version < 15:
+            (old / name).write_text(sql)
+    await migrate(dsn, old)
+    moments = [datetime.fromtimestamp(ms(NOW - timedelta(days=d)) / 1000, UTC) for d in range(1095)]
+    pool = await create_pool(dsn, 1, 2)
+    try:
+        await pool.executemany(
+            "INSERT INTO clicks (click_id, created_at, campaign_id, offer_id,"
+            " traffic_source_id) VALUES ($1, $2, 1, 2, 3)",
+            [(new_click_id(ms(m)), m) for m in moments],
+        )
+        await pool.executemany(
+            "INSERT INTO postback_log (received_at, result, method, raw, params, receipt_id)"
+            " VALUES ($1, 'created', 'GET', '', '{}', $2)",
+            [(m, f"r{i}") for i, m in enumerate(moments)],
+        )
+        assert await migrate(dsn) == ["0015_time_partitions.sql"]
+        this_month = period_start(NOW, "month")
+        for table in ("clicks", "postback_log"):
+            found = await list_partitions(pool, table)
+            count = await pool.fetchval(f"SELECT count(*) FROM {table}")
+            print(f"{table}: {count} rows over {len(moments)} days in {len(found)} partitions")
+            assert count == len(moments)
+            assert len(found) <= 37 + 31 + 8
+            # Whole months before this one; days from its first on (and a week ahead).
+            for p in found:
+                if p.starts < this_month:
+                    assert p.ends <= this_month and p.starts == period_start(p.starts, "month")
+                else:
+                    assert p.ends - p.starts == timedelta(days=1)
+        # Today's rows go to today's partition.
+        click_id = new_click_id(ms(NOW))
+        await pool.execute(
+            "INSERT INTO clicks (click_id, created_at, campaign_id, offer_id, traffic_source_id)"
+            " VALUES ($1, click_id_time($1), 1, 2, 3)",
+            click_id,
+        )
+        day = await pool.fetchval(
+            "SELECT tableoid::regclass::text FROM clicks WHERE click_id = $1", click_id
+        )
+        assert day == f"clicks_p{NOW:%Y%m%d}"
+        # A writer making room for a day of a month of history finds it has a partition.
+        history_day = NOW - timedelta(days=400)
+        assert await ensure_partitions(pool, "clicks", [history_day, NOW]) == []
+        # Retention drops the months wholly past it, and keeps every row it should keep.
+        keep = settings.model_copy(
+            update={"click_retention_days": 90, "postback_log_retention_days": 90}
+        )
+        await maintain(pool, keep, NOW)
+        cutoff = NOW - timedelta(days=90)
+        for table, column in (("clicks", "created_at"), ("postback_log", "received_at")):
+            left = await pool.fetchval(f"SELECT min({column}) FROM {table}")
+            kept = await pool.fetchval(f"SELECT count(*) FROM {table} WHERE {column} >= $1", cutoff)
+            assert kept == len([m for m in moments if m >= cutoff]) + (table == "clicks")
+            # What is left older than the cutoff is in the cutoff's own (monthly) partition.
+            assert period_start(cutoff, "month") <= left <= cutoff
+    finally:
+        await pool.close()
+
+
+async def test_a_clock_far_ahead_drops_nothing_the_databases_clock_keeps(settings, pool):
+    """A sink whose clock jumped a year ahead must not drop a year of clicks and log rows:
+    retention is measured by the older of its clock and the database's."""
+    settings = settings.model_copy(
+        update={"click_retention_days": 30, "postback_log_retention_days": 30}
+    )
+    recent = await insert_click(pool, NOW - timedelta(days=2))
+    await ensure_partitions(pool, "postback_log", [NOW - timedelta(days=2)])
+    await pool.execute(
+        "INSERT INTO postback_log (received_at, result, method, raw, params)"
+        " VALUES ($1, 'unmatched', 'GET', '', '{}')",
+        NOW - timedelta(days=2),
+    )
+    done = await maintain(pool, settings, NOW + timedelta(days=365))
+    clicks = [r["click_id"] for r in await pool.fetch("SELECT click_id FROM clicks")]
+    logged = await pool.fetchval("SELECT count(*) FROM postback_log")
+    print(f"clock a year ahead: dropped {done.dropped}; clicks {clicks}, log rows {logged}")
+    assert clicks == [recent] and logged == 1
+
+
+async def test_a_clock_far_ahead_deletes_no_recent_refused_log_row(settings, pool, redis):
+    await ensure_partitions(pool, "postback_log", [NOW - timedelta(days=2)])
+    await pool.execute(
+        "INSERT INTO postback_log (received_at, result, method, raw, params)"
+        " VALUES ($1, 'invalid', 'GET', '', '{}')",
+        NOW - timedelta(days=2),
+    )
+    async with orphan_matcher(pool, redis, settings) as matcher:
+        ahead = Housekeeper(pool, matcher, settings, clock=lambda: NOW + timedelta(days=365))
+        assert await ahead.purge_log() == 0
+    assert await pool.fetchval("SELECT count(*) FROM postback_log") == 1
+
+
+async def test_sweep_converts_an_orphan_stamped_days_before_its_click(
+    client, api, pool, redis, sink, settings
+):
+    """The batch hook looks for orphans from a day before their clicks on; one stamped
+    earlier still (its host's clock two days behind) is converted by the periodic sweep."""
+    setup = await api.setup_campaign()
+    token = setup["network"]["postback_token"]
+    click_id = await make_click(client, setup["campaign"])
+    await wait_for_sink(sink)
+    behind = datetime.now(UTC) - timedelta(days=2)
+    await log_unmatched(pool, click_id, token, received_at=behind)
+    await redis.delete(keys.click_key(click_id))
+    async with orphan_matcher(pool, redis, settings) as matcher:
+        await matcher.rematch([click_id])  # what the sink does after a batch: not found
+        assert await pool.fetchval("SELECT count(*) FROM conversions") == 0
+        keeper = Housekeeper(pool, matcher, settings)
+        assert await keeper.sweep_orphans() == 1
+    assert await pool.fetchval("SELECT count(*) FROM conversions") == 1
+    assert await pool.fetchval("SELECT result FROM postback_log") == "created"
+
+
+async def test_retention_drops_a_partition_an_operator_moved_to_another_schema(settings, pool):
+    """Partitions are dropped by their catalog identity, quoted by Postgres, not by a name
+    put between quotes: one moved to an archive schema was reported dropped and kept."""
+    old = NOW - timedelta(days=200)
+    await insert_click(pool, old)
+    name = f"clicks_p{old:%Y%m%d}"
+    await pool.execute("CREATE SCHEMA IF NOT EXISTS archive")
+    try:
+        await pool.execute(f"ALTER TABLE {name} SET SCHEMA archive")
+        done = await maintain(pool, settings, NOW)
+        assert f"archive.{name}" in done.dropped
+        assert await pool.fetchval("SELECT to_regclass($1)", f"archive.{name}") is None
+        assert await pool.fetchval("SELECT count(*) FROM clicks") == 0
+    finally:
+        await pool.execute("DROP SCHEMA archive CASCADE")

@@ -282,10 +282,12 @@ class OrphanMatcher:
         self._pool = pool
         self._processor = processor
 
-    async def rematch(self, click_ids: list[str]) -> None:
+    async def rematch(self, click_ids: list[str], since: datetime | None = None) -> None:
+        """Process again the unmatched postbacks for `click_ids` received since `since`
+        (default: from a day before the oldest of the clicks)."""
         if not click_ids:
             return
-        for log_id, inbound in await unmatched_for(self._pool, click_ids):
+        for log_id, inbound in await unmatched_for(self._pool, click_ids, since):
             try:
                 # Replay protection holds here too: of two copies of one signed postback
                 # (two receipts), only the first to be re-matched spends the signature.

@@ -17,8 +17,8 @@ import asyncpg
 from tracker.postbacks import OrphanMatcher
 from tracker.settings import Settings
 from tracker.store import signatures
-from tracker.store.postback_log import delete_expired, orphans_with_clicks
-from tracker.store.retention import Maintenance, maintain
+from tracker.store.postback_log import ORPHAN_HORIZON, delete_expired, orphans_with_clicks
+from tracker.store.retention import Maintenance, maintain, retention_now
 
 log = logging.getLogger("tracker.housekeeping")
 
@@ -53,7 +53,7 @@ class Housekeeper:
             if not click_ids:
                 return len(seen)
             seen.extend(click_ids)
-            await self._matcher.rematch(click_ids)
+            await self._matcher.rematch(click_ids, since=now - ORPHAN_HORIZON)
 
     async def purge_log(self) -> int:
         """Delete expired refused postback log rows; return how many. (Older rows of every
@@ -61,7 +61,7 @@ class Housekeeper:
         s = self._settings
         deleted = await delete_expired(
             self._pool,
-            self._clock(),
+            await retention_now(self._pool, self._clock()),
             s.postback_log_failed_retention_days,
             s.postback_log_cleanup_batch,
         )

@@ -32,9 +32,10 @@ PARTITION_LOCK_ID = 7_240_612
 MAINTENANCE_LOCK_TIMEOUT = "2s"
 
 CREATE_PARTITION = "SELECT create_time_partition($1, $2, $3)"
-# The partitions of a table with their bounds, as Postgres reports them.
+# The partitions of a table with their bounds, as Postgres reports them; each name as
+# Postgres quotes it (and qualifies it when it is not on the search path).
 SELECT_PARTITIONS = r"""
-SELECT c.relname AS name, b[1]::timestamptz AS starts, b[2]::timestamptz AS ends
+SELECT c.oid::regclass::text AS name, b[1]::timestamptz AS starts, b[2]::timestamptz AS ends
 FROM pg_inherits i
 JOIN pg_class c ON c.oid = i.inhrelid
 CROSS JOIN LATERAL regexp_match(
@@ -52,14 +53,20 @@ FROM jsonb_to_recordset($1::text::jsonb) AS r(click_id text, created_ms bigint)
 
 @dataclass(frozen=True, slots=True)
 class Partition:
-    name: str
+    name: str  # quoted and qualified as SQL needs it
     starts: datetime
     ends: datetime
 
 
 def is_missing_partition(exc: BaseException) -> bool:
-    """Whether Postgres refused a row because no partition takes it (SQLSTATE 23514)."""
-    return isinstance(exc, asyncpg.CheckViolationError) and "no partition of relation" in str(exc)
+    """Whether Postgres refused a row because no partition of one of our partitioned
+    tables takes it: SQLSTATE 23514 naming the table and no constraint (a CHECK names
+    its constraint). Not the message, which is in the server's language."""
+    return (
+        isinstance(exc, asyncpg.CheckViolationError)
+        and exc.constraint_name is None
+        and exc.table_name in TABLES
+    )
 
 
 def period_start(moment: datetime, grain: Grain) -> datetime:
@@ -136,7 +143,7 @@ async def drop_older_than(pool: asyncpg.Pool, table: str, cutoff: datetime) -> l
             async with pool.acquire() as conn, conn.transaction():
                 await conn.execute(f"SET LOCAL lock_timeout = '{MAINTENANCE_LOCK_TIMEOUT}'")
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_ID)
-                await conn.execute(f'DROP TABLE IF EXISTS "{partition.name}"')
+                await conn.execute(f"DROP TABLE IF EXISTS {partition.name}")
         except asyncpg.LockNotAvailableError:
             log.warning("partition %s not dropped now: %s is busy", partition.name, table)
             break

@@ -14,6 +14,7 @@ import asyncpg
 import orjson
 from redis.asyncio import Redis
 
+from tracker.domain.clickid import click_time
 from tracker.domain.text import clean_optional, clean_text
 from tracker.store import keys, partitions
 from tracker.store.batching import BatchedService, Batcher
@@ -84,12 +85,18 @@ FROM jsonb_array_elements($1::text::jsonb) AS e,
 ON CONFLICT (receipt_id, received_at) DO NOTHING
 """
 LOG_INBOUND_COLUMNS = _INBOUND
+# $2: received from then on, which bounds the daily partitions searched.
 SELECT_UNMATCHED_FOR = f"""
 SELECT id, {", ".join(_INBOUND)}
 FROM postback_log
-WHERE result = 'unmatched' AND click_id = any($1::text[])
+WHERE result = 'unmatched' AND click_id = any($1::text[]) AND received_at >= $2
 ORDER BY id
 """
+# A postback comes after its click; the hosts that stamped the two may disagree a little.
+# One that seems older still is found by the sink's periodic orphan sweep, which looks
+# back as far as SELECT_ORPHANS_WITH_CLICKS does (ORPHAN_HORIZON).
+ORPHAN_CLOCK_SLACK = timedelta(days=1)
+ORPHAN_HORIZON = timedelta(days=365)
 MARK_REMATCHED = """
 UPDATE postback_log
 SET result = $2, reason = $3, conversion_id = $4, network_id = $5, rematched_at = now()
@@ -153,9 +160,31 @@ class PostbackLog(BatchedService):
             return exc
 
 
-async def unmatched_for(pool: asyncpg.Pool, click_ids: list[str]) -> list[tuple[int, Inbound]]:
-    """Logged postbacks (log id, postback) still waiting for one of these clicks."""
-    rows = await pool.fetch(SELECT_UNMATCHED_FOR, click_ids)
+def unmatched_query(
+    click_ids: list[str], since: datetime | None = None
+) -> tuple[str, tuple[Any, ...]] | None:
+    """The query `unmatched_for` runs, with its arguments: postbacks for those of
+    `click_ids` that are click ids (no other can match a click), received since `since`
+    (default: a little before the oldest of the clicks was made); None when there is
+    none."""
+    times = {click_id: moment for click_id in click_ids if (moment := click_time(click_id))}
+    if not times:
+        return None
+    if since is None:
+        since = min(times.values()) - ORPHAN_CLOCK_SLACK
+    return SELECT_UNMATCHED_FOR, (list(times), since)
+
+
+async def unmatched_for(
+    pool: asyncpg.Pool, click_ids: list[str], since: datetime | None = None
+) -> list[tuple[int, Inbound]]:
+    """Logged postbacks (log id, postback) still waiting for one of these clicks, received
+    since `since` (default: see `unmatched_query`)."""
+    found = unmatched_query(click_ids, since)
+    if found is None:
+        return []
+    query, args = found
+    rows = await pool.fetch(query, *args)
     return [(row["id"], Inbound(**{name: row[name] for name in _INBOUND})) for row in rows]
 
 

@@ -84,6 +84,13 @@ async def delete_finished_deliveries(
             return deleted
 
 
+async def retention_now(pool: asyncpg.Pool, now: datetime) -> datetime:
+    """The time retention is measured from: the older of `now` (this host's clock) and the
+    database's, so that one host's clock jumping ahead drops nothing early."""
+    database_now: datetime = await pool.fetchval("SELECT now()")
+    return min(now, database_now)
+
+
 async def maintain(pool: asyncpg.Pool, settings: Settings, now: datetime) -> Maintenance:
     """Create partitions ahead and apply retention; return what was done."""
     done = Maintenance()
@@ -102,6 +109,7 @@ async def maintain(pool: asyncpg.Pool, settings: Settings, now: datetime) -> Mai
             settings.click_retention_days,
             done.click_days,
         )
+    now = await retention_now(pool, now)
     if done.click_days:
         cutoff = now - timedelta(days=done.click_days)
         done.dropped += await partitions.drop_older_than(pool, "clicks", cutoff)

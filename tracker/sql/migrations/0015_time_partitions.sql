@@ -72,27 +72,46 @@ BEGIN
         RETURN NULL;
     END IF;
     PERFORM pg_advisory_xact_lock(7240612);
-    -- Whoever held the lock may have just created it (committed while we waited).
+    -- Whoever held the lock may have just created it (committed while we waited); a
+    -- day inside a month of history (below) has the month's partition (an overlap).
     BEGIN
         EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
                        name, parent, start, stop);
-    EXCEPTION WHEN duplicate_table THEN
+    EXCEPTION WHEN duplicate_table OR invalid_object_definition THEN
         RETURN NULL;
     END;
     RETURN name;
 END
 $$;
 
+-- The grain of the partition for rows at `moment`: months before the current UTC month
+-- hold history (clicks were kept for ever until now), one partition per month; a
+-- partition per day of years of history would be thousands of tables created in this
+-- one transaction, more locks than Postgres holds by default ("out of shared memory").
+-- Retention drops such a month once all of it is past. From this month on, days.
+CREATE FUNCTION pg_temp.history_grain(moment timestamptz) RETURNS text
+LANGUAGE sql STABLE AS $$
+SELECT CASE WHEN moment < date_trunc('month', now(), 'UTC') THEN 'month' ELSE 'day' END
+$$;
+-- The days made ahead, from yesterday on but not before this month.
+CREATE FUNCTION pg_temp.days_ahead() RETURNS SETOF timestamptz
+LANGUAGE sql STABLE AS $$
+SELECT generate_series(greatest(now() - interval '1 day', date_trunc('month', now(), 'UTC')),
+                       now() + interval '7 days', interval '1 day')
+$$;
+
 -- clicks --------------------------------------------------------------------------------
 CREATE TABLE clicks_partitioned (
     LIKE clicks INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMMENTS
 ) PARTITION BY RANGE (created_at);
-SELECT create_time_partition('clicks_partitioned', 'day', day, 'clicks')
+SELECT create_time_partition('clicks_partitioned', grain, moment, 'clicks')
 FROM (
-    SELECT DISTINCT date_trunc('day', created_at, 'UTC') AS day FROM clicks
+    SELECT DISTINCT pg_temp.history_grain(created_at) AS grain,
+           date_trunc(pg_temp.history_grain(created_at), created_at, 'UTC') AS moment
+    FROM clicks
     UNION
-    SELECT generate_series(now() - interval '1 day', now() + interval '7 days', interval '1 day')
-) AS days;
+    SELECT 'day', pg_temp.days_ahead()
+) AS periods;
 INSERT INTO clicks_partitioned SELECT * FROM clicks;
 DROP TABLE clicks;
 ALTER TABLE clicks_partitioned RENAME TO clicks;
@@ -105,12 +124,14 @@ CREATE TABLE postback_log_partitioned (
     LIKE postback_log INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING IDENTITY
         INCLUDING STORAGE INCLUDING COMMENTS
 ) PARTITION BY RANGE (received_at);
-SELECT create_time_partition('postback_log_partitioned', 'day', day, 'postback_log')
+SELECT create_time_partition('postback_log_partitioned', grain, moment, 'postback_log')
 FROM (
-    SELECT DISTINCT date_trunc('day', received_at, 'UTC') AS day FROM postback_log
+    SELECT DISTINCT pg_temp.history_grain(received_at) AS grain,
+           date_trunc(pg_temp.history_grain(received_at), received_at, 'UTC') AS moment
+    FROM postback_log
     UNION
-    SELECT generate_series(now() - interval '1 day', now() + interval '7 days', interval '1 day')
-) AS days;
+    SELECT 'day', pg_temp.days_ahead()
+) AS periods;
 INSERT INTO postback_log_partitioned OVERRIDING SYSTEM VALUE SELECT * FROM postback_log;
 -- The new identity sequence goes on from where the old one was.
 SELECT setval('postback_log_partitioned_id_seq', last_value, is_called)
