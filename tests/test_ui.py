@@ -1,5 +1,6 @@
 """The dashboard over HTTP: sign-in, session cookie, CSRF, headers, pages, editors."""
 
+import json
 import re
 from decimal import Decimal
 
@@ -140,8 +141,14 @@ async def test_campaign_editor_names_the_offer_row_and_rule(client, api):
             "traffic_source_id": str(setup["source"]["id"]),
             "offers.id": ["999", ""],
             "offers.weight": ["10", ""],
-            "rules": '[{"conditions": [{"field": "country", "op": "nope", "values": ["DE"]}],'
-            ' "offers": [{"offer_id": %d}]}]' % setup["offer"]["id"],
+            "rules": json.dumps(
+                [
+                    {
+                        "conditions": [{"field": "country", "op": "nope", "values": ["DE"]}],
+                        "offers": [{"offer_id": setup["offer"]["id"]}],
+                    }
+                ]
+            ),
             "cost_model": "none",
             "cost_value": "",
             "bot_action": "offer",

@@ -22,3 +22,11 @@ document.addEventListener("change", function (event) {
   var input = event.target;
   if (input.name === "preset" && input.value !== "custom" && input.form) input.form.submit();
 });
+// Typing a date means a custom range.
+document.addEventListener("input", function (event) {
+  var input = event.target;
+  if ((input.name === "from" || input.name === "to") && input.form) {
+    var custom = input.form.querySelector('input[name="preset"][value="custom"]');
+    if (custom) custom.checked = true;
+  }
+});
