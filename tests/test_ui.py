@@ -1,10 +1,12 @@
 """The dashboard over HTTP: sign-in, session cookie, CSRF, headers, pages, editors."""
 
+import asyncio
 import json
 import re
 from decimal import Decimal
 
 from tests.conftest import API_KEY
+from tests.test_postback import make_click
 from tracker.web.ui.chart import Series, line_chart, nice_step
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -189,3 +191,79 @@ def test_chart_is_escaped_svg_with_axes():
     assert svg.count("<polyline") == 1
     assert nice_step(Decimal(10)) == Decimal("5") or nice_step(Decimal(10)) == Decimal("2.5")
     assert nice_step(Decimal(0)) == Decimal(1)
+
+
+async def _dead_delivery(client, api, pool):
+    """A conversion whose delivery to the traffic source has given up."""
+    setup = await api.setup_campaign()
+    await api.call(
+        "PATCH",
+        f"/api/traffic-sources/{setup['source']['id']}",
+        json={"postback_url": "https://source.example/pb?cid={external_id}"},
+    )
+    click_id = await make_click(client, setup["campaign"], external_id="e1")
+    resp = await client.get(
+        "/postback",
+        params={"clickid": click_id, "payout": "2", "token": setup["network"]["postback_token"]},
+    )
+    assert resp.status == 200, await resp.text()
+    delivery_id = await pool.fetchval(
+        "UPDATE deliveries SET state = 'dead', finished_at = now() RETURNING id"
+    )
+    assert delivery_id is not None
+    return setup, delivery_id
+
+
+async def test_delivery_log_retry_and_replay(client, api, pool):
+    await sign_in(client)
+    _, delivery_id = await _dead_delivery(client, api, pool)
+    page = await client.get("/ui/deliveries?status=dead")
+    html = await page.text()
+    assert f'action="/ui/deliveries/{delivery_id}/retry"' in html
+    token = CSRF.search(html).group(1)
+    resp = await client.post(f"/ui/deliveries/{delivery_id}/retry", data={"csrf": token})
+    assert resp.status == 200
+    assert "will be sent again" in await resp.text()
+    state = "SELECT state FROM deliveries WHERE id = $1"
+    assert await pool.fetchval(state, delivery_id) == "pending"
+
+    await pool.execute("UPDATE deliveries SET state = 'dead', finished_at = now()")
+    today = (await pool.fetchval("SELECT (now() AT TIME ZONE 'UTC')::date")).isoformat()
+    resp = await client.post(
+        "/ui/deliveries/replay", data={"csrf": token, "from": today, "to": today}
+    )
+    assert "1 dead deliveries will be sent again" in await resp.text()
+    assert await pool.fetchval(state, delivery_id) == "pending"
+    resp = await client.post("/ui/deliveries/replay", data={"csrf": token, "from": today})
+    assert "Replay refused" in await resp.text()
+
+
+async def test_postback_log_filters_and_masks_the_token(client, api, pool):
+    await sign_in(client)
+    setup, _ = await _dead_delivery(client, api, pool)
+    token = setup["network"]["postback_token"]
+    await client.get("/postback", params={"clickid": "0" * 29, "token": token})
+    deadline = asyncio.get_running_loop().time() + 10
+    while await pool.fetchval("SELECT count(*) FROM postback_log") < 2:  # written in batches
+        assert asyncio.get_running_loop().time() < deadline, "postback log not written"
+        await asyncio.sleep(0.05)
+    page = await client.get(f"/ui/postbacks?network_id={setup['network']['id']}")
+    html = await page.text()
+    assert page.status == 200
+    assert html.count('class="result-created"') == 1
+    assert 'class="result-unmatched"' not in html  # an unknown click names no network
+    assert token not in html and "***" in html
+    html = await (await client.get("/ui/postbacks?result=unmatched")).text()
+    assert html.count('class="result-unmatched"') == 1
+    assert 'class="result-created"' not in html
+    page = await client.get("/ui/postbacks?network_id=abc")
+    assert "network_id" in await page.text()
+
+
+async def test_urls_page_lists_click_and_postback_urls(client, api):
+    await sign_in(client)
+    setup = await api.setup_campaign()
+    html = await (await client.get("/ui/urls")).text()
+    assert setup["campaign"]["click_url"] in html
+    assert setup["network"]["postback_url"].replace("&", "&amp;") in html
+    assert "/px.gif?clickid={clickid}" in html

@@ -245,7 +245,9 @@ def _body(editor: Editor, values: dict[str, Any]) -> tuple[dict[str, Any], list[
             continue
         text = value.strip() if f.kind != "textarea" else value
         if not text.strip():
-            if f.required:
+            if f.kind in ("lines", "words"):
+                body[f.name] = []  # cleared: an empty list, not the current one kept
+            elif f.required:
                 body[f.name] = None if f.kind == "ref" else ""
             elif f.nullable or (f.kind == "select" and f.choices[:1] == ("",)):
                 body[f.name] = None

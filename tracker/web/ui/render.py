@@ -64,6 +64,7 @@ def render(
     )
     response = web.Response(text=page, status=status, content_type="text/html")
     response.headers["Cache-Control"] = "no-store"
+    response.enable_compression()  # gzip or deflate when the browser accepts them
     return response
 
 

@@ -187,7 +187,7 @@ def _drill_url(campaign_id: int, keep: dict[str, str], by: list[str], values: li
     return f"/ui/campaigns/{campaign_id}?" + urlencode(query)
 
 
-def _label(row: dict[str, Any], dimension: str) -> str:
+def _label(row: dict[str, Any], dimension: str, tz: str) -> str:
     if dimension in ID_DIMENSIONS:
         name = row.get(f"{dimension}_name")
         value = row.get(dimension_column(dimension))
@@ -195,7 +195,9 @@ def _label(row: dict[str, Any], dimension: str) -> str:
     value = row.get(dimension)
     if value is None:
         return "(none)"
-    if isinstance(value, datetime | date):
+    if isinstance(value, datetime):
+        return value.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M")
+    if isinstance(value, date):
         return value.isoformat()
     return str(value)
 
@@ -292,7 +294,7 @@ async def drilldown_page(request: web.Request) -> web.Response:
             open_url = _drill_url(
                 campaign_id, keep, [*by, next_dimension], [*values, str(raw_value)]
             )
-        items.append({**row, "label": _label(row, current), "open_url": open_url})
+        items.append({**row, "label": _label(row, current, span.tz), "open_url": open_url})
 
     interval = request.query.get("interval", "")
     if interval not in ("hour", "day"):
