@@ -5,6 +5,8 @@ import json
 import re
 from decimal import Decimal
 
+from pydantic import SecretStr
+
 from tests.conftest import API_KEY
 from tests.test_postback import make_click
 from tracker.web.ui.chart import Series, line_chart, nice_step
@@ -267,3 +269,63 @@ async def test_urls_page_lists_click_and_postback_urls(client, api):
     assert setup["campaign"]["click_url"] in html
     assert setup["network"]["postback_url"].replace("&", "&amp;") in html
     assert "/px.gif?clickid={clickid}" in html
+
+
+async def test_session_expires_when_idle_and_dashboard_password_works(settings, redis):
+    from tests.conftest import start_client
+    from tracker.web.app import create_app
+    from tracker.web.ui.session import _cookie_options
+
+    own = settings.model_copy(
+        update={
+            "dashboard_password": SecretStr("a-dashboard-password"),
+            "dashboard_session_idle_seconds": 600,
+            "admin_auth_max_failures": 2,
+        }
+    )
+    client = await start_client(create_app(own), own)
+    try:
+        await sign_in(client, password="a-dashboard-password")
+        [key] = await redis.keys("ui:session:*")
+        assert 590 <= await redis.ttl(key) <= 600
+        await redis.expire(key, 5)
+        assert (await client.get("/ui/")).status == 200
+        assert await redis.ttl(key) > 5  # each request renews the idle expiry
+        await redis.delete(key)
+        assert (await client.get("/ui/", allow_redirects=False)).status == 303
+        await sign_in(client, password="wrong", expect=401)
+        await sign_in(client, password="wrong", expect=401)
+        # The limit holds even for the right password until the window ends.
+        resp = await sign_in(client, password="a-dashboard-password", expect=429)
+        assert "Too many failed sign-ins" in await resp.text()
+        # The same count as the API's: the API refuses this address too.
+        wrong_key = {"Authorization": "Bearer x"}
+        assert (await client.get("/api/campaigns", headers=wrong_key)).status == 429
+    finally:
+        await client.close()
+    https = own.model_copy(update={"public_url": "https://track.example"})
+    assert _cookie_options(https, None)["secure"] is True
+
+
+async def test_editing_a_source_keeps_its_masked_secret(client, api, pool):
+    await sign_in(client)
+    secret = "s" * 20 + "tail"
+    source = await api.create(
+        "/api/traffic-sources", {"name": "Src", "postback_signing_secret": secret}
+    )
+    page = await client.get(f"/ui/sources/{source['id']}/edit")
+    html = await page.text()
+    assert secret not in html
+    assert "…" in html  # shown masked, as the API shows it
+    form = dict(re.findall(r'<input id="f-[^"]+" name="([^"]+)" value="([^"]*)"', html))
+    form["postback_signing_secret"] = form["postback_signing_secret"].replace("&hellip;", "…")
+    form.update(csrf=CSRF.search(html).group(1), name="Renamed source")
+    form.update(postback_credentials="{}", postback_statuses="approved, pending")
+    resp = await client.post(f"/ui/sources/{source['id']}/edit", data=form, allow_redirects=False)
+    assert resp.status == 303, await resp.text()
+    row = await pool.fetchrow(
+        "SELECT name, postback_signing_secret, postback_statuses FROM traffic_sources"
+    )
+    assert row["name"] == "Renamed source"
+    assert row["postback_signing_secret"] == secret
+    assert list(row["postback_statuses"]) == ["approved", "pending"]
