@@ -329,3 +329,31 @@ async def test_editing_a_source_keeps_its_masked_secret(client, api, pool):
     assert row["name"] == "Renamed source"
     assert row["postback_signing_secret"] == secret
     assert list(row["postback_statuses"]) == ["approved", "pending"]
+
+
+async def test_hostile_input_gets_pages_not_errors(client, api):
+    await sign_in(client)
+    setup = await api.setup_campaign()
+    token = await csrf_of(client, "/ui/landers/new")
+    resp = await client.post(
+        "/ui/landers/new", data={"csrf": token, "name": "bad\x00name", "url": "https://x.example"}
+    )
+    assert resp.status == 400
+    assert 'id="err-name"' in await resp.text()
+    campaign = setup["campaign"]["id"]
+    for query in (
+        "by=nonsense",
+        "by=sub1&by=country&v=%00",
+        "by=country&by=sub1&v=toolong",
+        "tz=../../etc/passwd&preset=custom&from=x&to=y",
+        "by=hour&interval=hour&preset=30d",
+        "sort=-nothing",
+        "by=sub1&by=sub2&by=sub3&by=sub4&v=a&v=b&v=c",
+    ):
+        page = await client.get(f"/ui/campaigns/{campaign}?{query}")
+        assert page.status == 200, (query, page.status)
+    for path in ("/ui/campaigns/99999", "/ui/offers/0/edit", "/ui/nothing", "/ui/static/x.py"):
+        assert (await client.get(path)).status == 404, path
+    page = await client.get("/ui/deliveries?limit=0&status=lost")
+    assert page.status == 200
+    assert "status" in await page.text()

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from tracker.domain.money import format_money
 from tracker.domain.validation import field_errors
 from tracker.store import admin as sql
-from tracker.web.admin import RESOURCES, ResourceViews
+from tracker.web.admin import RESOURCES, ResourceViews, _dirty_strings
 from tracker.web.appkeys import PG_POOL
 from tracker.web.errors import ApiError
 from tracker.web.ui.render import redirect, render
@@ -383,6 +383,8 @@ async def save(request: web.Request) -> web.Response:
     form = await request.post()
     values = _values_from_form(editor, form)
     body, problems = _body(editor, values)
+    # Text no column can store (NUL, lone surrogates), refused as the API refuses it.
+    problems += [{"field": f, "message": m} for f, m in _dirty_strings(body, "")]
     if not problems:
         try:
             saved, _ = await editor.resource._save(request, row_id, body)

@@ -27,7 +27,7 @@ from tracker.store import admin as sql
 from tracker.store.reports import fetch_report
 from tracker.web.appkeys import PG_POOL, SETTINGS
 from tracker.web.errors import ApiError
-from tracker.web.reports import EXACT_DIGITS, parse_report_query
+from tracker.web.reports import EXACT_DIGITS, _zones, parse_report_query
 from tracker.web.ui.chart import Series, line_chart
 from tracker.web.ui.render import render
 
@@ -53,6 +53,8 @@ COLUMNS = (
 SIGNED = frozenset({"profit", "roi"})
 # What a drill-down level groups by when a row is opened.
 NEXT_DIMENSION = ("sub1", "offer", "country", "device", "lander", "sub2")
+# Hourly charts cover at most this; longer ranges are charted by day.
+MAX_HOURLY = timedelta(days=7, hours=1)
 
 
 @dataclass
@@ -72,10 +74,9 @@ class Range:
 
 
 def today_in(tz: str) -> date:
-    try:
-        return datetime.now(ZoneInfo(tz)).date()
-    except (KeyError, ValueError):  # not a zone: its 400 comes from the report parser
+    if tz not in _zones():  # not a zone: its 400 comes from the report parser
         return datetime.now(UTC).date()
+    return datetime.now(ZoneInfo(tz)).date()
 
 
 def date_range(query: Any, default_tz: str) -> Range:
@@ -216,14 +217,14 @@ def _chart_points(
     buckets: list[Any] = []
     if interval == "hour":
         moment = spec.start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-        while moment < spec.end and len(buckets) < 24 * 62:
+        while moment < spec.end:
             buckets.append(moment)
             labels.append(moment.astimezone(zone).strftime("%m-%d %H:00"))
             moment += timedelta(hours=1)
     else:
         day = spec.start.astimezone(zone).date()
         last = (spec.end - timedelta(microseconds=1)).astimezone(zone).date()
-        while day <= last and len(buckets) < 400:
+        while day <= last:
             buckets.append(day)
             labels.append(day.isoformat())
             day += timedelta(days=1)
@@ -299,6 +300,8 @@ async def drilldown_page(request: web.Request) -> web.Response:
     interval = request.query.get("interval", "")
     if interval not in ("hour", "day"):
         interval = "hour" if span.start == span.end else "day"
+    if interval == "hour" and spec is not None and spec.end - spec.start > MAX_HOURLY:
+        interval = "day"  # a point an hour over weeks is more noise than picture
     charts: list[Markup] = []
     if spec is not None:
         chart_params = MultiDict(base)
