@@ -8,11 +8,13 @@ APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 
 setup: system-deps $(VENV)/.installed
 
-# redis-server from apt when missing; PostgreSQL server binaries when missing.
+# redis-server from apt when missing; PostgreSQL server binaries when missing; chromium
+# for the dashboard's browser test.
 system-deps:
 	@command -v redis-server >/dev/null 2>&1 || { $(APT) update -qq && $(APT) install -y -qq redis-server; }
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
 		{ $(APT) update -qq && $(APT) install -y -qq postgresql; }
+	@command -v chromium >/dev/null 2>&1 || { $(APT) update -qq && $(APT) install -y -qq chromium; }
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)

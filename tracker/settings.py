@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     api_key: SecretStr | None = None
     public_url: str = ""
+    # Dashboard (/ui) sign-in: this password or the API key; sessions end after this
+    # many idle seconds.
+    dashboard_password: SecretStr | None = None
+    dashboard_session_idle_seconds: int = Field(default=8 * 3600, ge=60)
 
     db_pool_min: int = 2
     db_pool_max: int = 10
@@ -162,7 +166,8 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Configured credentials, masked wherever a log line would show them."""
-        return [self.api_key.get_secret_value()] if self.api_key is not None else []
+        keys = (self.api_key, self.dashboard_password)
+        return [key.get_secret_value() for key in keys if key is not None]
 
     @field_validator("report_timezone")
     @classmethod

@@ -38,3 +38,11 @@ FAILED_POSTBACK_PREFIX = "pbfail:"
 
 def failed_postback_key(address: str, window: int) -> str:
     return f"{FAILED_POSTBACK_PREFIX}{window}:{address}"
+
+
+# A dashboard session (by the hash of its cookie), expiring after the idle timeout.
+UI_SESSION_PREFIX = "ui:session:"
+
+
+def ui_session_key(session_hash: str) -> str:
+    return UI_SESSION_PREFIX + session_hash

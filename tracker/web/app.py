@@ -45,6 +45,7 @@ from tracker.web.appkeys import (
 from tracker.web.click import cookie_attributes
 from tracker.web.errors import error_middleware
 from tracker.web.routes import setup_routes
+from tracker.web.ui import create_ui_app
 
 
 async def postgres_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -226,4 +227,5 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.on_startup.append(freeze_startup_objects)
     setup_routes(app, api)
     app.add_subapp("/api", api)
+    app.add_subapp("/ui", create_ui_app())
     return app
