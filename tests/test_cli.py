@@ -127,3 +127,39 @@ async def test_sink_started_before_postgres_waits_for_it(settings):
         pg.stop()
         shutil.rmtree(root, ignore_errors=True)
     assert code == 0
+
+
+def test_a_task_that_ignores_cancellation_does_not_hold_a_stopping_process():
+    """A process whose work is done exits even when a task it leaves swallows its
+    cancellation (as asyncio.wait_for can lose one on Python 3.11), saying which."""
+    script = """
+import asyncio, logging, uvloop
+from tracker.cli import _until_done
+from tracker.logs import setup_logging
+
+async def stubborn():
+    while True:
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            pass
+
+async def main():
+    asyncio.create_task(stubborn(), name="stubborn")
+    await asyncio.sleep(0.1)
+
+setup_logging()
+uvloop.run(_until_done(main()))
+"""
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=Path(__file__).parent.parent,
+    )
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    assert "did not stop when cancelled" in done.stderr and "stubborn" in done.stderr
+    assert took < 15

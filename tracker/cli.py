@@ -3,9 +3,11 @@
 
 import asyncio
 import logging
+import os
 import signal
 import sys
-from typing import TYPE_CHECKING, Annotated
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import uvloop
@@ -75,6 +77,32 @@ async def _pool_when_reachable(settings: Settings) -> "asyncpg.Pool":
                 log.warning("Postgres unreachable (%r); the sink waits for it", exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+
+# Seconds a stopping process gives the tasks still running to end once cancelled.
+STRAGGLER_SECONDS = 5.0
+
+
+async def _until_done(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main`; then cancel whatever tasks it left and give them a few seconds. A task
+    that outlives that (one that lost its cancellation) is logged with where it waits, and
+    left behind: everything the process owes is committed or acknowledged before `main`
+    returns, so a stop must not hang on it."""
+    await main
+    current = asyncio.current_task()
+    left = [task for task in asyncio.all_tasks() if task is not current and not task.done()]
+    for task in left:
+        task.cancel()
+    if not left:
+        return
+    _, pending = await asyncio.wait(left, timeout=STRAGGLER_SECONDS)
+    for task in pending:
+        frames = task.get_stack(limit=3)
+        where = " < ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in frames)
+        log.error("task %s did not stop when cancelled (%s); exiting without it", task, where)
+    if pending:
+        logging.shutdown()
+        os._exit(0)
 
 
 async def _run_sink(settings: Settings) -> None:
@@ -217,13 +245,13 @@ def serve(
 def sink() -> None:
     """Move clicks into Postgres, apply postbacks queued during an outage, send conversions
     to traffic sources, and keep partitions and retention."""
-    uvloop.run(_run_sink(_settings()))
+    uvloop.run(_until_done(_run_sink(_settings())))
 
 
 @app.command(rich_help_panel="Processes")
 def sender() -> None:
     """Only send conversions to traffic sources (the sink does it too)."""
-    uvloop.run(_run_sender(_settings()))
+    uvloop.run(_until_done(_run_sender(_settings())))
 
 
 @app.command(rich_help_panel="Processes")
