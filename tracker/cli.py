@@ -186,6 +186,9 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else "")
         )
+        from tracker.store.rollups import sync_zones_from_settings
+
+        print(asyncio.run(sync_zones_from_settings(settings)))
     elif args.command == "seed-demo":
         asyncio.run(_seed_demo(settings))
     elif args.command == "dev":

@@ -46,7 +46,8 @@ SELECT_CAMPAIGN_EXISTS = "SELECT EXISTS (SELECT 1 FROM campaigns WHERE id = $1)"
 # slice's, then the rollups' key order, as the sink writes them), so two updates
 # of overlapping slices wait for each other instead of deadlocking, and the later
 # one reads the costs the earlier one committed: no difference is lost.
-_SET_SLICE_COST = """
+_SET_SLICE_COST = (
+    """
 WITH slice AS MATERIALIZED (
     SELECT click_id, created_at, offer_id, traffic_source_id, lander_id, country,
            coalesce(cost, 0) AS old_cost
@@ -87,11 +88,14 @@ WITH slice AS MATERIALIZED (
     SELECT created_at, $1::bigint AS campaign_id, offer_id, traffic_source_id, lander_id, country,
            new_cost - old_cost AS cost
     FROM shares
-)""" + zone_rollup_upserts("cost_moved", ("cost",)) + """
+)"""
+    + zone_rollup_upserts("cost_moved", ("cost",))
+    + """
 INSERT INTO cost_updates (campaign_id, starts_at, ends_at, filter, cost, clicks)
 SELECT $1, $2, $3, $5::jsonb, $6, count(*) FROM shares HAVING count(*) > 0
 RETURNING id, clicks
 """
+)
 
 
 def set_slice_cost_query(filter_keys: list[str]) -> str:

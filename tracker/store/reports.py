@@ -136,9 +136,7 @@ def whole_local_days(spec: ReportSpec) -> bool:
     """Whether the range starts and ends at a local midnight of the report's zone."""
     try:
         zone = ZoneInfo(spec.tz)
-        return all(
-            moment.astimezone(zone).time() == time() for moment in (spec.start, spec.end)
-        )
+        return all(moment.astimezone(zone).time() == time() for moment in (spec.start, spec.end))
     except (OverflowError, ValueError, KeyError):
         return False
 
@@ -341,6 +339,7 @@ def _rolled_conversions(
     where = _zone_conditions(spec, query)
     basis = query.param("click" if spec.conversion_time == "click" else "postback", "text")
     where.append(f"r.basis = {basis}")
+    offers_r = offers_join.format(row="r")
     return f"""
     SELECT {select + "," if select else ""}
            sum(r.conversions) AS conversions, sum(r.leads) AS leads,
@@ -352,7 +351,7 @@ def _rolled_conversions(
                    WHEN 'revshare' THEN m.booking_value * 0.01 * r.revenue
                END) AS booked_cost
     FROM {table} r
-    LEFT JOIN {BOOKING_CAMPAIGNS} ON m.booking_campaign_id = r.campaign_id{offers_join.format(row="r")}
+    LEFT JOIN {BOOKING_CAMPAIGNS} ON m.booking_campaign_id = r.campaign_id{offers_r}
     WHERE {" AND ".join(where)}
     {"GROUP BY " + ", ".join(dims) if dims else ""}
     HAVING sum(r.conversions + r.leads + r.pending + r.rejected + r.chargebacks) > 0"""

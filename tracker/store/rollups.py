@@ -13,6 +13,9 @@ from collections.abc import Iterable
 
 import asyncpg
 
+from tracker.settings import Settings
+from tracker.store.admin import Conn
+
 log = logging.getLogger("tracker.rollups")
 
 ROLLUP_COUNTERS = ("clicks", "bot_clicks", "unique_clicks", "lp_views", "lp_clicks", "cost")
@@ -68,7 +71,9 @@ def zone_rollup_upserts(source: str = "counted", counters: Iterable[str] = ROLLU
     counters = tuple(counters)
     return "".join(
         f"\n, {table}_moved AS ("
-        + add_to_rollup(table, zone_rollup_keys(fact), f"{source} CROSS JOIN rollup_zones z", counters)
+        + add_to_rollup(
+            table, zone_rollup_keys(fact), f"{source} CROSS JOIN rollup_zones z", counters
+        )
         + "\n)"
         for table, fact in CLICK_ROLLUPS.items()
     )
@@ -86,13 +91,16 @@ SELECT conversion_rollup_sql($1, $2, 'SELECT 1 AS sign, * FROM conversions',
 
 
 def _backfill_clicks(table: str, fact: str) -> str:
-    counted = f"(SELECT created_at, campaign_id, offer_id, traffic_source_id, {fact}, {CLICK_COUNTERS} FROM clicks) AS k"
+    counted = (
+        "(SELECT created_at, campaign_id, offer_id, traffic_source_id,"
+        f" {fact}, {CLICK_COUNTERS} FROM clicks) AS k"
+    )
     return add_to_rollup(
         table, zone_rollup_keys(fact), f"{counted} CROSS JOIN (SELECT $1::text AS zone) AS z"
     )
 
 
-async def rolled_up_zones(conn: asyncpg.Connection | asyncpg.Pool) -> frozenset[str]:
+async def rolled_up_zones(conn: Conn | asyncpg.Pool) -> frozenset[str]:
     """The zones whose rollups are whole."""
     return frozenset(row["zone"] for row in await conn.fetch(SELECT_ZONES))
 
@@ -106,11 +114,25 @@ async def add_rollup_zone(pool: asyncpg.Pool, zone: str) -> None:
         if zone in await rolled_up_zones(conn):
             return
         await conn.execute(_INSERT_ZONE, zone)
-        for table, fact in CLICK_ROLLUPS.items():
-            await conn.execute(_backfill_clicks(table, fact), zone)
-        for table, fact in CONVERSION_ROLLUPS.items():
-            statement = await conn.fetchval(_BACKFILL_CONVERSIONS, table, fact, zone)
-            await conn.execute(statement)
+        await _fill(conn, zone)
+
+
+async def _fill(conn: Conn, zone: str) -> None:
+    for table, fact in CLICK_ROLLUPS.items():
+        await conn.execute(_backfill_clicks(table, fact), zone)
+    for table, fact in CONVERSION_ROLLUPS.items():
+        statement = await conn.fetchval(_BACKFILL_CONVERSIONS, table, fact, zone)
+        await conn.execute(statement)
+
+
+async def rebuild_rollup_zone(pool: asyncpg.Pool, zone: str) -> None:
+    """Recompute a listed zone's rollups from the stored clicks and conversions (a repair:
+    the writers keep them whole on their own)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(_LOCK_WRITERS)
+        for table in (*CLICK_ROLLUPS, *CONVERSION_ROLLUPS):
+            await conn.execute(f"DELETE FROM {table} WHERE zone = $1", zone)
+        await _fill(conn, zone)
 
 
 async def drop_rollup_zone(pool: asyncpg.Pool, zone: str) -> None:
@@ -122,7 +144,9 @@ async def drop_rollup_zone(pool: asyncpg.Pool, zone: str) -> None:
             await conn.execute(f"DELETE FROM {table} WHERE zone = $1", zone)
 
 
-async def sync_rollup_zones(pool: asyncpg.Pool, zones: Iterable[str]) -> tuple[list[str], list[str]]:
+async def sync_rollup_zones(
+    pool: asyncpg.Pool, zones: Iterable[str]
+) -> tuple[list[str], list[str]]:
     """Make the listed zones `zones`: add (with backfill) the missing, drop the others.
     Returns (added, dropped)."""
     wanted = set(zones)
@@ -136,3 +160,17 @@ async def sync_rollup_zones(pool: asyncpg.Pool, zones: Iterable[str]) -> tuple[l
         log.info("no longer rolling up zone %s", zone)
         await drop_rollup_zone(pool, zone)
     return added, dropped
+
+
+async def sync_zones_from_settings(settings: Settings) -> str:
+    """`sync_rollup_zones` to `TRACKER_ROLLUP_ZONES`; a line saying what changed."""
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=1)
+    try:
+        added, dropped = await sync_rollup_zones(pool, settings.rollup_zone_names())
+    finally:
+        await pool.close()
+    return (
+        f"rollup zones: {', '.join(settings.rollup_zone_names())}"
+        + (f"; added (backfilled) {', '.join(added)}" if added else "")
+        + (f"; dropped {', '.join(dropped)}" if dropped else "")
+    )
