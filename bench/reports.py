@@ -487,8 +487,8 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
         total = sum(s["bytes"] for s in sizes.values())
         out["sizes"] = sizes
         out["mb_per_million_clicks"] = total / 2**20 / (clicks / 1e6)
-        print(f"size total                {total / 2**20:9.1f} MB, {out['mb_per_million_clicks']:.1f} MB "
-              "per million clicks", flush=True)  # fmt: skip
+        print(f"size total {'':15} {total / 2**20:9.1f} MB, {out['mb_per_million_clicks']:.1f} "
+              "MB per million clicks", flush=True)  # fmt: skip
 
         campaign, in_campaign = await pool.fetchrow(
             "SELECT campaign_id, sum(clicks + bot_clicks) FROM click_rollups "
