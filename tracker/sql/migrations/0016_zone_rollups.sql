@@ -133,34 +133,39 @@ SELECT format($f$
 $f$, tbl, fact, changed, zones)
 $$;
 
--- Takes away what the rows were (`removed`) and adds what they are (`added`), in every
--- rolled-up zone. The statements run here, where the transition tables are visible.
-CREATE FUNCTION roll_conversions() RETURNS trigger
-LANGUAGE plpgsql AS $$
+-- Triggers that take away what the rows were (`removed`) and add what they are (`added`),
+-- in every rolled-up zone: one function per operation, its statements written out here
+-- (static SQL, so PL/pgSQL plans them once per session, not on every call).
+DO $$
 DECLARE
-    changed text := CASE TG_OP
-        WHEN 'INSERT' THEN 'SELECT 1 AS sign, * FROM added'
-        WHEN 'DELETE' THEN 'SELECT -1 AS sign, * FROM removed'
-        ELSE 'SELECT -1 AS sign, * FROM removed UNION ALL SELECT 1, * FROM added'
-    END;
+    op text;
+    changed text;
+    body text;
 BEGIN
-    EXECUTE conversion_rollup_sql(
-        'conversion_daily', 'lander_id', changed, 'SELECT zone FROM rollup_zones');
-    EXECUTE conversion_rollup_sql(
-        'conversion_daily_geo', 'country', changed, 'SELECT zone FROM rollup_zones');
-    RETURN NULL;
+    FOREACH op IN ARRAY ARRAY['INSERT', 'UPDATE', 'DELETE'] LOOP
+        changed := CASE op
+            WHEN 'INSERT' THEN 'SELECT 1 AS sign, * FROM added'
+            WHEN 'DELETE' THEN 'SELECT -1 AS sign, * FROM removed'
+            ELSE 'SELECT -1 AS sign, * FROM removed UNION ALL SELECT 1, * FROM added'
+        END;
+        body := 'BEGIN '
+            || conversion_rollup_sql('conversion_daily', 'lander_id', changed,
+                                     'SELECT zone FROM rollup_zones') || '; '
+            || conversion_rollup_sql('conversion_daily_geo', 'country', changed,
+                                     'SELECT zone FROM rollup_zones') || '; '
+            || 'RETURN NULL; END';
+        EXECUTE format('CREATE FUNCTION roll_conversions_%s() RETURNS trigger '
+                       'LANGUAGE plpgsql AS %L', lower(op), body);
+        EXECUTE format('CREATE TRIGGER conversions_roll_%s AFTER %s ON conversions '
+                       'REFERENCING %s FOR EACH STATEMENT EXECUTE FUNCTION roll_conversions_%s()',
+                       lower(op), op,
+                       CASE op WHEN 'INSERT' THEN 'NEW TABLE AS added'
+                               WHEN 'DELETE' THEN 'OLD TABLE AS removed'
+                               ELSE 'OLD TABLE AS removed NEW TABLE AS added' END,
+                       lower(op));
+    END LOOP;
 END
 $$;
-
-CREATE TRIGGER conversions_roll_inserted AFTER INSERT ON conversions
-    REFERENCING NEW TABLE AS added
-    FOR EACH STATEMENT EXECUTE FUNCTION roll_conversions();
-CREATE TRIGGER conversions_roll_updated AFTER UPDATE ON conversions
-    REFERENCING OLD TABLE AS removed NEW TABLE AS added
-    FOR EACH STATEMENT EXECUTE FUNCTION roll_conversions();
-CREATE TRIGGER conversions_roll_deleted AFTER DELETE ON conversions
-    REFERENCING OLD TABLE AS removed
-    FOR EACH STATEMENT EXECUTE FUNCTION roll_conversions();
 
 -- UTC is rolled up from the start; other zones are added (and backfilled) by
 -- tracker.store.rollups.sync_rollup_zones. What is stored already:
