@@ -65,8 +65,12 @@ async def run(opts: argparse.Namespace) -> None:
                 extra.append(on - off)
                 print(f"batch of {size:2}: {on:6.2f} ms with rollups, {off:6.2f} ms without")
             median = statistics.median(extra)
-            print(f"batch of {size:2}: rollups add {median:.2f} ms per transaction (median), "
-                  f"{median / size:.3f} ms per conversion inserted and approved", flush=True)  # fmt: skip
+            per = median / size
+            print(
+                f"batch of {size:2}: rollups add {median:.2f} ms per transaction (median), "
+                f"{per:.3f} ms per conversion inserted and approved",
+                flush=True,
+            )
         await conn.close()
     finally:
         pg.stop()
