@@ -1,12 +1,16 @@
 """The report query: click counters and cost from the clicks, conversions, revenue and
 booked cost from the conversions, grouped by up to three dimensions.
 
-Clicks are read from `click_rollups` when the report fits them (campaign, offer,
+Each report reads the smallest table that answers it exactly (`report_path` names it).
+Over whole local days of a zone listed in `rollup_zones`, with dimensions and filters
+among the ids (campaign, offer, source, network), day, week, month and weekday, plus
+lander or country: the per-zone daily rollups, clicks and conversions alike (conversions
+by click day or by arrival day). Else clicks come from `click_rollups` (campaign, offer,
 traffic source and UTC day, whole UTC days, no other filter), from `click_hourly` when
-it asks only for ids and time in a zone of whole-hour offsets, else from the raw
-clicks. Conversions carry every dimension of their click, so they are grouped without a
-join; `conversion_time` dates them by their click (`click_time`) or by their arrival
-(`created_at`).
+the report asks only for ids and time in a zone of whole-hour offsets, or from the raw
+clicks; conversions then come raw. Conversions carry every dimension of their click, so
+they are grouped without a join; `conversion_time` dates them by their click
+(`click_time`) or by their arrival (`created_at`).
 
 Cost has two parts. What clicks cost (`cpc`, `auto`, `cpm`, and costs set with
 `POST /api/costs`) is stored with each click. What conversions cost (`cpa`,
@@ -130,8 +134,7 @@ _ZONE_ROLLUPS = (
 )
 _ZONE_IDS = frozenset({"campaign", "offer", "traffic_source", "affiliate_network"})
 _ZONE_TIMES = frozenset({"day", "week", "month", "weekday"})
-
-
+# Grouping a month of rollup rows by several keys: in memory, not spilled to disk.
 SET_REPORT_MEMORY = "SET LOCAL work_mem = '64MB'"
 
 
@@ -472,7 +475,6 @@ async def fetch_report(
     """The page of groups the spec asks for, each with its sums, and the totals over
     every group (with `groups`, their number). TimeoutError past `time_limit` seconds."""
     async with pool.acquire() as conn, conn.transaction(readonly=True):
-        # Grouping a month of rollup rows by several keys: in memory, not spilled to disk.
         await conn.execute(SET_REPORT_MEMORY)
         # Read in the report's transaction: a zone listed here has whole rollups.
         zones = await rolled_up_zones(conn)
