@@ -2,7 +2,8 @@
 
 Starts its own PostgreSQL, rolls up UTC and America/New_York, and times transactions
 that insert a batch of conversions and then approve them (what a postback and its status
-change do), alternately with the triggers on `conversions` enabled and disabled.
+change do), alternately with the triggers on `conversions` enabled and disabled; then
+the sink's fold of the changes recorded into the rollups.
 Usage: python bench/conversion_triggers.py [--batches 300] [--rounds 3]
 """
 
@@ -18,7 +19,7 @@ import asyncpg
 
 from tracker.devstack import PostgresServer, free_port
 from tracker.store.db import migrate
-from tracker.store.rollups import sync_rollup_zones
+from tracker.store.rollups import fold_conversion_changes, sync_rollup_zones
 
 # Conversions over 50 campaigns, 4 offers, 4 countries, clicks over the last 30 days.
 INSERT = """
@@ -63,6 +64,10 @@ async def run(opts: argparse.Namespace) -> None:
                 off = await timed(conn, f"off{size}-{n}-", opts.batches, size)
                 await conn.execute("ALTER TABLE conversions ENABLE TRIGGER USER")
                 extra.append(on - off)
+                started = time.perf_counter()
+                folded = await fold_conversion_changes(conn)
+                fold_ms = (time.perf_counter() - started) * 1000
+                print(f"fold of {folded:,} changes: {fold_ms:.0f} ms")
                 print(f"batch of {size:2}: {on:6.2f} ms with rollups, {off:6.2f} ms without")
             median = statistics.median(extra)
             per = median / size

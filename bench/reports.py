@@ -37,7 +37,7 @@ from tracker.domain.clickid import new_click_id
 from tracker.sink.clicks import INSERT_CLICKS
 from tracker.store import reports as report_store
 from tracker.store.db import create_pool, migrate
-from tracker.store.rollups import rolled_up_zones, sync_rollup_zones
+from tracker.store.rollups import fold_conversion_changes, rolled_up_zones, sync_rollup_zones
 from tracker.web.reports import parse_report_query
 
 BENCH = Path(__file__).resolve().parent
@@ -471,6 +471,10 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
             f"load conversions   {conversions:,} in {seconds:.1f} s: "
             f"{conversions / seconds:,.0f} rows/s ({conversions / clicks:.2%} of clicks)"
         )
+        started = time.monotonic()
+        folded = await fold_conversion_changes(pool)
+        out["fold_s"] = time.monotonic() - started
+        print(f"fold conversions   {folded:,} changes in {out['fold_s']:.1f} s (the sink's fold)")
         started = time.monotonic()
         await pool.execute("VACUUM ANALYZE", timeout=None)
         print(f"VACUUM ANALYZE     {time.monotonic() - started:.1f} s", flush=True)

@@ -17,7 +17,12 @@ from redis.asyncio import Redis
 from tracker.domain.click import CLICK_COLUMNS
 from tracker.sink.stream import Entry, StreamConsumer
 from tracker.store import keys
-from tracker.store.rollups import CLICK_COUNTERS, add_to_rollup, zone_rollup_upserts
+from tracker.store.rollups import (
+    CLICK_COUNTERS,
+    add_to_rollup,
+    fold_conversion_changes,
+    zone_rollup_upserts,
+)
 
 log = logging.getLogger("tracker.sink")
 
@@ -144,6 +149,7 @@ class ClickSink(StreamConsumer):
     async def housekeep(self) -> None:
         await self.claim_abandoned()
         await self.trim()
+        await fold_conversion_changes(self.pool)
 
     async def handle(self, entries: list[Entry]) -> None:
         await self.store(entries)

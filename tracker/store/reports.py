@@ -32,7 +32,7 @@ from tracker.domain.reports import (
     ReportSpec,
     dimension_column,
 )
-from tracker.store.rollups import rolled_up_zones
+from tracker.store.rollups import CONVERSION_ROLLUPS, rolled_up_zones
 
 # Id dimension -> (column of clicks and conversions, table of names).
 _ID_COLUMNS = {
@@ -346,6 +346,25 @@ def _rolled_conversions(
     basis = query.param("click" if spec.conversion_time == "click" else "postback", "text")
     where.append(f"r.basis = {basis}")
     offers_r = offers_join.format(row="r")
+    fact = CONVERSION_ROLLUPS[table]
+    moment = f"CASE WHEN {basis} = 'click' THEN c.click_time ELSE c.created_at END"
+    # The rollup rows, and the changes the sink has not folded into them yet.
+    source = f"""(
+        SELECT zone, basis, day, campaign_id, offer_id, traffic_source_id, {fact},
+               conversions, leads, pending, rejected, chargebacks, unconverted, revenue
+        FROM {table}
+        UNION ALL
+        SELECT $3::text, {basis}, ({moment} AT TIME ZONE $3::text)::date,
+               c.campaign_id, c.offer_id, c.traffic_source_id, c.{fact},
+               CASE c.status WHEN 'approved' THEN c.sign ELSE 0 END,
+               CASE c.status WHEN 'lead' THEN c.sign ELSE 0 END,
+               CASE c.status WHEN 'pending' THEN c.sign ELSE 0 END,
+               CASE c.status WHEN 'rejected' THEN c.sign ELSE 0 END,
+               CASE c.status WHEN 'chargeback' THEN c.sign ELSE 0 END,
+               CASE WHEN c.status = 'approved' AND c.payout IS NULL THEN c.sign ELSE 0 END,
+               CASE WHEN c.status = 'approved' THEN c.sign * (c.payout - c.refunded) END
+        FROM conversion_changes c
+    )"""
     return f"""
     SELECT {select + "," if select else ""}
            sum(r.conversions) AS conversions, sum(r.leads) AS leads,
@@ -356,7 +375,7 @@ def _rolled_conversions(
                    WHEN 'cpa' THEN m.booking_value * r.conversions
                    WHEN 'revshare' THEN m.booking_value * 0.01 * r.revenue
                END) AS booked_cost
-    FROM {table} r
+    FROM {source} r
     LEFT JOIN {BOOKING_CAMPAIGNS} ON m.booking_campaign_id = r.campaign_id{offers_r}
     WHERE {" AND ".join(where)}
     {"GROUP BY " + ", ".join(dims) if dims else ""}

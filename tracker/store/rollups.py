@@ -2,8 +2,9 @@
 
 `rollup_zones` lists the zones whose local days are rolled up; every writer reads it in
 its own statement: the sink and cost updates (`zone_rollup_upserts`) for the click
-rollups, the triggers on `conversions` for the conversion rollups. A zone is listed only
-once its past rows are backfilled, in the transaction that lists it, so a report that
+rollups, and the sink's fold of `conversion_changes` (which the triggers on
+`conversions` append to) for the conversion rollups (`fold_conversion_changes`). A zone
+is listed only once its past rows are backfilled, in the transaction that lists it, so a report that
 finds its zone listed reads whole rollups: `sync_rollup_zones` makes the table match the
 `TRACKER_ROLLUP_ZONES` setting (`tracker migrate` calls it).
 """
@@ -84,6 +85,8 @@ SELECT_ZONES = "SELECT zone FROM rollup_zones"
 # listed and backfilled with nothing written meanwhile.
 _LOCK_WRITERS = "LOCK TABLE clicks, conversions IN SHARE MODE"
 _INSERT_ZONE = "INSERT INTO rollup_zones (zone) VALUES ($1)"
+# Changes pile up while no sink runs: folding them all may take longer than a query may.
+FOLD_TIMEOUT = 600.0
 _BACKFILL_CONVERSIONS = """
 SELECT conversion_rollup_sql($1, $2, 'SELECT 1 AS sign, * FROM conversions',
                              format('SELECT %L::text AS zone', $3::text))
@@ -100,6 +103,26 @@ def _backfill_clicks(table: str, fact: str) -> str:
     )
 
 
+_FOLD_INTO = """
+SELECT conversion_rollup_sql($1, $2, 'SELECT * FROM moved', 'SELECT zone FROM rollup_zones')
+"""
+
+
+async def fold_conversion_changes(conn: Conn | asyncpg.Pool) -> int:
+    """Add the conversion changes recorded so far to the conversion rollups of every
+    listed zone, and delete them, in one statement: a report sees each change once,
+    recorded or folded. Returns the number of changes folded."""
+    parts = [
+        await conn.fetchval(_FOLD_INTO, table, fact) for table, fact in CONVERSION_ROLLUPS.items()
+    ]
+    ctes = "".join(f", fold_{i} AS ({sql})" for i, sql in enumerate(parts))
+    statement = (
+        f"WITH moved AS (DELETE FROM conversion_changes RETURNING *){ctes} "
+        "SELECT count(*) FROM moved"
+    )
+    return int(await conn.fetchval(statement, timeout=FOLD_TIMEOUT))
+
+
 async def rolled_up_zones(conn: Conn | asyncpg.Pool) -> frozenset[str]:
     """The zones whose rollups are whole."""
     return frozenset(row["zone"] for row in await conn.fetch(SELECT_ZONES))
@@ -113,6 +136,9 @@ async def add_rollup_zone(pool: asyncpg.Pool, zone: str) -> None:
         await conn.execute(_LOCK_WRITERS)
         if zone in await rolled_up_zones(conn):
             return
+        # Changes recorded before are in the stored conversions the backfill reads: they
+        # go to the zones listed before, not to this one.
+        await fold_conversion_changes(conn)
         await conn.execute(_INSERT_ZONE, zone)
         await _fill(conn, zone)
 
@@ -130,6 +156,7 @@ async def rebuild_rollup_zone(pool: asyncpg.Pool, zone: str) -> None:
     the writers keep them whole on their own)."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(_LOCK_WRITERS)
+        await fold_conversion_changes(conn)
         for table in (*CLICK_ROLLUPS, *CONVERSION_ROLLUPS):
             await conn.execute(f"DELETE FROM {table} WHERE zone = $1", zone)
         await _fill(conn, zone)

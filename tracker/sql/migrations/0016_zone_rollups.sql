@@ -2,8 +2,8 @@
 -- and cost by campaign, offer, source and lander (`click_daily`) and by campaign, offer,
 -- source and country (`click_daily_geo`), written by the sink's statements with the clicks
 -- (moved by lander click-throughs and cost updates); conversion counters on the same keys,
--- dated by the click (`basis = 'click'`) and by the arrival (`'postback'`), kept by
--- triggers on `conversions` in the statement that writes or changes a conversion.
+-- dated by the click (`basis = 'click'`) and by the arrival (`'postback'`), from the
+-- changes triggers on `conversions` record in the statement that writes or changes one.
 -- Sink and conversion writers touch different tables, so they never wait on each other.
 
 -- The zones whose local days are rolled up. A zone is added with its past rows backfilled
@@ -91,7 +91,7 @@ CREATE UNIQUE INDEX conversion_daily_geo_key ON conversion_daily_geo
     (zone, basis, day, campaign_id, offer_id, traffic_source_id, country) NULLS NOT DISTINCT;
 
 -- The statement that adds the conversions of `changed` (a query giving `sign`, +1 or -1,
--- and a conversion's columns) to `tbl`, keyed by `fact`, for the zones `zones` selects
+-- and a conversion's columns: `conversions` or `conversion_changes`) to `tbl`, keyed by `fact`, for the zones `zones` selects
 -- (a query on rollup_zones) and both bases. Groups whose counters do not move are skipped.
 CREATE FUNCTION conversion_rollup_sql(tbl text, fact text, changed text, zones text)
 RETURNS text LANGUAGE sql IMMUTABLE AS $$
@@ -133,39 +133,79 @@ SELECT format($f$
 $f$, tbl, fact, changed, zones)
 $$;
 
--- Triggers that take away what the rows were (`removed`) and add what they are (`added`),
--- in every rolled-up zone: one function per operation, its statements written out here
--- (static SQL, so PL/pgSQL plans them once per session, not on every call).
-DO $$
-DECLARE
-    op text;
-    changed text;
-    body text;
+-- Conversion writers do not upsert the rollups themselves: many postbacks a second would
+-- queue on the row locks of today's rollup rows and hold them until their commit. The
+-- triggers append what changed to `conversion_changes` (one row per conversion inserted
+-- or deleted, two per conversion updated: the old row taken away, the new one added), in
+-- the writer's statement; the sink folds these rows into the rollups (one writer, in one
+-- statement that deletes them), and reports add the rows not folded yet. No index: the
+-- rows are only appended, and read whole.
+CREATE TABLE conversion_changes (
+    sign integer NOT NULL,
+    click_time timestamptz NOT NULL,
+    created_at timestamptz NOT NULL,
+    campaign_id bigint NOT NULL,
+    offer_id bigint NOT NULL,
+    traffic_source_id bigint NOT NULL,
+    lander_id bigint,
+    country text,
+    status text NOT NULL,
+    payout numeric,
+    refunded numeric NOT NULL
+);
+
+CREATE FUNCTION roll_conversions_insert() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    FOREACH op IN ARRAY ARRAY['INSERT', 'UPDATE', 'DELETE'] LOOP
-        changed := CASE op
-            WHEN 'INSERT' THEN 'SELECT 1 AS sign, * FROM added'
-            WHEN 'DELETE' THEN 'SELECT -1 AS sign, * FROM removed'
-            ELSE 'SELECT -1 AS sign, * FROM removed UNION ALL SELECT 1, * FROM added'
-        END;
-        body := 'BEGIN '
-            || conversion_rollup_sql('conversion_daily', 'lander_id', changed,
-                                     'SELECT zone FROM rollup_zones') || '; '
-            || conversion_rollup_sql('conversion_daily_geo', 'country', changed,
-                                     'SELECT zone FROM rollup_zones') || '; '
-            || 'RETURN NULL; END';
-        EXECUTE format('CREATE FUNCTION roll_conversions_%s() RETURNS trigger '
-                       'LANGUAGE plpgsql AS %L', lower(op), body);
-        EXECUTE format('CREATE TRIGGER conversions_roll_%s AFTER %s ON conversions '
-                       'REFERENCING %s FOR EACH STATEMENT EXECUTE FUNCTION roll_conversions_%s()',
-                       lower(op), op,
-                       CASE op WHEN 'INSERT' THEN 'NEW TABLE AS added'
-                               WHEN 'DELETE' THEN 'OLD TABLE AS removed'
-                               ELSE 'OLD TABLE AS removed NEW TABLE AS added' END,
-                       lower(op));
-    END LOOP;
+    INSERT INTO conversion_changes (
+        sign, click_time, created_at, campaign_id, offer_id, traffic_source_id, lander_id,
+        country, status, payout, refunded
+    )
+    SELECT 1, click_time, created_at, campaign_id, offer_id, traffic_source_id, lander_id,
+           country, status, payout, refunded
+    FROM added;
+    RETURN NULL;
 END
 $$;
+
+CREATE FUNCTION roll_conversions_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO conversion_changes (
+        sign, click_time, created_at, campaign_id, offer_id, traffic_source_id, lander_id,
+        country, status, payout, refunded
+    )
+    SELECT -1, click_time, created_at, campaign_id, offer_id, traffic_source_id, lander_id,
+           country, status, payout, refunded
+    FROM removed
+    UNION ALL
+    SELECT 1, click_time, created_at, campaign_id, offer_id, traffic_source_id, lander_id,
+           country, status, payout, refunded
+    FROM added;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION roll_conversions_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO conversion_changes (
+        sign, click_time, created_at, campaign_id, offer_id, traffic_source_id, lander_id,
+        country, status, payout, refunded
+    )
+    SELECT -1, click_time, created_at, campaign_id, offer_id, traffic_source_id, lander_id,
+           country, status, payout, refunded
+    FROM removed;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER conversions_roll_insert AFTER INSERT ON conversions
+    REFERENCING NEW TABLE AS added
+    FOR EACH STATEMENT EXECUTE FUNCTION roll_conversions_insert();
+CREATE TRIGGER conversions_roll_update AFTER UPDATE ON conversions
+    REFERENCING OLD TABLE AS removed NEW TABLE AS added
+    FOR EACH STATEMENT EXECUTE FUNCTION roll_conversions_update();
+CREATE TRIGGER conversions_roll_delete AFTER DELETE ON conversions
+    REFERENCING OLD TABLE AS removed
+    FOR EACH STATEMENT EXECUTE FUNCTION roll_conversions_delete();
 
 -- UTC is rolled up from the start; other zones are added (and backfilled) by
 -- tracker.store.rollups.sync_rollup_zones. What is stored already:
