@@ -3,6 +3,8 @@
 
 import asyncio
 import random
+from datetime import date
+from decimal import Decimal
 
 import orjson
 import pytest
@@ -10,7 +12,7 @@ from pydantic import ValidationError
 
 from tests.test_report_agreement import record
 from tracker.settings import Settings
-from tracker.sink.clicks import INSERT_CLICKS
+from tracker.sink.clicks import INSERT_CLICKS, ClickSink
 from tracker.store.rollups import add_rollup_zone, rolled_up_zones, sync_rollup_zones
 
 ZONE = "Asia/Tokyo"
@@ -86,3 +88,32 @@ async def test_a_zone_added_while_clicks_are_written_is_whole(pool):
         await sync_rollup_zones(pool, ("UTC",))
     assert ZONE not in await rolled_up_zones(pool)
     assert not await pool.fetchval("SELECT count(*) FROM click_daily WHERE zone = $1", ZONE)
+
+
+async def test_the_sink_folds_conversion_changes_into_the_rollups(redis, pool):
+    await pool.execute(
+        "INSERT INTO conversions (click_id, dedupe_key, campaign_id, offer_id, traffic_source_id,"
+        " click_time, payout, currency, original_payout, original_currency, status, params,"
+        " country) VALUES ('k1', '', 1, 2, 3, '2026-03-01 12:00Z', 2.5, 'USD', 2.5, 'USD',"
+        " 'approved', '{}', 'DE')"
+    )
+    assert await pool.fetchval("SELECT count(*) FROM conversion_changes") == 1
+    sink = ClickSink(redis, pool, consumer="folder", block_ms=20, housekeeping_seconds=0.05)
+    task = asyncio.create_task(sink.run())
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while await pool.fetchval("SELECT count(*) FROM conversion_changes"):
+            assert asyncio.get_running_loop().time() < deadline, "changes not folded"
+            await asyncio.sleep(0.05)
+    finally:
+        sink.stop()
+        await task
+    rows = await pool.fetch(
+        "SELECT basis, day, conversions, revenue FROM conversion_daily_geo"
+        " WHERE zone = 'UTC' AND country = 'DE' ORDER BY basis"
+    )
+    today = await pool.fetchval("SELECT (now() AT TIME ZONE 'UTC')::date")
+    assert [tuple(r) for r in rows] == [
+        ("click", date(2026, 3, 1), 1, Decimal("2.500000")),
+        ("postback", today, 1, Decimal("2.500000")),
+    ]
