@@ -131,7 +131,7 @@ async def rolled_up_zones(conn: Conn | asyncpg.Pool) -> frozenset[str]:
 async def add_rollup_zone(pool: asyncpg.Pool, zone: str) -> None:
     """List `zone` and backfill its rollups from the stored clicks and conversions.
     Click and conversion writers wait meanwhile (the sink keeps its entries on the
-    stream); at 10 M clicks this takes about a minute."""
+    stream) for one pass over the stored clicks and conversions."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(_LOCK_WRITERS)
         if zone in await rolled_up_zones(conn):
