@@ -3,10 +3,12 @@ the reports people open most.
 
 Starts its own PostgreSQL (the devstack's settings), creates 50 campaigns with their
 offers, sources and landers, and streams generated click records, in the sink's JSON
-form and batches, through `tracker.sink.clicks.INSERT_CLICKS`, so that the daily and
-hourly rollups are written as in production. Conversions (1-3% of human clicks) are
+form and batches, through `tracker.sink.clicks.INSERT_CLICKS`, so that the daily,
+hourly and per-zone daily rollups (UTC and America/New_York) are written as in
+production. Conversions (1-3% of human clicks) are
 then copied from their clicks in bulk SQL. Prints load rows/s, table sizes, and p50 and
-p99 of each report over repeated runs through `tracker.store.reports.fetch_report`.
+p99 of each report over repeated runs through `tracker.store.reports.fetch_report`, with
+the tables it read.
 
 Usage: python bench/reports.py [--clicks 1000000] [--runs 20] [--days 30]
 """
@@ -36,6 +38,7 @@ from tracker.sink.clicks import INSERT_CLICKS
 from tracker.store import partitions
 from tracker.store import reports as report_store
 from tracker.store.db import create_pool, migrate
+from tracker.store.rollups import fold_conversion_changes, rolled_up_zones, sync_rollup_zones
 from tracker.web.reports import parse_report_query
 
 BENCH = Path(__file__).resolve().parent
@@ -371,19 +374,16 @@ def report_cases(first: date, days: int, campaign: int) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def path_of(spec: Any) -> str:
-    if report_store.uses_rollups(spec):
-        return "click_rollups"
-    uses_hourly = getattr(report_store, "uses_hourly", None)
-    if uses_hourly is not None and uses_hourly(spec):
-        return "click_hourly"
-    return "clicks"
+def path_of(spec: Any, zones: frozenset[str]) -> str:
+    """The tables the report reads: clicks (or their rollup) + conversions (or theirs)."""
+    return str(report_store.report_path(spec, zones))
 
 
 async def time_reports(
     pool: asyncpg.Pool, opts: argparse.Namespace, first: date, campaign: int
 ) -> list[dict[str, Any]]:
     results = []
+    zones = await rolled_up_zones(pool)
     for case in report_cases(first, opts.days, campaign):
         spec = parse_report_query(MultiDict(case["query"]), "UTC", 366)
         await report_store.fetch_report(pool, spec, opts.time_limit)  # warm the cache
@@ -404,14 +404,14 @@ async def time_reports(
             "" if goal is None else f"goal p50 <= {goal} ms: {'met' if p50 <= goal else 'MISSED'}"
         )
         print(
-            f"{case['name']:<38} {path_of(spec):<13} p50 {p50:8.1f} ms  p99 {p99:8.1f} ms  "
+            f"{case['name']:<38} {path_of(spec, zones):<37} p50 {p50:8.1f} ms  p99 {p99:8.1f} ms  "
             f"({len(times)} runs, {groups:,} groups)  {verdict}",
             flush=True,
         )
         results.append(
             {
                 **case,
-                "path": path_of(spec),
+                "path": path_of(spec, zones),
                 "runs": len(times),
                 "groups": groups,
                 "p50_ms": p50,
@@ -424,7 +424,6 @@ async def time_reports(
     return results
 
 
-TABLES = ("clicks", "click_rollups", "click_hourly", "conversions")
 # A partitioned table's size is its partitions' (a plain table has no partition tree).
 TABLE_SIZE = """
 SELECT coalesce(
@@ -432,6 +431,18 @@ SELECT coalesce(
     pg_total_relation_size($1::regclass)
 )
 """
+TABLES = (
+    "clicks",
+    "click_rollups",
+    "click_hourly",
+    "conversions",
+    "click_daily",
+    "click_daily_geo",
+    "conversion_daily",
+    "conversion_daily_geo",
+)
+# The zones rolled up by day: UTC and the zone of the New York report.
+ZONES = ("UTC", "America/New_York")
 
 
 async def run(opts: argparse.Namespace) -> dict[str, Any]:
@@ -453,6 +464,7 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
         pg.start()
         await migrate(pg.dsn())
         pool = await create_pool(pg.dsn(), min_size=1, max_size=2, pg_timeout=600)
+        await sync_rollup_zones(pool, ZONES)
         await create_world(pool, setup)
         # The days loaded, and their conversions' months, get their partitions first.
         moments = [
@@ -475,6 +487,10 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
             f"{conversions / seconds:,.0f} rows/s ({conversions / clicks:.2%} of clicks)"
         )
         started = time.monotonic()
+        folded = await fold_conversion_changes(pool)
+        out["fold_s"] = time.monotonic() - started
+        print(f"fold conversions   {folded:,} changes in {out['fold_s']:.1f} s (the sink's fold)")
+        started = time.monotonic()
         await pool.execute("VACUUM ANALYZE", timeout=None)
         print(f"VACUUM ANALYZE     {time.monotonic() - started:.1f} s", flush=True)
 
@@ -484,14 +500,14 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
             rows = await pool.fetchval(f"SELECT count(*) FROM {table}")
             sizes[table] = {"bytes": int(size), "rows": int(rows)}
             print(
-                f"size {table:<14} {size / 2**20:9.1f} MB  {rows:>12,} rows  "
+                f"size {table:<20} {size / 2**20:9.1f} MB  {rows:>12,} rows  "
                 f"{size / 2**20 / (clicks / 1e6):7.1f} MB per million clicks"
             )
         total = sum(s["bytes"] for s in sizes.values())
         out["sizes"] = sizes
         out["mb_per_million_clicks"] = total / 2**20 / (clicks / 1e6)
-        print(f"size total          {total / 2**20:9.1f} MB, {out['mb_per_million_clicks']:.1f} MB "
-              "per million clicks", flush=True)  # fmt: skip
+        print(f"size total {'':15} {total / 2**20:9.1f} MB, {out['mb_per_million_clicks']:.1f} "
+              "MB per million clicks", flush=True)  # fmt: skip
 
         campaign, in_campaign = await pool.fetchrow(
             "SELECT campaign_id, sum(clicks + bot_clicks) FROM click_rollups "

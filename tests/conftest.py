@@ -101,7 +101,7 @@ async def settings(servers: tuple[PostgresServer, RedisServer], tmp_path: Path) 
     try:
         tables = await conn.fetch(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
-            "AND tablename <> 'schema_migrations'"
+            "AND tablename NOT IN ('schema_migrations', 'rollup_zones')"
         )
         names = ", ".join(row["tablename"] for row in tables)
         await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")

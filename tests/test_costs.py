@@ -8,6 +8,7 @@ import pytest
 
 from tests.conftest import wait_for_sink
 from tests.test_postback import make_click
+from tests.test_reports import rebuild_rollups
 from tracker.store.costs import FILTER_COLUMNS
 from tracker.store.partitions import ensure_partitions
 from tracker.web.costs import CostFilter
@@ -52,6 +53,7 @@ async def insert_clicks(pool, campaign_id: int, clicks: list[dict]) -> None:
         " FROM clicks WHERE campaign_id = $1 GROUP BY 1, 2, 3, 4",
         campaign_id,
     )
+    await rebuild_rollups(pool)
 
 
 async def click_costs(pool) -> dict[str, Decimal | None]:

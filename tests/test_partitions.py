@@ -145,7 +145,8 @@ async def test_migration_keeps_every_row_and_id_sequence(servers, tmp_path):
             table: await conn.fetchval(f"SELECT last_value FROM {table}_id_seq")
             for table in ("conversions", "postback_log")
         }
-        assert await migrate(dsn) == ["0015_time_partitions.sql"]
+        applied = await migrate(dsn)  # 0015, and the later ones on the partitioned tables
+        assert applied[0] == "0015_time_partitions.sql"
         for table, rows in before.items():
             after = sorted(tuple(r) for r in await conn.fetch(f"SELECT {table}::text FROM {table}"))
             assert after == rows, table
@@ -636,7 +637,8 @@ async def test_migration_of_years_of_history_makes_monthly_partitions_before_thi
             " VALUES ($1, 'created', 'GET', '', '{}', $2)",
             [(m, f"r{i}") for i, m in enumerate(moments)],
         )
-        assert await migrate(dsn) == ["0015_time_partitions.sql"]
+        applied = await migrate(dsn)  # 0015, and the later ones on the partitioned tables
+        assert applied[0] == "0015_time_partitions.sql"
         this_month = period_start(NOW, "month")
         for table in ("clicks", "postback_log"):
             found = await list_partitions(pool, table)

@@ -1,30 +1,54 @@
-"""Rollups and raw clicks agree: random clicks written by the sink's own statements (clicks,
-lander click-throughs that move clicks to another offer, cost updates), then every report
-that a rollup answers, in several time zones, compared with the same report computed from
-the raw clicks."""
+"""Rollups and raw rows agree: random clicks written by the sink's own statements (clicks,
+lander click-throughs that move clicks to another offer, cost updates) and conversions
+written by the conversion writer (every status, status changes, refunds, payouts awaiting
+a rate), then every report that a rollup answers, in several time zones across a DST
+change and on both conversion time bases, compared with the same report computed from
+the raw rows."""
 
 import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import orjson
+from multidict import MultiDict
 
 from tracker.domain.click import CLICK_COLUMNS
 from tracker.sink.clicks import INSERT_CLICKS, STORE_LANDER_CLICKS
+from tracker.store.conversions import ConversionPostback, ConversionWriter
 from tracker.store.costs import set_slice_cost
 from tracker.store.partitions import ensure_for_click_batch
+from tracker.store.reports import report_path
+from tracker.store.rollups import (
+    add_rollup_zone,
+    fold_conversion_changes,
+    rolled_up_zones,
+    sync_rollup_zones,
+)
+from tracker.web.reports import parse_report_query
 
 START = datetime(2026, 3, 27, tzinfo=UTC)  # across Europe's change to summer time (29 March)
 HOURS = 96
-ZONES = ("UTC", "America/New_York", "Europe/Berlin", "Asia/Tokyo", "Asia/Kolkata")
+# Rolled up while the data is written, rolled up only afterwards (a backfill), and not.
+ZONES_BEFORE = ("America/New_York", "Europe/Berlin")
+ZONES_AFTER = ("Asia/Kolkata",)
+ZONES = ("UTC", *ZONES_BEFORE, *ZONES_AFTER, "Asia/Tokyo")
 GROUPINGS = (
     "campaign,day",
     "offer,traffic_source,day",
     "offer,lander,hour",
-    "campaign,week",
+    "campaign,lander,week",
     "affiliate_network,weekday",
     "campaign,month",
     "lander",
+    "campaign,offer,country",
+    "country,day",
+    "affiliate_network,country,month",
+)
+FILTERS = (
+    {},
+    {"filter[country]": "US"},
+    {"exclude[country]": "DE"},
+    {"filter[offer]": "1", "exclude[lander]": "1"},
 )
 
 
@@ -48,7 +72,15 @@ def record(rng: random.Random, n: int, ids: dict[str, list[int]]) -> dict[str, o
     return values
 
 
-async def test_rollups_agree_with_raw_clicks_on_random_data(api, pool):
+async def test_rollups_agree_with_raw_rows_on_random_data(api, pool):
+    try:
+        await sync_rollup_zones(pool, ("UTC", *ZONES_BEFORE))
+        await agree_on_random_data(api, pool)
+    finally:
+        await sync_rollup_zones(pool, ("UTC",))
+
+
+async def agree_on_random_data(api, pool):
     rng = random.Random(20260329)
     network = await api.create("/api/affiliate-networks", {"name": "N"})
     other = await api.create("/api/affiliate-networks", {"name": "M"})
@@ -84,28 +116,144 @@ async def test_rollups_agree_with_raw_clicks_on_random_data(api, pool):
             "lp_ms": int(values["created_ms"]) + 9000,
         }
         through.append(moved)
+        values["offer_id"] = moved["offer_id"]  # conversions carry the offer reached
     await pool.execute(STORE_LANDER_CLICKS, orjson.dumps(through).decode())
     # Costs set after the fact over part of the range, replacing what the clicks carried.
-    for campaign_id, cost in zip(
-        campaigns[:2], (Decimal("12.345678"), Decimal("0.000007")), strict=True
+    for campaign_id, cost, slice_filter in zip(
+        campaigns,
+        (Decimal("12.345678"), Decimal("0.000007"), Decimal("3.5")),
+        ({}, {}, {"country": "us"}),
+        strict=True,
     ):
         await set_slice_cost(
-            pool, campaign_id, START + timedelta(hours=5), START + timedelta(hours=50), cost, {}
+            pool,
+            campaign_id,
+            START + timedelta(hours=5),
+            START + timedelta(hours=50),
+            cost,
+            slice_filter,
         )
     assert await pool.fetchval("SELECT count(*) FROM clicks") == 3000
+    await convert_some(api, pool, rng, records, campaigns)
+    zones = await rolled_up_zones(pool)
+    assert zones == {"UTC", *ZONES_BEFORE, *ZONES_AFTER}
 
     # A day more on each side: every click is inside the range in every zone.
     first_day = START.date() - timedelta(days=1)
     last_day = (START + timedelta(hours=HOURS)).date() + timedelta(days=1)
     compared = 0
+    paths: set[str] = set()
     for tz in ZONES:
         for grouping in GROUPINGS:
-            base = {"from": str(first_day), "to": str(last_day), "tz": tz, "group_by": grouping}
-            rolled = await api.call("GET", "/api/reports", params=base)
-            # A filter on a fact the rollups lack: the same report from the raw clicks.
-            raw = await api.call("GET", "/api/reports", params={**base, "exclude[sub1]": "-"})
-            assert rolled["rows"] == raw["rows"], (tz, grouping)
-            assert rolled["totals"] == raw["totals"], (tz, grouping)
-            assert rolled["totals"]["clicks"] + rolled["totals"]["bots"] == 3000
-            compared += len(rolled["rows"])
-    assert compared > 500
+            for filters in FILTERS:
+                for basis in ("click", "postback"):
+                    base = {
+                        "from": str(first_day),
+                        "to": str(last_day),
+                        "tz": tz,
+                        "group_by": grouping,
+                        "conversion_time": basis,
+                        **filters,
+                    }
+                    spec = parse_report_query(MultiDict(base), "UTC", 366)
+                    path = report_path(spec, zones)
+                    paths.add(path)
+                    if tz == "Asia/Tokyo" or "hour" in grouping:
+                        assert not path.startswith(("click_daily", "conversion_daily")), path
+                    rolled = await api.call("GET", "/api/reports", params=base)
+                    # A filter on a fact no rollup carries: the same report from raw rows.
+                    raw = await api.call(
+                        "GET", "/api/reports", params={**base, "exclude[sub1]": "-"}
+                    )
+                    where = (tz, grouping, filters, basis, path)
+                    assert rolled["rows"] == raw["rows"], where
+                    assert rolled["totals"] == raw["totals"], where
+                    if not filters:
+                        assert rolled["totals"]["clicks"] + rolled["totals"]["bots"] == 3000
+                        assert rolled["totals"]["conversions"] > 0
+                    compared += len(rolled["rows"])
+    assert compared > 2000
+    # Folded, the rollups alone give the same reports.
+    assert await fold_conversion_changes(pool) > 0
+    assert await pool.fetchval("SELECT count(*) FROM conversion_changes") == 0
+    for tz in ("UTC", "America/New_York", "Asia/Kolkata"):
+        for grouping in ("campaign,day", "campaign,offer,country"):
+            for basis in ("click", "postback"):
+                base = {"from": str(first_day), "to": str(last_day), "tz": tz,
+                        "group_by": grouping, "conversion_time": basis}  # fmt: skip
+                rolled = await api.call("GET", "/api/reports", params=base)
+                raw = await api.call("GET", "/api/reports", params={**base, "exclude[sub1]": "-"})
+                assert rolled["rows"] == raw["rows"], (tz, grouping, basis)
+                assert rolled["totals"] == raw["totals"], (tz, grouping, basis)
+                assert rolled["totals"]["conversions"] > 0
+    assert {"click_daily+conversion_daily", "click_daily_geo+conversion_daily_geo"} <= paths
+    # Part of a local day: not the daily rollups.
+    spec = parse_report_query(
+        MultiDict({"from": "2026-03-28T06:00:00", "to": "2026-03-29", "tz": "Europe/Berlin"}),
+        "UTC",
+        366,
+    )
+    assert not report_path(spec, zones).startswith("click_daily")
+
+
+def postback(values, txid, status, payout, parent=None):
+    click = {**values, "params": {}, "ip": None, "user_agent": None}
+    click["created_at"] = datetime.fromtimestamp(int(values["created_ms"]) / 1000, UTC)
+    amount = Decimal(payout)
+    return ConversionPostback(
+        click=click,
+        network_id=None,
+        dedupe_key=txid,
+        txid=txid,
+        parent_txid=parent,
+        status=status,
+        payout=amount,
+        currency="USD",
+        original_payout=amount,
+        original_currency="USD",
+        payout_given=True,
+        event=None,
+        params={},
+    )
+
+
+async def convert_some(api, pool, rng, records, campaigns):
+    """Conversions through the conversion writer: created in every status, then approved,
+    rejected, charged back and partly refunded, as postbacks would; costs booked by cpa
+    and revshare."""
+    await api.call("PATCH", f"/api/campaigns/{campaigns[0]}",
+                   json={"cost_model": "cpa", "cost_value": "1.25"})  # fmt: skip
+    await api.call("PATCH", f"/api/campaigns/{campaigns[1]}",
+                   json={"cost_model": "revshare", "cost_value": "30"})  # fmt: skip
+    writer = ConversionWriter(pool)
+    await writer.start()
+    try:
+        converting = rng.sample(records, 300)
+        statuses = ("approved", "approved", "lead", "pending", "rejected")
+        for i, values in enumerate(converting):
+            payout = f"{rng.randrange(1, 5000) / 100:.2f}"
+            await writer.record(postback(values, f"t{i}", statuses[i % 5], payout))
+        # What the sink folds into the rollups meanwhile; the changes below stay recorded.
+        assert await fold_conversion_changes(pool) >= 300
+        # A zone listed after the data is stored: its rollups are backfilled.
+        for zone in ZONES_AFTER:
+            await add_rollup_zone(pool, zone)
+        for i, values in enumerate(converting[:120]):
+            change = ("approved", "rejected", "chargeback")[i % 3]
+            await writer.record(postback(values, f"t{i}", change, "7.50"))
+        for i, values in enumerate(converting[:60]):  # partial refunds by parent txid
+            await writer.record(postback(values, f"refund{i}", "approved", "-1.10", f"t{i}"))
+    finally:
+        await writer.close()
+    assert await pool.fetchval("SELECT count(*) FROM conversions") >= 300
+    # Even a change no postback makes (an exchange rate arriving later, say) keeps them equal,
+    # and so does a conversion deleted.
+    await pool.execute("UPDATE conversions SET payout = NULL WHERE id % 17 = 0")
+    # Arrivals up to two days after the click (they arrived now): another local day.
+    await pool.execute(
+        "UPDATE conversions SET created_at = click_time + (id % 49) * interval '1 hour'"
+    )
+    doomed = "SELECT id FROM conversions WHERE id % 23 = 0"
+    for table in ("conversion_history", "postback_log"):
+        await pool.execute(f"DELETE FROM {table} WHERE conversion_id IN ({doomed})")
+    await pool.execute(f"DELETE FROM conversions WHERE id IN ({doomed})")

@@ -6,6 +6,7 @@ from decimal import Decimal, localcontext
 
 from tests.conftest import wait_for_sink
 from tests.test_postback import make_click
+from tests.test_reports import mirror_click_rollups
 from tracker.store.partitions import ensure_partitions
 from tracker.web.appkeys import CONFIG
 
@@ -114,6 +115,7 @@ async def test_booked_costs_fall_on_the_conversion_day_offer_and_source(api, poo
         " VALUES ('2026-03-01', $1, 7, 100, 5, 0.5)",
         campaign_id,
     )
+    await mirror_click_rollups(pool)
     conversions = [
         ("k1", 7, datetime(2026, 3, 1, 23, 0, tzinfo=UTC), "approved"),
         ("k2", 7, datetime(2026, 3, 2, 1, 0, tzinfo=UTC), "approved"),
@@ -174,6 +176,7 @@ async def test_sums_beyond_28_digits_stay_exact(api, pool):
         " VALUES ($1, $2, 1, 1, 1, $3)",
         rows,
     )
+    await mirror_click_rollups(pool)
     report = await api.call("GET", "/api/reports?from=2026-03-01&to=2026-03-02&group_by=day")
     assert report["totals"]["cost"] == "1111111110110.12345678901235"
     assert report["totals"]["profit"] == "-1111111110110.12345678901235"

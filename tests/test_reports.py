@@ -4,6 +4,26 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 from tracker.store.partitions import ensure_partitions
+from tracker.store.rollups import rebuild_rollup_zone, rolled_up_zones
+
+
+async def mirror_click_rollups(pool):
+    """Tests that write `click_rollups` rows by hand (no raw clicks): the same rows in the
+    UTC per-zone rollups, which UTC reports read."""
+    for table in ("click_daily", "click_daily_geo"):
+        await pool.execute(f"DELETE FROM {table} WHERE zone = 'UTC'")
+        await pool.execute(
+            f"INSERT INTO {table} (zone, day, campaign_id, offer_id, traffic_source_id, clicks,"
+            " bot_clicks, unique_clicks, lp_views, lp_clicks, cost)"
+            " SELECT 'UTC', day, campaign_id, offer_id, traffic_source_id, clicks, bot_clicks,"
+            " unique_clicks, lp_views, lp_clicks, cost FROM click_rollups"
+        )
+
+
+async def rebuild_rollups(pool):
+    """Tests that write raw clicks by hand: the per-zone rollups the sink would write."""
+    for zone in await rolled_up_zones(pool):
+        await rebuild_rollup_zone(pool, zone)
 
 
 async def insert_facts(pool):
@@ -18,6 +38,7 @@ async def insert_facts(pool):
         "VALUES ($1, $2, $3, $4, $5, $6)",
         rollups,
     )
+    await mirror_click_rollups(pool)
     conversions = [
         ("k1", 1, 10, datetime(2026, 3, 1, 23, 59, tzinfo=UTC), Decimal("1.10"), "approved"),
         ("k2", 1, 10, datetime(2026, 3, 2, 0, 0, tzinfo=UTC), Decimal("2.205"), "approved"),
@@ -94,6 +115,7 @@ async def test_bot_unique_and_lander_counters_in_rows_and_totals(api, pool):
         " VALUES ($1, $2, $3, 100, $4, $5, $6, $7, $8, $9)",
         rollups,
     )
+    await mirror_click_rollups(pool)
     report = await api.call("GET", "/api/reports?from=2026-03-01&to=2026-03-02")
     counters = ("clicks", "bots", "unique_clicks", "lp_views", "lp_clicks")
     rows = [(r["campaign_id"], *(r[c] for c in counters), r["cpc"]) for r in report["rows"]]

@@ -9,6 +9,7 @@ from decimal import Decimal
 from urllib.parse import urlsplit
 
 from tests.conftest import wait_for_sink
+from tests.test_reports import rebuild_rollups
 from tracker.store.partitions import ensure_partitions
 
 _ids = itertools.count(1)
@@ -73,6 +74,7 @@ async def click(pool, at: datetime, **facts):
         int(human and values.get("lp_clicked_at") is not None),
         values["cost"] or 0,
     )
+    await rebuild_rollups(pool)
     return values["click_id"]
 
 

@@ -258,9 +258,12 @@ def sender() -> None:
 def migrate() -> None:
     """Apply the database migrations (safe to run from several hosts at once)."""
     from tracker.store.db import migrate as apply_migrations
+    from tracker.store.rollups import sync_zones_from_settings
 
-    applied = asyncio.run(apply_migrations(_settings().database_url))
+    settings = _settings()
+    applied = asyncio.run(apply_migrations(settings.database_url))
     print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+    print(asyncio.run(sync_zones_from_settings(settings)))
 
 
 @app.command(rich_help_panel="Processes")

@@ -136,6 +136,9 @@ class Settings(BaseSettings):
     report_max_days: int = Field(default=366, ge=1)
     # Seconds one report may take; a longer one gets a 504 asking for a narrower report.
     report_timeout: float = Field(default=30.0, gt=0)
+    # Zones whose local days are rolled up (comma-separated IANA names; empty: UTC and
+    # the report zone). `tracker migrate` applies a change, backfilling an added zone.
+    rollup_zones: str = ""
 
     # Conversions sent back to traffic sources (the outbox sender in `tracker sink` or
     # `tracker sender`). The first retry waits about this long, each next one twice as long.
@@ -168,6 +171,18 @@ class Settings(BaseSettings):
         """Configured credentials, masked wherever a log line would show them."""
         keys = (self.api_key, self.dashboard_password)
         return [key.get_secret_value() for key in keys if key is not None]
+
+    @field_validator("rollup_zones")
+    @classmethod
+    def known_rollup_zones(cls, value: str) -> str:
+        for name in filter(None, (part.strip() for part in value.split(","))):
+            cls.known_time_zone(name)
+        return value
+
+    def rollup_zone_names(self) -> list[str]:
+        """The zones whose local days are rolled up, UTC first."""
+        named = [part.strip() for part in self.rollup_zones.split(",") if part.strip()]
+        return sorted(set(named or ["UTC", self.report_timezone]), key=lambda z: (z != "UTC", z))
 
     @field_validator("report_timezone")
     @classmethod

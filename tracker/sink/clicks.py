@@ -1,7 +1,8 @@
 """Moves clicks from the Redis stream into Postgres.
 
 Entries are read with a consumer group, written in one statement per batch
-(idempotent on click id, with the daily and hourly rollups in the same transaction), and
+(idempotent on click id, with the daily, hourly and per-zone daily rollups in the same
+transaction), and
 acknowledged only after the commit. Entries left pending by a consumer that
 died are claimed after `claim_idle_ms`; acknowledged entries are trimmed.
 """
@@ -16,6 +17,12 @@ from redis.asyncio import Redis
 from tracker.domain.click import CLICK_COLUMNS
 from tracker.sink.stream import Entry, StreamConsumer
 from tracker.store import keys, partitions
+from tracker.store.rollups import (
+    CLICK_COUNTERS,
+    add_to_rollup,
+    fold_conversion_changes,
+    zone_rollup_upserts,
+)
 
 log = logging.getLogger("tracker.sink")
 
@@ -32,30 +39,8 @@ _FROM_BATCH = ", ".join(
 )
 # Per-(day or hour, campaign, offer, source) counters of one click: human clicks, bot clicks,
 # unique human clicks, lander views, lander click-throughs, and cost.
-_COUNTERS = """
-    (NOT is_bot)::int AS clicks, is_bot::int AS bot_clicks,
-    (coalesce(is_unique, false) AND NOT is_bot)::int AS unique_clicks,
-    (lander_id IS NOT NULL AND NOT is_bot)::int AS lp_views,
-    (lp_clicked_at IS NOT NULL AND NOT is_bot)::int AS lp_clicks,
-    coalesce(cost, 0) AS cost
-"""
-_KEYS = "created_at, campaign_id, offer_id, traffic_source_id, lander_id"
-_ROLLUP_COUNTERS = ("clicks", "bot_clicks", "unique_clicks", "lp_views", "lp_clicks", "cost")
-
-
-def _add_to_rollup(table: str, keys: dict[str, str]) -> str:
-    """Upsert of `counted`, summed by `keys` (rollup column -> expression), into `table`;
-    rows are taken in key order, the same in every writer, so writers do not deadlock."""
-    positions = ", ".join(str(i) for i in range(1, len(keys) + 1))
-    return f"""
-INSERT INTO {table} AS r ({", ".join(keys)}, {", ".join(_ROLLUP_COUNTERS)})
-SELECT {", ".join(keys.values())}, {", ".join(f"sum({c})" for c in _ROLLUP_COUNTERS)}
-FROM counted
-GROUP BY {positions}
-ORDER BY {positions}
-ON CONFLICT ({", ".join(keys)}) DO UPDATE
-SET {", ".join(f"{c} = r.{c} + EXCLUDED.{c}" for c in _ROLLUP_COUNTERS)}"""
-
+_COUNTERS = CLICK_COUNTERS
+_KEYS = "created_at, campaign_id, offer_id, traffic_source_id, lander_id, country"
 
 _IDS = {c: c for c in ("campaign_id", "offer_id", "traffic_source_id")}
 _DAILY = {"day": "(created_at AT TIME ZONE 'UTC')::date", **_IDS}
@@ -65,8 +50,9 @@ _HOURLY = {
     "lander_id": "coalesce(lander_id, 0)",
 }
 _ADD_TO_ROLLUPS = f"""
-, daily AS ({_add_to_rollup("click_rollups", _DAILY)}
-){_add_to_rollup("click_hourly", _HOURLY)}
+, daily AS ({add_to_rollup("click_rollups", _DAILY)}
+){zone_rollup_upserts()}
+{add_to_rollup("click_hourly", _HOURLY)}
 """
 INSERT_CLICKS = f"""
 WITH batch AS (
@@ -124,10 +110,9 @@ WITH batch AS (
     UNION ALL
     SELECT {_KEYS}, {_COUNTERS} FROM updated
     UNION ALL
-    SELECT created_at, campaign_id, offer_id, traffic_source_id, lander_id,
+    SELECT {_KEYS},
            -clicks, -bot_clicks, -unique_clicks, -lp_views, -lp_clicks, -cost
-    FROM (SELECT created_at, campaign_id, offer_id, traffic_source_id, lander_id, {_COUNTERS}
-          FROM previous) AS p
+    FROM (SELECT {_KEYS}, {_COUNTERS} FROM previous) AS p
 )
 {_ADD_TO_ROLLUPS}
 """
@@ -174,6 +159,7 @@ class ClickSink(StreamConsumer):
     async def housekeep(self) -> None:
         await self.claim_abandoned()
         await self.trim()
+        await fold_conversion_changes(self.pool)
 
     async def handle(self, entries: list[Entry]) -> None:
         await self.store(entries)

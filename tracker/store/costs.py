@@ -4,8 +4,8 @@ The amount is split in micro-units (the 6 decimal places of a click's cost): eve
 click of the slice gets floor(total / n) micro-units, and the remaining
 total mod n micro-units go one each to the earliest clicks, in (created_at,
 click_id) order. The clicks' costs then add up to exactly the amount, and so do
-the daily rollups the reports read, which move by the per-(day, campaign, offer,
-source) difference in the same statement.
+the rollups the reports read, which move by the per-(day or hour, ids, fact) difference
+in the same statement.
 
 Only clicks already stored in Postgres belong to a slice; clicks still on the Redis
 stream keep the cost the click path gave them.
@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 
 from tracker.store.admin import Conn
+from tracker.store.rollups import zone_rollup_upserts
 
 # Filter key -> (clicks column, compared without regard to case). Sub ids and the
 # source's external id are opaque and compared exactly; visitor facts are not.
@@ -45,9 +46,10 @@ SELECT_CAMPAIGN_EXISTS = "SELECT EXISTS (SELECT 1 FROM campaigns WHERE id = $1)"
 # slice's, then the rollups' key order, as the sink writes them), so two updates
 # of overlapping slices wait for each other instead of deadlocking, and the later
 # one reads the costs the earlier one committed: no difference is lost.
-_SET_SLICE_COST = """
+_SET_SLICE_COST = (
+    """
 WITH slice AS MATERIALIZED (
-    SELECT click_id, created_at, offer_id, traffic_source_id, lander_id,
+    SELECT click_id, created_at, offer_id, traffic_source_id, lander_id, country,
            coalesce(cost, 0) AS old_cost
     FROM clicks
     WHERE campaign_id = $1 AND created_at >= $2 AND created_at < $3{filters}
@@ -58,7 +60,7 @@ WITH slice AS MATERIALIZED (
            count(*) OVER () AS n
     FROM slice
 ), shares AS MATERIALIZED (
-    SELECT click_id, created_at, offer_id, traffic_source_id, lander_id, old_cost,
+    SELECT click_id, created_at, offer_id, traffic_source_id, lander_id, country, old_cost,
            (div($4::bigint, n) + CASE WHEN place <= mod($4::bigint, n) THEN 1 ELSE 0 END)
                * 0.000001 AS new_cost
     FROM ranked
@@ -85,11 +87,18 @@ WITH slice AS MATERIALIZED (
     ORDER BY 1, 3, 4, 5
     ON CONFLICT (hour, campaign_id, offer_id, traffic_source_id, lander_id) DO UPDATE
     SET cost = h.cost + EXCLUDED.cost
-)
+), cost_moved AS (
+    SELECT created_at, $1::bigint AS campaign_id, offer_id, traffic_source_id, lander_id, country,
+           new_cost - old_cost AS cost
+    FROM shares
+)"""
+    + zone_rollup_upserts("cost_moved", ("cost",))
+    + """
 INSERT INTO cost_updates (campaign_id, starts_at, ends_at, filter, cost, clicks)
 SELECT $1, $2, $3, $5::jsonb, $6, count(*) FROM shares HAVING count(*) > 0
 RETURNING id, clicks
 """
+)
 
 
 def set_slice_cost_query(filter_keys: list[str]) -> str:

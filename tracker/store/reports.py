@@ -1,12 +1,16 @@
 """The report query: click counters and cost from the clicks, conversions, revenue and
 booked cost from the conversions, grouped by up to three dimensions.
 
-Clicks are read from `click_rollups` when the report fits them (campaign, offer,
+Each report reads the smallest table that answers it exactly (`report_path` names it).
+Over whole local days of a zone listed in `rollup_zones`, with dimensions and filters
+among the ids (campaign, offer, source, network), day, week, month and weekday, plus
+lander or country: the per-zone daily rollups, clicks and conversions alike (conversions
+by click day or by arrival day). Else clicks come from `click_rollups` (campaign, offer,
 traffic source and UTC day, whole UTC days, no other filter), from `click_hourly` when
-it asks only for ids and time in a zone of whole-hour offsets, else from the raw
-clicks. Conversions carry every dimension of their click, so they are grouped without a
-join; `conversion_time` dates them by their click (`click_time`) or by their arrival
-(`created_at`).
+the report asks only for ids and time in a zone of whole-hour offsets, or from the raw
+clicks; conversions then come raw. Conversions carry every dimension of their click, so
+they are grouped without a join; `conversion_time` dates them by their click
+(`click_time`) or by their arrival (`created_at`).
 
 Cost has two parts. What clicks cost (`cpc`, `auto`, `cpm`, and costs set with
 `POST /api/costs`) is stored with each click. What conversions cost (`cpa`,
@@ -28,6 +32,7 @@ from tracker.domain.reports import (
     ReportSpec,
     dimension_column,
 )
+from tracker.store.rollups import CONVERSION_ROLLUPS, rolled_up_zones
 
 # Id dimension -> (column of clicks and conversions, table of names).
 _ID_COLUMNS = {
@@ -110,6 +115,85 @@ def uses_hourly(spec: ReportSpec) -> bool:
         moment = min(moment + timedelta(days=1), bounds[1])
 
 
+class _Query:
+    """Collects the parameters of one statement."""
+
+    def __init__(self, spec: ReportSpec) -> None:
+        self.args: list[Any] = [spec.start, spec.end, spec.tz]
+
+    def param(self, value: Any, cast: str) -> str:
+        self.args.append(value)
+        return f"${len(self.args)}::{cast}"
+
+
+# The per-zone daily rollups (migration 0016): (click table, conversion table, the fact
+# besides the ids they carry), smallest first. Both answer time as local days.
+_ZONE_ROLLUPS = (
+    ("click_daily", "conversion_daily", "lander"),
+    ("click_daily_geo", "conversion_daily_geo", "country"),
+)
+_ZONE_IDS = frozenset({"campaign", "offer", "traffic_source", "affiliate_network"})
+_ZONE_TIMES = frozenset({"day", "week", "month", "weekday"})
+# Grouping a month of rollup rows by several keys: in memory, not spilled to disk.
+SET_REPORT_MEMORY = "SET LOCAL work_mem = '64MB'"
+
+
+def whole_local_days(spec: ReportSpec) -> bool:
+    """Whether the range starts and ends at a local midnight of the report's zone."""
+    try:
+        zone = ZoneInfo(spec.tz)
+        return all(moment.astimezone(zone).time() == time() for moment in (spec.start, spec.end))
+    except (OverflowError, ValueError, KeyError):
+        return False
+
+
+def zone_rollup(spec: ReportSpec, zones: frozenset[str]) -> tuple[str, str] | None:
+    """(click table, conversion table) of the smallest per-zone daily rollup that answers
+    the report exactly, or None: its zone rolled up, whole local days, and every
+    dimension, filter and exclude one the rollup carries."""
+    if spec.tz not in zones or not whole_local_days(spec):
+        return None
+    named = {*spec.filters, *spec.excludes}
+    for clicks, conversions, fact in _ZONE_ROLLUPS:
+        carried = _ZONE_IDS | {fact}
+        if set(spec.group_by) <= carried | _ZONE_TIMES and named <= carried:
+            return clicks, conversions
+    return None
+
+
+def _zone_dimension_sql(name: str) -> str:
+    """A dimension read from a per-zone daily rollup row `r` (time from its local day)."""
+    if name == "affiliate_network":
+        return "o.affiliate_network_id"
+    if name in _ID_COLUMNS:
+        return f"r.{_ID_COLUMNS[name][0]}"
+    if name == "day":
+        return "r.day"
+    if name == "week":
+        return "date_trunc('week', r.day::timestamp)::date"
+    if name == "month":
+        return "to_char(r.day, 'YYYY-MM')"
+    if name == "weekday":
+        return "extract(isodow FROM r.day)::int"
+    return f"r.{name}"
+
+
+def _zone_conditions(spec: ReportSpec, query: _Query) -> list[str]:
+    where = [
+        "r.zone = $3::text",
+        "r.day >= ($1 AT TIME ZONE $3::text)::date",
+        "r.day < ($2 AT TIME ZONE $3::text)::date",
+    ]
+    for name, values in spec.filters.items():
+        expr = _zone_dimension_sql(name)
+        where.append(f"{expr} = any({query.param(list(values), _cast(name))})")
+    for name, values in spec.excludes.items():
+        expr = _zone_dimension_sql(name)
+        values_param = query.param(list(values), _cast(name))
+        where.append(f"({expr} IS NULL OR NOT {expr} = any({values_param}))")
+    return where
+
+
 def _rolled_clicks(source: str, row: str, select: str, where: list[str], dims: list[str]) -> str:
     """The click counters of a report from a rollup table (`source`, aliased `row`). A
     rollup row whose clicks all moved away (a lander click-through to another offer)
@@ -123,17 +207,6 @@ def _rolled_clicks(source: str, row: str, select: str, where: list[str], dims: l
     WHERE {" AND ".join(where)}
     {"GROUP BY " + ", ".join(dims) if dims else ""}
     HAVING sum({row}.clicks) + sum({row}.bot_clicks) > 0"""
-
-
-class _Query:
-    """Collects the parameters of one statement."""
-
-    def __init__(self, spec: ReportSpec) -> None:
-        self.args: list[Any] = [spec.start, spec.end, spec.tz]
-
-    def param(self, value: Any, cast: str) -> str:
-        self.args.append(value)
-        return f"${len(self.args)}::{cast}"
 
 
 def _dimension_sql(name: str, row: str, moment: str) -> str:
@@ -179,14 +252,38 @@ def _needs_offers(spec: ReportSpec) -> bool:
     return "affiliate_network" in (*spec.group_by, *spec.filters, *spec.excludes)
 
 
-def build_report(spec: ReportSpec) -> tuple[str, str, list[Any]]:
+def report_path(spec: ReportSpec, zones: frozenset[str] = frozenset()) -> str:
+    """Where the report's clicks and conversions are read: "<click table>+<conversion
+    table>" (`clicks` and `conversions` for the raw rows)."""
+    zoned = zone_rollup(spec, zones)
+    if zoned is not None:
+        return f"{zoned[0]}+{zoned[1] if not spec.events else 'conversions'}"
+    if uses_rollups(spec):
+        return "click_rollups+conversions"
+    if uses_hourly(spec):
+        return "click_hourly+conversions"
+    return "clicks+conversions"
+
+
+def build_report(
+    spec: ReportSpec, zones: frozenset[str] = frozenset()
+) -> tuple[str, str, list[Any]]:
     """(rows SQL, totals SQL, parameters) of one report; names come from the catalogue
-    in `domain.reports`, values are parameters."""
+    in `domain.reports`, values are parameters. `zones` are those whose per-zone daily
+    rollups are whole (`rollup_zones`)."""
     query = _Query(spec)
     dims = [f"d{i}" for i in range(len(spec.group_by))]
     offers_join = " JOIN offers o ON o.id = {row}.offer_id" if _needs_offers(spec) else ""
+    zoned = zone_rollup(spec, zones)
 
-    if uses_rollups(spec):
+    if zoned is not None:
+        select = ", ".join(
+            f"{_zone_dimension_sql(n)} AS {d}" for n, d in zip(spec.group_by, dims, strict=True)
+        )
+        where = _zone_conditions(spec, query)
+        source = f"{zoned[0]} r" + offers_join.format(row="r")
+        clicks = _rolled_clicks(source, "r", select, where, dims)
+    elif uses_rollups(spec):
         select = ", ".join(
             f"{_dimension_sql(n, 'r', '') if n != 'day' else 'r.day'} AS {d}"
             for n, d in zip(spec.group_by, dims, strict=True)
@@ -228,6 +325,64 @@ def build_report(spec: ReportSpec) -> tuple[str, str, list[Any]]:
     WHERE {" AND ".join(where)}
     {"GROUP BY " + ", ".join(dims) if dims else ""}"""
 
+    if zoned is not None and not spec.events:
+        conversions = _rolled_conversions(spec, query, zoned[1], dims, offers_join)
+    else:
+        conversions = _raw_conversions(spec, query, dims, offers_join)
+    return _assemble(spec, query, dims, clicks, conversions)
+
+
+def _rolled_conversions(
+    spec: ReportSpec, query: _Query, table: str, dims: list[str], offers_join: str
+) -> str:
+    """The conversion counters of a report from a per-zone conversion rollup. Booked cost
+    is derived from the sums (`cpa`: per approved conversion; `revshare`: a share of
+    the revenue), with the campaign's current terms as the raw path books it. A row
+    whose conversions all changed away is no group, as it is none in the raw rows."""
+    select = ", ".join(
+        f"{_zone_dimension_sql(n)} AS {d}" for n, d in zip(spec.group_by, dims, strict=True)
+    )
+    where = _zone_conditions(spec, query)
+    basis = query.param("click" if spec.conversion_time == "click" else "postback", "text")
+    where.append(f"r.basis = {basis}")
+    offers_r = offers_join.format(row="r")
+    fact = CONVERSION_ROLLUPS[table]
+    moment = f"CASE WHEN {basis} = 'click' THEN c.click_time ELSE c.created_at END"
+    # The rollup rows, and the changes the sink has not folded into them yet.
+    source = f"""(
+        SELECT zone, basis, day, campaign_id, offer_id, traffic_source_id, {fact},
+               conversions, leads, pending, rejected, chargebacks, unconverted, revenue
+        FROM {table}
+        UNION ALL
+        SELECT $3::text, {basis}, ({moment} AT TIME ZONE $3::text)::date,
+               c.campaign_id, c.offer_id, c.traffic_source_id, c.{fact},
+               CASE c.status WHEN 'approved' THEN c.sign ELSE 0 END,
+               CASE c.status WHEN 'lead' THEN c.sign ELSE 0 END,
+               CASE c.status WHEN 'pending' THEN c.sign ELSE 0 END,
+               CASE c.status WHEN 'rejected' THEN c.sign ELSE 0 END,
+               CASE c.status WHEN 'chargeback' THEN c.sign ELSE 0 END,
+               CASE WHEN c.status = 'approved' AND c.payout IS NULL THEN c.sign ELSE 0 END,
+               CASE WHEN c.status = 'approved' THEN c.sign * (c.payout - c.refunded) END
+        FROM conversion_changes c
+    )"""
+    return f"""
+    SELECT {select + "," if select else ""}
+           sum(r.conversions) AS conversions, sum(r.leads) AS leads,
+           sum(r.pending) AS pending, sum(r.rejected) AS rejected,
+           sum(r.chargebacks) AS chargebacks, sum(r.unconverted) AS unconverted,
+           sum(r.revenue) AS revenue,
+           sum(CASE m.booking_model
+                   WHEN 'cpa' THEN m.booking_value * r.conversions
+                   WHEN 'revshare' THEN m.booking_value * 0.01 * r.revenue
+               END) AS booked_cost
+    FROM {source} r
+    LEFT JOIN {BOOKING_CAMPAIGNS} ON m.booking_campaign_id = r.campaign_id{offers_r}
+    WHERE {" AND ".join(where)}
+    {"GROUP BY " + ", ".join(dims) if dims else ""}
+    HAVING sum(r.conversions + r.leads + r.pending + r.rejected + r.chargebacks) > 0"""
+
+
+def _raw_conversions(spec: ReportSpec, query: _Query, dims: list[str], offers_join: str) -> str:
     moment = "v.click_time" if spec.conversion_time == "click" else "v.created_at"
     select = ", ".join(
         f"{_dimension_sql(n, 'v', moment)} AS {d}" for n, d in zip(spec.group_by, dims, strict=True)
@@ -254,7 +409,12 @@ def build_report(spec: ReportSpec) -> tuple[str, str, list[Any]]:
     LEFT JOIN {BOOKING_CAMPAIGNS} ON m.booking_campaign_id = v.campaign_id{offers_v}
     WHERE {" AND ".join(where)}
     {"GROUP BY " + ", ".join(dims) if dims else ""}"""
+    return conversions
 
+
+def _assemble(
+    spec: ReportSpec, query: _Query, dims: list[str], clicks: str, conversions: str
+) -> tuple[str, str, list[Any]]:
     event_columns = [f"event_{i}" for i in range(len(spec.events))]
     lead = "".join(f"{d}, " for d in dims)
     zero_clicks = "".join(f"0 AS {c}, " for c in _CLICK_COUNTERS) + "0::numeric AS click_cost"
@@ -333,8 +493,11 @@ async def fetch_report(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The page of groups the spec asks for, each with its sums, and the totals over
     every group (with `groups`, their number). TimeoutError past `time_limit` seconds."""
-    rows_sql, totals_sql, args = build_report(spec)
     async with pool.acquire() as conn, conn.transaction(readonly=True):
+        await conn.execute(SET_REPORT_MEMORY)
+        # Read in the report's transaction: a zone listed here has whole rollups.
+        zones = await rolled_up_zones(conn)
+        rows_sql, totals_sql, args = build_report(spec, zones)
         rows = await conn.fetch(rows_sql, *args, timeout=time_limit)
         if rows:
             first = rows[0]
