@@ -2,6 +2,7 @@
 sink's port; two workers whose counts add up."""
 
 import asyncio
+import socket
 import subprocess
 import sys
 from typing import Any
@@ -10,7 +11,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import API_KEY, BROWSER
+from tests.conftest import API_KEY, BROWSER, start_client
 from tests.test_faults_postbacks import running_stack
 from tests.test_flows import GOOGLEBOT
 from tests.test_outbox import (  # noqa: F401 - receiver is a fixture
@@ -22,6 +23,7 @@ from tests.test_outbox import (  # noqa: F401 - receiver is a fixture
 from tracker.devstack import free_port, wait_for_port
 from tracker.metrics import serve_metrics
 from tracker.sink.metrics import sink_metrics
+from tracker.web.app import create_app
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -119,9 +121,37 @@ async def test_the_sink_port_counts_deliveries(client, api, pool, redis, receive
     assert value(samples, "tracker_pg_pool_connections", pool="sink") >= 1
 
 
+def _two_free_ports() -> int:
+    """A port that is free, and the one after it too."""
+    for _ in range(100):
+        base = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", base + 1))
+            except OSError:
+                continue
+        return base
+    raise RuntimeError("no two free ports in a row")
+
+
+async def test_a_taken_metrics_port_does_not_stop_the_web_process(settings, api):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = settings.model_copy(update={"metrics_port": port})
+        client = await start_client(create_app(busy), busy)
+        try:
+            resp = await client.get("/healthz")
+            assert resp.status == 200
+            assert await scrape(client)  # the web port still serves them, with the key
+        finally:
+            await client.close()
+
+
 @pytest.mark.faults
 def test_two_workers_each_serve_their_own_and_the_counts_add_up() -> None:
-    base = free_port()
+    base = _two_free_ports()
     with running_stack("tracker-metrics-", TRACKER_METRICS_PORT=str(base)) as stack:
         assert stack.web is not None
         stack.web.terminate()  # the stack's single worker: replaced by two

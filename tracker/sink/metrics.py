@@ -2,6 +2,7 @@
 delivered (counted by the sink's own parts), its pool, and the streams it reads."""
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -12,6 +13,8 @@ from tracker.settings import Settings
 from tracker.sink.clicks import ClickSink
 from tracker.sink.postbacks import PostbackQueueSink
 from tracker.sink.sender import DeliverySender
+
+log = logging.getLogger("tracker.sink")
 
 
 def sink_metrics(
@@ -57,7 +60,14 @@ async def serving_sink_metrics(
         yield
         return
     metrics = sink_metrics(pool, sink, queue, sender)
-    runner = await serve_metrics(metrics, redis, settings.metrics_host, settings.sink_metrics_port)
+    try:
+        runner = await serve_metrics(
+            metrics, redis, settings.metrics_host, settings.sink_metrics_port
+        )
+    except OSError as exc:  # another sink on this host has it: store clicks regardless
+        log.error("metrics port %d unavailable (%s)", settings.sink_metrics_port, exc)
+        yield
+        return
     try:
         yield
     finally:

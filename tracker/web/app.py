@@ -47,6 +47,8 @@ from tracker.web.errors import error_middleware
 from tracker.web.routes import setup_routes
 from tracker.web.ui import create_ui_app
 
+log = logging.getLogger("tracker.web")
+
 
 async def postgres_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
@@ -69,9 +71,17 @@ async def metrics_port_ctx(app: web.Application) -> AsyncIterator[None]:
     if not settings.metrics_port:
         yield
         return
-    runner = await serve_metrics(
-        app[METRICS], app[REDIS], settings.metrics_host, settings.metrics_port
-    )
+    try:
+        runner = await serve_metrics(
+            app[METRICS], app[REDIS], settings.metrics_host, settings.metrics_port
+        )
+    except OSError as exc:
+        # Clicks matter more than this worker's scrape target: serve them regardless.
+        log.error(
+            "metrics port %d unavailable (%s); serving without it", settings.metrics_port, exc
+        )
+        yield
+        return
     yield
     await runner.cleanup()
 
