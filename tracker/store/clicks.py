@@ -91,6 +91,10 @@ class ClickWriter(BatchedService):
     the caller resumes), and the writer goes into degraded mode: later clicks go
     straight to the spool until Redis answers a PING, when a background task
     replays the spool into Redis in order and the writer returns to Redis.
+
+    With `hot_seconds`, no record stays in Redis longer than that (the hot window):
+    readers find older clicks in Postgres. The stream entry does not expire: it
+    stays until the sink has stored the click and acknowledged it.
     """
 
     def __init__(
@@ -102,8 +106,10 @@ class ClickWriter(BatchedService):
         write_timeout: float = 0.25,
         probe_seconds: float = 0.5,
         max_pending: int = 20000,
+        hot_seconds: int | None = None,
     ) -> None:
         self._redis = redis
+        self.hot_seconds = hot_seconds
         self._store_batch = redis.register_script(STORE_CLICKS_SCRIPT)
         self.batcher: Batcher[ClickWrite, bool | None] = Batcher(
             self._flush, max_batch, "click-writer", max_in_flight, max_pending
@@ -167,7 +173,9 @@ class ClickWriter(BatchedService):
 
         With `unique_key` and a `unique_ttl` above 0, the record's `is_unique` (its JSON
         must end in `null}`) is decided in the same round trip and returned; None when
-        it was not (the click was spooled, and is decided when it is replayed)."""
+        it was not (the click was spooled, and is decided when it is replayed).
+        The record's TTL in Redis is `ttl_seconds` cut to the hot window."""
+        ttl_seconds = self.redis_ttl(ttl_seconds)
         write = (click_id, record, ttl_seconds, unique_key, unique_ttl)
         if not self.degraded or self.spool is None:
             try:
@@ -182,6 +190,12 @@ class ClickWriter(BatchedService):
             raise ClickWriteError(repr(exc)) from exc
         self.spooled += 1
         return None
+
+    def redis_ttl(self, ttl_seconds: int) -> int:
+        """How long a record meant to live `ttl_seconds` stays in Redis."""
+        if self.hot_seconds is None:
+            return ttl_seconds
+        return min(ttl_seconds, self.hot_seconds)
 
     async def check_unique(self, unique_key: str, unique_ttl: int) -> bool | None:
         """Whether the visitor's click is unique, decided ahead of the write (for rules
@@ -200,7 +214,8 @@ class ClickWriter(BatchedService):
         """Store a click again as its visitor went on from the lander to `offer_id`.
 
         The record, with `lp_ms` last, replaces the one in Redis for the rest of its
-        attribution window and goes on the stream, where the sink counts the
+        attribution window (at most the hot window from now: a click-through is a sign
+        of a conversion to come) and goes on the stream, where the sink counts the
         click-through and moves the click to the offer reached. The first
         click-through's time is kept."""
         first = record.pop("lp_ms", None)
@@ -278,7 +293,8 @@ class ClickWriter(BatchedService):
                     key = keys.click_key(click.click_id)
                     click_keys.append(key)
                     click_keys.append(click.unique_key or key)
-                    args.append(click.remaining_ttl(now))
+                    # Files spooled before a hot window was set still hold the full window.
+                    args.append(self.redis_ttl(click.remaining_ttl(now)))
                     args.append(click.record)
                     args.append(click.unique_ttl if click.unique_key else 0)
                 await self._store_batch(keys=click_keys, args=args)
@@ -334,7 +350,13 @@ def click_writer_for(redis: Redis, settings: Settings) -> ClickWriter:
         write_timeout=settings.click_write_timeout,
         probe_seconds=settings.spool_probe_seconds,
         max_pending=settings.batch_max_pending,
+        hot_seconds=hot_window_seconds(settings),
     )
+
+
+def hot_window_seconds(settings: Settings) -> int:
+    """The hot window in whole seconds (at least one)."""
+    return max(1, round(settings.redis_click_ttl_hours * 3600))
 
 
 def click_reader_for(redis: Redis, pool: asyncpg.Pool, settings: Settings) -> ClickReader:
