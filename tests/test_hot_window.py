@@ -15,10 +15,16 @@ from tests.conftest import start_client, store_clicks_late, wait_for_sink
 from tests.test_flows import click, lander_campaign, query_of
 from tests.test_pixel import ALLOWED, hit
 from tests.test_postback import make_click
-from tracker.domain.click import COPIED_TO_CONVERSION
+from tracker.domain.click import COPIED_TO_CONVERSION, ClickRecord
 from tracker.domain.clickid import new_click_id
 from tracker.store import keys
-from tracker.store.clicks import SELECT_CLICK, ClickReader, ClickWriter, hot_window_seconds
+from tracker.store.clicks import (
+    SELECT_CLICK,
+    ClickReader,
+    ClickWriter,
+    compact_record,
+    hot_window_seconds,
+)
 from tracker.store.spool import ClickSpool
 from tracker.web.app import create_app
 
@@ -329,3 +335,53 @@ async def test_spool_replay_keeps_to_the_hot_window(redis, tmp_path):
         await writer.close()
     for click_id in ("s1", "s2"):
         assert 590 <= await redis.ttl(keys.click_key(click_id)) <= 600
+
+
+def test_a_compact_record_leaves_out_null_members_and_nothing_else():
+    tricky = '","sub2":null,"x'
+    record = ClickRecord(
+        click_id="c1",
+        created_ms=1,
+        campaign_id=2,
+        offer_id=3,
+        traffic_source_id=4,
+        external_id=None,
+        cost=None,
+        sub1=tricky,
+        sub3=',"sub4":null,',
+        params={"a": ',"b":null,', "n": "null"},
+        user_agent="UA",
+    )
+    full = orjson.dumps(record)
+    compact = compact_record(full)
+    # The store decides `is_unique` by the record's `null}` tail: it stays.
+    assert compact.endswith(b',"is_unique":null}')
+    parsed = orjson.loads(compact)
+    assert parsed == {
+        k: v for k, v in orjson.loads(full).items() if v is not None or k == "is_unique"
+    }
+    assert (parsed["sub1"], parsed["sub3"]) == (tricky, ',"sub4":null,')
+    assert parsed["params"] == {"a": ',"b":null,', "n": "null"}
+    assert len(compact) < len(full) - 150
+    assert compact_record(compact) == compact
+
+
+async def test_readers_see_left_out_members_as_null(redis, pool):
+    record = orjson.dumps(
+        ClickRecord(
+            click_id="c2",
+            created_ms=1,
+            campaign_id=2,
+            offer_id=3,
+            traffic_source_id=4,
+            external_id=None,
+            cost=None,
+        )
+    )
+    await redis.set(keys.click_key("c2"), compact_record(record))
+    reader = ClickReader(redis, pool)
+    await reader.start()
+    try:
+        assert await reader.fetch("c2") == orjson.loads(record)
+    finally:
+        await reader.close()

@@ -2,7 +2,9 @@
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import re
 import time
 from typing import Any
 
@@ -11,7 +13,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from tracker.domain.click import CLICK_COLUMNS
+from tracker.domain.click import CLICK_COLUMNS, ClickRecord
 from tracker.settings import Settings
 from tracker.store import keys
 from tracker.store.batching import BatchedService, Batcher, BatchQueueFullError
@@ -65,6 +67,13 @@ end
 return decided
 """
 REPLAY_BATCH = 500
+# A member with a null value, but not the last one (`is_unique`, which the script
+# above decides by its `null}` tail). In JSON text `,"` never occurs inside a string
+# (its quote would be escaped), so a match is always a member of the record itself.
+_NULL_MEMBER = re.compile(rb',"[a-z0-9_]+":null(?=,)')
+# What a reader sees for a member the stored record left out: null, as Postgres answers.
+_ABSENT: dict[str, Any] = {field.name: None for field in dataclasses.fields(ClickRecord)}
+_ABSENT["path"] = -1
 # How often a running process looks for spool files left by processes that died.
 ORPHAN_SCAN_SECONDS = 5.0
 
@@ -176,6 +185,7 @@ class ClickWriter(BatchedService):
         it was not (the click was spooled, and is decided when it is replayed).
         The record's TTL in Redis is `ttl_seconds` cut to the hot window."""
         ttl_seconds = self.redis_ttl(ttl_seconds)
+        record = compact_record(record)
         write = (click_id, record, ttl_seconds, unique_key, unique_ttl)
         if not self.degraded or self.spool is None:
             try:
@@ -335,10 +345,16 @@ class ClickReader(BatchedService):
         except (RedisError, OSError, BatchQueueFullError):  # includes timeouts
             raw = None
         if raw is not None:
-            record: dict[str, Any] = orjson.loads(raw)
+            record: dict[str, Any] = {**_ABSENT, **orjson.loads(raw)}
             return record
         row = await self._pool.fetchrow(SELECT_CLICK, click_id)
         return dict(row) if row is not None else None
+
+
+def compact_record(record: bytes) -> bytes:
+    """The record without its null members: about a fifth of a typical click's bytes,
+    in Redis and on the stream. Readers and the sink take a missing member as null."""
+    return _NULL_MEMBER.sub(b"", record)
 
 
 def click_writer_for(redis: Redis, settings: Settings) -> ClickWriter:
