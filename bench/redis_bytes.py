@@ -6,7 +6,11 @@ Starts its own Redis (no persistence), builds click records as the click path do
 real click writer, and prints per click: `MEMORY USAGE` of a record and of a unique-
 visitor key (averaged over a sample), of the stream key divided by N, and the growth of
 `INFO memory` used_memory divided by N, before and after the stream is trimmed.
-Usage: python bench/redis_bytes.py [--clicks 100000] [--json]
+
+With `--lookups N` it also starts its own PostgreSQL, lets the sink store N plain clicks
+and times the click look-up a postback makes (`ClickReader.fetch`), from Redis (in the
+hot window) and from Postgres (the record expired), one at a time and 64 at once.
+Usage: python bench/redis_bytes.py [--clicks 100000] [--lookups 5000] [--json]
 """
 
 import argparse
@@ -25,7 +29,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from tracker.devstack import RedisServer, free_port
+from tracker.devstack import PostgresServer, RedisServer, free_port
 from tracker.domain.campaign import CampaignRoute, OfferRoute
 from tracker.domain.click import ParamLimits, plan_click, visitor_id
 from tracker.domain.clickid import new_click_id
@@ -33,8 +37,10 @@ from tracker.domain.macros import compile_template
 from tracker.domain.routing import WeightedChoice
 from tracker.facts.visitors import VisitorFacts
 from tracker.settings import Settings
+from tracker.sink.clicks import ClickSink
 from tracker.store import keys
-from tracker.store.clicks import ClickWriter, hot_window_seconds
+from tracker.store.clicks import ClickReader, ClickWriter, hot_window_seconds
+from tracker.store.db import create_pool, migrate
 
 SAMPLE = 500
 CHUNK = 2000
@@ -187,10 +193,70 @@ async def measure(
     return result
 
 
-async def run(clicks: int) -> dict[str, Any]:
+async def time_lookups(reader: ClickReader, ids: list[str]) -> dict[str, float]:
+    """Microseconds per look-up, one at a time (median, p99), and look-ups/s 64 at once."""
+    one: list[float] = []
+    for click_id in ids:
+        start = time.perf_counter()
+        assert await reader.fetch(click_id) is not None
+        one.append((time.perf_counter() - start) * 1e6)
+    one.sort()
+    start = time.perf_counter()
+    for first in range(0, len(ids), 64):
+        await asyncio.gather(*(reader.fetch(c) for c in ids[first : first + 64]))
+    return {
+        "median_us": statistics.median(one),
+        "p99_us": one[int(len(one) * 0.99)],
+        "per_second_64": len(ids) / (time.perf_counter() - start),
+    }
+
+
+async def measure_lookups(
+    redis: Redis, root: Path, settings: Settings, count: int
+) -> dict[str, Any]:
+    """The postback's click look-up in the hot window (Redis) and after it (Postgres)."""
+    pg = PostgresServer(root / "postgres", free_port())
+    pg.start()
+    try:
+        await migrate(pg.dsn())
+        pool = await create_pool(pg.dsn(), 2, 8)
+        try:
+            records = make_records(VisitorFacts(settings), settings, count, rich=False)
+            ids = [click_id for click_id, _, _ in records]
+            await redis.flushall()
+            writer = ClickWriter(redis, hot_seconds=hot_window_seconds(settings))
+            await writer.start()
+            for start in range(0, count, CHUNK):
+                part = records[start : start + CHUNK]
+                await asyncio.gather(*(writer.write(c, r, 30 * 86400) for c, r, _ in part))
+            await writer.close()
+            sink = ClickSink(redis, pool, consumer="bench", block_ms=50)
+            task = asyncio.create_task(sink.run())
+            while await sink.backlog():
+                await asyncio.sleep(0.1)
+            sink.stop()
+            await task
+            reader = ClickReader(redis, pool)
+            await reader.start()
+            try:
+                hot = await time_lookups(reader, ids)
+                for start in range(0, count, CHUNK):
+                    await redis.delete(*(keys.click_key(c) for c in ids[start : start + CHUNK]))
+                cold = await time_lookups(reader, ids)
+            finally:
+                await reader.close()
+            return {"lookups": count, "redis": hot, "postgres": cold}
+        finally:
+            await pool.close()
+    finally:
+        pg.stop()
+
+
+async def run(clicks: int, lookups: int = 0) -> dict[str, Any]:
     settings = Settings()
     facts = VisitorFacts(settings)
     root = Path(tempfile.mkdtemp(prefix="tracker-redis-bytes-"))
+    root.chmod(0o755)  # for the Postgres server of --lookups, which runs as its own user
     server = RedisServer(root, free_port(), persistent=False)
     server.start()
     redis = Redis.from_url(server.url())
@@ -210,6 +276,8 @@ async def run(clicks: int) -> dict[str, Any]:
         for name, rich in (("plain", False), ("many_params", True)):
             records = make_records(facts, settings, clicks, rich)
             results[name] = await measure(redis, settings, records)
+        if lookups:
+            results["lookup"] = await measure_lookups(redis, root / "pg", settings, lookups)
         return results
     finally:
         await redis.aclose()
@@ -246,14 +314,23 @@ def report(results: dict[str, Any]) -> None:
                 f"{daily:>12,} clicks/day, {name:11}: {held / 2**30:6.2f} GiB"
                 f" (records kept the whole 30-day window: {whole / 2**30:6.1f} GiB)"
             )
+    if "lookup" in results:
+        print(f"postback click look-up ({results['lookup']['lookups']} clicks):")
+        for where in ("redis", "postgres"):
+            t = results["lookup"][where]
+            print(
+                f"  from {where:8}: median {t['median_us']:7.0f} us, p99 {t['p99_us']:7.0f} us,"
+                f" {t['per_second_64']:8.0f}/s with 64 at once"
+            )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clicks", type=int, default=100_000)
+    parser.add_argument("--lookups", type=int, default=0, help="time N click look-ups too")
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = parser.parse_args()
-    results = asyncio.run(run(args.clicks))
+    results = asyncio.run(run(args.clicks, args.lookups))
     report(results)
     if args.json:
         json.dump(results, sys.stdout, indent=2)
