@@ -15,8 +15,12 @@ from tests.conftest import start_client, store_clicks_late, wait_for_sink
 from tests.test_flows import click, lander_campaign, query_of
 from tests.test_pixel import ALLOWED, hit
 from tests.test_postback import make_click
+from tracker.domain.campaign import CampaignRoute, FlowPath, LanderRoute, OfferRoute
 from tracker.domain.click import COPIED_TO_CONVERSION, ClickRecord
 from tracker.domain.clickid import new_click_id
+from tracker.domain.macros import compile_template
+from tracker.domain.routing import WeightedChoice
+from tracker.domain.rules import compile_rule
 from tracker.store import keys
 from tracker.store.clicks import (
     SELECT_CLICK,
@@ -385,3 +389,90 @@ async def test_readers_see_left_out_members_as_null(redis, pool):
         assert await reader.fetch("c2") == orjson.loads(record)
     finally:
         await reader.close()
+
+
+async def rule_path_campaign(api):
+    """A campaign whose rule (route=r in the click URL) sends the visitor to a lander
+    with offers B and C; its default path has offer A only."""
+    setup = await api.setup_campaign(offer_url="https://offer.example/a?cid={clickid}")
+    offers = {
+        name: await api.create(
+            "/api/offers",
+            {
+                "name": name,
+                "url": f"https://offer.example/{name}?cid={{clickid}}",
+                "affiliate_network_id": setup["network"]["id"],
+            },
+        )
+        for name in ("b", "c")
+    }
+    lander = await api.create(
+        "/api/landers", {"name": "Lander", "url": "https://lander.example/p?cid={clickid}"}
+    )
+    rule = {
+        "conditions": [{"field": "param:route", "op": "in", "values": ["r"]}],
+        "offers": [{"offer_id": offers[name]["id"], "weight": 1} for name in ("b", "c")],
+        "landers": [{"lander_id": lander["id"], "weight": 1}],
+    }
+    campaign = await api.call(
+        "PATCH", f"/api/campaigns/{setup['campaign']['id']}", json={"rules": [rule]}
+    )
+    return campaign, offers
+
+
+@pytest.mark.parametrize("expired", [False, True])
+async def test_a_rule_path_click_through_picks_from_its_rule_path(
+    client, api, redis, sink, expired
+):
+    campaign, offers = await rule_path_campaign(api)
+    resp = await click(client, campaign, params={"route": "r"})
+    assert resp.headers["Location"].startswith("https://lander.example/")
+    click_id = query_of(resp.headers["Location"])["cid"]
+    await wait_for_sink(sink)
+    if expired:
+        await forget(redis, click_id)
+    through = await client.get(
+        "/lp/click",
+        params={"clickid": click_id, "offer": str(offers["c"]["id"])},
+        allow_redirects=False,
+    )
+    assert through.headers["Location"].startswith("https://offer.example/c?"), through.headers
+    # Again, now from the record that click-through wrote (it has no rule index either).
+    again = await client.get(
+        "/lp/click",
+        params={"clickid": click_id, "offer": str(offers["b"]["id"])},
+        allow_redirects=False,
+    )
+    assert again.headers["Location"].startswith("https://offer.example/b?"), again.headers
+
+
+def test_the_path_of_a_click_read_from_postgres():
+    def offer(offer_id):
+        return OfferRoute(offer_id, compile_template("https://o.example/"), 1, None, "USD")
+
+    def path(*ids, landers=()):
+        return FlowPath(
+            WeightedChoice([(offer(i), 1) for i in ids]),
+            WeightedChoice(
+                [(LanderRoute(i, compile_template("https://l.example/")), 1) for i in landers]
+            ),
+        )
+
+    rule_path = path(1, 2, landers=(9,))
+    other_rule = path(1, 3)
+    rules = tuple(
+        compile_rule(index, {"conditions": [{"field": "os", "op": "in", "values": ["iOS"]}]}, p)
+        for index, p in enumerate((rule_path, other_rule))
+    )
+    campaign = CampaignRoute(
+        id=1, key="k", traffic_source_id=1, external_id_param="e", cost_param="c",
+        cost_model="none", cost_value=None, attribution_window_days=30,
+        report_currency="USD", offers=WeightedChoice([(offer(1), 1), (offer(4), 1)]), rules=rules,
+    )  # fmt: skip
+    find = campaign.path_of_stored_click
+    assert find(2, 9, None) is rule_path  # only that path has offer 2
+    assert find(1, 9, 2) is rule_path  # the lander narrows it
+    assert find(1, None, 3) is other_rule  # the wanted offer settles it
+    assert find(1, None, 4) is campaign.default_path
+    assert find(1, None, None) is rule_path  # the first holding the offer: the same offer
+    assert find(7, None, 2) is campaign.default_path  # the offer left every path

@@ -71,9 +71,9 @@ REPLAY_BATCH = 500
 # above decides by its `null}` tail). In JSON text `,"` never occurs inside a string
 # (its quote would be escaped), so a match is always a member of the record itself.
 _NULL_MEMBER = re.compile(rb',"[a-z0-9_]+":null(?=,)')
-# What a reader sees for a member the stored record left out: null, as Postgres answers.
+# What a reader sees for a member the stored record left out: null, as Postgres answers
+# (`path` too: a record rewritten from a Postgres row has no rule index to keep).
 _ABSENT: dict[str, Any] = {field.name: None for field in dataclasses.fields(ClickRecord)}
-_ABSENT["path"] = -1
 # How often a running process looks for spool files left by processes that died.
 ORPHAN_SCAN_SECONDS = 5.0
 
