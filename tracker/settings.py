@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     # Seconds any Redis command may take, and connecting to Redis, before it counts as failed.
     redis_timeout: float = Field(default=0.5, gt=0)
     redis_connect_timeout: float = Field(default=1.0, gt=0)
+    # Hours a click record stays in Redis (never longer than its campaign's attribution
+    # window); an older click is matched from Postgres. Bounds Redis RAM to the hot window.
+    redis_click_ttl_hours: float = Field(default=72.0, gt=0)
     # Seconds a click waits for Redis before it is written to the local spool instead.
     click_write_timeout: float = Field(default=0.25, gt=0)
     # Where each web process spools clicks while Redis is unavailable (one file per process).

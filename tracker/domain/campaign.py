@@ -147,6 +147,25 @@ class CampaignRoute:
         left (the configuration changed in between)."""
         return self._paths.get(index, self.default_path)
 
+    def path_of_stored_click(
+        self, offer_id: int, lander_id: int | None, wanted: int | None
+    ) -> FlowPath:
+        """The path of a click read back without its rule index (Postgres keeps none):
+        of the paths (rules in order, then the default) that hold the click's offer and
+        lander, the first that also holds the `wanted` offer, else the first; the
+        default path when none does."""
+        holding = [
+            path
+            for path in (*(rule.path for rule in self._live_rules), self.default_path)
+            if path.offer_by_id(offer_id) is not None
+            and (lander_id is None or any(lander.id == lander_id for lander in path.landers))
+        ]
+        if wanted is not None:
+            for path in holding:
+                if path.offer_by_id(wanted) is not None:
+                    return path
+        return holding[0] if holding else self.default_path
+
     def click_cost(self, reported: str | None) -> Decimal | None:
         """The cost stored with a click.
 

@@ -167,11 +167,14 @@ async def lander_click(request: web.Request) -> web.StreamResponse:
     campaign = app[CONFIG].snapshot.campaigns_by_id.get(record["campaign_id"])
     if campaign is None:
         raise ApiError(404, "unknown campaign")
-    path = campaign.path_at(record.get("path", -1))
     wanted = request.query.get("offer", "")
-    offer = None
-    if wanted.isascii() and wanted.isdigit() and len(wanted) < 19:
-        offer = path.offer_by_id(int(wanted))
+    wanted_id = int(wanted) if wanted.isascii() and wanted.isdigit() and len(wanted) < 19 else None
+    index = record.get("path")
+    if index is None:  # read from Postgres (the hot window passed), which keeps no rule index
+        path = campaign.path_of_stored_click(record["offer_id"], record["lander_id"], wanted_id)
+    else:
+        path = campaign.path_at(index)
+    offer = path.offer_by_id(wanted_id) if wanted_id is not None else None
     if offer is None:
         offer = path.offer_by_id(record["offer_id"])
     if offer is None:
