@@ -7,6 +7,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ from tracker.logs import JsonFormatter
 from tracker.settings import Settings
 from tracker.sink.clicks import ClickSink
 from tracker.sink.orphans import orphan_matcher
+from tracker.store.conversions import ConversionPostback
 from tracker.store.db import create_pool, migrate
+from tracker.store.postback_log import Inbound
 from tracker.web.app import create_app, handler_args
 
 API_KEY = "test-api-key"
@@ -79,6 +82,33 @@ def servers() -> Iterator[tuple[PostgresServer, RedisServer]]:
         rd.stop()
         pg.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def usd_conversion(
+    click: dict[str, Any],
+    txid: str,
+    payout: Decimal = Decimal("2.50"),
+    status: str = "approved",
+    parent_txid: str | None = None,
+    inbound: Inbound | None = None,
+) -> ConversionPostback:
+    """A conversion for the writer, in USD, as a postback with `txid` would make it."""
+    return ConversionPostback(
+        click=click,
+        network_id=None,
+        dedupe_key=txid,
+        txid=txid,
+        parent_txid=parent_txid,
+        status=status,
+        payout=payout,
+        currency="USD",
+        original_payout=payout,
+        original_currency="USD",
+        payout_given=True,
+        event=None,
+        params={},
+        inbound=inbound,
+    )
 
 
 async def fresh_database(servers: tuple[PostgresServer, RedisServer], name: str) -> str:

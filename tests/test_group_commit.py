@@ -8,6 +8,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+from tests.conftest import usd_conversion
 from tracker.devstack import free_port
 from tracker.store import keys
 from tracker.store.clicks import ClickWriteError, ClickWriter
@@ -102,21 +103,7 @@ async def test_a_bad_row_fails_alone(pool):
     }
 
     def conversion(txid, payout):
-        return ConversionPostback(
-            click=click,
-            network_id=None,
-            dedupe_key=txid,
-            txid=txid,
-            parent_txid=None,
-            status="approved",
-            payout=payout,
-            currency="USD",
-            original_payout=payout,
-            original_currency="USD",
-            payout_given=True,
-            event=None,
-            params={},
-        )
+        return usd_conversion(click, txid, payout)
 
     try:
         results = await asyncio.gather(

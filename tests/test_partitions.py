@@ -9,14 +9,13 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
 import orjson
 import pytest
 
-from tests.conftest import fresh_database, wait_for_sink
+from tests.conftest import fresh_database, usd_conversion, wait_for_sink
 from tests.test_cli import env_for
 from tests.test_housekeeping import log_unmatched
 from tests.test_postback import make_click
@@ -283,22 +282,8 @@ async def test_clicks_far_in_the_past_or_future_land(redis, pool, sink):
 
 
 def postback(click: dict, txid: str, received_at: datetime) -> ConversionPostback:
-    return ConversionPostback(
-        click=click,
-        network_id=None,
-        dedupe_key=txid,
-        txid=txid,
-        parent_txid=None,
-        status="approved",
-        payout=Decimal("2.50"),
-        currency="USD",
-        original_payout=Decimal("2.50"),
-        original_currency="USD",
-        payout_given=True,
-        event=None,
-        params={},
-        inbound=Inbound(params={"txid": txid}, method="GET", raw="", received_at=received_at),
-    )
+    inbound = Inbound(params={"txid": txid}, method="GET", raw="", received_at=received_at)
+    return usd_conversion(click, txid, inbound=inbound)
 
 
 @pytest.mark.faults

@@ -12,9 +12,10 @@ from decimal import Decimal
 import orjson
 from multidict import MultiDict
 
+from tests.conftest import usd_conversion
 from tracker.domain.click import CLICK_COLUMNS
 from tracker.sink.clicks import INSERT_CLICKS, STORE_LANDER_CLICKS
-from tracker.store.conversions import ConversionPostback, ConversionWriter
+from tracker.store.conversions import ConversionWriter
 from tracker.store.costs import set_slice_cost
 from tracker.store.partitions import ensure_for_click_batch
 from tracker.store.reports import report_path
@@ -199,22 +200,7 @@ async def agree_on_random_data(api, pool):
 def postback(values, txid, status, payout, parent=None):
     click = {**values, "params": {}, "ip": None, "user_agent": None}
     click["created_at"] = datetime.fromtimestamp(int(values["created_ms"]) / 1000, UTC)
-    amount = Decimal(payout)
-    return ConversionPostback(
-        click=click,
-        network_id=None,
-        dedupe_key=txid,
-        txid=txid,
-        parent_txid=parent,
-        status=status,
-        payout=amount,
-        currency="USD",
-        original_payout=amount,
-        original_currency="USD",
-        payout_given=True,
-        event=None,
-        params={},
-    )
+    return usd_conversion(click, txid, Decimal(payout), status, parent)
 
 
 async def convert_some(api, pool, rng, records, campaigns):
