@@ -1,5 +1,6 @@
 """A small client of the tracker's HTTP API, for the command line."""
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -39,13 +40,18 @@ class Client:
 
     async def __aenter__(self) -> "Client":
         self._session = aiohttp.ClientSession(
-            headers=self._headers, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
+            headers=self._headers,
+            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
+            connector=aiohttp.TCPConnector(force_close=True),  # a command makes a few calls
         )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._session is not None:
             await self._session.close()
+            # Let the closed connections' transports finish closing before the command's
+            # event loop ends, or their sockets are left for the garbage collector.
+            await asyncio.sleep(0)
 
     async def call(
         self,
