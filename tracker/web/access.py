@@ -44,15 +44,19 @@ class RequestTag:
 REQUEST_TAG = web.RequestKey("request_tag", RequestTag)
 
 
+def request_address(request: web.Request) -> str | None:
+    """The client's address: the peer's, or the one a trusted proxy forwarded."""
+    forwarded = request.headers.getall("X-Forwarded-For", [])
+    return client_address(request.remote, forwarded, request.config_dict[TRUSTED_PROXIES])
+
+
 class JsonAccessLogger(AbstractAccessLogger):
     """One line a request (`TRACKER_ACCESS_LOG=true`), with the query's secrets masked."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         tag = request.get(REQUEST_TAG)
-        client = request.remote
-        if isinstance(request, web.Request):  # not one refused before it reached the app
-            forwarded = request.headers.getall("X-Forwarded-For", None)
-            client = client_address(client, forwarded, request.config_dict[TRUSTED_PROXIES])
+        # Not a web.Request when refused before it reached the app.
+        client = request_address(request) if isinstance(request, web.Request) else request.remote
         self.logger.info(
             "%s %s %s",
             request.method,

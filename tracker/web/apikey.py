@@ -5,22 +5,16 @@ from typing import Any
 
 from aiohttp import web
 
-from tracker.domain.auth import bearer_key_matches, client_address
-from tracker.web.appkeys import AUTH_FAILURES, REDIS, SETTINGS, TRUSTED_PROXIES
+from tracker.domain.auth import bearer_key_matches
+from tracker.web.access import request_address
+from tracker.web.appkeys import AUTH_FAILURES, REDIS, SETTINGS
 from tracker.web.errors import Handler, json_response
 
 
 async def api_key_refusal(request: web.Request) -> web.Response | None:
     """None when the request carries the API key; else the answer: 401, or 429 for an
     address with too many recent failures, until its window ends."""
-    address = (
-        client_address(
-            request.remote,
-            request.headers.getall("X-Forwarded-For", []),
-            request.config_dict[TRUSTED_PROXIES],
-        )
-        or "unknown"
-    )
+    address = request_address(request) or "unknown"
     failures = request.config_dict[AUTH_FAILURES]
     redis = request.config_dict[REDIS]
     retry_after = await failures.retry_after(redis, address)

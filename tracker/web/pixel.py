@@ -21,6 +21,7 @@ from tracker.domain.text import clean_text, dirt_in
 from tracker.logs import Throttled
 from tracker.postbacks import INVALID, Outcome
 from tracker.store.postback_log import PIXEL, Inbound, new_receipt_id
+from tracker.web.access import request_address
 from tracker.web.appkeys import METRICS
 from tracker.web.click import CLICK_COOKIE
 from tracker.web.errors import STORAGE_UNAVAILABLE
@@ -29,7 +30,6 @@ from tracker.web.postback import (
     count_outcome,
     log_outcome,
     receive,
-    request_address,
 )
 
 log = logging.getLogger("tracker.web.pixel")

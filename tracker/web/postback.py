@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from tracker.domain.auth import SIGNED_POST_QUERY_PARAMS, client_address
+from tracker.domain.auth import SIGNED_POST_QUERY_PARAMS
 from tracker.domain.params import form_pairs, json_pairs, load_json_object, postback_params
 from tracker.domain.text import clean_text, dirt_in
 from tracker.metrics import Metrics
@@ -17,6 +17,7 @@ from tracker.store.conversions import CREATED, UPDATED
 from tracker.store.db import POSTGRES_UNAVAILABLE
 from tracker.store.postback_log import Inbound, enqueue, new_receipt_id
 from tracker.store.ratelimit import Screened
+from tracker.web.access import request_address
 from tracker.web.appkeys import (
     CONFIG,
     METRICS,
@@ -24,7 +25,6 @@ from tracker.web.appkeys import (
     POSTBACK_LOG,
     POSTBACKS,
     REDIS,
-    TRUSTED_PROXIES,
 )
 from tracker.web.errors import STORAGE_UNAVAILABLE, json_response, read_body
 
@@ -147,12 +147,6 @@ def count_outcome(metrics: Metrics, inbound: Inbound, answer: Outcome | Screened
     metrics.count(metrics.postbacks, inbound.source, answer.result)
     if answer.status is not None and answer.result in (CREATED, UPDATED):
         metrics.count(metrics.conversions, answer.status)
-
-
-def request_address(request: web.Request) -> str | None:
-    """The sender's address: the peer's, or the one a trusted proxy forwarded."""
-    forwarded = request.headers.getall("X-Forwarded-For", [])
-    return client_address(request.remote, forwarded, request.config_dict[TRUSTED_PROXIES])
 
 
 async def receive(app: web.Application, inbound: Inbound) -> Outcome | Screened:

@@ -21,9 +21,9 @@ from tracker.domain.corrections import CsvRefused, CsvRow, TooManyRows, read_cor
 from tracker.domain.text import clean_optional, clean_text
 from tracker.postbacks import INVALID, Outcome
 from tracker.store.postback_log import UPLOAD, Inbound
+from tracker.web.access import request_address
 from tracker.web.appkeys import CONFIG, POSTBACK_GUARD, POSTBACK_LOG, POSTBACKS
 from tracker.web.errors import STORAGE_UNAVAILABLE, ApiError, json_response
-from tracker.web.postback import request_address
 from tracker.web.responses import UploadOut, model_response
 
 log = logging.getLogger("tracker.web.upload")

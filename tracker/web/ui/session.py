@@ -11,10 +11,10 @@ from urllib.parse import quote
 from aiohttp import web
 from pydantic import ValidationError
 
-from tracker.domain.auth import client_address
 from tracker.settings import Settings
 from tracker.store import keys
-from tracker.web.appkeys import AUTH_FAILURES, REDIS, SETTINGS, TRUSTED_PROXIES
+from tracker.web.access import request_address
+from tracker.web.appkeys import AUTH_FAILURES, REDIS, SETTINGS
 from tracker.web.errors import STORAGE_UNAVAILABLE, ApiError, Handler
 from tracker.web.ui.keys import SESSION, Session
 from tracker.web.ui.render import SECURITY_HEADERS, redirect, render
@@ -52,17 +52,6 @@ async def load_session(request: web.Request) -> Session | None:
     if csrf is None:
         return None
     return Session(key=key, csrf=csrf.decode() if isinstance(csrf, bytes) else str(csrf))
-
-
-def _address(request: web.Request) -> str:
-    return (
-        client_address(
-            request.remote,
-            request.headers.getall("X-Forwarded-For", []),
-            request.config_dict[TRUSTED_PROXIES],
-        )
-        or "unknown"
-    )
 
 
 def password_matches(settings: Settings, given: str) -> bool:
@@ -109,7 +98,7 @@ async def login(request: web.Request) -> web.Response:
         return _login_page(request, fresh, "The form expired: sign in again.", 403, next_path)
     settings = request.config_dict[SETTINGS]
     redis = request.config_dict[REDIS]
-    address = _address(request)
+    address = request_address(request) or "unknown"
     failures = request.config_dict[AUTH_FAILURES]
     retry_after = await failures.retry_after(redis, address)
     if retry_after is not None:
