@@ -15,8 +15,10 @@ or an address, so the number of series stays small.
 import asyncio
 import bisect
 import collections
+import contextlib
+import logging
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 import asyncpg
@@ -33,7 +35,9 @@ from redis.asyncio import Redis
 
 from tracker.store import keys
 from tracker.store.batching import Batcher
-from tracker.store.health import stream_backlog, stream_lag_seconds
+from tracker.store.health import stream_progress
+
+log = logging.getLogger("tracker.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds: a click is a few milliseconds, a report can take seconds.
@@ -196,11 +200,10 @@ class Metrics(Collector):
         for name, (stream, group) in keys.SINK_STREAMS.items():
             try:
                 async with asyncio.timeout(STREAM_PROBE_SECONDS):
-                    entries = float(await stream_backlog(redis, stream, group))
-                    seconds = await stream_lag_seconds(redis, stream, group)
+                    backlog, seconds = await stream_progress(redis, stream, group)
+                self.streams[name] = (float(backlog), seconds)
             except Exception:  # Redis unavailable: unknown, not zero
-                entries = seconds = math.nan
-            self.streams[name] = (entries, seconds)
+                self.streams[name] = (math.nan, math.nan)
 
     async def scrape(self, redis: Redis) -> web.Response:
         """The answer to a scrape: every metric, the streams read just now."""
@@ -239,3 +242,25 @@ async def serve_metrics(metrics: Metrics, redis: Redis, host: str, port: int) ->
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner
+
+
+@contextlib.asynccontextmanager
+async def serving_metrics(
+    metrics: Metrics, redis: Redis, host: str, port: int
+) -> AsyncIterator[None]:
+    """`metrics` on a port of their own while the block runs, when `port` is set. A port
+    that is taken is logged and left out: the process's own work (clicks, the sink's
+    stream) matters more than its scrape target."""
+    if not port:
+        yield
+        return
+    try:
+        runner = await serve_metrics(metrics, redis, host, port)
+    except OSError as exc:
+        log.error("metrics port %d unavailable (%s); running without it", port, exc)
+        yield
+        return
+    try:
+        yield
+    finally:
+        await runner.cleanup()

@@ -2,19 +2,16 @@
 delivered (counted by the sink's own parts), its pool, and the streams it reads."""
 
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 
 import asyncpg
 from redis.asyncio import Redis
 
-from tracker.metrics import Metrics, serve_metrics
+from tracker.metrics import Metrics, serving_metrics
 from tracker.settings import Settings
 from tracker.sink.clicks import ClickSink
 from tracker.sink.postbacks import PostbackQueueSink
 from tracker.sink.sender import DeliverySender
-
-log = logging.getLogger("tracker.sink")
 
 
 def sink_metrics(
@@ -56,19 +53,6 @@ async def serving_sink_metrics(
     sender: DeliverySender,
 ) -> AsyncIterator[None]:
     """Serve the sink's metrics while the block runs, if a port is set."""
-    if not settings.sink_metrics_port:
-        yield
-        return
     metrics = sink_metrics(pool, sink, queue, sender)
-    try:
-        runner = await serve_metrics(
-            metrics, redis, settings.metrics_host, settings.sink_metrics_port
-        )
-    except OSError as exc:  # another sink on this host has it: store clicks regardless
-        log.error("metrics port %d unavailable (%s)", settings.sink_metrics_port, exc)
+    async with serving_metrics(metrics, redis, settings.metrics_host, settings.sink_metrics_port):
         yield
-        return
-    try:
-        yield
-    finally:
-        await runner.cleanup()

@@ -1,5 +1,7 @@
 """Cheap probes of the stores for the readiness check: each is one or two round trips."""
 
+from typing import Any
+
 import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -25,17 +27,36 @@ async def missing_migrations(pool: asyncpg.Pool) -> list[str]:
     return [name for version, name, _ in db.list_migrations() if version not in done]
 
 
-async def stream_lag_seconds(redis: Redis, stream: str, group: str) -> float:
-    """Age of the oldest entry of `stream` that `group` has not acknowledged, 0 if none.
+async def _group(redis: Redis, stream: str, group: str) -> dict[str, Any] | None:
+    """`group`'s entry of XINFO GROUPS on `stream`, or None (no stream, or no such group)."""
+    try:
+        groups = await redis.xinfo_groups(stream)
+    except ResponseError:
+        return None  # no stream yet: nothing was ever written
+    return next((g for g in groups if g["name"] in (group, group.encode())), None)
+
+
+async def stream_backlog(redis: Redis, stream: str, group: str) -> int:
+    """Entries of `stream` that `group` has not acknowledged: pending plus never read."""
+    info = await _group(redis, stream, group)
+    if info is None:
+        return int(await redis.xlen(stream))  # 0 without a stream
+    return _backlog(info)
+
+
+def _backlog(info: dict[str, Any]) -> int:
+    return int(info["pending"]) + int(info.get("lag") or 0)
+
+
+async def stream_progress(redis: Redis, stream: str, group: str) -> tuple[int, float]:
+    """The backlog of `stream` for `group` (see `stream_backlog`), and the age in seconds
+    of its oldest entry that `group` has not acknowledged (0 if none), from one XINFO.
 
     Entry ids begin with the millisecond they were added, so the age needs no clock of
     ours: the oldest pending entry (read but not acknowledged: a consumer that
     died, or a batch being stored) and the first entry never read are the candidates."""
-    try:
-        groups = await redis.xinfo_groups(stream)
-    except ResponseError:
-        return 0.0  # no stream yet: nothing was ever written
-    info = next((g for g in groups if g["name"] in (group, group.encode())), None)
+    info = await _group(redis, stream, group)
+    backlog = _backlog(info) if info is not None else int(await redis.xlen(stream))
     after = info["last-delivered-id"] if info is not None else b"0-0"
     oldest: list[int] = []
     if info is not None and int(info["pending"]):
@@ -45,22 +66,10 @@ async def stream_lag_seconds(redis: Redis, stream: str, group: str) -> float:
     if unread:
         oldest.append(_entry_ms(unread[0][0]))
     if not oldest:
-        return 0.0
+        return backlog, 0.0
     seconds, micros = await redis.time()  # the clock that stamped the ids
-    return max(0.0, seconds + micros / 1e6 - min(oldest) / 1000)
+    return backlog, max(0.0, seconds + micros / 1e6 - min(oldest) / 1000)
 
 
 def _as_bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
-
-
-async def stream_backlog(redis: Redis, stream: str, group: str) -> int:
-    """Entries of `stream` that `group` has not acknowledged: pending plus never read."""
-    try:
-        groups = await redis.xinfo_groups(stream)
-    except ResponseError:
-        return 0  # no stream yet
-    for info in groups:
-        if info["name"] in (group, group.encode()):
-            return int(info["pending"]) + int(info.get("lag") or 0)
-    return int(await redis.xlen(stream))

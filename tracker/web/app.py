@@ -13,7 +13,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from tracker.domain.addresses import AddressRanges
 from tracker.facts.visitors import VisitorFacts
 from tracker.logs import Throttled
-from tracker.metrics import Metrics, serve_metrics
+from tracker.metrics import Metrics, serving_metrics
 from tracker.postbacks import PostbackProcessor
 from tracker.settings import Settings
 from tracker.store.auth_failures import AuthFailures
@@ -47,8 +47,6 @@ from tracker.web.errors import error_middleware
 from tracker.web.routes import setup_routes
 from tracker.web.ui import create_ui_app
 
-log = logging.getLogger("tracker.web")
-
 
 async def postgres_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
@@ -68,22 +66,10 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
 async def metrics_port_ctx(app: web.Application) -> AsyncIterator[None]:
     """This process's metrics on a port of its own, when one is set."""
     settings = app[SETTINGS]
-    if not settings.metrics_port:
+    async with serving_metrics(
+        app[METRICS], app[REDIS], settings.metrics_host, settings.metrics_port
+    ):
         yield
-        return
-    try:
-        runner = await serve_metrics(
-            app[METRICS], app[REDIS], settings.metrics_host, settings.metrics_port
-        )
-    except OSError as exc:
-        # Clicks matter more than this worker's scrape target: serve them regardless.
-        log.error(
-            "metrics port %d unavailable (%s); serving without it", settings.metrics_port, exc
-        )
-        yield
-        return
-    yield
-    await runner.cleanup()
 
 
 class Service(Protocol):

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from tracker.store import keys
-from tracker.store.health import missing_migrations, stream_lag_seconds
+from tracker.store.health import missing_migrations, stream_progress
 from tracker.web.appkeys import PG_POOL, REDIS, SETTINGS
 from tracker.web.responses import HealthOut, ReadyOut, model_response
 
@@ -42,7 +42,7 @@ async def readyz(request: web.Request) -> web.Response:
         "postgres": pool.fetchval("SELECT 1"),
         "migrations": missing_migrations(pool),
         **{
-            f"sink_{name}": stream_lag_seconds(redis, stream, group)
+            f"sink_{name}": stream_progress(redis, stream, group)
             for name, (stream, group) in keys.SINK_STREAMS.items()
         },
     }
@@ -54,10 +54,11 @@ async def readyz(request: web.Request) -> web.Response:
         if error is None and name == "migrations" and value:
             error = f"not applied: {', '.join(value)} (run `tracker migrate`)"
         if error is None and name.startswith("sink_"):
-            check["lag_seconds"] = round(value, 1)
+            _, lag = value
+            check["lag_seconds"] = round(lag, 1)
             limit = settings.ready_max_sink_lag_seconds
-            if limit and value > limit:
-                error = f"the sink is {value:.0f} s behind (limit {limit:g} s): is it running?"
+            if limit and lag > limit:
+                error = f"the sink is {lag:.0f} s behind (limit {limit:g} s): is it running?"
         if error is not None:
             check.update(ok=False, error=error)
             problems.append(f"{name}: {error}")
