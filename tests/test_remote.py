@@ -10,6 +10,7 @@ from typer.testing import CliRunner, Result
 
 from tests.conftest import API_KEY, BROWSER
 from tracker.cli import app
+from tracker.domain.campaign import new_campaign_key
 from tracker.devstack import free_port
 
 
@@ -106,6 +107,22 @@ async def test_urls_by_key_and_by_id(cli):
         assert "token=" in out[3]
     missing = await cli("urls", "no-such-key", code=1)
     assert missing.stderr.strip() == "error: no campaign with id or key 'no-such-key'"
+
+
+async def test_urls_for_a_key_that_looks_like_an_option(cli, pool):
+    """Keys made before keys began with a letter or digit may begin with '-': after `--`
+    the command reads them as the key."""
+    campaign = (await _set_up(cli))["campaign"]
+    await pool.execute("UPDATE campaigns SET key = '-dash_Key' WHERE id = $1", campaign["id"])
+    out = (await cli("urls", "--", "-dash_Key")).stdout.splitlines()
+    assert out[1].strip().endswith("/c/-dash_Key")
+    assert (await cli("urls", "-dash_Key", code=2)).exit_code == 2
+
+
+def test_new_campaign_keys_never_look_like_an_option():
+    keys = {new_campaign_key() for _ in range(5000)}
+    assert len(keys) == 5000
+    assert all(len(k) == 12 and k[0].isalnum() for k in keys)
 
 
 async def test_report_and_postback_log(cli, client):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import asyncpg
 from redis.asyncio import Redis
 
+from tracker.domain.campaign import new_campaign_key
 from tracker.store import keys
 
 DEMO_SOURCE = "Demo traffic source"
@@ -63,7 +64,7 @@ async def seed_demo(dsn: str, redis_url: str | None = None) -> Demo:
                 campaign = await conn.fetchval(
                     "INSERT INTO campaigns (key, name, traffic_source_id, cost_model, cost_value) "
                     "VALUES ($1, $2, $3, 'cpc', 0.10) RETURNING id",
-                    secrets.token_urlsafe(9),
+                    new_campaign_key(),
                     DEMO_CAMPAIGN,
                     source,
                 )

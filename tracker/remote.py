@@ -331,7 +331,12 @@ def report(
 
 def urls(
     ctx: typer.Context,
-    campaign: Annotated[str, typer.Argument(help="the campaign's id or key")],
+    campaign: Annotated[
+        str,
+        typer.Argument(
+            help="the campaign's id or key (a key that begins with '-' goes after `--`)"
+        ),
+    ],
 ) -> None:
     """The campaign's click URL, and the postback URL of each network its offers belong to,
     ready to paste into the traffic source and the networks."""

@@ -2,6 +2,7 @@
 
 import functools
 import ipaddress
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, tzinfo
@@ -12,6 +13,15 @@ from tracker.domain.money import parse_money_or_none
 from tracker.domain.routing import WeightedChoice
 from tracker.domain.rules import ClickFacts, Rule
 from tracker.domain.visitor import Visitor
+
+
+def new_campaign_key() -> str:
+    """A fresh campaign key for the click URL `/c/{key}`: 12 URL-safe characters that begin
+    with a letter or digit, so the key is never mistaken for an option on a command line."""
+    while True:
+        key = secrets.token_urlsafe(9)
+        if key[0].isalnum():
+            return key
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from tracker.domain.campaign import new_campaign_key
 from tracker.domain.params import first_wins, load_json_object
 from tracker.domain.rules import RuleError, compile_conditions
 from tracker.domain.text import clean_text, dirt_in
@@ -389,7 +390,7 @@ class Campaigns(ResourceViews):
         return item.model_dump(exclude={"offers", "landers"})
 
     def creation_columns(self) -> dict[str, Any]:
-        return {"key": secrets.token_urlsafe(9)}
+        return {"key": new_campaign_key()}
 
     async def _check_references(self, conn: sql.Conn, item: BaseModel) -> None:
         """Every rule compiles, and every offer and lander named (default path and rules)
