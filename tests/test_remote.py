@@ -10,8 +10,8 @@ from typer.testing import CliRunner, Result
 
 from tests.conftest import API_KEY, BROWSER
 from tracker.cli import app
-from tracker.domain.campaign import new_campaign_key
 from tracker.devstack import free_port
+from tracker.domain.campaign import new_campaign_key
 
 
 class Cli:
