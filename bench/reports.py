@@ -375,8 +375,14 @@ def report_cases(first: date, days: int, campaign: int) -> list[dict[str, Any]]:
 
 
 def path_of(spec: Any, zones: frozenset[str]) -> str:
-    """The tables the report reads: clicks (or their rollup) + conversions (or theirs)."""
-    return str(report_store.report_path(spec, zones))
+    """The tables the report reads: clicks (or their rollup) + conversions (or theirs),
+    and the day and week blocks when weekly blocks are read."""
+    path = str(report_store.report_path(spec, zones))
+    blocks = report_store.zone_blocks(spec, path.split("+")[0])
+    if blocks is None:
+        return path
+    weeks = sum(grain == "week" for grain, _, _ in blocks)
+    return f"{path} ({weeks} weeks, {len(blocks) - weeks} days)"
 
 
 async def time_reports(
@@ -404,7 +410,7 @@ async def time_reports(
             "" if goal is None else f"goal p50 <= {goal} ms: {'met' if p50 <= goal else 'MISSED'}"
         )
         print(
-            f"{case['name']:<38} {path_of(spec, zones):<37} p50 {p50:8.1f} ms  p99 {p99:8.1f} ms  "
+            f"{case['name']:<38} {path_of(spec, zones):<55} p50 {p50:8.1f} ms  p99 {p99:8.1f} ms  "
             f"({len(times)} runs, {groups:,} groups)  {verdict}",
             flush=True,
         )
@@ -438,8 +444,10 @@ TABLES = (
     "conversions",
     "click_daily",
     "click_daily_geo",
+    "click_weekly_geo",
     "conversion_daily",
     "conversion_daily_geo",
+    "conversion_weekly_geo",
 )
 # The zones rolled up by day: UTC and the zone of the New York report.
 ZONES = ("UTC", "America/New_York")

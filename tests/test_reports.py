@@ -10,13 +10,18 @@ from tracker.store.rollups import rebuild_rollup_zone, rolled_up_zones
 async def mirror_click_rollups(pool):
     """Tests that write `click_rollups` rows by hand (no raw clicks): the same rows in the
     UTC per-zone rollups, which UTC reports read."""
-    for table in ("click_daily", "click_daily_geo"):
+    for table, day in (
+        ("click_daily", "day"),
+        ("click_daily_geo", "day"),
+        ("click_weekly_geo", "date_trunc('week', day)::date"),
+    ):
         await pool.execute(f"DELETE FROM {table} WHERE zone = 'UTC'")
         await pool.execute(
             f"INSERT INTO {table} (zone, day, campaign_id, offer_id, traffic_source_id, clicks,"
             " bot_clicks, unique_clicks, lp_views, lp_clicks, cost)"
-            " SELECT 'UTC', day, campaign_id, offer_id, traffic_source_id, clicks, bot_clicks,"
-            " unique_clicks, lp_views, lp_clicks, cost FROM click_rollups"
+            f" SELECT 'UTC', {day}, campaign_id, offer_id, traffic_source_id, sum(clicks),"
+            " sum(bot_clicks), sum(unique_clicks), sum(lp_views), sum(lp_clicks), sum(cost)"
+            " FROM click_rollups GROUP BY 1, 2, 3, 4, 5"
         )
 
 

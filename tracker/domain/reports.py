@@ -5,8 +5,9 @@ into one. Counters and money sums come from the store; every ratio is derived he
 exactly, from those sums.
 """
 
+from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -76,6 +77,45 @@ class ReportSpec:
     sort: tuple[tuple[str, bool], ...] = ()  # (metric or dimension, descending)
     limit: int = 1000
     offset: int = 0
+
+
+# (grain, first day, +1 to add the block or -1 to take it away)
+Block = tuple[str, date, int]
+_DAY = timedelta(days=1)
+_WEEK = timedelta(days=7)
+
+
+def day_blocks(first: date, end: date) -> list[Block]:
+    """The fewest day and week blocks (weeks from Monday) whose signed sum covers the
+    days from `first` up to `end` (excluded): a week may be added and some of its days
+    taken away, when that reads fewer blocks than adding the days. Counters are sums,
+    so any such cover gives the same totals as the days themselves."""
+    if end <= first:
+        return []
+    low, high = first - _WEEK, end + _WEEK
+    # Breadth first over day boundaries: each step adds a block (moving forward) or
+    # takes one away (moving back), so the first path to `end` reads the fewest blocks.
+    came_from: dict[date, tuple[date, Block]] = {}
+    seen = {first}
+    queue = deque([first])
+    while queue:
+        at = queue.popleft()
+        if at == end:
+            break
+        steps = [(at + _DAY, ("day", at, 1)), (at - _DAY, ("day", at - _DAY, -1))]
+        if at.isoweekday() == 1:
+            steps += [(at + _WEEK, ("week", at, 1)), (at - _WEEK, ("week", at - _WEEK, -1))]
+        for step, block in steps:
+            if low <= step <= high and step not in seen:
+                seen.add(step)
+                came_from[step] = (at, block)
+                queue.append(step)
+    blocks = []
+    at = end
+    while at != first:
+        at, block = came_from[at]
+        blocks.append(block)
+    return sorted(blocks, key=lambda b: (b[1], b[0]))
 
 
 def filter_value(dimension: str, text: str) -> Any:

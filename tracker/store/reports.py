@@ -29,7 +29,9 @@ from tracker.domain.reports import (
     ID_DIMENSIONS,
     RATIOS,
     TIME_DIMENSIONS,
+    Block,
     ReportSpec,
+    day_blocks,
     dimension_column,
 )
 from tracker.store.rollups import CONVERSION_ROLLUPS, rolled_up_zones
@@ -132,6 +134,9 @@ _ZONE_ROLLUPS = (
     ("click_daily", "conversion_daily", "lander"),
     ("click_daily_geo", "conversion_daily_geo", "country"),
 )
+# Daily rollup -> its weekly blocks (migration 0018), read for whole weeks of a range when
+# the report has no time dimension.
+_WEEKLY = {"click_daily_geo": "click_weekly_geo", "conversion_daily_geo": "conversion_weekly_geo"}
 _ZONE_IDS = frozenset({"campaign", "offer", "traffic_source", "affiliate_network"})
 _ZONE_TIMES = frozenset({"day", "week", "month", "weekday"})
 # Grouping a month of rollup rows by several keys: in memory, not spilled to disk.
@@ -161,6 +166,40 @@ def zone_rollup(spec: ReportSpec, zones: frozenset[str]) -> tuple[str, str] | No
     return None
 
 
+def zone_blocks(spec: ReportSpec, table: str) -> list[Block] | None:
+    """The day and week blocks a report on the daily rollup `table` reads instead of its
+    days, when weekly blocks exist for it, the report has no time dimension and they
+    save reading; else None (the days are read as a range)."""
+    if table not in _WEEKLY or set(spec.group_by) & _ZONE_TIMES:
+        return None
+    zone = ZoneInfo(spec.tz)
+    first, end = (moment.astimezone(zone).date() for moment in (spec.start, spec.end))
+    blocks = day_blocks(first, end)
+    return blocks if any(grain == "week" for grain, _, _ in blocks) else None
+
+
+def _blocks_source(table: str, columns: str, blocks: list[Block], query: _Query) -> str:
+    """Rows of the daily rollup `table` and of its weekly blocks, as the blocks select
+    them, each with `w`: +1, or -1 for a block taken away."""
+    parts = []
+    for grain, source in (("day", table), ("week", _WEEKLY[table])):
+        chosen = [(day, sign) for g, day, sign in blocks if g == grain]
+        if not chosen:
+            continue
+        # `day = any(...)` lets the planner see how many days it reads, from the index.
+        days = query.param([day for day, _ in chosen], "date[]")
+        away = [day for day, sign in chosen if sign < 0]
+        w = (
+            f"CASE WHEN day = any({query.param(away, 'date[]')}) THEN -1 ELSE 1 END"
+            if away
+            else "1"
+        )
+        parts.append(
+            f"SELECT {columns}, {w} AS w FROM {source} WHERE zone = $3::text AND day = any({days})"
+        )
+    return "\n        UNION ALL\n        ".join(parts)
+
+
 def _zone_dimension_sql(name: str) -> str:
     """A dimension read from a per-zone daily rollup row `r` (time from its local day)."""
     if name == "affiliate_network":
@@ -178,12 +217,14 @@ def _zone_dimension_sql(name: str) -> str:
     return f"r.{name}"
 
 
-def _zone_conditions(spec: ReportSpec, query: _Query) -> list[str]:
-    where = [
-        "r.zone = $3::text",
-        "r.day >= ($1 AT TIME ZONE $3::text)::date",
-        "r.day < ($2 AT TIME ZONE $3::text)::date",
-    ]
+def _zone_conditions(spec: ReportSpec, query: _Query, days: bool = True) -> list[str]:
+    """The zone, the range's days (unless blocks choose the rows) and the filters."""
+    where = ["r.zone = $3::text"]
+    if days:
+        where += [
+            "r.day >= ($1 AT TIME ZONE $3::text)::date",
+            "r.day < ($2 AT TIME ZONE $3::text)::date",
+        ]
     for name, values in spec.filters.items():
         expr = _zone_dimension_sql(name)
         where.append(f"{expr} = any({query.param(list(values), _cast(name))})")
@@ -194,19 +235,23 @@ def _zone_conditions(spec: ReportSpec, query: _Query) -> list[str]:
     return where
 
 
-def _rolled_clicks(source: str, row: str, select: str, where: list[str], dims: list[str]) -> str:
-    """The click counters of a report from a rollup table (`source`, aliased `row`). A
-    rollup row whose clicks all moved away (a lander click-through to another offer)
-    stays, at zero: it is no group, as it is none in the raw clicks."""
+def _rolled_clicks(
+    source: str, row: str, select: str, where: list[str], dims: list[str], weight: str = ""
+) -> str:
+    """The click counters of a report from a rollup table (`source`, aliased `row`), each
+    row's counters times `weight` when given (a block's sign). A rollup row whose clicks
+    all moved away (a lander click-through to another offer) stays, at zero: it is no
+    group, as it is none in the raw clicks."""
+    w = f"{weight} * " if weight else ""
     return f"""
     SELECT {select + "," if select else ""}
-           sum({row}.clicks) AS clicks, sum({row}.unique_clicks) AS unique_clicks,
-           sum({row}.bot_clicks) AS bots, sum({row}.lp_views) AS lp_views,
-           sum({row}.lp_clicks) AS lp_clicks, sum({row}.cost) AS click_cost
+           sum({w}{row}.clicks) AS clicks, sum({w}{row}.unique_clicks) AS unique_clicks,
+           sum({w}{row}.bot_clicks) AS bots, sum({w}{row}.lp_views) AS lp_views,
+           sum({w}{row}.lp_clicks) AS lp_clicks, sum({w}{row}.cost) AS click_cost
     FROM {source}
     WHERE {" AND ".join(where)}
     {"GROUP BY " + ", ".join(dims) if dims else ""}
-    HAVING sum({row}.clicks) + sum({row}.bot_clicks) > 0"""
+    HAVING sum({w}{row}.clicks) + sum({w}{row}.bot_clicks) > 0"""
 
 
 def _dimension_sql(name: str, row: str, moment: str) -> str:
@@ -280,9 +325,15 @@ def build_report(
         select = ", ".join(
             f"{_zone_dimension_sql(n)} AS {d}" for n, d in zip(spec.group_by, dims, strict=True)
         )
-        where = _zone_conditions(spec, query)
-        source = f"{zoned[0]} r" + offers_join.format(row="r")
-        clicks = _rolled_clicks(source, "r", select, where, dims)
+        blocks = zone_blocks(spec, zoned[0])
+        where = _zone_conditions(spec, query, days=blocks is None)
+        if blocks is None:
+            source = f"{zoned[0]} r" + offers_join.format(row="r")
+            clicks = _rolled_clicks(source, "r", select, where, dims)
+        else:
+            rows = _blocks_source(zoned[0], "*", blocks, query)
+            source = f"(\n        {rows}\n    ) r" + offers_join.format(row="r")
+            clicks = _rolled_clicks(source, "r", select, where, dims, "r.w")
     elif uses_rollups(spec):
         select = ", ".join(
             f"{_dimension_sql(n, 'r', '') if n != 'day' else 'r.day'} AS {d}"
@@ -335,24 +386,33 @@ def build_report(
 def _rolled_conversions(
     spec: ReportSpec, query: _Query, table: str, dims: list[str], offers_join: str
 ) -> str:
-    """The conversion counters of a report from a per-zone conversion rollup. Booked cost
-    is derived from the sums (`cpa`: per approved conversion; `revshare`: a share of
-    the revenue), with the campaign's current terms as the raw path books it. A row
-    whose conversions all changed away is no group, as it is none in the raw rows."""
+    """The conversion counters of a report from a per-zone conversion rollup (or its days
+    and weekly blocks). Booked cost is derived from the sums (`cpa`: per approved
+    conversion; `revshare`: a share of the revenue), with the campaign's current terms as
+    the raw path books it. A row whose conversions all changed away is no group, as it
+    is none in the raw rows."""
     select = ", ".join(
         f"{_zone_dimension_sql(n)} AS {d}" for n, d in zip(spec.group_by, dims, strict=True)
     )
-    where = _zone_conditions(spec, query)
+    blocks = zone_blocks(spec, table)
+    where = _zone_conditions(spec, query, days=blocks is None)
     basis = query.param("click" if spec.conversion_time == "click" else "postback", "text")
     where.append(f"r.basis = {basis}")
     offers_r = offers_join.format(row="r")
-    fact = CONVERSION_ROLLUPS[table]
+    fact = CONVERSION_ROLLUPS[table][0]
+    columns = (
+        f"zone, basis, day, campaign_id, offer_id, traffic_source_id, {fact}, "
+        "conversions, leads, pending, rejected, chargebacks, unconverted, revenue"
+    )
     moment = f"CASE WHEN {basis} = 'click' THEN c.click_time ELSE c.created_at END"
+    if blocks is None:
+        rolled, changes_in_range = f"SELECT {columns}, 1 AS w FROM {table}", ""
+    else:
+        rolled = _blocks_source(table, columns, blocks, query)
+        changes_in_range = f"WHERE {moment} >= $1 AND {moment} < $2"
     # The rollup rows, and the changes the sink has not folded into them yet.
     source = f"""(
-        SELECT zone, basis, day, campaign_id, offer_id, traffic_source_id, {fact},
-               conversions, leads, pending, rejected, chargebacks, unconverted, revenue
-        FROM {table}
+        {rolled}
         UNION ALL
         SELECT $3::text, {basis}, ({moment} AT TIME ZONE $3::text)::date,
                c.campaign_id, c.offer_id, c.traffic_source_id, c.{fact},
@@ -362,24 +422,25 @@ def _rolled_conversions(
                CASE c.status WHEN 'rejected' THEN c.sign ELSE 0 END,
                CASE c.status WHEN 'chargeback' THEN c.sign ELSE 0 END,
                CASE WHEN c.status = 'approved' AND c.payout IS NULL THEN c.sign ELSE 0 END,
-               CASE WHEN c.status = 'approved' THEN c.sign * (c.payout - c.refunded) END
-        FROM conversion_changes c
+               CASE WHEN c.status = 'approved' THEN c.sign * (c.payout - c.refunded) END,
+               1
+        FROM conversion_changes c {changes_in_range}
     )"""
     return f"""
     SELECT {select + "," if select else ""}
-           sum(r.conversions) AS conversions, sum(r.leads) AS leads,
-           sum(r.pending) AS pending, sum(r.rejected) AS rejected,
-           sum(r.chargebacks) AS chargebacks, sum(r.unconverted) AS unconverted,
-           sum(r.revenue) AS revenue,
+           sum(r.w * r.conversions) AS conversions, sum(r.w * r.leads) AS leads,
+           sum(r.w * r.pending) AS pending, sum(r.w * r.rejected) AS rejected,
+           sum(r.w * r.chargebacks) AS chargebacks, sum(r.w * r.unconverted) AS unconverted,
+           sum(r.w * r.revenue) AS revenue,
            sum(CASE m.booking_model
-                   WHEN 'cpa' THEN m.booking_value * r.conversions
-                   WHEN 'revshare' THEN m.booking_value * 0.01 * r.revenue
+                   WHEN 'cpa' THEN m.booking_value * r.w * r.conversions
+                   WHEN 'revshare' THEN m.booking_value * 0.01 * r.w * r.revenue
                END) AS booked_cost
     FROM {source} r
     LEFT JOIN {BOOKING_CAMPAIGNS} ON m.booking_campaign_id = r.campaign_id{offers_r}
     WHERE {" AND ".join(where)}
     {"GROUP BY " + ", ".join(dims) if dims else ""}
-    HAVING sum(r.conversions + r.leads + r.pending + r.rejected + r.chargebacks) > 0"""
+    HAVING sum(r.w * (r.conversions + r.leads + r.pending + r.rejected + r.chargebacks)) > 0"""
 
 
 def _raw_conversions(spec: ReportSpec, query: _Query, dims: list[str], offers_join: str) -> str:

@@ -20,9 +20,18 @@ from tracker.store.admin import Conn
 log = logging.getLogger("tracker.rollups")
 
 ROLLUP_COUNTERS = ("clicks", "bot_clicks", "unique_clicks", "lp_views", "lp_clicks", "cost")
-# Click rollup table -> the fact besides the ids (campaign, offer, source) it is keyed by.
-CLICK_ROLLUPS = {"click_daily": "lander_id", "click_daily_geo": "country"}
-CONVERSION_ROLLUPS = {"conversion_daily": "lander_id", "conversion_daily_geo": "country"}
+# Click rollup table -> (the fact besides the ids (campaign, offer, source) it is keyed
+# by, its grain: local days, or local weeks from Monday).
+CLICK_ROLLUPS = {
+    "click_daily": ("lander_id", "day"),
+    "click_daily_geo": ("country", "day"),
+    "click_weekly_geo": ("country", "week"),
+}
+CONVERSION_ROLLUPS = {
+    "conversion_daily": ("lander_id", "day"),
+    "conversion_daily_geo": ("country", "day"),
+    "conversion_weekly_geo": ("country", "week"),
+}
 # Per-click counters, as the columns of a row of `clicks` give them.
 CLICK_COUNTERS = """
     (NOT is_bot)::int AS clicks, is_bot::int AS bot_clicks,
@@ -54,11 +63,12 @@ ON CONFLICT ({", ".join(keys)}) DO UPDATE
 SET {", ".join(f"{c} = r.{c} + EXCLUDED.{c}" for c in counters)}"""
 
 
-def zone_rollup_keys(fact: str, zones: str = "rollup_zones") -> dict[str, str]:
-    """Keys of a zone rollup keyed by `fact`, for rows of a source joined with `zones` z."""
+def zone_rollup_keys(fact: str, grain: str = "day") -> dict[str, str]:
+    """Keys of a zone rollup keyed by `fact`, for rows of a source joined with zones z."""
+    local = "(created_at AT TIME ZONE z.zone)"
     return {
         "zone": "z.zone",
-        "day": "(created_at AT TIME ZONE z.zone)::date",
+        "day": f"{local}::date" if grain == "day" else f"date_trunc('{grain}', {local})::date",
         "campaign_id": "campaign_id",
         "offer_id": "offer_id",
         "traffic_source_id": "traffic_source_id",
@@ -73,10 +83,10 @@ def zone_rollup_upserts(source: str = "counted", counters: Iterable[str] = ROLLU
     return "".join(
         f"\n, {table}_moved AS ("
         + add_to_rollup(
-            table, zone_rollup_keys(fact), f"{source} CROSS JOIN rollup_zones z", counters
+            table, zone_rollup_keys(*keyed), f"{source} CROSS JOIN rollup_zones z", counters
         )
         + "\n)"
-        for table, fact in CLICK_ROLLUPS.items()
+        for table, keyed in CLICK_ROLLUPS.items()
     )
 
 
@@ -89,22 +99,24 @@ _INSERT_ZONE = "INSERT INTO rollup_zones (zone) VALUES ($1)"
 FOLD_TIMEOUT = 600.0
 _BACKFILL_CONVERSIONS = """
 SELECT conversion_rollup_sql($1, $2, 'SELECT 1 AS sign, * FROM conversions',
-                             format('SELECT %L::text AS zone', $3::text))
+                             format('SELECT %L::text AS zone', $3::text), $4)
 """
 
 
-def _backfill_clicks(table: str, fact: str) -> str:
+def _backfill_clicks(table: str, fact: str, grain: str) -> str:
     counted = (
         "(SELECT created_at, campaign_id, offer_id, traffic_source_id,"
         f" {fact}, {CLICK_COUNTERS} FROM clicks) AS k"
     )
     return add_to_rollup(
-        table, zone_rollup_keys(fact), f"{counted} CROSS JOIN (SELECT $1::text AS zone) AS z"
+        table,
+        zone_rollup_keys(fact, grain),
+        f"{counted} CROSS JOIN (SELECT $1::text AS zone) AS z",
     )
 
 
 _FOLD_INTO = """
-SELECT conversion_rollup_sql($1, $2, 'SELECT * FROM moved', 'SELECT zone FROM rollup_zones')
+SELECT conversion_rollup_sql($1, $2, 'SELECT * FROM moved', 'SELECT zone FROM rollup_zones', $3)
 """
 
 
@@ -113,7 +125,8 @@ async def fold_conversion_changes(conn: Conn | asyncpg.Pool) -> int:
     listed zone, and delete them, in one statement: a report sees each change once,
     recorded or folded. Returns the number of changes folded."""
     parts = [
-        await conn.fetchval(_FOLD_INTO, table, fact) for table, fact in CONVERSION_ROLLUPS.items()
+        await conn.fetchval(_FOLD_INTO, table, *keyed)
+        for table, keyed in CONVERSION_ROLLUPS.items()
     ]
     ctes = "".join(f", fold_{i} AS ({sql})" for i, sql in enumerate(parts))
     statement = (
@@ -144,10 +157,10 @@ async def add_rollup_zone(pool: asyncpg.Pool, zone: str) -> None:
 
 
 async def _fill(conn: Conn, zone: str) -> None:
-    for table, fact in CLICK_ROLLUPS.items():
-        await conn.execute(_backfill_clicks(table, fact), zone)
-    for table, fact in CONVERSION_ROLLUPS.items():
-        statement = await conn.fetchval(_BACKFILL_CONVERSIONS, table, fact, zone)
+    for table, (fact, grain) in CLICK_ROLLUPS.items():
+        await conn.execute(_backfill_clicks(table, fact, grain), zone)
+    for table, (fact, grain) in CONVERSION_ROLLUPS.items():
+        statement = await conn.fetchval(_BACKFILL_CONVERSIONS, table, fact, zone, grain)
         await conn.execute(statement)
 
 
