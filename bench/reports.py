@@ -10,7 +10,7 @@ then copied from their clicks in bulk SQL. Prints load rows/s, table sizes, and 
 p99 of each report over repeated runs through `tracker.store.reports.fetch_report`, with
 the tables it read.
 
-Usage: python bench/reports.py [--clicks 1000000] [--runs 20] [--days 30]
+Usage: python bench/reports.py [--clicks 1000000] [--runs 20] [--days 30] [--keep DIR]
 """
 
 import argparse
@@ -455,10 +455,14 @@ ZONES = ("UTC", "America/New_York")
 
 async def run(opts: argparse.Namespace) -> dict[str, Any]:
     """Start PostgreSQL, load, measure, stop; the figures as a dict."""
-    root = Path(tempfile.mkdtemp(prefix="tracker-rbench-"))
+    root = Path(opts.keep) if opts.keep else Path(tempfile.mkdtemp(prefix="tracker-rbench-"))
+    root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)
     pg = PostgresServer(root / "postgres", free_port())
-    today = datetime.now(UTC).date()
+    # A kept database loaded before: its month, timed again (after any new migration).
+    loaded = root / "loaded.json"
+    kept = json.loads(loaded.read_text()) if loaded.exists() else None
+    today = date.fromisoformat(kept["today"]) if kept else datetime.now(UTC).date()
     first = today - timedelta(days=opts.days)
     start_ms = int(datetime.combine(first, datetime.min.time(), UTC).timestamp() * 1000)
     setup = world(opts.campaigns, opts.seed)
@@ -472,6 +476,12 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
         pg.start()
         await migrate(pg.dsn())
         pool = await create_pool(pg.dsn(), min_size=1, max_size=2, pg_timeout=600)
+        if kept:
+            print(f"reusing the {kept['clicks']:,} clicks loaded in {root}", flush=True)
+            out["reused"] = kept
+            out["reports"] = await time_reports(pool, opts, first, kept["campaign"])
+            await pool.close()
+            return out
         await sync_rollup_zones(pool, ZONES)
         await create_world(pool, setup)
         # The days loaded, and their conversions' months, get their partitions first.
@@ -523,11 +533,15 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
         )
         out["drill_down_campaign"] = {"id": campaign, "clicks": int(in_campaign)}
         print(f"drill-downs on campaign {campaign}, the largest: {in_campaign:,} clicks")
+        if opts.keep:
+            kept = {"today": str(today), "clicks": clicks, "campaign": campaign}
+            loaded.write_text(json.dumps(kept) + "\n")
         out["reports"] = await time_reports(pool, opts, first, campaign)
         await pool.close()
     finally:
         pg.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        if not opts.keep:
+            shutil.rmtree(root, ignore_errors=True)
     return out
 
 
@@ -542,6 +556,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--budget", type=float, default=60.0, help="seconds of runs per report, at most"
     )
     parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per report")
+    parser.add_argument(
+        "--keep",
+        metavar="DIR",
+        help="keep the loaded database in DIR; a later run with the same DIR times its reports"
+        " again without loading (after applying new migrations)",
+    )
 
 
 def options(**overrides: Any) -> argparse.Namespace:
