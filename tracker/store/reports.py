@@ -18,7 +18,7 @@ Cost has two parts. What clicks cost (`cpc`, `auto`, `cpm`, and costs set with
 `cost_value`. Both are exact NUMERIC sums: nothing is rounded.
 """
 
-from datetime import UTC, time, timedelta
+from datetime import UTC, date, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -166,15 +166,21 @@ def zone_rollup(spec: ReportSpec, zones: frozenset[str]) -> tuple[str, str] | No
     return None
 
 
+def _local_days(spec: ReportSpec) -> tuple[date, date]:
+    """The first local day of a range of whole local days, and the day after its last
+    (computed here: per row in SQL, the zone's rules would be looked up again and again)."""
+    zone = ZoneInfo(spec.tz)
+    first, end = (moment.astimezone(zone).date() for moment in (spec.start, spec.end))
+    return first, end
+
+
 def zone_blocks(spec: ReportSpec, table: str) -> list[Block] | None:
     """The day and week blocks a report on the daily rollup `table` reads instead of its
     days, when weekly blocks exist for it, the report has no time dimension and they
     save reading; else None (the days are read as a range)."""
     if table not in _WEEKLY or set(spec.group_by) & _ZONE_TIMES:
         return None
-    zone = ZoneInfo(spec.tz)
-    first, end = (moment.astimezone(zone).date() for moment in (spec.start, spec.end))
-    blocks = day_blocks(first, end)
+    blocks = day_blocks(*_local_days(spec))
     return blocks if any(grain == "week" for grain, _, _ in blocks) else None
 
 
@@ -219,12 +225,11 @@ def _zone_dimension_sql(name: str) -> str:
 
 def _zone_conditions(spec: ReportSpec, query: _Query, days: bool = True) -> list[str]:
     """The zone, the range's days (unless blocks choose the rows) and the filters."""
-    where = ["r.zone = $3::text"]
+    # $1 and $2, the range's instants, are always parameters: typed here where unused.
+    where = ["r.zone = $3::text", "$1::timestamptz <= $2::timestamptz"]
     if days:
-        where += [
-            "r.day >= ($1 AT TIME ZONE $3::text)::date",
-            "r.day < ($2 AT TIME ZONE $3::text)::date",
-        ]
+        first, end = _local_days(spec)
+        where += [f"r.day >= {query.param(first, 'date')}", f"r.day < {query.param(end, 'date')}"]
     for name, values in spec.filters.items():
         expr = _zone_dimension_sql(name)
         where.append(f"{expr} = any({query.param(list(values), _cast(name))})")
