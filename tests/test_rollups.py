@@ -3,7 +3,7 @@
 
 import asyncio
 import random
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import orjson
@@ -35,6 +35,18 @@ FROM clicks GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 NULLS FIRST
 """
 ROLLED_GEO = """
 SELECT day, campaign_id, country, sum(clicks + bot_clicks) AS n FROM click_daily_geo
+WHERE zone = $1 GROUP BY 1, 2, 3 HAVING sum(clicks + bot_clicks) > 0
+ORDER BY 1, 2, 3 NULLS FIRST
+"""
+
+RAW_WEEKLY_GEO = """
+SELECT date_trunc('week', created_at AT TIME ZONE $1::text)::date AS week, campaign_id, country,
+       count(*) AS n, coalesce(sum(cost), 0) AS cost
+FROM clicks GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 NULLS FIRST
+"""
+ROLLED_WEEKLY_GEO = """
+SELECT day, campaign_id, country, sum(clicks + bot_clicks) AS n, sum(cost) AS cost
+FROM click_weekly_geo
 WHERE zone = $1 GROUP BY 1, 2, 3 HAVING sum(clicks + bot_clicks) > 0
 ORDER BY 1, 2, 3 NULLS FIRST
 """
@@ -87,6 +99,9 @@ async def test_a_zone_added_while_clicks_are_written_is_whole(pool):
         raw = [tuple(r) for r in await pool.fetch(RAW_GEO, ZONE)]
         rolled = [tuple(r) for r in await pool.fetch(ROLLED_GEO, ZONE)]
         assert rolled == raw and len(raw) > 20
+        raw = [tuple(r) for r in await pool.fetch(RAW_WEEKLY_GEO, ZONE)]
+        rolled = [tuple(r) for r in await pool.fetch(ROLLED_WEEKLY_GEO, ZONE)]
+        assert rolled == raw and len(raw) > 5
         print(f"zone added mid-write: {len(raw)} (day, campaign, country) groups agree")
     finally:
         await sync_rollup_zones(pool, ("UTC",))
@@ -121,4 +136,13 @@ async def test_the_sink_folds_conversion_changes_into_the_rollups(redis, pool):
     assert [tuple(r) for r in rows] == [
         ("click", date(2026, 3, 1), 1, Decimal("2.500000")),
         ("postback", today, 1, Decimal("2.500000")),
+    ]
+    weeks = await pool.fetch(
+        "SELECT basis, day, conversions, revenue FROM conversion_weekly_geo"
+        " WHERE zone = 'UTC' AND country = 'DE' ORDER BY basis"
+    )
+    monday = today - timedelta(days=today.weekday())
+    assert [tuple(r) for r in weeks] == [
+        ("click", date(2026, 2, 23), 1, Decimal("2.500000")),
+        ("postback", monday, 1, Decimal("2.500000")),
     ]
