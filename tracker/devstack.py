@@ -217,6 +217,8 @@ def start_replica(primary: PostgresServer, root: Path, port: int) -> PostgresSer
                     str(replica.bindir / "pg_basebackup"),
                     *("-h", "127.0.0.1", "-p", str(primary.port), "-U", "tracker"),
                     *("-D", str(replica.data), "-R", "-X", "stream", "-c", "fast"),
+                    # A copy that need not survive a crash (tests) is not synced: ~4 s less.
+                    *(["--no-sync"] if primary.fast_unsafe else []),
                 ]
             ),
             check=True,
