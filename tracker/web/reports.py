@@ -340,7 +340,7 @@ def freshness_headers(freshness: Freshness) -> dict[str, str]:
     lag, as_of = freshness.lag_seconds, freshness.as_of
     return {
         "X-Report-Database": freshness.database,
-        "X-Report-Lag-Seconds": "" if lag is None else f"{lag:g}",
+        "X-Report-Lag-Seconds": "" if lag is None else f"{lag:.3f}",
         "X-Report-As-Of": "" if as_of is None else as_of.isoformat(),
     }
 
