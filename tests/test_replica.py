@@ -171,6 +171,10 @@ async def test_reports_read_the_replica_and_say_how_far_behind_it_is(
         )
         as_of = datetime.fromisoformat(body["source"]["as_of"])
         assert abs((datetime.now(UTC) - as_of).total_seconds()) < 5
+        ready = await client.get("/readyz")
+        check = (await ready.json())["checks"]["reports_replica"]
+        assert ready.status == 200 and check["ok"] and check["required"] is False
+        assert check["lag_seconds"] is not None
 
         # Replay paused: what the primary gets next is missing from reports, and the
         # lag says so; the postback log (primary) has it at once.
@@ -279,6 +283,40 @@ async def test_a_stopped_replica_stops_reports_only(client, settings, stores, re
         within=15,
     )
     assert body["source"]["database"] == "replica"
+
+
+async def test_without_the_setting_reports_say_they_read_the_primary(settings):
+    primary = settings.model_copy(update={"reports_database_url": ""})
+    client = await start_client(create_app(primary), primary)
+    try:
+        resp = await client.get(
+            "/api/reports", params=_range(), headers={"Authorization": f"Bearer {API_KEY}"}
+        )
+        body = await resp.json()
+        assert resp.status == 200, body
+        assert body["source"]["database"] == "primary"
+        assert body["source"]["lag_seconds"] == 0
+        assert resp.headers["X-Report-Database"] == "primary"
+        ready = await (await client.get("/readyz")).json()
+        assert "reports_replica" not in ready["checks"]
+    finally:
+        await client.close()
+
+
+async def test_a_replica_url_naming_no_database_is_a_503(settings):
+    """A wrong database name is the replica's refusal, answered like its outage."""
+    wrong = settings.reports_database_url.rsplit("/", 1)[0] + "/no_such_database"
+    misnamed = settings.model_copy(update={"reports_database_url": wrong})
+    client = await start_client(create_app(misnamed), misnamed)
+    try:
+        resp = await client.get(
+            "/api/reports", params=_range(), headers={"Authorization": f"Bearer {API_KEY}"}
+        )
+        body = await resp.json()
+        assert resp.status == 503, body
+        assert "InvalidCatalogNameError" in body["error"]
+    finally:
+        await client.close()
 
 
 def test_lag_is_unknown_or_zero_or_the_replay_age():

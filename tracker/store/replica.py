@@ -30,10 +30,13 @@ SELECT now() AS now,
 """
 
 # Failures of a reports query that mean "the replica cannot answer now": it is down or
-# unreachable, or it cancelled the query to apply the primary's changes (a conflict
-# with recovery, SQLSTATE 40001 on a hot standby).
+# unreachable, it refuses our role or database (a setting that names the wrong one),
+# or it cancelled the query to apply the primary's changes (a conflict with recovery,
+# SQLSTATE 40001 on a hot standby).
 REPLICA_UNAVAILABLE: tuple[type[BaseException], ...] = (
     *POSTGRES_UNAVAILABLE,
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.InvalidCatalogNameError,
     asyncpg.SerializationError,
 )
 
