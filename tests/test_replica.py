@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from tests.conftest import API_KEY, Api, start_client, store_clicks_late
 from tests.test_postback import make_click
+from tests.test_remote import Cli
 from tests.test_ui import sign_in
 from tracker.devstack import PostgresServer, RedisServer, free_port, start_replica
 from tracker.settings import Settings
@@ -99,6 +100,11 @@ async def stores(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, Redis]
 def _range() -> dict[str, str]:
     today = datetime.now(UTC).date()
     return {"from": (today - timedelta(days=1)).isoformat(), "to": today.isoformat()}
+
+
+def _cli_range() -> list[str]:
+    bounds = _range()
+    return ["--from", bounds["from"], "--to", bounds["to"]]
 
 
 async def report(api: Api, expect: int = 200) -> Any:
@@ -202,6 +208,8 @@ async def test_reports_read_the_replica_and_say_how_far_behind_it_is(
         await sign_in(client)
         page = await (await client.get("/ui/", params={"preset": "today"})).text()
         assert 'id="lag-notice"' in page and "s behind" in page
+        table = (await Cli(str(client.make_url("")).rstrip("/"))("report", *_cli_range())).stdout
+        assert "reports replica" in table and "s behind the primary" in table
         print(
             f"\nidle primary: last replayed transaction {float(naive):.1f} s old, reported lag 0;"
             f" replay paused: report lag {body['source']['lag_seconds']} s, "
