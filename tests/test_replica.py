@@ -3,7 +3,10 @@ replica started by this module, the report's source and lag, writes on the prima
 and a stopped replica."""
 
 import asyncio
+import contextlib
+import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -227,6 +230,66 @@ async def test_reports_read_the_replica_and_say_how_far_behind_it_is(
     finally:
         await standby.execute("SELECT pg_wal_replay_resume()")
         await standby.close()
+
+
+def _cluster_pids(server: PostgresServer) -> list[int]:
+    """The postmaster of `server` (started by this module) and its children."""
+    postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(fields[1]) == postmaster:
+            children.append(int(stat.parent.name))
+    return [postmaster, *children]
+
+
+@contextlib.contextmanager
+def frozen(server: PostgresServer) -> Iterator[None]:
+    """Every process of `server` stopped (SIGSTOP), as a hung host would be."""
+    pids = _cluster_pids(server)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+@pytest.mark.faults
+async def test_a_frozen_replica_is_a_503_within_the_postgres_timeout(
+    client, settings, stores, replicated
+):
+    """A replica that hangs: the report gives up with a 503 once its first query has
+    waited TRACKER_PG_TIMEOUT (about twice that in all: the stuck connection's release
+    waits too), not after the report timeout with a 504; clicks and readiness go on."""
+    _, replica, _ = replicated
+    api = Api(client)
+    made = await api.setup_campaign()
+    await report(api)
+    with frozen(replica):
+        started = time.monotonic()
+        resp = await client.get(
+            "/api/reports", params=_range(), headers={"Authorization": f"Bearer {API_KEY}"}
+        )
+        took = time.monotonic() - started
+        body = await resp.json()
+        assert resp.status == 503, body
+        assert "no answer within TRACKER_PG_TIMEOUT" in body["error"]
+        assert took < settings.report_timeout
+        ready = await client.get("/readyz")
+        assert ready.status == 200, await ready.json()
+        clicks = [await make_click(client, made["campaign"]) for _ in range(10)]
+    body = await until(lambda: report(api), lambda b: b["source"]["lag_seconds"] == 0, "thawed")
+    print(
+        f"\nreplica frozen: report {resp.status} after {took:.1f} s "
+        f"(TRACKER_PG_TIMEOUT {settings.pg_timeout:g} s), readyz {ready.status}, "
+        f"clicks redirected {len(clicks)}/10; thawed: report 200, lag 0"
+    )
 
 
 @pytest.mark.faults

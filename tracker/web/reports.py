@@ -28,7 +28,7 @@ from tracker.domain.reports import (
     filter_value,
 )
 from tracker.domain.validation import INT64_MAX
-from tracker.store.replica import REPLICA_UNAVAILABLE, Freshness
+from tracker.store.replica import REPLICA_UNAVAILABLE, Freshness, ReportSource
 from tracker.store.reports import fetch_report
 from tracker.web.appkeys import REPORT_SOURCE, SETTINGS
 from tracker.web.errors import ApiError, json_response
@@ -260,7 +260,12 @@ async def read_report(
     settings = request.config_dict[SETTINGS]
     source = request.config_dict[REPORT_SOURCE]
     try:
+        # A replica that does not answer this one cheap query within TRACKER_PG_TIMEOUT
+        # (TimeoutError is one of REPLICA_UNAVAILABLE) is down, not slow: 503, not 504.
         freshness = await source.freshness()
+    except REPLICA_UNAVAILABLE as exc:
+        raise _replica_failed(source, exc) from None
+    try:
         rows, totals = await fetch_report(source.pool, spec, settings.report_timeout)
     except TimeoutError:
         raise ApiError(
@@ -269,16 +274,24 @@ async def read_report(
             "narrow the range, filter, or group by fewer or coarser dimensions",
         ) from None
     except REPLICA_UNAVAILABLE as exc:
-        if not source.is_replica:
-            raise  # the primary's outage: answered like any other (error middleware)
-        source.outage.warning("reports replica unavailable: %r", exc)
-        if isinstance(exc, asyncpg.SerializationError):
-            raise ReportsDatabaseUnavailable(
-                "it cancelled the report to apply the primary's changes "
-                "(raise max_standby_streaming_delay, or set hot_standby_feedback, on the replica)"
-            ) from None
-        raise ReportsDatabaseUnavailable(f"{type(exc).__name__}: {exc}"[:200]) from None
+        raise _replica_failed(source, exc) from None
     return rows, totals, freshness
+
+
+def _replica_failed(source: ReportSource, exc: BaseException) -> BaseException:
+    """What to raise for a reports database failure: the replica's is a 503 naming it;
+    the primary's is answered like any other outage (the error middleware's 503)."""
+    if not source.is_replica:
+        return exc
+    source.outage.warning("reports replica unavailable: %r", exc)
+    if isinstance(exc, asyncpg.SerializationError):
+        return ReportsDatabaseUnavailable(
+            "it cancelled the report to apply the primary's changes "
+            "(raise max_standby_streaming_delay, or set hot_standby_feedback, on the replica)"
+        )
+    if isinstance(exc, TimeoutError):
+        return ReportsDatabaseUnavailable("no answer within TRACKER_PG_TIMEOUT")
+    return ReportsDatabaseUnavailable(f"{type(exc).__name__}: {exc}"[:200])
 
 
 async def report(request: web.Request) -> web.StreamResponse:
