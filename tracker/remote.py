@@ -318,7 +318,14 @@ def report(
     rows = answer["rows"]
     dimensions = [c for c in (rows[0] if rows else {}) if c not in answer.get("totals", {})]
     columns = dimensions + REPORT_COLUMNS
-    table = Table(*columns, title=f"{start} to {end}", show_footer=True)
+    source = answer.get("source") or {}
+    caption = None
+    if source.get("database") == "replica":
+        lag = source.get("lag_seconds")
+        caption = "read from the reports replica, " + (
+            "its lag unknown" if lag is None else f"{lag:g} s behind the primary"
+        )
+    table = Table(*columns, title=f"{start} to {end}", caption=caption, show_footer=True)
     totals = answer.get("totals", {})
     for index, column in enumerate(columns):
         table.columns[index].footer = "total" if index == 0 else _cell(totals.get(column))

@@ -142,6 +142,11 @@ class Settings(BaseSettings):
     # Zones whose local days are rolled up (comma-separated IANA names; empty: UTC and
     # the report zone). `tracker migrate` applies a change, backfilling an added zone.
     rollup_zones: str = ""
+    # A streaming replica of database_url for reports (GET /api/reports, the dashboard's
+    # tables and charts); empty: the primary. Everything else uses the primary. A report
+    # says how far behind the replica is; the dashboard shows it past this many seconds.
+    reports_database_url: str = ""
+    reports_lag_notice_seconds: float = Field(default=5.0, ge=0)
 
     # Conversions sent back to traffic sources (the outbox sender in `tracker sink` or
     # `tracker sender`). The first retry waits about this long, each next one twice as long.

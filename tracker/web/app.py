@@ -24,6 +24,7 @@ from tracker.store.db import create_pool
 from tracker.store.postback_log import PostbackLog
 from tracker.store.ratelimit import PostbackGuard
 from tracker.store.redis import redis_for
+from tracker.store.replica import ReportSource, open_replica_pool
 from tracker.web.apikey import require_api_key
 from tracker.web.appkeys import (
     AUTH_FAILURES,
@@ -38,6 +39,7 @@ from tracker.web.appkeys import (
     POSTBACK_LOG,
     POSTBACKS,
     REDIS,
+    REPORT_SOURCE,
     SETTINGS,
     TRUSTED_PROXIES,
     VISITOR_FACTS,
@@ -55,6 +57,23 @@ async def postgres_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     yield
     await app[PG_POOL].close()
+
+
+async def reports_db_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The reports replica's pool when TRACKER_REPORTS_DATABASE_URL is set; else reports
+    share the primary's pool."""
+    settings = app[SETTINGS]
+    if not settings.reports_database_url:
+        app[REPORT_SOURCE] = ReportSource(app[PG_POOL], "primary")
+        yield
+        return
+    pool = await open_replica_pool(
+        settings.reports_database_url, settings.db_pool_max, settings.pg_timeout
+    )
+    app[REPORT_SOURCE] = ReportSource(pool, "replica")
+    app[METRICS].pools["reports"] = pool
+    yield
+    await pool.close()
 
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -189,6 +208,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.cleanup_ctx.extend(
         [
             postgres_ctx,
+            reports_db_ctx,
             redis_ctx,
             metrics_port_ctx,
             running(

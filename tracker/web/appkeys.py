@@ -15,6 +15,7 @@ from tracker.store.config import ConfigCache
 from tracker.store.conversions import ConversionWriter
 from tracker.store.postback_log import PostbackLog
 from tracker.store.ratelimit import PostbackGuard
+from tracker.store.replica import ReportSource
 
 SETTINGS = web.AppKey("settings", Settings)
 PG_POOL = web.AppKey("pg_pool", asyncpg.Pool)
@@ -32,3 +33,5 @@ VISITOR_FACTS = web.AppKey("visitor_facts", VisitorFacts)
 COOKIE_ATTRIBUTES = web.AppKey("cookie_attributes", str)
 METRICS = web.AppKey("metrics", Metrics)
 AUTH_FAILURES = web.AppKey("auth_failures", AuthFailures)
+# Where reports read from: the reports replica's own pool, or the primary's.
+REPORT_SOURCE = web.AppKey("report_source", ReportSource)

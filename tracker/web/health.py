@@ -9,7 +9,7 @@ from aiohttp import web
 
 from tracker.store import keys
 from tracker.store.health import missing_migrations, stream_progress
-from tracker.web.appkeys import PG_POOL, REDIS, SETTINGS
+from tracker.web.appkeys import PG_POOL, REDIS, REPORT_SOURCE, SETTINGS
 from tracker.web.responses import HealthOut, ReadyOut, model_response
 
 
@@ -32,7 +32,8 @@ async def _timed(probe: Awaitable[Any], limit: float) -> tuple[Any, float, str |
 
 async def readyz(request: web.Request) -> web.Response:
     """200 when Redis and Postgres answer, every migration is applied and the sink keeps
-    up; else 503. The body names each check, its result and what is wrong."""
+    up; else 503. The body names each check, its result and what is wrong. A reports
+    replica, when set, is checked too (with its lag) but is not required."""
     app = request.app
     settings = app[SETTINGS]
     timeout = settings.ready_timeout
@@ -46,6 +47,9 @@ async def readyz(request: web.Request) -> web.Response:
             for name, (stream, group) in keys.SINK_STREAMS.items()
         },
     }
+    source = app[REPORT_SOURCE]
+    if source.is_replica:
+        probes["reports_replica"] = source.freshness()
     results = await asyncio.gather(*(_timed(p, timeout) for p in probes.values()))
     checks: dict[str, dict[str, Any]] = {}
     problems = []
@@ -59,9 +63,16 @@ async def readyz(request: web.Request) -> web.Response:
             limit = settings.ready_max_sink_lag_seconds
             if limit and lag > limit:
                 error = f"the sink is {lag:.0f} s behind (limit {limit:g} s): is it running?"
+        if name == "reports_replica":
+            # Only reports read the replica: its outage leaves clicks and postbacks
+            # served, so it is shown here but does not make the process unready.
+            check["required"] = False
+            if error is None:
+                check["lag_seconds"] = value.lag_seconds
         if error is not None:
             check.update(ok=False, error=error)
-            problems.append(f"{name}: {error}")
+            if check.get("required", True):
+                problems.append(f"{name}: {error}")
         checks[name] = check
     if problems:
         body = {"status": "not ready", "error": "; ".join(problems), "checks": checks}

@@ -10,6 +10,7 @@ from decimal import localcontext
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+import asyncpg
 from aiohttp import web
 from multidict import MultiMapping
 from pydantic import BaseModel, Field
@@ -27,9 +28,10 @@ from tracker.domain.reports import (
     filter_value,
 )
 from tracker.domain.validation import INT64_MAX
+from tracker.store.replica import REPLICA_UNAVAILABLE, Freshness, ReportSource
 from tracker.store.reports import fetch_report
-from tracker.web.appkeys import PG_POOL, SETTINGS
-from tracker.web.errors import ApiError
+from tracker.web.appkeys import REPORT_SOURCE, SETTINGS
+from tracker.web.errors import ApiError, json_response
 from tracker.web.responses import report_response
 
 MAX_LIMIT = 10000
@@ -229,27 +231,81 @@ def _columns(spec: ReportSpec) -> list[str]:
     return columns + list(METRICS) + [f"event:{e}" for e in spec.events]
 
 
-async def report(request: web.Request) -> web.StreamResponse:
-    """Clicks, visitor counters, conversions by status, revenue, cost and the ratios,
-    per group (sorted and paged) and in total."""
-    settings = request.config_dict[SETTINGS]
-    spec = parse_report_query(request.query, settings.report_timezone, settings.report_max_days)
-    try:
-        rows, totals = await fetch_report(
-            request.config_dict[PG_POOL], spec, settings.report_timeout
+class ReportsDatabaseUnavailable(ApiError):
+    """The reports replica cannot answer: a 503 naming it, with a Retry-After."""
+
+    RETRY_AFTER_SECONDS = 5
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            503,
+            "the reports database (the replica in TRACKER_REPORTS_DATABASE_URL) is "
+            f"unavailable: {reason}; retry later",
         )
+
+    def response(self) -> web.Response:
+        answer = json_response({"error": self.error, "database": "replica"}, self.status)
+        answer.headers["Retry-After"] = str(self.RETRY_AFTER_SECONDS)
+        return answer
+
+
+async def read_report(
+    request: web.Request, spec: ReportSpec
+) -> tuple[list[dict[str, Any]], dict[str, Any], Freshness]:
+    """The report's rows and totals from the reports database, and how current they are
+    (measured first: the figures are at least that fresh). A 504 past the report
+    timeout; a 503 while the reports replica cannot answer. Reports do not fall back
+    to the primary: the replica is there to keep their load off the primary's click
+    and postback path, which an outage of the replica must not pour back onto it."""
+    settings = request.config_dict[SETTINGS]
+    source = request.config_dict[REPORT_SOURCE]
+    try:
+        # A replica that does not answer this one cheap query within TRACKER_PG_TIMEOUT
+        # (TimeoutError is one of REPLICA_UNAVAILABLE) is down, not slow: 503, not 504.
+        freshness = await source.freshness()
+    except REPLICA_UNAVAILABLE as exc:
+        raise _replica_failed(source, exc) from None
+    try:
+        rows, totals = await fetch_report(source.pool, spec, settings.report_timeout)
     except TimeoutError:
         raise ApiError(
             504,
             f"the report took longer than {settings.report_timeout:g} s: "
             "narrow the range, filter, or group by fewer or coarser dimensions",
         ) from None
+    except REPLICA_UNAVAILABLE as exc:
+        raise _replica_failed(source, exc) from None
+    return rows, totals, freshness
+
+
+def _replica_failed(source: ReportSource, exc: BaseException) -> BaseException:
+    """What to raise for a reports database failure: the replica's is a 503 naming it;
+    the primary's is answered like any other outage (the error middleware's 503)."""
+    if not source.is_replica:
+        return exc
+    source.outage.warning("reports replica unavailable: %r", exc)
+    if isinstance(exc, asyncpg.SerializationError):
+        return ReportsDatabaseUnavailable(
+            "it cancelled the report to apply the primary's changes "
+            "(raise max_standby_streaming_delay, or set hot_standby_feedback, on the replica)"
+        )
+    if isinstance(exc, TimeoutError):
+        return ReportsDatabaseUnavailable("no answer within TRACKER_PG_TIMEOUT")
+    return ReportsDatabaseUnavailable(f"{type(exc).__name__}: {exc}"[:200])
+
+
+async def report(request: web.Request) -> web.StreamResponse:
+    """Clicks, visitor counters, conversions by status, revenue, cost and the ratios,
+    per group (sorted and paged) and in total; and where they were read from."""
+    settings = request.config_dict[SETTINGS]
+    spec = parse_report_query(request.query, settings.report_timezone, settings.report_max_days)
+    rows, totals, freshness = await read_report(request, spec)
     with localcontext(prec=EXACT_DIGITS):
         items = [{**_dimension_values(spec, row), **derive(row, spec.events)} for row in rows]
         total = derive(totals, spec.events)
     if request.query.get("format") == "csv":
-        return await _csv(request, spec, items)
-    return report_response(
+        return await _csv(request, spec, items, freshness)
+    answer = report_response(
         {
             "from": _local(spec.start, spec.tz),
             "to": _local(spec.end, spec.tz),
@@ -261,8 +317,11 @@ async def report(request: web.Request) -> web.StreamResponse:
             "total_rows": totals["groups"],
             "limit": spec.limit,
             "offset": spec.offset,
+            "source": freshness.as_json(),
         },
     )
+    answer.headers.update(freshness_headers(freshness))
+    return answer
 
 
 # A cell a spreadsheet would run as a formula (a sub id such as `=HYPERLINK(…)`).
@@ -288,13 +347,25 @@ def _cell(value: Any, text: bool) -> Any:
     return value
 
 
+def freshness_headers(freshness: Freshness) -> dict[str, str]:
+    """A report's source as headers (a CSV body has no place for it): X-Report-Database,
+    X-Report-Lag-Seconds and X-Report-As-Of (the last two empty when unknown)."""
+    lag, as_of = freshness.lag_seconds, freshness.as_of
+    return {
+        "X-Report-Database": freshness.database,
+        "X-Report-Lag-Seconds": "" if lag is None else f"{lag:.3f}",
+        "X-Report-As-Of": "" if as_of is None else as_of.isoformat(),
+    }
+
+
 async def _csv(
-    request: web.Request, spec: ReportSpec, items: list[dict[str, Any]]
+    request: web.Request, spec: ReportSpec, items: list[dict[str, Any]], freshness: Freshness
 ) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/csv; charset=utf-8",
             "Content-Disposition": 'attachment; filename="report.csv"',
+            **freshness_headers(freshness),
         }
     )
     await response.prepare(request)

@@ -7,7 +7,7 @@ document takes its response schemas from them: a field answered but not modelled
 
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema, create_model
@@ -261,6 +261,9 @@ class CheckOut(Out):
     ms: float
     lag_seconds: float | None = None
     error: str | None = None
+    required: bool | None = Field(
+        default=None, description="false: a failure is shown but leaves the process ready"
+    )
 
 
 class ReadyOut(Out):
@@ -339,6 +342,21 @@ def report_response(body: dict[str, Any]) -> web.Response:
     return json_response(checked)
 
 
+class ReportSourceOut(Out):
+    """Where a report's figures come from, and how current they are."""
+
+    database: Literal["replica", "primary"] = Field(
+        description="replica when TRACKER_REPORTS_DATABASE_URL is set, else primary"
+    )
+    lag_seconds: float | None = Field(
+        description="seconds the replica is behind the primary (0: caught up); "
+        "null when it cannot tell (nothing replayed since it started, or not a standby)"
+    )
+    as_of: datetime | None = Field(
+        description="the figures are complete up to this moment (null when unknown)"
+    )
+
+
 class ReportOut(Out):
     start: str = Field(alias="from")
     end: str = Field(alias="to")
@@ -350,3 +368,4 @@ class ReportOut(Out):
     total_rows: int
     limit: int
     offset: int
+    source: ReportSourceOut

@@ -219,7 +219,8 @@ API: tuple[Route, ...] = (
     Route("GET", "/reports", reports.report, Op(
         "ROI report: clicks, conversions, revenue, cost and ratios by dimension", "reports",
         {200: Answer("The report; with `format=csv`, its rows as CSV", ReportOut,
-                     also=(("text/csv", {"type": "string"}),))},
+                     also=(("text/csv", {"type": "string"}),),
+                     headers=("X-Report-Database", "X-Report-Lag-Seconds", "X-Report-As-Of"))},
         errors=(*READ, 504), query=reports.ReportQuery,
         parameters=tuple(
             {"name": kind, "in": "query", "style": "deepObject", "explode": True,

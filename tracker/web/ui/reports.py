@@ -24,10 +24,10 @@ from tracker.domain.reports import (
     dimension_column,
 )
 from tracker.store import admin as sql
-from tracker.store.reports import fetch_report
+from tracker.store.replica import Freshness
 from tracker.web.appkeys import PG_POOL, SETTINGS
 from tracker.web.errors import ApiError
-from tracker.web.reports import EXACT_DIGITS, _zones, parse_report_query
+from tracker.web.reports import EXACT_DIGITS, _zones, parse_report_query, read_report
 from tracker.web.ui.chart import Series, line_chart
 from tracker.web.ui.render import render
 
@@ -103,26 +103,45 @@ def _zero_sums() -> dict[str, Any]:
     return {**dict.fromkeys(COUNTERS, 0), "revenue": Decimal(0), "cost": Decimal(0)}
 
 
-async def run_report(
-    request: web.Request, params: MultiDict[str]
-) -> tuple[ReportSpec | None, list[dict[str, Any]], dict[str, Any], list[dict[str, str]]]:
-    """The report `params` ask for, as the API would answer it: (spec, rows, totals,
-    problems). Problems are the API's 400 details (or its 504 message)."""
+@dataclass
+class Figures:
+    """A report as the dashboard shows it: the API's rows and totals, or the problems
+    the API would answer with (its 400 details, or its 503 or 504 message); and where
+    the figures were read from."""
+
+    spec: ReportSpec | None
+    rows: list[dict[str, Any]]
+    totals: dict[str, Any]
+    problems: list[dict[str, str]]
+    freshness: Freshness | None = None
+
+
+async def run_report(request: web.Request, params: MultiDict[str]) -> Figures:
+    """The report `params` ask for, as the API would answer it."""
     settings = request.config_dict[SETTINGS]
     try:
         spec = parse_report_query(params, settings.report_timezone, settings.report_max_days)
-        rows, totals = await fetch_report(
-            request.config_dict[PG_POOL], spec, settings.report_timeout
-        )
+        rows, totals, freshness = await read_report(request, spec)
     except ApiError as exc:
-        return None, [], derive(_zero_sums()), exc.details or [{"field": "", "message": exc.error}]
-    except TimeoutError:
-        message = f"the report took longer than {settings.report_timeout:g} s: narrow it"
-        return None, [], derive(_zero_sums()), [{"field": "", "message": message}]
+        problems = exc.details or [{"field": "", "message": exc.error}]
+        return Figures(None, [], derive(_zero_sums()), problems)
     with localcontext(prec=EXACT_DIGITS):
         items = [{**row, **derive(row)} for row in rows]
         total = derive(totals)
-    return spec, items, total, []
+    return Figures(spec, items, total, [], freshness)
+
+
+def lag_notice(request: web.Request, freshness: Freshness | None) -> str | None:
+    """ "Data N s behind" when the reports replica lags more than the setting allows."""
+    if freshness is None or freshness.database != "replica":
+        return None
+    limit = request.config_dict[SETTINGS].reports_lag_notice_seconds
+    lag = freshness.lag_seconds
+    if lag is None:
+        return "Data read from the reports replica, which cannot tell how far behind it is"
+    if lag <= limit:
+        return None
+    return f"Data {lag:.0f} s behind: read from the reports replica"
 
 
 def _sort_links(base: str, keep: dict[str, Any], sort: str, keys: list[str]) -> dict[str, str]:
@@ -145,7 +164,8 @@ async def campaigns_page(request: web.Request) -> web.Response:
     sort = _sort_word(request.query)
     params = MultiDict({"from": span.start, "to": span.end, "tz": span.tz, "group_by": "campaign"})
     params["sort"] = sort
-    _, rows, totals, problems = await run_report(request, params)
+    figures = await run_report(request, params)
+    rows, totals, problems = figures.rows, figures.totals, figures.problems
     async with request.config_dict[PG_POOL].acquire() as conn:
         campaigns = await sql.list_rows(conn, "campaigns", False, 1000, 0)
     seen = {row["campaign_id"] for row in rows}
@@ -169,6 +189,7 @@ async def campaigns_page(request: web.Request) -> web.Response:
             "rows": rows,
             "totals": totals,
             "problems": problems,
+            "lag_notice": lag_notice(request, figures.freshness),
             "sort": sort,
             "sort_links": _sort_links("/ui/", span.params(), sort, keys),
             "range_query": urlencode(span.params()),
@@ -271,7 +292,8 @@ async def drilldown_page(request: web.Request) -> web.Response:
     params["sort"] = sort
     for dimension, value in zip(by, values, strict=False):
         params[f"filter[{dimension}]"] = value
-    spec, rows, totals, problems = await run_report(request, params)
+    figures = await run_report(request, params)
+    spec, rows, totals, problems = figures.spec, figures.rows, figures.totals, figures.problems
 
     keep = span.params()
     crumbs = [
@@ -308,10 +330,10 @@ async def drilldown_page(request: web.Request) -> web.Response:
         chart_params["group_by"] = interval
         for dimension, value in zip(by, values, strict=False):
             chart_params[f"filter[{dimension}]"] = value
-        chart_spec, chart_rows, _, chart_problems = await run_report(request, chart_params)
-        problems += chart_problems
-        if chart_spec is not None:
-            charts = build_charts(chart_spec, chart_rows, interval)
+        chart = await run_report(request, chart_params)
+        problems += chart.problems
+        if chart.spec is not None:
+            charts = build_charts(chart.spec, chart.rows, interval)
 
     here = [*keep.items(), *(("by", d) for d in by), *(("v", v) for v in values)]
     sort_keep: dict[str, Any] = {**keep, "by": by, "v": values}
@@ -328,6 +350,7 @@ async def drilldown_page(request: web.Request) -> web.Response:
             "rows": items,
             "totals": totals,
             "problems": problems,
+            "lag_notice": lag_notice(request, figures.freshness),
             "crumbs": crumbs,
             "current": current,
             "by": by,
