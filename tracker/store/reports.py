@@ -206,6 +206,12 @@ def _blocks_source(table: str, columns: str, blocks: list[Block], query: _Query)
     return "\n        UNION ALL\n        ".join(parts)
 
 
+def _weight(blocks: list[Block]) -> str:
+    """What to multiply a block's rows by: their sign `w`, or nothing when every block is
+    added (a multiplication per row and counter saved)."""
+    return "r.w" if any(sign < 0 for _, _, sign in blocks) else ""
+
+
 def _zone_dimension_sql(name: str) -> str:
     """A dimension read from a per-zone daily rollup row `r` (time from its local day)."""
     if name == "affiliate_network":
@@ -338,7 +344,7 @@ def build_report(
         else:
             rows = _blocks_source(zoned[0], "*", blocks, query)
             source = f"(\n        {rows}\n    ) r" + offers_join.format(row="r")
-            clicks = _rolled_clicks(source, "r", select, where, dims, "r.w")
+            clicks = _rolled_clicks(source, "r", select, where, dims, _weight(blocks))
     elif uses_rollups(spec):
         select = ", ".join(
             f"{_dimension_sql(n, 'r', '') if n != 'day' else 'r.day'} AS {d}"
@@ -431,21 +437,23 @@ def _rolled_conversions(
                1
         FROM conversion_changes c {changes_in_range}
     )"""
+    weight = _weight(blocks) if blocks is not None else ""
+    w = f"{weight} * " if weight else ""
     return f"""
     SELECT {select + "," if select else ""}
-           sum(r.w * r.conversions) AS conversions, sum(r.w * r.leads) AS leads,
-           sum(r.w * r.pending) AS pending, sum(r.w * r.rejected) AS rejected,
-           sum(r.w * r.chargebacks) AS chargebacks, sum(r.w * r.unconverted) AS unconverted,
-           sum(r.w * r.revenue) AS revenue,
+           sum({w}r.conversions) AS conversions, sum({w}r.leads) AS leads,
+           sum({w}r.pending) AS pending, sum({w}r.rejected) AS rejected,
+           sum({w}r.chargebacks) AS chargebacks, sum({w}r.unconverted) AS unconverted,
+           sum({w}r.revenue) AS revenue,
            sum(CASE m.booking_model
-                   WHEN 'cpa' THEN m.booking_value * r.w * r.conversions
-                   WHEN 'revshare' THEN m.booking_value * 0.01 * r.w * r.revenue
+                   WHEN 'cpa' THEN m.booking_value * {w}r.conversions
+                   WHEN 'revshare' THEN m.booking_value * 0.01 * {w}r.revenue
                END) AS booked_cost
     FROM {source} r
     LEFT JOIN {BOOKING_CAMPAIGNS} ON m.booking_campaign_id = r.campaign_id{offers_r}
     WHERE {" AND ".join(where)}
     {"GROUP BY " + ", ".join(dims) if dims else ""}
-    HAVING sum(r.w * (r.conversions + r.leads + r.pending + r.rejected + r.chargebacks)) > 0"""
+    HAVING sum({w}(r.conversions + r.leads + r.pending + r.rejected + r.chargebacks)) > 0"""
 
 
 def _raw_conversions(spec: ReportSpec, query: _Query, dims: list[str], offers_join: str) -> str:
