@@ -80,6 +80,8 @@ end
 return #ARGV
 """
 REPLAY_BATCH = 500
+# How long a master's replica count (asked when a WAIT falls short) is believed.
+REPLICA_COUNT_SECONDS = 1.0
 # A member with a null value, but not the last one (`is_unique`, which the script
 # above decides by its `null}` tail). In JSON text `,"` never occurs inside a string
 # (its quote would be escaped), so a match is always a member of the record itself.
@@ -176,6 +178,8 @@ class ClickWriter(BatchedService):
         self.replayed = 0
         # Clicks stored but not confirmed by `wait_replicas` replicas in time (also spooled).
         self.unconfirmed = 0
+        # Per node: when its replicas were counted, and how many it had.
+        self._replicas_seen: dict[str, tuple[float, int]] = {}
 
     def shard_for(self, campaign_id: int, visitor_id: str, by_visitor: bool) -> int:
         """The shard of a new click: its visitor's on the campaign when the click's
@@ -380,17 +384,26 @@ class ClickWriter(BatchedService):
     ) -> tuple[Any, bool]:
         """Run a script on the node of its keys; with `wait_replicas`, follow it with a
         WAIT on the same connection. Returns its reply and whether enough replicas hold
-        the writes."""
+        the writes.
+
+        A master with fewer replicas than `wait_replicas` (a replica promoted after its
+        master died, until a new replica joins) waits for those it has: no failover can
+        then lose its writes to a replica that lacks them, and clicks are not held up
+        for replicas that do not exist. Its replica count is asked again each second."""
         registered = self._store_batch if script is STORE_CLICKS_SCRIPT else self._add_to_stream
-        if not self._wait_replicas:
+        node: Any = None
+        if self._wait_replicas and self._cluster:
+            await self._redis.initialize()  # slots known (typed as Redis)
+            node = self._redis.get_node_from_key(node_key)  # type: ignore[attr-defined]
+        wanted = self._wanted_replicas(node)
+        if not wanted:
             return await registered(keys=script_keys, args=args), True
         # WAIT counts the writes of its own connection: a pipeline keeps both on one.
-        wait_args = ("WAIT", self._wait_replicas, self._wait_timeout_ms)
+        wait_args = ("WAIT", wanted, self._wait_timeout_ms)
         for attempt in (1, 2):
             pipe = self._redis.pipeline(transaction=False)
-            pipe.evalsha(registered.sha, len(script_keys), *script_keys, *args)
-            if self._cluster:
-                node = self._redis.get_node_from_key(node_key)  # type: ignore[attr-defined]
+            pipe.execute_command("EVALSHA", registered.sha, len(script_keys), *script_keys, *args)
+            if node is not None:
                 pipe.execute_command(*wait_args, target_nodes=node)
             else:
                 pipe.execute_command(*wait_args)
@@ -401,7 +414,31 @@ class ClickWriter(BatchedService):
                 if attempt == 2:
                     raise
                 await self._redis.script_load(script)
-        return reply, int(acknowledged) >= self._wait_replicas
+        if int(acknowledged) >= wanted:
+            return reply, True
+        replicas = await self._count_replicas(node)
+        return reply, int(acknowledged) >= min(wanted, replicas)
+
+    def _wanted_replicas(self, node: Any) -> int:
+        if not self._wait_replicas:
+            return 0
+        name = node.name if node is not None else ""
+        seen = self._replicas_seen.get(name)
+        if seen is not None and time.monotonic() - seen[0] < REPLICA_COUNT_SECONDS:
+            return min(self._wait_replicas, seen[1])
+        return self._wait_replicas
+
+    async def _count_replicas(self, node: Any) -> int:
+        """The replicas the master (on a cluster, `node`) has now, from ROLE."""
+        if node is not None:
+            role: Any = await self._redis.execute_command(  # type: ignore[no-untyped-call]
+                "ROLE", target_nodes=node
+            )
+        else:
+            role = await self._redis.execute_command("ROLE")  # type: ignore[no-untyped-call]
+        count = len(role[2]) if role and role[0] in (b"master", "master") else 0
+        self._replicas_seen[node.name if node is not None else ""] = (time.monotonic(), count)
+        return count
 
     async def _replay_loop(self) -> None:
         assert self.spool is not None
