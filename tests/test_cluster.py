@@ -13,14 +13,18 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from tests.conftest import BROWSER, Api, start_client
 from tracker.devstack import RedisClusterServer
-from tracker.domain.clickid import click_shard
+from tracker.domain.clickid import click_shard, new_click_id
 from tracker.settings import Settings
 from tracker.sink.clicks import ClickSink
 from tracker.sink.orphans import orphan_matcher
 from tracker.store import keys
+from tracker.store.auth_failures import AuthFailures
+from tracker.store.clicks import ClickWriter
+from tracker.store.ratelimit import FailureLimiter
 from tracker.store.redis import create_redis, is_cluster
 from tracker.web.app import create_app
 from tracker.web.appkeys import CLICK_WRITER
@@ -280,3 +284,55 @@ async def test_failovers_under_click_load_lose_no_click(
 
 def _port(redis: Redis, key: str) -> int:
     return int(redis.get_node_from_key(key).port)  # type: ignore[attr-defined]
+
+
+async def test_other_keys_work_on_the_cluster(cluster_redis):
+    """Every other key is one per call (or one slot per pipeline): no CROSSSLOT, and the
+    limiters count in Redis, not in their in-memory fallback."""
+    limiter = FailureLimiter(cluster_redis, limit=3)
+    assert [await limiter._count("192.0.2.1", 7) for _ in range(2)] == [1, 2]
+    assert await cluster_redis.get(keys.failed_postback_key("192.0.2.1", 7)) == b"2"
+    assert limiter._local == {}
+
+    failures = AuthFailures(limit=2, window_seconds=60)
+    for _ in range(2):
+        await failures.record(cluster_redis, "192.0.2.2")
+    assert await failures.retry_after(cluster_redis, "192.0.2.2") == 60
+    assert await cluster_redis.get(keys.auth_failures_key("192.0.2.2")) == b"2"
+
+    assert await cluster_redis.incr(keys.CONFIG_VERSION) == 1
+    await cluster_redis.set(keys.ui_session_key("h"), b"s", ex=60)
+    assert await cluster_redis.get(keys.ui_session_key("h")) == b"s"
+
+    # The postback queue's group, read and its acknowledge-and-delete transaction.
+    await cluster_redis.xgroup_create(
+        keys.POSTBACK_STREAM, keys.POSTBACK_GROUP, id="0", mkstream=True
+    )
+    entry = await cluster_redis.xadd(keys.POSTBACK_STREAM, {b"d": b"{}"})
+    await cluster_redis.xreadgroup(keys.POSTBACK_GROUP, "q", {keys.POSTBACK_STREAM: ">"}, count=10)
+    async with cluster_redis.pipeline(transaction=True) as pipe:
+        pipe.xack(keys.POSTBACK_STREAM, keys.POSTBACK_GROUP, entry)
+        pipe.xdel(keys.POSTBACK_STREAM, entry)
+        assert await pipe.execute() == [1, 1]
+
+
+async def test_a_dead_sinks_entries_are_claimed_by_another(cluster_settings, cluster_redis, pool):
+    """Entries a sink read on every shard but never acknowledged are stored by another."""
+    writer = ClickWriter(cluster_redis, shards=cluster_settings.redis_shards, wait_replicas=1)
+    await writer.start()
+    record = b'{"click_id":"%s","campaign_id":1,"offer_id":2,"traffic_source_id":3,"created_ms":%d}'
+    now_ms = int(time.time() * 1000)
+    ids = [new_click_id(now_ms, s % cluster_settings.redis_shards) for s in range(16)]
+    try:
+        await asyncio.gather(*(writer.write(i, record % (i.encode(), now_ms), 60) for i in ids))
+    finally:
+        await writer.close()
+    for stream in keys.click_streams(cluster_settings.redis_shards):
+        with contextlib.suppress(ResponseError):
+            await cluster_redis.xgroup_create(stream, keys.SINK_GROUP, id="0", mkstream=True)
+        await cluster_redis.xreadgroup(keys.SINK_GROUP, "dead", {stream: ">"}, count=100)
+    async with running_sink(pool, cluster_settings, "alive") as sink:
+        await drained(sink)
+    stored = await pool.fetchval("SELECT count(*) FROM clicks WHERE click_id = any($1)", ids)
+    assert stored == len(ids)
+    assert await pool.fetchval("SELECT count(*) FROM click_dead_letters") == 0
