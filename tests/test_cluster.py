@@ -322,7 +322,8 @@ async def test_a_dead_sinks_entries_are_claimed_by_another(cluster_settings, clu
     await writer.start()
     record = b'{"click_id":"%s","campaign_id":1,"offer_id":2,"traffic_source_id":3,"created_ms":%d}'
     now_ms = int(time.time() * 1000)
-    ids = [new_click_id(now_ms, s % cluster_settings.redis_shards) for s in range(16)]
+    # Shards 8 and above (ids made when P was larger) have their entries on stream N mod P.
+    ids = [new_click_id(now_ms, s) for s in [*range(12), 300, 511]]
     try:
         await asyncio.gather(*(writer.write(i, record % (i.encode(), now_ms), 60) for i in ids))
     finally:
@@ -336,3 +337,22 @@ async def test_a_dead_sinks_entries_are_claimed_by_another(cluster_settings, clu
     stored = await pool.fetchval("SELECT count(*) FROM clicks WHERE click_id = any($1)", ids)
     assert stored == len(ids)
     assert await pool.fetchval("SELECT count(*) FROM click_dead_letters") == 0
+    assert await cluster_redis.exists(*(keys.click_key(i) for i in ids)) == len(ids)
+
+
+async def test_wait_on_a_single_redis_without_replicas(redis):
+    """WAIT asked of a Redis with no replica: the first batch finds none there and is
+    confirmed; a script flushed from Redis is loaded again."""
+    writer = ClickWriter(redis, wait_replicas=1, wait_timeout_ms=50)
+    await writer.start()
+    try:
+        first = new_click_id(shard=1)
+        assert await writer.write(first, b'{"is_unique":null}', 60, "uv:{s1}:1:v", 60) is True
+        await redis.script_flush()
+        writer._replicas_seen.clear()  # WAIT again: the script goes in the pipeline
+        second = new_click_id(shard=1)
+        assert await writer.write(second, b'{"is_unique":null}', 60, "uv:{s1}:1:v", 60) is False
+    finally:
+        await writer.close()
+    assert writer.unconfirmed == 0
+    assert await redis.get(keys.click_key(second)) == b'{"is_unique":false}'
