@@ -162,8 +162,10 @@ class ClickSink(StreamConsumer):
 
     async def housekeep(self) -> None:
         await self.claim_abandoned()
-        await self.trim()
-        await fold_conversion_changes(self.pool)
+        # Not beside a batch being stored: one writer of the rollups per sink, as before.
+        async with self._handling:
+            await self.trim()
+            await fold_conversion_changes(self.pool)
 
     @property
     def streams(self) -> list[str]:
