@@ -138,6 +138,13 @@ async def test_end_to_end_on_the_cluster(cluster_settings, cluster_redis, pool):
         nodes = {cluster_redis.get_node_from_key(keys.click_stream(s)).name for s in shards}
         assert len(nodes) == 3  # the clicks are on every master
 
+        # Readiness sums the backlog over the shards' streams, each asked on its node.
+        resp = await client.get("/readyz")
+        ready = await resp.json()
+        assert resp.status == 200, ready
+        assert ready["checks"]["sink_clicks"]["ok"]
+        assert ready["checks"]["sink_clicks"]["lag_seconds"] >= 0
+
         async def postback(click_id: str, txid: str) -> tuple[int, Any]:
             resp = await client.get(
                 "/postback", params={"token": token, "clickid": click_id, "txid": txid}
