@@ -152,7 +152,9 @@ async def measure(
     redis: Redis, settings: Settings, records: list[tuple[str, bytes, str]]
 ) -> dict[str, Any]:
     await redis.flushall()
-    await redis.xgroup_create(keys.CLICK_STREAM, keys.SINK_GROUP, id="0", mkstream=True)
+    streams = keys.click_streams(keys.DEFAULT_SHARDS)
+    for stream in streams:
+        await redis.xgroup_create(stream, keys.SINK_GROUP, id="0", mkstream=True)
     before = await used_memory(redis)
     writer = ClickWriter(redis, hot_seconds=hot_window_seconds(settings))
     await writer.start()
@@ -171,7 +173,7 @@ async def measure(
     n = len(records)
     sample = records[:: max(1, n // SAMPLE)][:SAMPLE]
     stored = [await redis.get(keys.click_key(click_id)) for click_id, _, _ in sample[:50]]
-    stream_bytes = await redis.memory_usage(keys.CLICK_STREAM, samples=0) or 0
+    stream_bytes = sum([await redis.memory_usage(s, samples=0) or 0 for s in streams])
     result = {
         "clicks": n,
         "record_json_bytes": statistics.mean(len(r) for r in stored if r is not None),
@@ -181,7 +183,8 @@ async def measure(
         "used_memory_per_click_with_stream": (written - before) / n,
     }
     # What stays once the sink has stored and acknowledged every entry and trimmed them.
-    await redis.xtrim(keys.CLICK_STREAM, maxlen=0, approximate=False)
+    for stream in streams:
+        await redis.xtrim(stream, maxlen=0, approximate=False)
     trimmed = await used_memory(redis)
     result["used_memory_per_click_trimmed"] = (trimmed - before) / n
     # The unique-visitor keys live for the unique window (24 h by default), not the

@@ -33,6 +33,7 @@ from tracker.demo import seed_demo
 from tracker.devstack import PostgresServer, RedisServer, free_port, wait_for_port
 from tracker.store import keys
 from tracker.store.db import migrate
+from tracker.store.health import streams_backlog
 
 BENCH = Path(__file__).resolve().parent
 
@@ -119,9 +120,7 @@ class Stack:
 
 
 async def sink_backlog(redis: Redis) -> int:
-    for group in await redis.xinfo_groups(keys.CLICK_STREAM):
-        return int(group["pending"]) + int(group.get("lag") or 0)
-    return 0
+    return await streams_backlog(redis, keys.click_streams(keys.DEFAULT_SHARDS), keys.SINK_GROUP)
 
 
 async def stored_clicks(pool: asyncpg.Pool) -> int:

@@ -22,6 +22,7 @@ from tracker.logs import JsonFormatter
 from tracker.settings import Settings
 from tracker.sink.clicks import ClickSink
 from tracker.sink.orphans import orphan_matcher
+from tracker.store import keys
 from tracker.store.conversions import ConversionPostback
 from tracker.store.db import create_pool, migrate
 from tracker.store.postback_log import Inbound
@@ -275,3 +276,27 @@ async def store_clicks_late(redis: Redis, pool: asyncpg.Pool, settings: Settings
         await wait_for_sink(late)
         late.stop()
         await task
+
+
+async def click_entries(redis: Redis) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """Every entry on the click streams (all shards and the legacy one), oldest first."""
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = []
+    for stream in keys.click_streams(keys.DEFAULT_SHARDS):
+        entries.extend(await redis.xrange(stream))
+    return sorted(entries, key=lambda e: tuple(int(p) for p in e[0].split(b"-")))
+
+
+async def click_stream_length(redis: Redis) -> int:
+    """Entries on all the click streams."""
+    return sum([await redis.xlen(s) for s in keys.click_streams(keys.DEFAULT_SHARDS)])
+
+
+async def break_click_streams(redis: Redis) -> None:
+    """Make every click stream a string, so that each XADD fails inside the script."""
+    for stream in keys.click_streams(keys.DEFAULT_SHARDS):
+        await redis.delete(stream)
+        await redis.set(stream, b"not a stream")
+
+
+async def mend_click_streams(redis: Redis) -> None:
+    await redis.delete(*keys.click_streams(keys.DEFAULT_SHARDS))

@@ -6,7 +6,14 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from tests.conftest import Api, start_client
+from tests.conftest import (
+    Api,
+    break_click_streams,
+    click_entries,
+    click_stream_length,
+    mend_click_streams,
+    start_client,
+)
 from tracker.store import keys
 from tracker.web.app import create_app
 from tracker.web.appkeys import CLICK_WRITER, CONFIG
@@ -56,7 +63,7 @@ async def test_click_is_in_redis_with_ttl_and_on_stream(client, api, redis):
     ttl = await redis.ttl(keys.click_key(click_id))
     # The hot window (72 h by default) is shorter than the 7-day attribution window.
     assert 72 * 3600 - 5 < ttl <= 72 * 3600
-    [(_, fields)] = await redis.xrange(keys.CLICK_STREAM)
+    [(_, fields)] = await click_entries(redis)
     record = orjson.loads(fields[b"d"])
     assert record["click_id"] == click_id
     assert record["user_agent"] == "UA/1.0"
@@ -129,7 +136,7 @@ async def test_unknown_and_archived_campaigns_record_nothing(client, api, redis)
     await api.call("DELETE", f"/api/campaigns/{campaign['id']}")
     resp = await client.get(click_path(campaign), allow_redirects=False)
     assert resp.status == 404
-    assert await redis.xlen(keys.CLICK_STREAM) == 0
+    assert await click_stream_length(redis) == 0
     assert await redis.keys(keys.CLICK_PREFIX + "*") == []
 
 
@@ -139,7 +146,7 @@ async def test_head_is_not_a_click(client, api, redis):
     assert resp.status == 200
     assert "Location" not in resp.headers
     assert (await client.head("/c/nope")).status == 404
-    assert await redis.xlen(keys.CLICK_STREAM) == 0
+    assert await click_stream_length(redis) == 0
 
 
 async def test_huge_query_string_gets_json_414(client, api, redis):
@@ -147,14 +154,13 @@ async def test_huge_query_string_gets_json_414(client, api, redis):
     resp = await client.get(click_path(campaign) + "?sub1=" + "x" * 40_000, allow_redirects=False)
     assert resp.status == 414
     assert "longer than" in (await resp.json())["error"]
-    assert await redis.xlen(keys.CLICK_STREAM) == 0
+    assert await click_stream_length(redis) == 0
 
 
 async def test_failed_redis_write_spools_the_click_then_replays_it(client, api, redis, settings):
     campaign = (await api.setup_campaign())["campaign"]
     # A stream key of the wrong type makes XADD fail inside the script.
-    await redis.delete(keys.CLICK_STREAM)
-    await redis.set(keys.CLICK_STREAM, b"not a stream")
+    await break_click_streams(redis)
     resp = await client.get(click_path(campaign), allow_redirects=False)
     assert resp.status == 302
     click_id = resp.headers["Location"].split("cid=")[1]
@@ -164,19 +170,19 @@ async def test_failed_redis_write_spools_the_click_then_replays_it(client, api, 
     assert len(spooled) == 1 and click_id.encode() in spooled[0].read_bytes()
     await redis.delete(keys.click_key(click_id))  # the SET ran before the XADD failed
 
-    await redis.delete(keys.CLICK_STREAM)  # Redis "recovers"
+    await mend_click_streams(redis)  # Redis "recovers"
     deadline = asyncio.get_running_loop().time() + 10
     while writer.degraded or list(Path(settings.spool_dir).glob("clicks-*.jsonl")):
         assert asyncio.get_running_loop().time() < deadline, "spool was not replayed"
         await asyncio.sleep(0.05)
     ttl = await redis.ttl(keys.click_key(click_id))
     assert 72 * 3600 - 60 < ttl <= 72 * 3600  # the hot window
-    [(_, fields)] = await redis.xrange(keys.CLICK_STREAM)
+    [(_, fields)] = await click_entries(redis)
     assert orjson.loads(fields[b"d"])["click_id"] == click_id
     # Back on the normal path: the next click goes to Redis, not the spool.
     resp = await client.get(click_path(campaign), allow_redirects=False)
     assert resp.status == 302 and writer.spooled == 1
-    assert await redis.xlen(keys.CLICK_STREAM) == 2
+    assert await click_stream_length(redis) == 2
 
 
 async def test_no_redirect_when_neither_redis_nor_spool_can_take_the_click(api, redis, settings):
@@ -187,7 +193,7 @@ async def test_no_redirect_when_neither_redis_nor_spool_can_take_the_click(api, 
     try:
         api = Api(client)
         campaign = (await api.setup_campaign())["campaign"]
-        await redis.set(keys.CLICK_STREAM, b"not a stream")
+        await break_click_streams(redis)
         resp = await client.get(click_path(campaign), allow_redirects=False)
         assert resp.status == 503
         assert "Location" not in resp.headers

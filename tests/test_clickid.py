@@ -1,13 +1,18 @@
 import time
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from tracker.domain.clickid import (
     CLICK_ID_LENGTH,
+    MAX_SHARDS,
     click_id_time_ms,
     click_ms,
+    click_shard,
     click_time,
     is_click_id,
     new_click_id,
+    visitor_shard,
 )
 
 
@@ -44,3 +49,31 @@ def test_click_time_is_the_id_prefix_or_none():
     assert click_time(click_id) == datetime(2025, 11, 30, tzinfo=UTC) + timedelta(milliseconds=123)
     assert click_ms(click_id, 5) == stamp
     assert click_time("not-a-click") is None and click_ms("not-a-click", 5) == 5
+
+
+def test_shard_round_trips_and_keeps_time_and_order():
+    now = time.time_ns() // 1_000_000
+    for shard in (0, 1, 7, 8, 255, 256, 511):
+        click_id = new_click_id(now, shard)
+        assert is_click_id(click_id)
+        assert click_shard(click_id) == shard
+        assert click_id_time_ms(click_id) == now
+    assert new_click_id(now, 511) < new_click_id(now + 1, 0)
+
+
+def test_shard_out_of_range_is_refused():
+    for shard in (-1, MAX_SHARDS):
+        with pytest.raises(ValueError):
+            new_click_id(shard=shard)
+
+
+def test_ids_without_a_shard_spread_over_all_and_other_text_has_a_stable_one():
+    assert len({click_shard(new_click_id()) for _ in range(20_000)}) == MAX_SHARDS
+    assert click_shard("not-a-click") == click_shard("not-a-click")
+    assert 0 <= click_shard("not-a-click") < MAX_SHARDS
+
+
+def test_visitor_shard_is_stable_and_spread():
+    assert visitor_shard(5, "visitor", 8) == visitor_shard(5, "visitor", 8)
+    assert {visitor_shard(5, f"v{i}", 8) for i in range(200)} == set(range(8))
+    assert {visitor_shard(5, "v", 1)} == {0}

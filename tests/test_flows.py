@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 import pytest
 
-from tests.conftest import Api, start_client, wait_for_sink
+from tests.conftest import Api, click_stream_length, start_client, wait_for_sink
 from tracker.store import keys
 from tracker.web.app import create_app
 
@@ -232,7 +232,7 @@ async def test_offer_outside_the_path_is_ignored(client, api):
 async def test_bad_lander_clicks_are_refused_and_record_nothing(client, api, redis):
     setup = await lander_campaign(api)
     await click(client, setup["campaign"])
-    before = await redis.xlen(keys.CLICK_STREAM)
+    before = await click_stream_length(redis)
     cases = [
         ({}, {}, 400),
         ({"clickid": ""}, {}, 400),
@@ -246,7 +246,7 @@ async def test_bad_lander_clicks_are_refused_and_record_nothing(client, api, red
         resp = await client.get("/lp/click", params=params, cookies=cookies, allow_redirects=False)
         assert resp.status == status, (params, cookies)
         assert "error" in await resp.json()
-    assert await redis.xlen(keys.CLICK_STREAM) == before
+    assert await click_stream_length(redis) == before
 
 
 async def test_lander_click_of_an_archived_campaign_still_redirects(client, api):
@@ -343,7 +343,7 @@ async def test_unique_clicks_inside_and_outside_the_window(client, api, redis, p
     assert await unique(campaign, headers={"User-Agent": IPHONE}) == "1"
     assert await unique(other) == "1"
     # Once the window has passed (its key expired), the visitor is unique again.
-    for key in await redis.keys(f"{keys.UNIQUE_VISITOR_PREFIX}{campaign['id']}:*"):
+    for key in await redis.keys(f"{keys.UNIQUE_VISITOR_PREFIX}{{s*}}:{campaign['id']}:*"):
         ttl = await redis.ttl(key)
         assert 23 * 3600 < ttl <= 24 * 3600
         await redis.delete(key)

@@ -8,7 +8,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from tests.conftest import usd_conversion
+from tests.conftest import break_click_streams, click_stream_length, usd_conversion
 from tracker.devstack import free_port
 from tracker.store import keys
 from tracker.store.clicks import ClickWriteError, ClickWriter
@@ -35,7 +35,7 @@ async def test_concurrent_clicks_share_pipelines_and_keep_their_own_data(client,
         assert query["e"] == [f"e{i}"] and query["s"] == [f"s{i}"]
         record = orjson.loads(await redis.get(keys.click_key(query["cid"][0])))
         assert (record["external_id"], record["sub1"]) == (f"e{i}", f"s{i}")
-    assert await redis.xlen(keys.CLICK_STREAM) == 300
+    assert await click_stream_length(redis) == 300
     batcher = client.server.app[CLICK_WRITER].batcher
     assert batcher.items == 300
     assert batcher.batches < 300  # clicks did share round trips
@@ -58,7 +58,7 @@ async def test_failed_pipeline_fails_every_waiting_click():
 async def test_every_click_of_a_failed_batch_is_spooled(client, api, redis):
     setup = await api.setup_campaign()
     path = urlsplit(setup["campaign"]["click_url"]).path
-    await redis.set(keys.CLICK_STREAM, b"not a stream")
+    await break_click_streams(redis)
     responses = await asyncio.gather(*(client.get(path, allow_redirects=False) for _ in range(30)))
     assert [r.status for r in responses] == [302] * 30
     assert client.server.app[CLICK_WRITER].spooled == 30
@@ -127,7 +127,7 @@ async def test_close_writes_everything_queued(redis, count):
     await asyncio.sleep(0)
     await writer.close()
     await asyncio.gather(*tasks)
-    assert await redis.xlen(keys.CLICK_STREAM) == count
+    assert await click_stream_length(redis) == count
 
 
 @pytest.mark.faults

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import orjson
 import pytest
 
-from tests.conftest import start_client, store_clicks_late, wait_for_sink
+from tests.conftest import click_stream_length, start_client, store_clicks_late, wait_for_sink
 from tests.test_flows import click, lander_campaign, query_of
 from tests.test_pixel import ALLOWED, hit
 from tests.test_postback import make_click
@@ -99,7 +99,7 @@ async def test_the_record_lives_for_the_hot_window_and_the_cookie_for_the_attrib
             cookie = resp.headers["Set-Cookie"]
             assert f"Max-Age={attribution_days * DAY};" in cookie, cookie
     # Every click is on the stream, whatever its record's TTL.
-    assert await redis.xlen(keys.CLICK_STREAM) == 4
+    assert await click_stream_length(redis) == 4
 
 
 async def test_a_click_reads_the_same_from_redis_and_from_postgres(client, api, redis, pool, sink):
@@ -298,7 +298,7 @@ async def test_a_lagging_sink_loses_no_click_whose_record_expired(api, redis, po
         while await redis.exists(*(keys.click_key(i) for i in ids)):
             assert time.monotonic() < deadline, "records did not expire"
             await asyncio.sleep(0.1)
-        on_stream = await redis.xlen(keys.CLICK_STREAM)
+        on_stream = await click_stream_length(redis)
         early = await postback(client, setup, ids[0], expect=404, payout="2", txid="E")
         assert early["error"] == "unknown click id"
         await store_clicks_late(redis, pool, settings)
@@ -332,7 +332,7 @@ async def test_spool_replay_keeps_to_the_hot_window(redis, tmp_path):
         # A line spooled by a process without a hot window.
         await spool.append("s2", b'{"click_id":"s2"}', 30 * DAY)
         deadline = time.monotonic() + 10
-        while await redis.xlen(keys.CLICK_STREAM) < 2:
+        while await click_stream_length(redis) < 2:
             assert time.monotonic() < deadline, "spool not replayed"
             await asyncio.sleep(0.05)
     finally:

@@ -14,9 +14,8 @@ from openapi_spec_validator import validate
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from tests.conftest import API_KEY, Api, start_client
+from tests.conftest import API_KEY, Api, click_stream_length, start_client
 from tracker.settings import Settings
-from tracker.store import keys
 from tracker.web.app import create_app
 from tracker.web.openapi import ASSETS_PATH, DOCS_PATH, DOCUMENT_PATH, build_document
 from tracker.web.reports import _KNOWN, ReportQuery
@@ -192,7 +191,7 @@ async def test_schemathesis_finds_no_error(settings: Settings, tmp_path: Path) -
         await client.close()
     redis = Redis.from_url(settings.redis_url)
     try:
-        clicks = await redis.xlen(keys.CLICK_STREAM)
+        clicks = await click_stream_length(redis)
     finally:
         await redis.aclose()
     print(f"clicks recorded during the run: {clicks}")

@@ -13,6 +13,7 @@ from tests.test_lifecycle import prepared
 from tests.test_postback import make_click
 from tracker.devstack import free_port
 from tracker.domain.auth import signature_for
+from tracker.store import keys
 from tracker.web.appkeys import REDIS
 
 SECRET = "s3cret-signing-key-0123456789"
@@ -115,7 +116,7 @@ async def test_orphan_postback_is_matched_when_its_click_arrives(
     sink.stop()  # hold the click back, as a slow node would
     await asyncio.sleep(0.2)
     click_id = await make_click(client, setup["campaign"])
-    await redis.delete(f"clk:{click_id}")
+    assert await redis.delete(keys.click_key(click_id)) == 1
     resp = await client.get("/postback", params={"clickid": click_id, "txid": "o", "token": token})
     assert resp.status == 404
     assert await pool.fetchval("SELECT result FROM postback_log") == "unmatched"

@@ -9,6 +9,7 @@ import sys
 import aiohttp
 from redis.asyncio import Redis
 
+from tests.conftest import click_entries
 from tests.test_cli import env_for, run_tracker, wait_until_listening
 from tracker.devstack import free_port
 from tracker.store import keys
@@ -51,7 +52,7 @@ async def test_sigterm_under_load_loses_no_redirected_click(settings):
     redis = Redis.from_url(settings.redis_url)
     try:
         stream_ids = set()
-        for _, fields in await redis.xrange(keys.CLICK_STREAM):
+        for _, fields in await click_entries(redis):
             stream_ids.add(re.search(rb'"click_id":"([0-9a-v]+)"', fields[b"d"])[1].decode())
         missing_keys = [c for c in redirected if not await redis.exists(keys.click_key(c))]
     finally:

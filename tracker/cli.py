@@ -130,6 +130,7 @@ async def _run_sink(settings: Settings) -> None:
                 block_ms=settings.sink_block_ms,
                 claim_idle_ms=settings.sink_claim_idle_ms,
                 on_stored=matcher.rematch,
+                shards=settings.redis_shards,
             )
             sender = DeliverySender(pool, settings, name=sink.consumer)
             loop = asyncio.get_running_loop()

@@ -226,3 +226,204 @@ def start_replica(primary: PostgresServer, root: Path, port: int) -> PostgresSer
         )
     replica.start()  # finds the copied cluster; `tracker` exists, so nothing is created
     return replica
+
+
+def _free_cluster_port() -> int:
+    """A free port whose cluster bus port (the port + 10000) is free too."""
+    while True:
+        with socket.socket() as sock, socket.socket() as bus:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+            if port + 10000 > 65535:
+                continue
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+            return port
+
+
+class RedisClusterServer:
+    """A Redis Cluster of `masters` masters with a replica each, on free loopback ports,
+    each node in a directory of its own under `root` (tests and the bench)."""
+
+    def __init__(self, root: Path, masters: int = 3, node_timeout_ms: int = 1000) -> None:
+        self.root = root
+        self.masters = masters
+        self.node_timeout_ms = node_timeout_ms
+        self.ports: list[int] = []
+        while len(self.ports) < masters * 2:
+            port = _free_cluster_port()
+            if port not in self.ports:
+                self.ports.append(port)
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+
+    def url(self) -> str:
+        """One node's URL: the client finds the rest."""
+        return f"redis://127.0.0.1:{self.ports[0]}"
+
+    def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        for port in self.ports:
+            self.start_node(port)
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli not found; run `make setup`")
+        subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{port}" for port in self.ports),
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.wait_until_ok()
+        self.wait_for_replicas()
+
+    def wait_for_replicas(self, timeout: float = 30.0) -> None:
+        """Until every live master has a replica in sync with it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            synced = []
+            for port, role in self.roles().items():
+                if role != "master":
+                    continue
+                with self.node(port) as client:
+                    replicas = client.execute_command("ROLE")[2]
+                synced.append(bool(replicas) and all(int(r[2]) > 0 for r in replicas))
+            if all(synced):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis cluster's replicas are not in sync")
+            time.sleep(0.1)
+
+    def start_node(self, port: int) -> None:
+        """Start (or restart, with its cluster state) the node on `port`."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server not found; run `make setup`")
+        directory = self.root / str(port)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.processes[port] = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(directory),
+                "--logfile",
+                str(directory / "redis.log"),
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                str(self.node_timeout_ms),
+                # A replica of a master that died takes over however far behind it was.
+                "--cluster-replica-validity-factor",
+                "0",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxmemory-policy",
+                "noeviction",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_for_port(port, "Redis cluster node")
+
+    def node(self, port: int) -> "redis_sync.Redis":
+        return redis_sync.Redis(port=port, socket_timeout=2)
+
+    def info(self, port: int) -> dict[str, str]:
+        """CLUSTER INFO of one node."""
+        with self.node(port) as client:
+            text = client.execute_command("CLUSTER", "INFO")
+        text = text.decode() if isinstance(text, bytes) else str(text)
+        return dict(line.split(":", 1) for line in text.split() if ":" in line)
+
+    def roles(self) -> dict[int, str]:
+        """Each live node's role: master or slave."""
+        roles = {}
+        for port, process in self.processes.items():
+            if process.poll() is not None:
+                continue
+            with self.node(port) as client:
+                role = client.execute_command("ROLE")[0]
+            roles[port] = role.decode() if isinstance(role, bytes) else str(role)
+        return roles
+
+    def replica_of(self, master_port: int) -> int:
+        """The port of the live replica of the master on `master_port`."""
+        deadline = time.monotonic() + 10
+        while True:
+            with self.node(master_port) as client:
+                replicas = client.execute_command("ROLE")[2]
+            if replicas:
+                return int(replicas[0][1])
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the master on {master_port} has no replica")
+            time.sleep(0.05)
+
+    def wait_until_ok(self, timeout: float = 30.0) -> None:
+        """Until every live node says the cluster is ok with all slots served, and
+        agrees on the masters."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                live = [p for p, proc in self.processes.items() if proc.poll() is None]
+                infos = [self.info(port) for port in live]
+                if (
+                    all(
+                        i.get("cluster_state") == "ok" and i.get("cluster_slots_ok") == "16384"
+                        for i in infos
+                    )
+                    and list(self.roles().values()).count("master") == self.masters
+                ):
+                    return
+            except (redis_sync.RedisError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis cluster did not become ok")
+            time.sleep(0.1)
+
+    def failover(self, replica_port: int, timeout: float = 10.0) -> None:
+        """`CLUSTER FAILOVER` on the replica on `replica_port`; returns once it is master."""
+        with self.node(replica_port) as client:
+            client.execute_command("CLUSTER", "FAILOVER")
+        deadline = time.monotonic() + timeout
+        while self.roles().get(replica_port) != "master":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the replica on {replica_port} did not take over")
+            time.sleep(0.02)
+
+    def kill(self, port: int) -> None:
+        """`kill -9` the node on `port`."""
+        process = self.processes[port]
+        process.kill()
+        process.wait(timeout=10)
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            process.wait(timeout=30)
+        self.processes.clear()

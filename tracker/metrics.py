@@ -35,7 +35,7 @@ from redis.asyncio import Redis
 
 from tracker.store import keys
 from tracker.store.batching import Batcher
-from tracker.store.health import stream_progress
+from tracker.store.health import streams_progress
 
 log = logging.getLogger("tracker.metrics")
 
@@ -79,7 +79,9 @@ def _ignore(value: float) -> None:
 class Metrics(Collector):
     """The metrics of one process (a web worker, or a sink)."""
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, shards: int = keys.DEFAULT_SHARDS) -> None:
+        # The click shards whose streams the backlog figures sum.
+        self.shards = shards
         # Off (TRACKER_METRICS_ENABLED=false), the paths count nothing: what the bench
         # compares with, to measure what counting costs a click.
         self.enabled = enabled
@@ -197,10 +199,10 @@ class Metrics(Collector):
 
     async def read_streams(self, redis: Redis) -> None:
         """Read the backlog and lag of each stream the sink reads (NaN when Redis is out)."""
-        for name, (stream, group) in keys.SINK_STREAMS.items():
+        for name, (streams, group) in keys.sink_streams(self.shards).items():
             try:
                 async with asyncio.timeout(STREAM_PROBE_SECONDS):
-                    backlog, seconds = await stream_progress(redis, stream, group)
+                    backlog, seconds = await streams_progress(redis, streams, group)
                 self.streams[name] = (float(backlog), seconds)
             except Exception:  # Redis unavailable: unknown, not zero
                 self.streams[name] = (math.nan, math.nan)

@@ -75,6 +75,16 @@ class Settings(BaseSettings):
     # Hours a click record stays in Redis (never longer than its campaign's attribution
     # window); an older click is matched from Postgres. Bounds Redis RAM to the hot window.
     redis_click_ttl_hours: float = Field(default=72.0, gt=0)
+    # Redis Cluster: REDIS_URL names one node (redis://host:port) and the rest are found.
+    redis_cluster: bool = False
+    # Shards (hash tags) new clicks are spread over: each has its own stream, and a
+    # click's record lives beside its stream entry. Any click id names its shard.
+    redis_shards: int = Field(default=8, ge=1, le=512)
+    # Replicas that must hold each click batch before its visitors are redirected
+    # (WAIT; 0: none), and how long to wait for them; a batch they do not confirm in
+    # time is also spooled locally, so a master failing over cannot lose it.
+    redis_wait_replicas: int = Field(default=0, ge=0)
+    redis_wait_timeout_ms: int = Field(default=100, ge=1)
     # Seconds a click waits for Redis before it is written to the local spool instead.
     click_write_timeout: float = Field(default=0.25, gt=0)
     # Where each web process spools clicks while Redis is unavailable (one file per process).

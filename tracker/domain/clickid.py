@@ -2,12 +2,17 @@
 
 The base32hex alphabet (0-9, a-v) is in ASCII order, so ids sort by creation
 time as plain strings, survive lower-casing by networks, and need no escaping.
+
+The lowest 9 of the random bits (just above the zero pad bit, so the id's last two
+characters) name the click's Redis shard, 0 to 511: the key of its record and its
+stream are derivable from the id alone, whatever the number of shards in use.
 """
 
 import base64
 import os
 import re
 import time
+import zlib
 from datetime import UTC, datetime, timedelta
 
 CLICK_ID_LENGTH = 29  # 144 bits / 5 bits per character, rounded up
@@ -38,8 +43,13 @@ class _RandomPool:
 _random = _RandomPool()
 
 
-def new_click_id(now_ms: int | None = None) -> str:
-    """Return a new click id stamped with `now_ms` (default: the current time).
+MAX_SHARDS = 512  # the 9 bits of a click id that name its shard
+_SHARD_MASK = MAX_SHARDS - 1
+
+
+def new_click_id(now_ms: int | None = None, shard: int | None = None) -> str:
+    """Return a new click id stamped with `now_ms` (default: the current time), in
+    `shard` (0 to 511; default: the random bits decide).
 
     The same text as base32hex of the 6-byte time and 12 random bytes, built
     from 10-bit chunks because the standard library's base32 is pure Python.
@@ -48,6 +58,10 @@ def new_click_id(now_ms: int | None = None) -> str:
         now_ms = time.time_ns() // 1_000_000
     # 48 time bits, 96 random bits, and one zero bit to fill 29 characters.
     n = (now_ms << 97) | (_random.take() << 1)
+    if shard is not None:
+        if not 0 <= shard < MAX_SHARDS:
+            raise ValueError(f"shard {shard} is not in 0..{MAX_SHARDS - 1}")
+        n = (n & ~(_SHARD_MASK << 1)) | (shard << 1)
     pairs = _PAIRS
     return _ALPHABET[n >> 140] + "".join([pairs[(n >> shift) & 1023] for shift in _SHIFTS])
 
@@ -58,6 +72,23 @@ _SHIFTS = tuple(range(130, -1, -10))
 def is_click_id(value: str) -> bool:
     """True when `value` has the shape of an id made by `new_click_id`."""
     return _VALID.fullmatch(value) is not None
+
+
+_VALUES = {c: i for i, c in enumerate(_ALPHABET)}
+
+
+def click_shard(click_id: str) -> int:
+    """The shard (0 to 511) of a click id; for a text that is no click id, a stable
+    hash of it, so that any text has one key."""
+    if is_click_id(click_id):
+        return ((_VALUES[click_id[-2]] << 5 | _VALUES[click_id[-1]]) >> 1) & _SHARD_MASK
+    return zlib.crc32(click_id.encode(errors="surrogatepass")) & _SHARD_MASK
+
+
+def visitor_shard(campaign_id: int, visitor_id: str, shards: int) -> int:
+    """The shard, of `shards`, of a visitor's clicks on a campaign: its unique-click key
+    and its click records then share a node."""
+    return zlib.crc32(f"{campaign_id}:{visitor_id}".encode(errors="surrogatepass")) % shards
 
 
 def click_id_time_ms(click_id: str) -> int:

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from tracker.domain.click import CLICK_COLUMNS
 from tracker.sink.stream import Entry, StreamConsumer
@@ -150,22 +151,35 @@ class ClickSink(StreamConsumer):
         claim_idle_ms: int = 30000,
         housekeeping_seconds: float = 2.0,
         on_stored: StoredHook | None = None,
+        shards: int = keys.DEFAULT_SHARDS,
     ) -> None:
         super().__init__(redis, consumer, batch_size, block_ms, claim_idle_ms, housekeeping_seconds)
         self.pool = pool
+        self.shards = shards
+        self._streams = keys.click_streams(shards)
         self.on_stored = on_stored
         self.stored = 0
 
     async def housekeep(self) -> None:
         await self.claim_abandoned()
-        await self.trim()
-        await fold_conversion_changes(self.pool)
+        # Not beside a batch being stored: one writer of the rollups per sink, as before.
+        async with self._handling:
+            await self.trim()
+            await fold_conversion_changes(self.pool)
+
+    @property
+    def streams(self) -> list[str]:
+        """Every shard's stream, and the one clicks went to before shards existed."""
+        return self._streams
 
     async def handle(self, entries: list[Entry]) -> None:
         await self.store(entries)
 
-    async def store(self, entries: list[Entry]) -> None:
-        """Write entries to Postgres, then acknowledge them."""
+    async def handle_stream(self, stream: str, entries: list[Entry]) -> None:
+        await self.store(entries, stream)
+
+    async def store(self, entries: list[Entry], stream: str = keys.LEGACY_CLICK_STREAM) -> None:
+        """Write entries (read from `stream`) to Postgres, then acknowledge them."""
         ids = [entry_id for entry_id, _ in entries]
         payloads = [(entry_id, fields[b"d"]) for entry_id, fields in entries if fields]
         clicks = [p for p in payloads if not _LANDER_CLICK.search(p[1])]
@@ -182,7 +196,7 @@ class ClickSink(StreamConsumer):
             if self.on_stored is not None:
                 click_ids = [m[1].decode() for _, p in payloads if (m := _CLICK_ID.search(p))]
                 await self.on_stored(click_ids)
-        await self.redis.xack(keys.CLICK_STREAM, keys.SINK_GROUP, *ids)
+        await self.redis.xack(stream, keys.SINK_GROUP, *ids)
         self.stored += len(payloads)
 
     async def _execute(self, statement: str, records: str) -> None:
@@ -207,15 +221,23 @@ class ClickSink(StreamConsumer):
                 )
 
     async def trim(self) -> None:
-        """Drop entries every consumer has acknowledged."""
-        groups = await self.redis.xinfo_groups(keys.CLICK_STREAM)
+        """Drop entries every consumer has acknowledged, in each stream."""
+        for stream in self.streams:
+            try:
+                await self._trim(stream)
+            except ResponseError as exc:
+                if "no such key" not in str(exc).lower():
+                    raise
+
+    async def _trim(self, stream: str) -> None:
+        groups = await self.redis.xinfo_groups(stream)
         if len(groups) != 1:
             return  # another reader group may still need the entries
         last_delivered: bytes = groups[0]["last-delivered-id"]
-        pending = await self.redis.xpending(keys.CLICK_STREAM, keys.SINK_GROUP)
+        pending = await self.redis.xpending(stream, keys.SINK_GROUP)
         threshold = last_delivered
         if pending["pending"]:
             oldest: bytes = pending["min"]
             if _id_key(oldest) < _id_key(threshold):
                 threshold = oldest
-        await self.redis.xtrim(keys.CLICK_STREAM, minid=threshold, approximate=False)
+        await self.redis.xtrim(stream, minid=threshold, approximate=False)

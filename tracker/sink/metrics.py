@@ -12,6 +12,7 @@ from tracker.settings import Settings
 from tracker.sink.clicks import ClickSink
 from tracker.sink.postbacks import PostbackQueueSink
 from tracker.sink.sender import DeliverySender
+from tracker.store import keys
 
 
 def sink_metrics(
@@ -20,7 +21,7 @@ def sink_metrics(
     queue: PostbackQueueSink | None,
     sender: DeliverySender,
 ) -> Metrics:
-    metrics = Metrics()
+    metrics = Metrics(shards=sink.shards if sink is not None else keys.DEFAULT_SHARDS)
     watched = metrics
     watched.pools["sink"] = pool
     if sink is not None:

@@ -18,7 +18,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from tracker.store.health import stream_backlog
+from tracker.store.health import streams_backlog
 
 log = logging.getLogger("tracker.sink")
 
@@ -31,7 +31,13 @@ def default_consumer_name() -> str:
 
 
 class StreamConsumer(ABC):
-    """A consumer of `stream` in `group`; subclasses say how to `handle` entries."""
+    """A consumer of `stream` (or of each of `streams`) in `group`; subclasses say how
+    to `handle` entries.
+
+    Each stream is read by a loop of its own (on a Redis Cluster the streams are in
+    different slots, so one XREADGROUP cannot block on all), with one blocking
+    connection per stream; entries are handled one batch at a time per process.
+    """
 
     stream: str
     group: str
@@ -53,10 +59,24 @@ class StreamConsumer(ABC):
         self.claim_idle_ms = claim_idle_ms
         self.housekeeping_seconds = housekeeping_seconds
         self._stopping = asyncio.Event()
+        self._handling = asyncio.Lock()
+
+    @property
+    def streams(self) -> list[str]:
+        """The streams read, each in `group`."""
+        return [self.stream]
 
     @abstractmethod
     async def handle(self, entries: list[Entry]) -> None:
         """Apply `entries` and acknowledge those whose effect is committed."""
+
+    async def handle_stream(self, stream: str, entries: list[Entry]) -> None:
+        """Apply entries read from `stream` (one of `streams`); by default `handle`."""
+        await self.handle(entries)
+
+    async def _handle(self, stream: str, entries: list[Entry]) -> None:
+        async with self._handling:
+            await self.handle_stream(stream, entries)
 
     async def housekeep(self) -> None:
         await self.claim_abandoned()
@@ -65,38 +85,52 @@ class StreamConsumer(ABC):
         """Finish the batch in hand, then return from `run`."""
         self._stopping.set()
 
-    async def ensure_group(self) -> None:
+    async def ensure_group(self, stream: str | None = None) -> None:
         try:
             # From id 0, so entries added before the first consumer ever ran are not skipped.
-            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+            await self.redis.xgroup_create(stream or self.stream, self.group, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
+        """Read every stream, and housekeep, until `stop`."""
+        await asyncio.gather(*(self._read(stream) for stream in self.streams), self._housekeeping())
+
+    async def _housekeeping(self) -> None:
+        failing = False
+        while not self._stopping.is_set():
+            try:
+                await self.housekeep()
+                failing = False
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not failing:
+                    log.warning("%s housekeeping failed (%r); retrying", self.what, exc)
+                failing = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.housekeeping_seconds)
+
+    async def _read(self, stream: str) -> None:
         next_id = "0"
-        last_housekeeping = 0.0
         group_ready = False
         failures = 0
         while not self._stopping.is_set():
             try:
                 if not group_ready:
-                    await self.ensure_group()
+                    await self.ensure_group(stream)
                     group_ready = True
-                if loop.time() - last_housekeeping > self.housekeeping_seconds:
-                    last_housekeeping = loop.time()
-                    await self.housekeep()
                 reply: Any = await self.redis.xreadgroup(
                     self.group,
                     self.consumer,
-                    {self.stream: next_id},
+                    {stream: next_id},
                     count=self.batch_size,
                     block=None if next_id == "0" else self.block_ms,
                 )
                 entries: list[Entry] = reply[0][1] if reply else []
                 if entries:
-                    await self.handle(entries)
+                    await self._handle(stream, entries)
                 if failures:
                     log.info("%s consumer working again after %d failures", self.what, failures)
                     failures = 0
@@ -122,23 +156,32 @@ class StreamConsumer(ABC):
 
     async def claim_abandoned(self) -> None:
         """Take over entries another consumer read but never acknowledged."""
+        for stream in self.streams:
+            await self._claim_abandoned(stream)
+
+    async def _claim_abandoned(self, stream: str) -> None:
         start = "0-0"
         while True:
-            reply: Any = await self.redis.xautoclaim(
-                self.stream,
-                self.group,
-                self.consumer,
-                min_idle_time=self.claim_idle_ms,
-                start_id=start,
-                count=self.batch_size,
-            )
+            try:
+                reply: Any = await self.redis.xautoclaim(
+                    stream,
+                    self.group,
+                    self.consumer,
+                    min_idle_time=self.claim_idle_ms,
+                    start_id=start,
+                    count=self.batch_size,
+                )
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    return  # its reading loop creates the group
+                raise
             start, claimed = reply[0], reply[1]
             if claimed:
                 log.info("claimed %d abandoned %s", len(claimed), self.what)
-                await self.handle(claimed)
+                await self._handle(stream, claimed)
             if start in (b"0-0", "0-0") or not claimed:
                 return
 
     async def backlog(self) -> int:
         """Entries not yet handled: pending plus never delivered."""
-        return await stream_backlog(self.redis, self.stream, self.group)
+        return await streams_backlog(self.redis, self.streams, self.group)

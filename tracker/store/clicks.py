@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 import re
 import time
@@ -11,12 +12,14 @@ from typing import Any
 import asyncpg
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from tracker.domain.click import CLICK_COLUMNS, ClickRecord
+from tracker.domain.clickid import click_shard, visitor_shard
 from tracker.settings import Settings
 from tracker.store import keys
 from tracker.store.batching import BatchedService, Batcher, BatchQueueFullError
+from tracker.store.redis import is_cluster
 from tracker.store.spool import ClickSpool, SpoolFile, read_clicks, release
 
 log = logging.getLogger("tracker.clicks")
@@ -31,8 +34,10 @@ FROM clicks
 WHERE click_id = $1 AND created_at = click_id_time($1)
 """
 
-# KEYS: the stream, then two keys per click: its record and its visitor's unique-click
-# key. ARGV: three per click: TTL, record, unique window in seconds.
+# KEYS: three per click: the stream of its shard, its record and its visitor's
+# unique-click key (the record's key again when there is none). ARGV: four per click:
+# TTL, record, unique window in seconds, and 1 to add it to the stream (0: the caller
+# adds it, on a cluster when the stream is in another slot).
 # A TTL of 0 (a replayed click whose attribution window has passed) skips the SET:
 # the click still goes on the stream, so Postgres gets it. A unique window above 0
 # decides `is_unique` here, in the same round trip: the visitor is unique unless the
@@ -40,16 +45,15 @@ WHERE click_id = $1 AND created_at = click_id_time($1)
 # record's JSON, which then ends in `null}`, has that tail replaced. Returns per
 # click 1 (unique), 0 (repeat) or -1 (not decided here).
 STORE_CLICKS_SCRIPT = """
-local stream = KEYS[1]
 local decided = {}
-for i = 2, #KEYS, 2 do
-    local n = i - 2
-    local ttl = tonumber(ARGV[n * 3 / 2 + 1])
-    local record = ARGV[n * 3 / 2 + 2]
-    local unique_ttl = tonumber(ARGV[n * 3 / 2 + 3])
+for i = 1, #KEYS, 3 do
+    local n = (i - 1) / 3 * 4
+    local ttl = tonumber(ARGV[n + 1])
+    local record = ARGV[n + 2]
+    local unique_ttl = tonumber(ARGV[n + 3])
     local flag = -1
     if unique_ttl > 0 then
-        local seen = redis.call('SET', KEYS[i + 1], '1', 'EX', unique_ttl, 'GET')
+        local seen = redis.call('SET', KEYS[i + 2], '1', 'EX', unique_ttl, 'GET')
         if seen then
             flag = 0
             record = string.sub(record, 1, -6) .. 'false}'
@@ -59,14 +63,25 @@ for i = 2, #KEYS, 2 do
         end
     end
     if ttl > 0 then
-        redis.call('SET', KEYS[i], record, 'EX', ttl)
+        redis.call('SET', KEYS[i + 1], record, 'EX', ttl)
     end
-    redis.call('XADD', stream, '*', 'd', record)
+    if ARGV[n + 4] == '1' then
+        redis.call('XADD', KEYS[i], '*', 'd', record)
+    end
     decided[#decided + 1] = flag
 end
 return decided
 """
+# KEYS: one stream; ARGV: records to add to it, in order.
+ADD_TO_STREAM_SCRIPT = """
+for i = 1, #ARGV do
+    redis.call('XADD', KEYS[1], '*', 'd', ARGV[i])
+end
+return #ARGV
+"""
 REPLAY_BATCH = 500
+# How long a master's replica count (asked when a WAIT falls short) is believed.
+REPLICA_COUNT_SECONDS = 1.0
 # A member with a null value, but not the last one (`is_unique`, which the script
 # above decides by its `null}` tail). In JSON text `,"` never occurs inside a string
 # (its quote would be escaped), so a match is always a member of the record itself.
@@ -84,6 +99,25 @@ _DECIDED = {1: True, 0: False}
 
 class ClickWriteError(Exception):
     """The click could not be stored; the visitor must not be redirected as if it were."""
+
+
+def _as_decided(record: bytes, unique: bool | None) -> bytes:
+    """The record as the script stored it: its `null}` tail replaced by the decision."""
+    if unique is None:
+        return record
+    return record[:-5] + (b"true}" if unique else b"false}")
+
+
+def _colocated(unique_key: str, shard: int) -> str:
+    """`unique_key` in `shard`'s slot: a key spooled before shards existed (`uv:5:v`)
+    or for another shard is moved beside the click's record."""
+    tag = keys.shard_tag(shard)
+    rest = unique_key.removeprefix(keys.UNIQUE_VISITOR_PREFIX)
+    if rest.startswith(tag):
+        return unique_key
+    if rest.startswith("{"):
+        rest = rest.partition("}:")[2]
+    return f"{keys.UNIQUE_VISITOR_PREFIX}{tag}:{rest}"
 
 
 class ClickWriter(BatchedService):
@@ -116,10 +150,19 @@ class ClickWriter(BatchedService):
         probe_seconds: float = 0.5,
         max_pending: int = 20000,
         hot_seconds: int | None = None,
+        shards: int = keys.DEFAULT_SHARDS,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
     ) -> None:
         self._redis = redis
         self.hot_seconds = hot_seconds
+        self.shards = shards
+        self._cluster = is_cluster(redis)
+        self._next_shard = itertools.cycle(range(shards))
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = wait_timeout_ms
         self._store_batch = redis.register_script(STORE_CLICKS_SCRIPT)
+        self._add_to_stream = redis.register_script(ADD_TO_STREAM_SCRIPT)
         self.batcher: Batcher[ClickWrite, bool | None] = Batcher(
             self._flush, max_batch, "click-writer", max_in_flight, max_pending
         )
@@ -133,6 +176,18 @@ class ClickWriter(BatchedService):
         self._replay_failing = False
         self.spooled = 0
         self.replayed = 0
+        # Clicks stored but not confirmed by `wait_replicas` replicas in time (also spooled).
+        self.unconfirmed = 0
+        # Per node: when its replicas were counted, and how many it had.
+        self._replicas_seen: dict[str, tuple[float, int]] = {}
+
+    def shard_for(self, campaign_id: int, visitor_id: str, by_visitor: bool) -> int:
+        """The shard of a new click: its visitor's on the campaign when the click's
+        uniqueness is decided (the unique-click key must share the record's slot),
+        else the next in turn, which spreads clicks evenly."""
+        if by_visitor:
+            return visitor_shard(campaign_id, visitor_id, self.shards)
+        return next(self._next_shard)
 
     async def start(self) -> None:
         self.batcher.start()
@@ -244,17 +299,146 @@ class ClickWriter(BatchedService):
             )
 
     async def _flush(self, batch: list[ClickWrite]) -> list[bool | BaseException | None]:
-        click_keys = [keys.CLICK_STREAM]
+        """Store a batch: one script call per shard (on a single Redis, one in all),
+        concurrently; each click gets its own shard's result or error."""
+        results: list[bool | BaseException | None] = [None] * len(batch)
+        groups = self._by_slot([write[0] for write in batch])
+
+        async def store(indexes: list[int]) -> None:
+            try:
+                flags = await self._store([batch[i] for i in indexes], spool_unconfirmed=True)
+            except Exception as exc:
+                for i in indexes:
+                    results[i] = exc
+                return
+            for i, flag in zip(indexes, flags, strict=True):
+                results[i] = flag
+
+        await asyncio.gather(*(store(indexes) for indexes in groups))
+        return results
+
+    def _by_slot(self, click_ids: list[str]) -> list[list[int]]:
+        """Indexes of `click_ids` grouped by the shard of their keys (one group on a
+        single Redis, where a call may hold keys of any shard)."""
+        if not self._cluster:
+            return [list(range(len(click_ids)))]
+        groups: dict[int, list[int]] = {}
+        for i, click_id in enumerate(click_ids):
+            groups.setdefault(click_shard(click_id), []).append(i)
+        return list(groups.values())
+
+    def _stream_shard(self, shard: int) -> int:
+        # A click id made for more shards than are now in use (or before shards
+        # existed) keeps its record's key; its entry goes to a stream the sink reads.
+        return shard if shard < self.shards else shard % self.shards
+
+    async def _store(self, writes: list[ClickWrite], spool_unconfirmed: bool) -> list[bool | None]:
+        """Store clicks whose keys share a slot (any clicks on a single Redis); return
+        their `is_unique` as decided. With `wait_replicas`, a batch the replicas do not
+        confirm in time is spooled too (`spool_unconfirmed`), else an error."""
+        click_keys: list[str] = []
         args: list[bytes | int] = []
-        for click_id, record, ttl, unique_key, unique_ttl in batch:
+        strays: list[int] = []
+        for i, (click_id, record, ttl, unique_key, unique_ttl) in enumerate(writes):
+            shard = click_shard(click_id)
+            stream_shard = self._stream_shard(shard)
             key = keys.click_key(click_id)
+            click_keys.append(keys.click_stream(stream_shard))
             click_keys.append(key)
-            click_keys.append(unique_key if unique_key is not None and unique_ttl > 0 else key)
-            args.append(ttl)
-            args.append(record)
-            args.append(unique_ttl if unique_key is not None else 0)
-        flags = await self._store_batch(keys=click_keys, args=args)
-        return [_DECIDED.get(flag) for flag in flags]
+            unique = unique_key is not None and unique_ttl > 0
+            if unique_key and unique and self._cluster:
+                unique_key = _colocated(unique_key, shard)
+            click_keys.append(unique_key if unique_key and unique else key)
+            args.extend((ttl, record, unique_ttl if unique else 0))
+            if self._cluster and stream_shard != shard:
+                strays.append(i)
+                click_keys[-3] = key
+                args.append(0)
+            else:
+                args.append(1)
+        flags, confirmed = await self._call(STORE_CLICKS_SCRIPT, click_keys, args, click_keys[1])
+        decided = [_DECIDED.get(flag) for flag in flags]
+        if strays:
+            stream = keys.click_stream(self._stream_shard(click_shard(writes[strays[0]][0])))
+            records: list[bytes | int] = [_as_decided(writes[i][1], decided[i]) for i in strays]
+            _, stray_confirmed = await self._call(ADD_TO_STREAM_SCRIPT, [stream], records, stream)
+            confirmed = confirmed and stray_confirmed
+        if not confirmed:
+            self.unconfirmed += len(writes)
+            if not spool_unconfirmed or self.spool is None:
+                raise ClickWriteError(
+                    f"fewer than {self._wait_replicas} replica(s) confirmed the clicks"
+                )
+            # As decided: a replay must not decide the visitor's uniqueness again.
+            await asyncio.gather(
+                *(
+                    self.spool.append(click_id, _as_decided(record, flag), ttl)
+                    for (click_id, record, ttl, _, _), flag in zip(writes, decided, strict=True)
+                )
+            )
+            self.spooled += len(writes)
+        return decided
+
+    async def _call(
+        self, script: str, script_keys: list[str], args: list[bytes | int], node_key: str
+    ) -> tuple[Any, bool]:
+        """Run a script on the node of its keys; with `wait_replicas`, follow it with a
+        WAIT on the same connection. Returns its reply and whether enough replicas hold
+        the writes.
+
+        A master with fewer replicas than `wait_replicas` (a replica promoted after its
+        master died, until a new replica joins) waits for those it has: no failover can
+        then lose its writes to a replica that lacks them, and clicks are not held up
+        for replicas that do not exist. Its replica count is asked again each second."""
+        registered = self._store_batch if script is STORE_CLICKS_SCRIPT else self._add_to_stream
+        node: Any = None
+        if self._wait_replicas and self._cluster:
+            await self._redis.initialize()  # slots known (typed as Redis)
+            node = self._redis.get_node_from_key(node_key)  # type: ignore[attr-defined]
+        wanted = self._wanted_replicas(node)
+        if not wanted:
+            return await registered(keys=script_keys, args=args), True
+        # WAIT counts the writes of its own connection: a pipeline keeps both on one.
+        wait_args = ("WAIT", wanted, self._wait_timeout_ms)
+        for attempt in (1, 2):
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.execute_command("EVALSHA", registered.sha, len(script_keys), *script_keys, *args)
+            if node is not None:
+                pipe.execute_command(*wait_args, target_nodes=node)
+            else:
+                pipe.execute_command(*wait_args)
+            try:
+                reply, acknowledged = await pipe.execute()
+                break
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                await self._redis.script_load(script)
+        if int(acknowledged) >= wanted:
+            return reply, True
+        replicas = await self._count_replicas(node)
+        return reply, int(acknowledged) >= min(wanted, replicas)
+
+    def _wanted_replicas(self, node: Any) -> int:
+        if not self._wait_replicas:
+            return 0
+        name = node.name if node is not None else ""
+        seen = self._replicas_seen.get(name)
+        if seen is not None and time.monotonic() - seen[0] < REPLICA_COUNT_SECONDS:
+            return min(self._wait_replicas, seen[1])
+        return self._wait_replicas
+
+    async def _count_replicas(self, node: Any) -> int:
+        """The replicas the master (on a cluster, `node`) has now, from ROLE."""
+        if node is not None:
+            role: Any = await self._redis.execute_command(  # type: ignore[no-untyped-call]
+                "ROLE", target_nodes=node
+            )
+        else:
+            role = await self._redis.execute_command("ROLE")  # type: ignore[no-untyped-call]
+        count = len(role[2]) if role and role[0] in (b"master", "master") else 0
+        self._replicas_seen[node.name if node is not None else ""] = (time.monotonic(), count)
+        return count
 
     async def _replay_loop(self) -> None:
         assert self.spool is not None
@@ -297,17 +481,25 @@ class ClickWriter(BatchedService):
             now = time.time()
             for start in range(0, len(clicks), REPLAY_BATCH):
                 part = clicks[start : start + REPLAY_BATCH]
-                click_keys = [keys.CLICK_STREAM]
-                args: list[bytes | int] = []
-                for click in part:
-                    key = keys.click_key(click.click_id)
-                    click_keys.append(key)
-                    click_keys.append(click.unique_key or key)
-                    # Files spooled before a hot window was set still hold the full window.
-                    args.append(self.redis_ttl(click.remaining_ttl(now)))
-                    args.append(click.record)
-                    args.append(click.unique_ttl if click.unique_key else 0)
-                await self._store_batch(keys=click_keys, args=args)
+                writes: list[ClickWrite] = [
+                    (
+                        click.click_id,
+                        click.record,
+                        # Files spooled before a hot window was set still hold the full window.
+                        self.redis_ttl(click.remaining_ttl(now)),
+                        click.unique_key,
+                        click.unique_ttl if click.unique_key else 0,
+                    )
+                    for click in part
+                ]
+                groups = self._by_slot([write[0] for write in writes])
+                # Not confirmed by the replicas: an error, and the file is replayed again.
+                await asyncio.gather(
+                    *(
+                        self._store([writes[i] for i in indexes], spool_unconfirmed=False)
+                        for indexes in groups
+                    )
+                )
                 self.replayed += len(part)
 
 
@@ -329,20 +521,40 @@ class ClickReader(BatchedService):
         self._redis = redis
         self._pool = pool
         self._timeout = timeout
+        self._cluster = is_cluster(redis)
         self.batcher: Batcher[str, bytes | None] = Batcher(
             self._flush, max_batch, "click-reader", 1, max_pending
         )
 
     async def _flush(self, click_keys: list[str]) -> list[bytes | BaseException | None]:
-        values: list[Any] = await self._redis.mget(click_keys)
-        return values
+        """One MGET per batch; on a cluster one per shard, concurrently."""
+        if not self._cluster:
+            values: list[Any] = await self._redis.mget(click_keys)
+            return values
+        groups: dict[str, list[int]] = {}
+        for i, key in enumerate(click_keys):
+            groups.setdefault(key.partition("}")[0], []).append(i)
+        results: list[bytes | BaseException | None] = [None] * len(click_keys)
+
+        async def read(indexes: list[int]) -> None:
+            try:
+                found: list[Any] = await self._redis.mget([click_keys[i] for i in indexes])
+            except Exception as exc:
+                for i in indexes:
+                    results[i] = exc
+                return
+            for i, value in zip(indexes, found, strict=True):
+                results[i] = value
+
+        await asyncio.gather(*(read(indexes) for indexes in groups.values()))
+        return results
 
     async def fetch(self, click_id: str) -> dict[str, Any] | None:
         """The click record from Redis, or from Postgres once the Redis key is gone
         or Redis does not answer."""
         try:
             raw = await self.batcher.submit(keys.click_key(click_id), self._timeout)
-        except (RedisError, OSError, BatchQueueFullError):  # includes timeouts
+        except (RedisError, RedisClusterException, OSError, BatchQueueFullError):  # and timeouts
             raw = None
         if raw is not None:
             record: dict[str, Any] = {**_ABSENT, **orjson.loads(raw)}
@@ -367,6 +579,9 @@ def click_writer_for(redis: Redis, settings: Settings) -> ClickWriter:
         probe_seconds=settings.spool_probe_seconds,
         max_pending=settings.batch_max_pending,
         hot_seconds=hot_window_seconds(settings),
+        shards=settings.redis_shards,
+        wait_replicas=settings.redis_wait_replicas,
+        wait_timeout_ms=settings.redis_wait_timeout_ms,
     )
 
 

@@ -1,5 +1,6 @@
 """Cheap probes of the stores for the readiness check: each is one or two round trips."""
 
+import asyncio
 from typing import Any
 
 import asyncpg
@@ -34,6 +35,19 @@ async def _group(redis: Redis, stream: str, group: str) -> dict[str, Any] | None
     except ResponseError:
         return None  # no stream yet: nothing was ever written
     return next((g for g in groups if g["name"] in (group, group.encode())), None)
+
+
+async def streams_backlog(redis: Redis, streams: list[str], group: str) -> int:
+    """`stream_backlog` summed over `streams` (the click shards), read concurrently."""
+    counts = await asyncio.gather(*(stream_backlog(redis, s, group) for s in streams))
+    return sum(counts)
+
+
+async def streams_progress(redis: Redis, streams: list[str], group: str) -> tuple[int, float]:
+    """`stream_progress` over `streams` (the click shards): the summed backlog and the
+    age of the oldest entry not acknowledged in any of them."""
+    figures = await asyncio.gather(*(stream_progress(redis, s, group) for s in streams))
+    return sum(backlog for backlog, _ in figures), max((age for _, age in figures), default=0.0)
 
 
 async def stream_backlog(redis: Redis, stream: str, group: str) -> int:

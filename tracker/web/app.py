@@ -193,7 +193,7 @@ async def freeze_startup_objects(app: web.Application) -> None:
 
 def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings()
-    metrics = Metrics(settings.metrics_enabled)
+    metrics = Metrics(settings.metrics_enabled, settings.redis_shards)
     app = web.Application(
         middlewares=[error_middleware(settings.max_request_line, metrics)],
         client_max_size=256 * 1024,

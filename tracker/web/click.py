@@ -88,11 +88,13 @@ async def click(request: web.Request) -> web.StreamResponse:
     )
     query = clean_free_text(request.query.items())
     now_ms = time.time_ns() // 1_000_000
-    click_id = new_click_id(now_ms)
     vid, new_visitor = visitor_id(request.cookies.get(VISITOR_COOKIE), ip, user_agent)
-    unique_key = keys.unique_visitor_key(campaign.id, vid)
     unique_ttl = campaign.unique_window_hours * 3600
     writer = app[CLICK_WRITER]
+    # Decided uniqueness puts the click in its visitor's shard, beside the unique-click key.
+    shard = writer.shard_for(campaign.id, vid, unique_ttl > 0 or campaign.uses_uniqueness_rules())
+    click_id = new_click_id(now_ms, shard)
+    unique_key = keys.unique_visitor_key(campaign.id, vid, shard)
     is_unique = None
     if campaign.uses_uniqueness_rules():
         # A rule reads it, so it is decided before the path: one more round trip.

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from tracker.store import keys
-from tracker.store.health import missing_migrations, stream_progress
+from tracker.store.health import missing_migrations, streams_progress
 from tracker.web.appkeys import PG_POOL, REDIS, REPORT_SOURCE, SETTINGS
 from tracker.web.responses import HealthOut, ReadyOut, model_response
 
@@ -43,8 +43,8 @@ async def readyz(request: web.Request) -> web.Response:
         "postgres": pool.fetchval("SELECT 1"),
         "migrations": missing_migrations(pool),
         **{
-            f"sink_{name}": stream_progress(redis, stream, group)
-            for name, (stream, group) in keys.SINK_STREAMS.items()
+            f"sink_{name}": streams_progress(redis, streams, group)
+            for name, (streams, group) in keys.sink_streams(settings.redis_shards).items()
         },
     }
     source = app[REPORT_SOURCE]
