@@ -68,7 +68,12 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--connections", type=int, default=50)
-    opts = parser.parse_args()
+    await run(parser.parse_args())
+
+
+async def run(opts: argparse.Namespace) -> dict[str, Any]:
+    """Start the servers, run every phase, stop; the figures as a dict (also written to
+    bench/results/). `bench/run.py` calls it as its cluster phase."""
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: run `make bench`, which installs it")
     root = Path(tempfile.mkdtemp(prefix="tracker-bench-cluster-"))
@@ -126,6 +131,7 @@ async def main() -> None:
         stack.redis_server.stop()
         stack.pg.stop()
         shutil.rmtree(root, ignore_errors=True)
+    return results
 
 
 if __name__ == "__main__":

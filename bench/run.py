@@ -4,8 +4,9 @@ Starts its own Redis, PostgreSQL, tracker and sink, drives them with wrk, and
 prints requests/s and latency percentiles as the median of several runs (with
 min and max), plus ratios to the baseline. Results are also written as JSON to
 bench/results/. Usage: python bench/run.py [--runs 3] [--duration 8] [--connections 50]
-[--reports CLICKS] (the report phase, bench/reports.py, last; off by default: a million
-clicks take about a minute to load, ten million about eight)
+[--no-cluster] (the cluster phase, bench/cluster.py, after the others: one Redis against a
+3-master, 3-replica Redis Cluster) [--reports CLICKS] (the report phase, bench/reports.py,
+last; off by default: a million clicks take about a minute to load, ten million about eight)
 """
 
 import argparse
@@ -400,6 +401,13 @@ async def main() -> None:
         help="then load this many clicks and time the reports (bench/reports.py)",
     )
     parser.add_argument("--reports-runs", type=int, default=20, help="runs of each report")
+    parser.add_argument(
+        "--no-cluster",
+        dest="cluster",
+        action="store_false",
+        help="skip the cluster phase (bench/cluster.py: one Redis against a 3-master cluster,"
+        " with 1 and 2 sinks and with WAIT 1)",
+    )
     opts = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: run `make bench`, which installs it")
@@ -579,6 +587,13 @@ async def main() -> None:
     finally:
         stack.stop()
         shutil.rmtree(root, ignore_errors=True)
+    if opts.cluster:
+        # One Redis against a 3-master cluster (bench/cluster.py), after the stack is gone.
+        import cluster as cluster_bench  # it imports this module: not at the top
+
+        results["cluster"] = await cluster_bench.run(
+            argparse.Namespace(runs=opts.runs, duration=opts.duration, connections=opts.connections)
+        )
     if opts.reports:
         # Its own PostgreSQL, started after the other phases' stack is gone.
         results["reports"] = await report_bench.run(
