@@ -124,11 +124,9 @@ async def fresh_database(servers: tuple[PostgresServer, RedisServer], name: str)
     return pg.dsn(name)
 
 
-@pytest.fixture
-async def settings(servers: tuple[PostgresServer, RedisServer], tmp_path: Path) -> Settings:
-    """Settings for one test, with an emptied database and Redis."""
-    pg, rd = servers
-    conn = await asyncpg.connect(pg.dsn())
+async def empty_stores(dsn: str, redis_url: str) -> None:
+    """Empty every table but the migrations' record and the rollup zones, and Redis."""
+    conn = await asyncpg.connect(dsn)
     try:
         tables = await conn.fetch(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
@@ -138,9 +136,16 @@ async def settings(servers: tuple[PostgresServer, RedisServer], tmp_path: Path) 
         await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
     finally:
         await conn.close()
-    redis = Redis.from_url(rd.url())
+    redis = Redis.from_url(redis_url)
     await redis.flushdb()
     await redis.aclose()
+
+
+@pytest.fixture
+async def settings(servers: tuple[PostgresServer, RedisServer], tmp_path: Path) -> Settings:
+    """Settings for one test, with an emptied database and Redis."""
+    pg, rd = servers
+    await empty_stores(pg.dsn(), rd.url())
     return Settings(
         database_url=pg.dsn(),
         redis_url=rd.url(),

@@ -19,7 +19,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from tests.conftest import API_KEY, Api, start_client, store_clicks_late
+from tests.conftest import API_KEY, Api, empty_stores, start_client, store_clicks_late
 from tests.test_postback import make_click
 from tests.test_remote import Cli
 from tests.test_ui import sign_in
@@ -57,19 +57,7 @@ def replicated() -> Iterator[Servers]:
 @pytest.fixture
 async def settings(replicated: Servers, tmp_path: Path) -> Settings:
     primary, replica, redis = replicated
-    conn = await asyncpg.connect(primary.dsn())
-    try:
-        tables = await conn.fetch(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
-            "AND tablename NOT IN ('schema_migrations', 'rollup_zones')"
-        )
-        names = ", ".join(row["tablename"] for row in tables)
-        await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
-    finally:
-        await conn.close()
-    client = Redis.from_url(redis.url())
-    await client.flushdb()
-    await client.aclose()
+    await empty_stores(primary.dsn(), redis.url())
     return Settings(
         database_url=primary.dsn(),
         reports_database_url=replica.dsn(),

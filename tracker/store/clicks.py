@@ -7,7 +7,8 @@ import itertools
 import logging
 import re
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
@@ -23,6 +24,7 @@ from tracker.store.redis import is_cluster
 from tracker.store.spool import ClickSpool, SpoolFile, read_clicks, release
 
 log = logging.getLogger("tracker.clicks")
+T = TypeVar("T")
 
 _SELECTED = [name for name, _ in CLICK_COLUMNS if name not in ("created_ms", "cost")]
 
@@ -95,6 +97,27 @@ ORPHAN_SCAN_SECONDS = 5.0
 # (click id, JSON record, TTL in seconds, unique-click key, unique window in seconds)
 ClickWrite = tuple[str, bytes, int, str | None, int]
 _DECIDED = {1: True, 0: False}
+
+
+async def per_group(
+    groups: list[list[int]], size: int, call: Callable[[list[int]], Awaitable[Sequence[T]]]
+) -> list[T | BaseException | None]:
+    """`call` on each group of positions (a shard's), concurrently; each position gets
+    its own result, or the error of its group's call."""
+    results: list[T | BaseException | None] = [None] * size
+
+    async def one(indexes: list[int]) -> None:
+        try:
+            values = await call(indexes)
+        except Exception as exc:
+            for i in indexes:
+                results[i] = exc
+            return
+        for i, value in zip(indexes, values, strict=True):
+            results[i] = value
+
+    await asyncio.gather(*(one(indexes) for indexes in groups))
+    return results
 
 
 class ClickWriteError(Exception):
@@ -301,21 +324,12 @@ class ClickWriter(BatchedService):
     async def _flush(self, batch: list[ClickWrite]) -> list[bool | BaseException | None]:
         """Store a batch: one script call per shard (on a single Redis, one in all),
         concurrently; each click gets its own shard's result or error."""
-        results: list[bool | BaseException | None] = [None] * len(batch)
         groups = self._by_slot([write[0] for write in batch])
 
-        async def store(indexes: list[int]) -> None:
-            try:
-                flags = await self._store([batch[i] for i in indexes], spool_unconfirmed=True)
-            except Exception as exc:
-                for i in indexes:
-                    results[i] = exc
-                return
-            for i, flag in zip(indexes, flags, strict=True):
-                results[i] = flag
+        async def store(indexes: list[int]) -> list[bool | None]:
+            return await self._store([batch[i] for i in indexes], spool_unconfirmed=True)
 
-        await asyncio.gather(*(store(indexes) for indexes in groups))
-        return results
+        return await per_group(groups, len(batch), store)
 
     def _by_slot(self, click_ids: list[str]) -> list[list[int]]:
         """Indexes of `click_ids` grouped by the shard of their keys (one group on a
@@ -534,20 +548,12 @@ class ClickReader(BatchedService):
         groups: dict[str, list[int]] = {}
         for i, key in enumerate(click_keys):
             groups.setdefault(key.partition("}")[0], []).append(i)
-        results: list[bytes | BaseException | None] = [None] * len(click_keys)
 
-        async def read(indexes: list[int]) -> None:
-            try:
-                found: list[Any] = await self._redis.mget([click_keys[i] for i in indexes])
-            except Exception as exc:
-                for i in indexes:
-                    results[i] = exc
-                return
-            for i, value in zip(indexes, found, strict=True):
-                results[i] = value
+        async def read(indexes: list[int]) -> list[Any]:
+            found: list[Any] = await self._redis.mget([click_keys[i] for i in indexes])
+            return found
 
-        await asyncio.gather(*(read(indexes) for indexes in groups.values()))
-        return results
+        return await per_group(list(groups.values()), len(click_keys), read)
 
     async def fetch(self, click_id: str) -> dict[str, Any] | None:
         """The click record from Redis, or from Postgres once the Redis key is gone
