@@ -325,7 +325,10 @@ async def test_other_keys_work_on_the_cluster(cluster_redis):
 
 async def test_a_dead_sinks_entries_are_claimed_by_another(cluster_settings, cluster_redis, pool):
     """Entries a sink read on every shard but never acknowledged are stored by another."""
-    writer = ClickWriter(cluster_redis, shards=cluster_settings.redis_shards, wait_replicas=1)
+    # A replica's acknowledgement may take a while on a busy machine: no spool here.
+    writer = ClickWriter(
+        cluster_redis, shards=cluster_settings.redis_shards, wait_replicas=1, wait_timeout_ms=5000
+    )
     await writer.start()
     record = b'{"click_id":"%s","campaign_id":1,"offer_id":2,"traffic_source_id":3,"created_ms":%d}'
     now_ms = int(time.time() * 1000)

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from tests.conftest import click_entries
+from tracker.domain.clickid import new_click_id
 from tracker.store import keys
 from tracker.store.batching import Batcher, BatchQueueFullError
 from tracker.store.clicks import ClickWriter
@@ -143,3 +144,41 @@ async def test_uniqueness_of_spooled_clicks_is_decided_on_replay(tmp_path, redis
     ]
     assert orjson.loads(await redis.get(keys.click_key("b")))["is_unique"] is False
     assert 3590 <= await redis.ttl("uv:1:visitor") <= 3600
+
+
+async def test_a_written_click_spooled_for_its_replicas_is_written_again_only_if_lost(
+    tmp_path, redis
+):
+    """A click stored in Redis but spooled because too few replicas confirmed it: the
+    replay leaves a record that is there (maybe newer: a lander click-through) and adds
+    no second stream entry; a record a failover lost is written again, with its entry."""
+    now = time.time()
+    kept, lost = new_click_id(), new_click_id()
+    spooled = {
+        i: orjson.dumps({"click_id": i, "offer_id": 1, "is_unique": True}) for i in (kept, lost)
+    }
+    await redis.set(keys.click_key(kept), b'{"click_id":"newer","offer_id":2}')
+    path = tmp_path / "clicks-dead-1-1-1.jsonl"
+    path.write_bytes(
+        b"".join(encode_click(i, r, 600, now, written=True) for i, r in spooled.items())
+    )
+    await replay_orphans(redis, tmp_path, path)
+    assert await redis.get(keys.click_key(kept)) == b'{"click_id":"newer","offer_id":2}'
+    assert await redis.get(keys.click_key(lost)) == spooled[lost]
+    assert 590 <= await redis.ttl(keys.click_key(lost)) <= 600
+    assert [orjson.loads(f[b"d"])["click_id"] for _, f in await click_entries(redis)] == [lost]
+
+
+async def test_a_click_stored_twice_keeps_its_first_uniqueness(redis):
+    """The same click stored again (a call sent again after a timeout, or replayed) is
+    decided as the first time; another click of the visitor is a repeat."""
+    writer = ClickWriter(redis)
+    await writer.start()
+    try:
+        first, second = new_click_id(), new_click_id()
+        record = b'{"is_unique":null}'
+        assert await writer.write(first, record, 60, "uv:1:v", 60) is True
+        assert await writer.write(first, record, 60, "uv:1:v", 60) is True
+        assert await writer.write(second, record, 60, "uv:1:v", 60) is False
+    finally:
+        await writer.close()

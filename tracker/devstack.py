@@ -254,7 +254,13 @@ class RedisClusterServer:
         self.ports: list[int] = []
         while len(self.ports) < masters * 2:
             port = _free_cluster_port()
-            if port not in self.ports:
+            # Neither a node's port nor its bus port (+10000) may be another node's.
+            taken = {
+                *self.ports,
+                *(p + 10000 for p in self.ports),
+                *(p - 10000 for p in self.ports),
+            }
+            if port not in taken:
                 self.ports.append(port)
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
 

@@ -38,8 +38,9 @@ WHERE click_id = $1 AND created_at = click_id_time($1)
 
 # KEYS: three per click: the stream of its shard, its record and its visitor's
 # unique-click key (the record's key again when there is none). ARGV: four per click:
-# TTL, record, unique window in seconds, and 1 to add it to the stream (0: the caller
-# adds it, on a cluster when the stream is in another slot).
+# TTL, record, unique window in seconds (WRITTEN: a spooled copy of a click written
+# before, see the script), and 1 to add it to the stream (0: the caller adds it, on a
+# cluster when the stream is in another slot).
 # A TTL of 0 (a replayed click whose attribution window has passed) skips the SET:
 # the click still goes on the stream, so Postgres gets it. A unique window above 0
 # decides `is_unique` here, in the same round trip: the visitor is unique unless the
@@ -55,8 +56,11 @@ for i = 1, #KEYS, 3 do
     local unique_ttl = tonumber(ARGV[n + 3])
     local flag = -1
     if unique_ttl > 0 then
-        local seen = redis.call('SET', KEYS[i + 2], '1', 'EX', unique_ttl, 'GET')
-        if seen then
+        -- The key holds the record's key of the click that set it: the same click
+        -- stored again (a call sent again after a timeout, a spool replay of a write
+        -- that did happen) is decided as it was the first time.
+        local seen = redis.call('SET', KEYS[i + 2], KEYS[i + 1], 'EX', unique_ttl, 'GET')
+        if seen and seen ~= KEYS[i + 1] then
             flag = 0
             record = string.sub(record, 1, -6) .. 'false}'
         else
@@ -64,10 +68,17 @@ for i = 1, #KEYS, 3 do
             record = string.sub(record, 1, -6) .. 'true}'
         end
     end
-    if ttl > 0 then
+    local add = ARGV[n + 4] == '1'
+    if unique_ttl < 0 then
+        -- Written before (its replicas did not confirm it in time): the record is there
+        -- unless a failover lost the whole write, and only then is it written again.
+        if ttl > 0 and not redis.call('SET', KEYS[i + 1], record, 'EX', ttl, 'NX') then
+            add = false
+        end
+    elseif ttl > 0 then
         redis.call('SET', KEYS[i + 1], record, 'EX', ttl)
     end
-    if ARGV[n + 4] == '1' then
+    if add then
         redis.call('XADD', KEYS[i], '*', 'd', record)
     end
     decided[#decided + 1] = flag
@@ -82,6 +93,9 @@ end
 return #ARGV
 """
 REPLAY_BATCH = 500
+# The unique window a replay passes for a click written before but not confirmed by the
+# replicas: set it again only where a failover lost it.
+WRITTEN = -1
 # How long a master's replica count (asked when a WAIT falls short) is believed.
 REPLICA_COUNT_SECONDS = 1.0
 # A member with a null value, but not the last one (`is_unique`, which the script
@@ -292,7 +306,7 @@ class ClickWriter(BatchedService):
             seen = await asyncio.wait_for(
                 self._redis.set(unique_key, 1, ex=unique_ttl, get=True), self._write_timeout
             )
-        except (RedisError, OSError, TimeoutError):
+        except (RedisError, RedisClusterException, OSError, TimeoutError):
             return None
         return seen is None
 
@@ -327,7 +341,7 @@ class ClickWriter(BatchedService):
         groups = self._by_slot([write[0] for write in batch])
 
         async def store(indexes: list[int]) -> list[bool | None]:
-            return await self._store([batch[i] for i in indexes], spool_unconfirmed=True)
+            return await self._store([batch[i] for i in indexes])
 
         return await per_group(groups, len(batch), store)
 
@@ -346,10 +360,10 @@ class ClickWriter(BatchedService):
         # existed) keeps its record's key; its entry goes to a stream the sink reads.
         return shard if shard < self.shards else shard % self.shards
 
-    async def _store(self, writes: list[ClickWrite], spool_unconfirmed: bool) -> list[bool | None]:
+    async def _store(self, writes: list[ClickWrite]) -> list[bool | None]:
         """Store clicks whose keys share a slot (any clicks on a single Redis); return
         their `is_unique` as decided. With `wait_replicas`, a batch the replicas do not
-        confirm in time is spooled too (`spool_unconfirmed`), else an error."""
+        confirm in time is spooled too (without a spool, an error)."""
         click_keys: list[str] = []
         args: list[bytes | int] = []
         strays: list[int] = []
@@ -363,7 +377,7 @@ class ClickWriter(BatchedService):
             if unique_key and unique and self._cluster:
                 unique_key = _colocated(unique_key, shard)
             click_keys.append(unique_key if unique_key and unique else key)
-            args.extend((ttl, record, unique_ttl if unique else 0))
+            args.extend((ttl, record, unique_ttl if unique or unique_ttl == WRITTEN else 0))
             if self._cluster and stream_shard != shard:
                 strays.append(i)
                 click_keys[-3] = key
@@ -379,14 +393,14 @@ class ClickWriter(BatchedService):
             confirmed = confirmed and stray_confirmed
         if not confirmed:
             self.unconfirmed += len(writes)
-            if not spool_unconfirmed or self.spool is None:
+            if self.spool is None:
                 raise ClickWriteError(
                     f"fewer than {self._wait_replicas} replica(s) confirmed the clicks"
                 )
             # As decided: a replay must not decide the visitor's uniqueness again.
             await asyncio.gather(
                 *(
-                    self.spool.append(click_id, _as_decided(record, flag), ttl)
+                    self.spool.append(click_id, _as_decided(record, flag), ttl, written=True)
                     for (click_id, record, ttl, _, _), flag in zip(writes, decided, strict=True)
                 )
             )
@@ -443,14 +457,19 @@ class ClickWriter(BatchedService):
         return self._wait_replicas
 
     async def _count_replicas(self, node: Any) -> int:
-        """The replicas the master (on a cluster, `node`) has now, from ROLE."""
+        """The replicas the master has now. On a cluster, every replica the cluster
+        lists for `node` and has not marked failed: one that is syncing again (after a
+        restart) is not connected yet but could still be promoted, so its master's
+        writes are waited for (and spooled) meanwhile. On a single Redis, those ROLE
+        shows connected."""
         if node is not None:
-            role: Any = await self._redis.execute_command(  # type: ignore[no-untyped-call]
-                "ROLE", target_nodes=node
-            )
+            run: Any = self._redis.execute_command  # typed as Redis
+            me = await run("CLUSTER", "MYID", target_nodes=node)
+            lines = await run("CLUSTER", "REPLICAS", me, target_nodes=node)
+            count = sum(1 for line in lines if "fail" not in _text(line).split()[2].split(","))
         else:
-            role = await self._redis.execute_command("ROLE")  # type: ignore[no-untyped-call]
-        count = len(role[2]) if role and role[0] in (b"master", "master") else 0
+            role: Any = await self._redis.execute_command("ROLE")  # type: ignore[no-untyped-call]
+            count = len(role[2]) if role and role[0] in (b"master", "master") else 0
         self._replicas_seen[node.name if node is not None else ""] = (time.monotonic(), count)
         return count
 
@@ -501,18 +520,16 @@ class ClickWriter(BatchedService):
                         click.record,
                         # Files spooled before a hot window was set still hold the full window.
                         self.redis_ttl(click.remaining_ttl(now)),
-                        click.unique_key,
-                        click.unique_ttl if click.unique_key else 0,
+                        None if click.written else click.unique_key,
+                        WRITTEN if click.written else click.unique_ttl if click.unique_key else 0,
                     )
                     for click in part
                 ]
                 groups = self._by_slot([write[0] for write in writes])
-                # Not confirmed by the replicas: an error, and the file is replayed again.
+                # Not confirmed by the replicas: spooled again as written, so that the
+                # next replay neither decides uniqueness again nor overwrites the record.
                 await asyncio.gather(
-                    *(
-                        self._store([writes[i] for i in indexes], spool_unconfirmed=False)
-                        for indexes in groups
-                    )
+                    *(self._store([writes[i] for i in indexes]) for indexes in groups)
                 )
                 self.replayed += len(part)
 
@@ -567,6 +584,10 @@ class ClickReader(BatchedService):
             return record
         row = await self._pool.fetchrow(SELECT_CLICK, click_id)
         return dict(row) if row is not None else None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def compact_record(record: bytes) -> bytes:

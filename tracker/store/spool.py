@@ -40,6 +40,9 @@ class SpooledClick:
     # The visitor's unique-click key and window, when the replay is to decide it.
     unique_key: str | None = None
     unique_ttl: int = 0
+    # Written to Redis already, spooled because too few replicas confirmed it in time:
+    # the replay writes it again only if a failover lost it.
+    written: bool = False
 
     def remaining_ttl(self, now: float) -> int:
         return max(0, int(self.expires_at - now))
@@ -52,12 +55,15 @@ def encode_click(
     now: float,
     unique_key: str | None = None,
     unique_ttl: int = 0,
+    written: bool = False,
 ) -> bytes:
     """One spool line; the record's JSON bytes are kept exactly as they were."""
     expires_at = int(now) + ttl_seconds
     unique = b""
     if unique_key is not None and unique_ttl > 0:
         unique = b',"u":%s,"ut":%d' % (orjson.dumps(unique_key), unique_ttl)
+    if written:
+        unique += b',"w":1'
     return b'{"id":"%s","exp":%d%s,"r":%s}\n' % (click_id.encode(), expires_at, unique, record)
 
 
@@ -74,6 +80,7 @@ def decode_line(line: bytes) -> SpooledClick | None:
             line[start:-1],
             str(unique_key) if unique_key is not None else None,
             int(parsed.get("ut", 0)),
+            bool(parsed.get("w", 0)),
         )
     except (orjson.JSONDecodeError, KeyError, ValueError, TypeError):
         return None
@@ -159,9 +166,12 @@ class ClickSpool(BatchedService):
         ttl_seconds: int,
         unique_key: str | None = None,
         unique_ttl: int = 0,
+        written: bool = False,
     ) -> None:
         """Return once the click is on disk (written and fsynced)."""
-        line = encode_click(click_id, record, ttl_seconds, time.time(), unique_key, unique_ttl)
+        line = encode_click(
+            click_id, record, ttl_seconds, time.time(), unique_key, unique_ttl, written
+        )
         await self.batcher.submit(line)
 
     async def _flush(self, lines: list[bytes]) -> list[BaseException | None]:
