@@ -53,6 +53,7 @@ async def cluster_settings(settings: Settings, redis_cluster: RedisClusterServer
             "redis_cluster": True,
             "redis_wait_replicas": 1,
             "redis_wait_timeout_ms": 200,
+            "click_write_timeout": 0.5,  # twice the WAIT and some (the settings' rule)
         }
     )
 

@@ -3,7 +3,7 @@
 import zoneinfo
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Large hosting and cloud networks: clicks from them are not people browsing.
@@ -210,6 +210,20 @@ class Settings(BaseSettings):
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"{value!r} is not an IANA time zone such as Europe/Berlin") from None
         return value
+
+    @model_validator(mode="after")
+    def click_waits_for_its_replicas(self) -> "Settings":
+        """A click must be able to wait for its batch's WAIT, and a batch ahead of it,
+        before it gives up on Redis; else every click would be spooled as well."""
+        if self.redis_wait_replicas:
+            needed = 2 * self.redis_wait_timeout_ms / 1000 + 0.05
+            if self.click_write_timeout < needed:
+                raise ValueError(
+                    f"TRACKER_CLICK_WRITE_TIMEOUT ({self.click_write_timeout} s) must be at"
+                    f" least twice TRACKER_REDIS_WAIT_TIMEOUT_MS plus 50 ms ({needed:g} s)"
+                    " when TRACKER_REDIS_WAIT_REPLICAS is set"
+                )
+        return self
 
     def base_url(self) -> str:
         """The public base URL used in URLs we print and return."""
