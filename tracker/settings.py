@@ -217,7 +217,7 @@ class Settings(BaseSettings):
         before it gives up on Redis; else every click would be spooled as well."""
         if self.redis_wait_replicas:
             needed = 2 * self.redis_wait_timeout_ms / 1000 + 0.05
-            if self.click_write_timeout < needed:
+            if self.click_write_timeout < needed - 1e-9:
                 raise ValueError(
                     f"TRACKER_CLICK_WRITE_TIMEOUT ({self.click_write_timeout} s) must be at"
                     f" least twice TRACKER_REDIS_WAIT_TIMEOUT_MS plus 50 ms ({needed:g} s)"
