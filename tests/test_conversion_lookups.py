@@ -177,6 +177,28 @@ async def test_a_history_row_without_the_time_gets_it_from_its_conversion(pool):
         "SELECT conversion_click_time FROM deliveries WHERE history_id = $1", history_id
     )
     assert filled == delivered == oldest["click_time"]
+    # The conversion and its history row in one statement, as the writer wrote them then.
+    new = await pool.fetchrow(
+        """
+        WITH c AS (
+            INSERT INTO conversions (click_id, dedupe_key, txid, campaign_id, offer_id,
+                traffic_source_id, click_time, payout, currency, original_payout,
+                original_currency, status, params)
+            VALUES ('old-writer', 'k', 'k', 1, 1, 1, $1, 1.5, 'USD', 1.5, 'USD', 'approved',
+                    '{}')
+            RETURNING id, status, payout
+        )
+        INSERT INTO conversion_history (conversion_id, old_status, new_status, payout, params)
+        SELECT id, NULL, status, payout, '{}' FROM c
+        RETURNING id, conversion_click_time
+        """,
+        MONTHS[1],
+    )
+    assert new["conversion_click_time"] == MONTHS[1]
+    delivered = await pool.fetchval(
+        "SELECT conversion_click_time FROM deliveries WHERE history_id = $1", new["id"]
+    )
+    assert delivered == MONTHS[1]
     with pytest.raises(asyncpg.NotNullViolationError):
         await pool.execute(
             "INSERT INTO conversion_history (conversion_id, new_status, params)"
