@@ -307,10 +307,11 @@ WITH c AS (
            c.traffic_source_id, now(), 1.25, 'USD', 1.25, 'USD', 'approved', '{}', 'ext' || n
     FROM generate_series(1, $2) n, campaigns c
     WHERE c.id = (SELECT min(id) FROM campaigns)
-    RETURNING id, status, payout
+    RETURNING id, click_time, status, payout
 )
-INSERT INTO conversion_history (conversion_id, old_status, new_status, payout, params)
-SELECT id, NULL, status, payout, '{}' FROM c
+INSERT INTO conversion_history
+    (conversion_id, conversion_click_time, old_status, new_status, payout, params)
+SELECT id, click_time, NULL, status, payout, '{}' FROM c
 """
 
 
@@ -322,7 +323,8 @@ async def delivered(pool: asyncpg.Pool, prefix: str) -> asyncpg.Record:
         "d.finished_at - d.created_at)) AS p50, "
         "percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM "
         "d.finished_at - d.created_at)) AS p99 "
-        "FROM deliveries d JOIN conversions c ON c.id = d.conversion_id "
+        "FROM deliveries d JOIN conversions c"
+        " ON c.id = d.conversion_id AND c.click_time = d.conversion_click_time "
         "WHERE c.click_id LIKE $1 || '%'",
         prefix,
     )

@@ -94,7 +94,9 @@ async def test_deliveries_through_an_outage_and_a_killed_sink(
                     " FROM deliveries"
                 )
                 conversions = await conn.fetchval("SELECT count(*) FROM conversions")
-                return bool(row["total"] == conversions == row["done"] and conversions > 0)
+                # Postbacks queued during the outage count too: until they are applied,
+                # the ones already written may all be delivered.
+                return bool(row["total"] == conversions == row["done"] and conversions >= 150)
 
             await until(all_delivered, "every delivery to be delivered", 60)
             ids = {str(r["id"]) for r in await conn.fetch("SELECT id FROM deliveries")}

@@ -443,9 +443,9 @@ async def test_finished_deliveries_are_deleted_and_pending_ones_stay(pool):
         delivery(5, "dead", 40, 20),  # finished recently: stays
     ]
     await pool.executemany(
-        "INSERT INTO deliveries (conversion_id, history_id, traffic_source_id, campaign_id,"
-        " status, currency, state, created_at, finished_at)"
-        " VALUES ($1, $2, 1, 1, 'approved', 'USD', $3, $4, $5)",
+        "INSERT INTO deliveries (conversion_id, conversion_click_time, history_id,"
+        " traffic_source_id, campaign_id, status, currency, state, created_at, finished_at)"
+        " VALUES ($1, $4, $2, 1, 1, 'approved', 'USD', $3, $4, $5)",
         rows,
     )
     await pool.execute(

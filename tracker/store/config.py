@@ -208,6 +208,7 @@ class ConfigCache:
         self._version: Any = None
         self._lock = asyncio.Lock()
         self._watcher: asyncio.Task[None] | None = None
+        self._closing = False
         self._bump_pending = False
 
     async def reload(self) -> None:
@@ -241,6 +242,7 @@ class ConfigCache:
         self._watcher = asyncio.create_task(self.watch(), name="config-watch")
 
     async def close(self) -> None:
+        self._closing = True
         if self._watcher is not None:
             self._watcher.cancel()
             # A Redis call being cancelled can take a while to let go (seen with a
@@ -253,6 +255,10 @@ class ConfigCache:
         failing = False
         while True:
             await asyncio.sleep(self._refresh_seconds)
+            # Once closed, never a call more: the Redis client may be closed by now, and a
+            # command would open a connection on it that nobody closes.
+            if self._closing:
+                return
             try:
                 if self._bump_pending:
                     await self._redis.incr(keys.CONFIG_VERSION)
@@ -260,6 +266,10 @@ class ConfigCache:
                 if await self._redis.get(keys.CONFIG_VERSION) != self._version:
                     await self.reload()
             except Exception as exc:
+                if self._closing:
+                    # Cancelled by close(), in a call that let go with another error (a
+                    # closed connection, say) instead of the cancellation: stop all the same.
+                    return
                 # One line per outage, not one a second: the snapshot in hand keeps serving.
                 if not failing:
                     failing = True

@@ -65,10 +65,11 @@ WITH input AS (
     -- for each other's new rows in one order instead of deadlocking.
     ORDER BY click_id, dedupe_key, idx
     ON CONFLICT (click_id, dedupe_key, click_time) DO NOTHING
-    RETURNING id, click_id, dedupe_key, status, payout, params
+    RETURNING id, click_id, dedupe_key, status, payout, params, click_time
 ), history AS (
-    INSERT INTO conversion_history (conversion_id, old_status, new_status, payout, params)
-    SELECT id, NULL, status, payout, params FROM inserted
+    INSERT INTO conversion_history
+        (conversion_id, conversion_click_time, old_status, new_status, payout, params)
+    SELECT id, click_time, NULL, status, payout, params FROM inserted
 ), creators AS (
     -- Of equal keys in one batch, the first (by idx) is the one inserted.
     SELECT DISTINCT ON (click_id, dedupe_key) click_id, dedupe_key, network_id, log
@@ -117,10 +118,14 @@ ADD_REFUND = """
 UPDATE conversions SET refunded = refunded + $2, updated_at = now()
 WHERE id = $1 AND click_time = $3
 """
+# $8: the conversion's click_time, which pins its partition where the history row is
+# joined to it (the deliveries trigger, migration 0017).
 INSERT_HISTORY = """
-INSERT INTO conversion_history
-    (conversion_id, old_status, new_status, payout, refund, refund_key, params)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+INSERT INTO conversion_history (
+    conversion_id, old_status, new_status, payout, refund, refund_key, params,
+    conversion_click_time
+)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 ON CONFLICT (conversion_id, refund_key) WHERE refund_key IS NOT NULL DO NOTHING
 RETURNING id
 """
@@ -364,6 +369,7 @@ class ConversionWriter(BatchedService):
                 change.refund,
                 key,
                 pb.params,
+                row["click_time"],
             )
             if added is None:  # this refund was applied before
                 return DUPLICATE, conversion_id
@@ -394,6 +400,7 @@ class ConversionWriter(BatchedService):
             Decimal(0),
             None,
             pb.params,
+            row["click_time"],
         )
         return UPDATED, conversion_id
 

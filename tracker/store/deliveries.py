@@ -48,7 +48,15 @@ SELECT d.id, d.attempts, d.lease, d.created_at, d.status, d.payout, d.currency, 
        cp.postback_body AS campaign_postback_body,
        cp.postback_body_format AS campaign_postback_body_format
 FROM deliveries d
-JOIN conversions c ON c.id = d.conversion_id
+-- Each delivery's conversion by its key (id, click_time), read from its month's partition
+-- alone. The fence (OFFSET 0) keeps this a lookup per delivery whatever the planner
+-- guesses of the batch: as a join it may read every month's partition (one a month, for
+-- ever) to hash them.
+CROSS JOIN LATERAL (
+    SELECT * FROM conversions
+    WHERE id = d.conversion_id AND click_time = d.conversion_click_time
+    OFFSET 0
+) c
 JOIN traffic_sources s ON s.id = d.traffic_source_id
 LEFT JOIN campaigns cp ON cp.id = d.campaign_id
 WHERE d.id = any($1::bigint[])
