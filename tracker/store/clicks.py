@@ -210,6 +210,7 @@ class ClickWriter(BatchedService):
         # Spool files (sealed ones of ours, or left by dead processes) waiting for replay.
         self._held: list[SpoolFile] = []
         self._replayer: asyncio.Task[None] | None = None
+        self._closing = False
         self._replay_failing = False
         self.spooled = 0
         self.replayed = 0
@@ -243,6 +244,7 @@ class ClickWriter(BatchedService):
         if self.spool is None:
             return
         if self._replayer is not None:
+            self._closing = True  # a cancellation turned into another error still ends it
             self._replayer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._replayer
@@ -476,7 +478,7 @@ class ClickWriter(BatchedService):
     async def _replay_loop(self) -> None:
         assert self.spool is not None
         next_scan = time.monotonic() + ORPHAN_SCAN_SECONDS
-        while True:
+        while not self._closing:
             await asyncio.sleep(self._probe_seconds)
             if time.monotonic() >= next_scan:
                 next_scan = time.monotonic() + ORPHAN_SCAN_SECONDS
