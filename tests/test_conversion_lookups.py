@@ -237,7 +237,7 @@ async def test_migration_fills_the_time_of_existing_rows(servers, tmp_path):
             "INSERT INTO deliveries (conversion_id, history_id, traffic_source_id, campaign_id,"
             " status, currency) VALUES (999, 999, 3, 1, 'approved', 'USD')"
         )
-        assert await migrate(dsn) == ["0017_conversion_click_time.sql"]
+        assert (await migrate(dsn))[0] == "0017_conversion_click_time.sql"  # then any later
         for table in ("conversion_history", "deliveries"):
             found = await conn.fetch(
                 f"SELECT t.conversion_click_time AS carried, c.click_time,"
