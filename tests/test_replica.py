@@ -72,13 +72,6 @@ async def settings(replicated: Servers, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
-    client = await start_client(create_app(settings), settings)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
 async def stores(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, Redis]]:
     """A pool on the primary and a Redis client, for the sink and direct checks."""
     pool = await create_pool(settings.database_url, 1, 4)
