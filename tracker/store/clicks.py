@@ -360,7 +360,7 @@ class ClickWriter(BatchedService):
     def _stream_shard(self, shard: int) -> int:
         # A click id made for more shards than are now in use (or before shards
         # existed) keeps its record's key; its entry goes to a stream the sink reads.
-        return shard if shard < self.shards else shard % self.shards
+        return shard % self.shards
 
     async def _store(self, writes: list[ClickWrite]) -> list[bool | None]:
         """Store clicks whose keys share a slot (any clicks on a single Redis); return
@@ -372,7 +372,7 @@ class ClickWriter(BatchedService):
         for i, (click_id, record, ttl, unique_key, unique_ttl) in enumerate(writes):
             shard = click_shard(click_id)
             stream_shard = self._stream_shard(shard)
-            key = keys.click_key(click_id)
+            key = keys.click_key(click_id, shard)
             click_keys.append(keys.click_stream(stream_shard))
             click_keys.append(key)
             unique = unique_key is not None and unique_ttl > 0

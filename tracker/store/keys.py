@@ -8,10 +8,9 @@ so one script call stores them. A single Redis is the same P shards on one node.
 from tracker.domain.clickid import click_shard
 
 CLICK_PREFIX = "clk:"
-# The click stream of shard n is `stream:clicks:{sn}`; this unsharded one held the
+# The click stream of shard n is `stream:clicks:{sn}`; the unsharded one held the
 # clicks written before shards existed, and the sink drains it until it is empty.
 CLICK_STREAM = "stream:clicks"
-LEGACY_CLICK_STREAM = CLICK_STREAM
 SINK_GROUP = "sink"
 # Shards new clicks are spread over, unless settings say otherwise.
 DEFAULT_SHARDS = 8
@@ -28,12 +27,12 @@ def shard_tag(shard: int) -> str:
 
 
 def click_stream(shard: int) -> str:
-    return f"{CLICK_STREAM}:{{s{shard}}}"
+    return f"{CLICK_STREAM}:{shard_tag(shard)}"
 
 
 def click_streams(shards: int) -> list[str]:
     """Every stream the sink reads clicks from: one per shard, and the legacy one."""
-    return [*(click_stream(n) for n in range(shards)), LEGACY_CLICK_STREAM]
+    return [*(click_stream(n) for n in range(shards)), CLICK_STREAM]
 
 
 def sink_streams(shards: int = DEFAULT_SHARDS) -> dict[str, tuple[list[str], str]]:
@@ -50,11 +49,14 @@ UNIQUE_VISITOR_PREFIX = "uv:"
 
 
 def unique_visitor_key(campaign_id: int, visitor_id: str, shard: int = 0) -> str:
-    return f"{UNIQUE_VISITOR_PREFIX}{{s{shard}}}:{campaign_id}:{visitor_id}"
+    return f"{UNIQUE_VISITOR_PREFIX}{shard_tag(shard)}:{campaign_id}:{visitor_id}"
 
 
-def click_key(click_id: str) -> str:
-    return f"{CLICK_PREFIX}{{s{click_shard(click_id)}}}:{click_id}"
+def click_key(click_id: str, shard: int | None = None) -> str:
+    """The record's key; `shard` when the caller has read it from the id already."""
+    return (
+        f"{CLICK_PREFIX}{shard_tag(click_shard(click_id) if shard is None else shard)}:{click_id}"
+    )
 
 
 def auth_failures_key(address: str) -> str:

@@ -91,12 +91,13 @@ async def click(request: web.Request) -> web.StreamResponse:
     vid, new_visitor = visitor_id(request.cookies.get(VISITOR_COOKIE), ip, user_agent)
     unique_ttl = campaign.unique_window_hours * 3600
     writer = app[CLICK_WRITER]
+    by_rules = campaign.uses_uniqueness_rules()
     # Decided uniqueness puts the click in its visitor's shard, beside the unique-click key.
-    shard = writer.shard_for(campaign.id, vid, unique_ttl > 0 or campaign.uses_uniqueness_rules())
+    shard = writer.shard_for(campaign.id, vid, unique_ttl > 0 or by_rules)
     click_id = new_click_id(now_ms, shard)
     unique_key = keys.unique_visitor_key(campaign.id, vid, shard)
     is_unique = None
-    if campaign.uses_uniqueness_rules():
+    if by_rules:
         # A rule reads it, so it is decided before the path: one more round trip.
         is_unique = await writer.check_unique(unique_key, unique_ttl)
         unique_ttl = 0
