@@ -172,13 +172,10 @@ class ClickSink(StreamConsumer):
         """Every shard's stream, and the one clicks went to before shards existed."""
         return self._streams
 
-    async def handle(self, entries: list[Entry]) -> None:
-        await self.store(entries)
-
-    async def handle_stream(self, stream: str, entries: list[Entry]) -> None:
+    async def handle(self, stream: str, entries: list[Entry]) -> None:
         await self.store(entries, stream)
 
-    async def store(self, entries: list[Entry], stream: str = keys.LEGACY_CLICK_STREAM) -> None:
+    async def store(self, entries: list[Entry], stream: str = keys.CLICK_STREAM) -> None:
         """Write entries (read from `stream`) to Postgres, then acknowledge them."""
         ids = [entry_id for entry_id, _ in entries]
         payloads = [(entry_id, fields[b"d"]) for entry_id, fields in entries if fields]

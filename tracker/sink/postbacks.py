@@ -63,7 +63,7 @@ class PostbackQueueSink(StreamConsumer):
         self.postback_log = postback_log
         self.applied = 0
 
-    async def handle(self, entries: list[Entry]) -> None:
+    async def handle(self, stream: str, entries: list[Entry]) -> None:
         await self.apply(entries)
 
     async def apply(self, entries: list[Entry]) -> None:

@@ -67,16 +67,13 @@ class StreamConsumer(ABC):
         return [self.stream]
 
     @abstractmethod
-    async def handle(self, entries: list[Entry]) -> None:
-        """Apply `entries` and acknowledge those whose effect is committed."""
-
-    async def handle_stream(self, stream: str, entries: list[Entry]) -> None:
-        """Apply entries read from `stream` (one of `streams`); by default `handle`."""
-        await self.handle(entries)
+    async def handle(self, stream: str, entries: list[Entry]) -> None:
+        """Apply `entries`, read from `stream` (one of `streams`), and acknowledge those
+        whose effect is committed."""
 
     async def _handle(self, stream: str, entries: list[Entry]) -> None:
         async with self._handling:
-            await self.handle_stream(stream, entries)
+            await self.handle(stream, entries)
 
     async def housekeep(self) -> None:
         await self.claim_abandoned()
