@@ -331,12 +331,13 @@ def build_report(
     dims = [f"d{i}" for i in range(len(spec.group_by))]
     offers_join = " JOIN offers o ON o.id = {row}.offer_id" if _needs_offers(spec) else ""
     zoned = zone_rollup(spec, zones)
+    # The same days and weeks for the click and the conversion rollups (both have weeks).
+    blocks = zone_blocks(spec, zoned[0]) if zoned is not None else None
 
     if zoned is not None:
         select = ", ".join(
             f"{_zone_dimension_sql(n)} AS {d}" for n, d in zip(spec.group_by, dims, strict=True)
         )
-        blocks = zone_blocks(spec, zoned[0])
         where = _zone_conditions(spec, query, days=blocks is None)
         if blocks is None:
             source = f"{zoned[0]} r" + offers_join.format(row="r")
@@ -388,14 +389,19 @@ def build_report(
     {"GROUP BY " + ", ".join(dims) if dims else ""}"""
 
     if zoned is not None and not spec.events:
-        conversions = _rolled_conversions(spec, query, zoned[1], dims, offers_join)
+        conversions = _rolled_conversions(spec, query, zoned[1], dims, offers_join, blocks)
     else:
         conversions = _raw_conversions(spec, query, dims, offers_join)
     return _assemble(spec, query, dims, clicks, conversions)
 
 
 def _rolled_conversions(
-    spec: ReportSpec, query: _Query, table: str, dims: list[str], offers_join: str
+    spec: ReportSpec,
+    query: _Query,
+    table: str,
+    dims: list[str],
+    offers_join: str,
+    blocks: list[Block] | None,
 ) -> str:
     """The conversion counters of a report from a per-zone conversion rollup (or its days
     and weekly blocks). Booked cost is derived from the sums (`cpa`: per approved
@@ -405,7 +411,6 @@ def _rolled_conversions(
     select = ", ".join(
         f"{_zone_dimension_sql(n)} AS {d}" for n, d in zip(spec.group_by, dims, strict=True)
     )
-    blocks = zone_blocks(spec, table)
     where = _zone_conditions(spec, query, days=blocks is None)
     basis = query.param("click" if spec.conversion_time == "click" else "postback", "text")
     where.append(f"r.basis = {basis}")
