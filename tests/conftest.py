@@ -24,7 +24,7 @@ from tracker.sink.clicks import ClickSink
 from tracker.sink.orphans import orphan_matcher
 from tracker.store import keys
 from tracker.store.conversions import ConversionPostback
-from tracker.store.db import create_pool, migrate
+from tracker.store.db import create_pool, list_migrations, migrate
 from tracker.store.postback_log import Inbound
 from tracker.web.app import create_app, handler_args
 
@@ -122,6 +122,16 @@ async def fresh_database(servers: tuple[PostgresServer, RedisServer], name: str)
     finally:
         await admin.close()
     return pg.dsn(name)
+
+
+async def migrate_to(dsn: str, version: int, folder: Path) -> None:
+    """Apply the bundled migrations up to `version` only (the schema an upgrade starts
+    from), from copies in `folder`."""
+    folder.mkdir()
+    for number, name, sql in list_migrations():
+        if number <= version:
+            (folder / name).write_text(sql)
+    await migrate(dsn, folder)
 
 
 async def empty_stores(dsn: str, redis_url: str) -> None:

@@ -3,14 +3,13 @@ one monthly partition of `conversions` rather than every month ever kept (migrat
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import orjson
 import pytest
 
-from tests.conftest import fresh_database, usd_conversion
+from tests.conftest import fresh_database, migrate_to, usd_conversion
 from tests.test_partitions import click_record, scanned_partitions
 from tracker.domain.clickid import click_ms
 from tracker.store.conversions import (
@@ -21,7 +20,7 @@ from tracker.store.conversions import (
     UPDATE_STATUS,
     ConversionWriter,
 )
-from tracker.store.db import list_migrations, migrate
+from tracker.store.db import migrate
 from tracker.store.deliveries import SELECT_CLAIMED
 from tracker.store.partitions import ensure_partitions, list_partitions, period_start
 
@@ -257,12 +256,3 @@ async def test_migration_fills_the_time_of_existing_rows(servers, tmp_path):
             assert nullable is False, table
     finally:
         await conn.close()
-
-
-async def migrate_to(dsn: str, version: int, folder: Path) -> None:
-    """Apply the bundled migrations up to `version` only."""
-    folder.mkdir()
-    for number, name, sql in list_migrations():
-        if number <= version:
-            (folder / name).write_text(sql)
-    await migrate(dsn, folder)

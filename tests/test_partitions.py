@@ -15,7 +15,7 @@ import asyncpg
 import orjson
 import pytest
 
-from tests.conftest import fresh_database, usd_conversion, wait_for_sink
+from tests.conftest import fresh_database, migrate_to, usd_conversion, wait_for_sink
 from tests.test_cli import env_for
 from tests.test_housekeeping import log_unmatched
 from tests.test_postback import make_click
@@ -27,7 +27,7 @@ from tracker.sink.orphans import orphan_matcher
 from tracker.store import keys
 from tracker.store.clicks import SELECT_CLICK
 from tracker.store.conversions import LOCK_CONVERSION, ConversionPostback, ConversionWriter
-from tracker.store.db import create_pool, list_migrations, migrate
+from tracker.store.db import create_pool, migrate
 from tracker.store.partitions import (
     ensure_partitions,
     list_partitions,
@@ -102,12 +102,7 @@ def test_periods_ahead_cross_month_and_year_ends():
 
 async def test_migration_keeps_every_row_and_id_sequence(servers, tmp_path):
     dsn = await fresh_database(servers, "migrate_partitions")
-    old = tmp_path / "old"
-    old.mkdir()
-    for version, name, sql in list_migrations():
-        if version < 15:
-            (old / name).write_text(sql)
-    await migrate(dsn, old)
+    await migrate_to(dsn, 14, tmp_path / "old")
     conn = await asyncpg.connect(dsn)
     try:
         # Clicks over 60 days, conversions over four months, log rows over 30 days; ids
@@ -603,12 +598,7 @@ async def test_migration_of_years_of_history_makes_monthly_partitions_before_thi
     ("out of shared memory"). Months before the current one get one partition each, which
     retention drops once the whole month is past."""
     dsn = await fresh_database(servers, "migrate_history")
-    old = tmp_path / "old"
-    old.mkdir()
-    for version, name, sql in list_migrations():
-        if version < 15:
-            (old / name).write_text(sql)
-    await migrate(dsn, old)
+    await migrate_to(dsn, 14, tmp_path / "old")
     moments = [datetime.fromtimestamp(ms(NOW - timedelta(days=d)) / 1000, UTC) for d in range(1095)]
     pool = await create_pool(dsn, 1, 2)
     try:
