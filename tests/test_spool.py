@@ -180,5 +180,10 @@ async def test_a_click_stored_twice_keeps_its_first_uniqueness(redis):
         assert await writer.write(first, record, 60, "uv:1:v", 60) is True
         assert await writer.write(first, record, 60, "uv:1:v", 60) is True
         assert await writer.write(second, record, 60, "uv:1:v", 60) is False
+        # Decided ahead of the write (for rules that read it), the same way.
+        third = new_click_id()
+        assert await writer.check_unique("uv:1:w", 60, third) is True
+        assert await writer.check_unique("uv:1:w", 60, third) is True
+        assert await writer.check_unique("uv:1:w", 60, new_click_id()) is False
     finally:
         await writer.close()

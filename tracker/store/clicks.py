@@ -301,16 +301,19 @@ class ClickWriter(BatchedService):
             return ttl_seconds
         return min(ttl_seconds, self.hot_seconds)
 
-    async def check_unique(self, unique_key: str, unique_ttl: int) -> bool | None:
+    async def check_unique(self, unique_key: str, unique_ttl: int, click_id: str) -> bool | None:
         """Whether the visitor's click is unique, decided ahead of the write (for rules
-        that read it); None when Redis does not answer in time."""
+        that read it); None when Redis does not answer in time. Like the store script,
+        the key holds the deciding click's record key, so a call sent again decides the
+        same."""
+        mine = keys.click_key(click_id)
         try:
             seen = await asyncio.wait_for(
-                self._redis.set(unique_key, 1, ex=unique_ttl, get=True), self._write_timeout
+                self._redis.set(unique_key, mine, ex=unique_ttl, get=True), self._write_timeout
             )
         except (RedisError, RedisClusterException, OSError, TimeoutError):
             return None
-        return seen is None
+        return seen is None or seen == mine.encode()
 
     async def record_lander_click(
         self, record: dict[str, Any], attribution_seconds: int, now_ms: int

@@ -99,7 +99,7 @@ async def click(request: web.Request) -> web.StreamResponse:
     is_unique = None
     if by_rules:
         # A rule reads it, so it is decided before the path: one more round trip.
-        is_unique = await writer.check_unique(unique_key, unique_ttl)
+        is_unique = await writer.check_unique(unique_key, unique_ttl, click_id)
         unique_ttl = 0
     plan = plan_click(
         campaign,
