@@ -21,6 +21,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +33,7 @@ import asyncpg
 import reports as report_bench
 from redis.asyncio import Redis
 
-from tracker.demo import seed_demo
+from tracker.demo import Demo, seed_demo
 from tracker.devstack import PostgresServer, RedisServer, free_port, wait_for_port
 from tracker.store import keys
 from tracker.store.db import migrate
@@ -47,9 +50,73 @@ async def wait_listening(port: int) -> None:
     await asyncio.to_thread(wait_for_port, port, "server")
 
 
+def _stat_fields(pid: int) -> list[str]:
+    # The fields after the command name, which may itself hold spaces and parentheses.
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used (from /proc): steadier than throughput
+    on a shared machine."""
+    fields = _stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """The process and all its descendants, found by each process's parent in /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int(_stat_fields(int(entry.name))[1])
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue  # gone since the listing
+        children.setdefault(parent, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo.extend(children.get(tree[-1], []))
+    return tree
+
+
+def tree_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds used so far by each process of the tree under `pid`."""
+    used = {}
+    for member in process_tree(pid):
+        try:
+            used[member] = process_cpu_seconds(member)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return used
+
+
+class CpuMeter:
+    """CPU time a process and its descendants use from the meter's creation on.
+
+    A process that exits in between takes its share with it (a worker that dies and is
+    restarted); one that starts in between counts in full."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.before = tree_cpu_seconds(pid)
+
+    def seconds(self) -> float:
+        now = tree_cpu_seconds(self.pid)
+        return sum(used - self.before.get(member, 0.0) for member, used in now.items())
+
+
 async def wrk(
-    url: str, script: str, args: list[str], duration: int, connections: int
+    url: str,
+    script: str,
+    args: list[str],
+    duration: int,
+    connections: int,
+    cpu_pid: int | None = None,
 ) -> dict[str, Any]:
+    """One wrk run; with `cpu_pid`, also the CPU time that process and its children (the
+    workers of `serve --workers N`) used over the run, per request answered (`cpu_us`)."""
+    meter = CpuMeter(cpu_pid) if cpu_pid is not None else None
     proc = await asyncio.create_subprocess_exec(
         "wrk",
         "-t2",
@@ -67,7 +134,7 @@ async def wrk(
     line = [ln for ln in out.decode().splitlines() if ln.startswith("{")][-1]
     raw = json.loads(line)
     seconds = raw["duration_us"] / 1e6
-    return {
+    result = {
         "rps": raw["requests"] / seconds,
         "p50_ms": raw["p50_us"] / 1000,
         "p90_ms": raw["p90_us"] / 1000,
@@ -76,6 +143,9 @@ async def wrk(
         "errors": raw["errors"],
         "bad_status": raw["non_2xx_3xx"],
     }
+    if meter is not None:
+        result["cpu_us"] = meter.seconds() / max(raw["requests"], 1) * 1e6
+    return result
 
 
 class Stack:
@@ -120,6 +190,75 @@ class Stack:
         self.pg.stop()
 
 
+@dataclass
+class Running:
+    """A started stack, with the clients and the demo data the phases use."""
+
+    root: Path
+    stack: Stack
+    pool: asyncpg.Pool
+    redis: Redis
+    demo: Demo
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.stack.port}"
+
+    @property
+    def path(self) -> str:
+        """The demo campaign's click path: the plain click."""
+        return f"/c/{self.demo.campaign_key}"
+
+    async def start_serve(self, workers: int = 1) -> int:
+        """`tracker serve` (with workers beyond one, its supervisor); its pid once it
+        listens and has settled."""
+        args = ["serve", "--workers", str(workers)] if workers > 1 else ["serve"]
+        self.stack.start_process("serve", *args)
+        await wait_listening(self.stack.port)
+        await asyncio.sleep(1.0 if workers == 1 else 2.0)
+        return self.stack.procs["serve"].pid
+
+    async def drain_sink(self, limit_s: float = 300.0) -> None:
+        """Until the sink has moved every click on the streams into Postgres."""
+        deadline = time.monotonic() + limit_s
+        while await sink_backlog(self.redis) > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+
+    async def postback_args(self, limit: int = 200000) -> list[str]:
+        """postback.lua's arguments: a file of click ids from Postgres (the sink must have
+        stored them), the demo's postback token, and a run tag (keeps txids unique)."""
+        ids_file = self.root / "clickids.txt"
+        rows = await self.pool.fetch("SELECT click_id FROM clicks LIMIT $1", limit)
+        if not rows:
+            raise SystemExit("no clicks in Postgres to post back for")
+        ids_file.write_text("\n".join(r["click_id"] for r in rows) + "\n")
+        return [str(ids_file), self.demo.postback_token, "0"]
+
+
+@asynccontextmanager
+async def running_stack(prefix: str = "tracker-bench-") -> AsyncIterator[Running]:
+    """Redis and PostgreSQL in a temporary directory, migrated and seeded with the demo
+    campaign; every process started in it is stopped and the directory removed on exit."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    root.chmod(0o755)
+    stack = Stack(root)
+    try:
+        stack.pg.start()
+        stack.redis_server.start()
+        await migrate(stack.pg.dsn())
+        demo = await seed_demo(stack.pg.dsn())
+        pool = await asyncpg.create_pool(stack.pg.dsn(), min_size=1, max_size=2)
+        redis = Redis.from_url(stack.redis_server.url())
+        try:
+            yield Running(root, stack, pool, redis, demo)
+        finally:
+            await redis.aclose()
+            await pool.close()
+    finally:
+        stack.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 async def sink_backlog(redis: Redis) -> int:
     return await streams_backlog(redis, keys.click_streams(keys.DEFAULT_SHARDS), keys.SINK_GROUP)
 
@@ -139,12 +278,21 @@ async def click_run(
     connections: int,
     script: str = "click.lua",
 ) -> dict[str, Any]:
-    """One wrk click run, with the sink watched during and after it."""
+    """One wrk click run, with the sink watched during and after it: the serve process's
+    CPU per click answered (`cpu_us`), the sinks' per click stored (`sink_cpu_us`)."""
     before = await stored_clicks(pool)
+    sinks = [CpuMeter(proc.pid) for name, proc in stack.procs.items() if name.startswith("sink")]
     started = time.monotonic()
     peak = 0
     task = asyncio.create_task(
-        wrk(f"http://127.0.0.1:{stack.port}", script, [path], duration, connections)
+        wrk(
+            f"http://127.0.0.1:{stack.port}",
+            script,
+            [path],
+            duration,
+            connections,
+            cpu_pid=stack.procs["serve"].pid,
+        )
     )
     while not task.done():
         peak = max(peak, await sink_backlog(redis))
@@ -158,21 +306,16 @@ async def click_run(
         await asyncio.sleep(0.05)
     drained = time.monotonic()
     stored = await stored_clicks(pool) - before
+    sink_seconds = sum(meter.seconds() for meter in sinks)
     result.update(
         sink_rows_per_s=stored / (drained - started),
+        sink_cpu_us=sink_seconds / max(stored, 1) * 1e6,
         backlog_peak=peak,
         backlog_at_end=backlog_at_end,
         drain_s=drained - ended,
         stored=stored,
     )
     return result
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User and system CPU time a process has used (from /proc): steadier than throughput
-    on a shared machine."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def metrics_cost(stack: Stack, path: str, opts: argparse.Namespace) -> dict[str, Any]:
@@ -189,20 +332,17 @@ async def metrics_cost(stack: Stack, path: str, opts: argparse.Namespace) -> dic
             await asyncio.sleep(1.0)
             await wrk(url, "click.lua", [path], 2, opts.connections)
             pid = stack.procs["serve"].pid
-            cpu_before = process_cpu_seconds(pid)
-            run = await wrk(url, "click.lua", [path], opts.duration, opts.connections)
-            cpu = process_cpu_seconds(pid) - cpu_before
-            run["cpu_us_per_click"] = cpu / max(run["requests"], 1) * 1e6
+            run = await wrk(url, "click.lua", [path], opts.duration, opts.connections, pid)
             by_mode[mode].append(run)
     stack.stop_process("serve")
     stack.start_process("serve", "serve")
     await wait_listening(stack.port)
-    figures = ["rps", "p50_ms", "p99_ms", "cpu_us_per_click"]
+    figures = ["rps", "p50_ms", "p99_ms", "cpu_us"]
     line: dict[str, Any] = {
         "on": report_line("click, metrics on", by_mode["on"], figures),
         "off": report_line("click, metrics off", by_mode["off"], figures),
     }
-    for figure in ("rps", "cpu_us_per_click"):
+    for figure in ("rps", "cpu_us"):
         pairs = [
             on[figure] / off[figure] for on, off in zip(by_mode["on"], by_mode["off"], strict=True)
         ]
@@ -378,6 +518,153 @@ async def deliveries_phase(pool: asyncpg.Pool, opts: argparse.Namespace) -> dict
     return result
 
 
+# Issue 14's goals are stated at these connection counts.
+GOAL_CONNECTIONS = 50
+GOAL_FEW_CONNECTIONS = 16
+
+
+def issue_14_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 14's goals worked out from one run's medians, each with its figure, target
+    and whether it is met (None: the run did not measure it, e.g. other connection
+    counts). Empty when the run had no --workers 1 phases."""
+    phases = ["baseline", "clicks_workers_1", "clicks_workers_1_sink_stopped"]
+    phases += ["clicks_full_facts", "postbacks", "postbacks_few_connections"]
+    if any(phase not in results for phase in phases):
+        return []
+
+    def median(phase: str, figure: str) -> float:
+        return float(results[phase][figure]["median"])
+
+    connections = int(results["connections"])
+    few = int(results["postbacks_few_connections"].get("connections", 0))
+    base_cpu, base_rps = median("baseline", "cpu_us"), median("baseline", "rps")
+    click_cpu, click_rps = median("clicks_workers_1", "cpu_us"), median("clicks_workers_1", "rps")
+    alone_rps = median("clicks_workers_1_sink_stopped", "rps")
+    facts_rps = median("clicks_full_facts", "rps")
+    rows: list[dict[str, Any]] = []
+
+    def goal(
+        text: str,
+        value: float,
+        op: str,
+        limit: float,
+        unit: str,
+        detail: str = "",
+        ran_at: int | None = None,
+        wanted: int | None = None,
+    ) -> None:
+        met: bool | None = value <= limit if op == "<=" else value >= limit
+        if ran_at != wanted:
+            met, detail = None, f"ran at {ran_at} connections, the goal is at {wanted}"
+        rows.append(
+            {
+                "goal": text,
+                "value": value,
+                "unit": unit,
+                "target": f"{op} {limit:g}{unit}",
+                "detail": detail,
+                "met": met,
+            }
+        )
+
+    goal(
+        "plain click: serve CPU per click / baseline's per request",
+        click_cpu / base_cpu,
+        "<=",
+        1.5,
+        "x",
+        f"{click_cpu:.1f} / {base_cpu:.1f} us",
+    )
+    goal(
+        "plain click rps / baseline, sink stopped",
+        alone_rps / base_rps,
+        ">=",
+        0.6,
+        "x",
+        f"{alone_rps:.0f} / {base_rps:.0f} per s",
+    )
+    goal(
+        "plain click rps / baseline, sink running",
+        click_rps / base_rps,
+        ">=",
+        0.55,
+        "x",
+        f"{click_rps:.0f} / {base_rps:.0f} per s",
+    )
+    for phase, label in [
+        ("clicks_workers_1", "sink running"),
+        ("clicks_workers_1_sink_stopped", "sink stopped"),
+    ]:
+        goal(
+            f"plain click p99 at {GOAL_CONNECTIONS} connections, {label}",
+            median(phase, "p99_ms"),
+            "<=",
+            10,
+            " ms",
+            ran_at=connections,
+            wanted=GOAL_CONNECTIONS,
+        )
+    goal(
+        "full facts click rps / plain click (sink running)",
+        facts_rps / click_rps,
+        ">=",
+        0.85,
+        "x",
+        f"{facts_rps:.0f} / {click_rps:.0f} per s",
+    )
+    goal(
+        f"postbacks per s at {GOAL_CONNECTIONS} connections",
+        median("postbacks", "rps"),
+        ">=",
+        6000,
+        "/s",
+        ran_at=connections,
+        wanted=GOAL_CONNECTIONS,
+    )
+    goal(
+        f"postback p99 at {GOAL_CONNECTIONS} connections",
+        median("postbacks", "p99_ms"),
+        "<=",
+        25,
+        " ms",
+        ran_at=connections,
+        wanted=GOAL_CONNECTIONS,
+    )
+    goal(
+        f"postback p99 at {GOAL_FEW_CONNECTIONS} connections",
+        median("postbacks_few_connections", "p99_ms"),
+        "<=",
+        10,
+        " ms",
+        ran_at=few,
+        wanted=GOAL_FEW_CONNECTIONS,
+    )
+    return rows
+
+
+# Decimals shown per unit of a goal's figure.
+GOAL_DIGITS = {"x": 2, " ms": 1, "/s": 0}
+
+
+def print_goals(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        print("issue 14 goals: not worked out (they need the --workers 1 phases)", flush=True)
+        return
+    met = sum(1 for row in rows if row["met"])
+    print(f"issue 14 goals, from this run's medians: {met} of {len(rows)} met", flush=True)
+    for row in rows:
+        status = {True: "met", False: "MISSED", None: "not measured"}[row["met"]]
+        digits = GOAL_DIGITS[row["unit"]]
+        value = f"{row['value']:.{digits}f}{row['unit']}"
+        detail = f"  ({row['detail']})" if row["detail"] else ""
+        print(f"  {row['goal']:<58} {value:>10}  {row['target']:<10} {status}{detail}", flush=True)
+
+
+def few_connections(connections: int) -> int:
+    """The postback phase's low-load connection count: 16 beside the usual 50."""
+    return max(1, connections // 3)
+
+
 def report_line(label: str, runs: list[dict[str, Any]], keys_: list[str]) -> dict[str, Any]:
     summary = {k: summarize([r[k] for r in runs]) for k in keys_}
     parts = [f"{label:<28}"]
@@ -414,9 +701,6 @@ async def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: run `make bench`, which installs it")
 
-    root = Path(tempfile.mkdtemp(prefix="tracker-bench-"))
-    root.chmod(0o755)
-    stack = Stack(root)
     results: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "label": opts.label,
@@ -428,18 +712,15 @@ async def main() -> None:
     }
     print(
         f"cores={os.cpu_count()} runs={opts.runs} duration={opts.duration}s "
-        f"connections={opts.connections}; figures are median [min..max]",
+        f"connections={opts.connections}; figures are median [min..max]; cpu_us is the "
+        "measured process's CPU time per request (the serve process and its workers, or the "
+        "baseline app), sink_cpu_us the sink's per click stored",
         flush=True,
     )
-    try:
-        stack.pg.start()
-        stack.redis_server.start()
-        await migrate(stack.pg.dsn())
-        demo = await seed_demo(stack.pg.dsn())
-        pool = await asyncpg.create_pool(stack.pg.dsn(), min_size=1, max_size=2)
-        redis = Redis.from_url(stack.redis_server.url())
-        path = f"/c/{demo.campaign_key}"
+    async with running_stack() as bench:
+        stack, redis, pool, path = bench.stack, bench.redis, bench.pool, bench.path
         latency = ["rps", "p50_ms", "p90_ms", "p99_ms"]
+        measured = [*latency, "cpu_us"]
 
         # Baseline: a bare aiohttp 302 on the same loop settings.
         baseline_port = free_port()
@@ -448,44 +729,38 @@ async def main() -> None:
         )
         try:
             await wait_listening(baseline_port)
-            await wrk(f"http://127.0.0.1:{baseline_port}", "click.lua", [path], 2, opts.connections)
+            baseline_url = f"http://127.0.0.1:{baseline_port}"
+            await wrk(baseline_url, "click.lua", [path], 2, opts.connections)
             runs = [
                 await wrk(
-                    f"http://127.0.0.1:{baseline_port}",
-                    "click.lua",
-                    [path],
-                    opts.duration,
-                    opts.connections,
+                    baseline_url, "click.lua", [path], opts.duration, opts.connections, baseline.pid
                 )
                 for _ in range(opts.runs)
             ]
         finally:
             baseline.send_signal(signal.SIGTERM)
             baseline.wait(timeout=30)
-        results["baseline"] = report_line("baseline 302", runs, latency)
+        results["baseline"] = report_line("baseline 302", runs, measured)
         base_rps = results["baseline"]["rps"]["median"]
 
         stack.start_process("sink", "sink")
         worker_counts = [int(w) for w in opts.workers.split(",")]
         for workers in worker_counts:
-            serve_args = ["serve", "--workers", str(workers)] if workers > 1 else ["serve"]
-            stack.start_process("serve", *serve_args)
-            await wait_listening(stack.port)
-            await asyncio.sleep(1.0 if workers == 1 else 2.0)
+            serve_pid = await bench.start_serve(workers)
             await settle(redis, pool)
-            await wrk(f"http://127.0.0.1:{stack.port}", "click.lua", [path], 2, opts.connections)
+            await wrk(bench.url, "click.lua", [path], 2, opts.connections)
             runs = [
                 await click_run(stack, redis, pool, path, opts.duration, opts.connections)
                 for _ in range(opts.runs)
             ]
             name = f"clicks_workers_{workers}"
-            results[name] = report_line(f"click, --workers {workers}", runs, latency)
+            results[name] = report_line(f"click, --workers {workers}", runs, measured)
             results[name]["ratio_to_baseline"] = results[name]["rps"]["median"] / base_rps
             results[name]["errors"] = sum(r["errors"] + r["bad_status"] for r in runs)
             results[f"sink_during_{name}"] = report_line(
                 "  sink",
                 runs,
-                ["sink_rows_per_s", "backlog_peak", "backlog_at_end", "drain_s"],
+                ["sink_rows_per_s", "sink_cpu_us", "backlog_peak", "backlog_at_end", "drain_s"],
             )
             print(
                 f"  ratio to baseline {results[name]['ratio_to_baseline']:.2f}; "
@@ -499,15 +774,14 @@ async def main() -> None:
                 flows_path = await create_flows_campaign(stack.port, pool)
                 await asyncio.sleep(1.0)  # the configuration reaches the worker
                 await settle(redis, pool)
-                url = f"http://127.0.0.1:{stack.port}"
-                await wrk(url, "facts.lua", [flows_path], 2, opts.connections)
+                await wrk(bench.url, "facts.lua", [flows_path], 2, opts.connections)
                 runs = [
                     await click_run(
                         stack, redis, pool, flows_path, opts.duration, opts.connections, "facts.lua"
                     )
                     for _ in range(opts.runs)
                 ]
-                facts = report_line("click, full facts", runs, latency)
+                facts = report_line("click, full facts", runs, measured)
                 facts["ratio_to_plain"] = facts["rps"]["median"] / results[name]["rps"]["median"]
                 facts["ratio_to_baseline"] = facts["rps"]["median"] / base_rps
                 facts["errors"] = sum(r["errors"] + r["bad_status"] for r in runs)
@@ -523,40 +797,39 @@ async def main() -> None:
                 await settle(redis, pool)
                 runs = [
                     await wrk(
-                        f"http://127.0.0.1:{stack.port}",
-                        "click.lua",
-                        [path],
-                        opts.duration,
-                        opts.connections,
+                        bench.url, "click.lua", [path], opts.duration, opts.connections, serve_pid
                     )
                     for _ in range(opts.runs)
                 ]
-                alone = report_line("click, sink stopped", runs, latency)
+                alone = report_line("click, sink stopped", runs, measured)
                 alone["ratio_to_baseline"] = alone["rps"]["median"] / base_rps
                 results["clicks_workers_1_sink_stopped"] = alone
                 print(f"  ratio to baseline {alone['ratio_to_baseline']:.2f}", flush=True)
                 results["metrics_cost"] = await metrics_cost(stack, path, opts)
+                serve_pid = stack.procs["serve"].pid  # metrics_cost restarted it
                 stack.start_process("sink", "sink")
-                while await sink_backlog(redis) > 0:
-                    await asyncio.sleep(0.1)
+                await bench.drain_sink()
 
                 # Postbacks over the clicks just made, each with a new txid.
                 await settle(redis, pool)
-                ids_file = root / "clickids.txt"
-                rows = await pool.fetch("SELECT click_id FROM clicks LIMIT 200000")
-                ids_file.write_text("\n".join(r["click_id"] for r in rows) + "\n")
-                args = [str(ids_file), demo.postback_token, "0"]
-                url = f"http://127.0.0.1:{stack.port}"
-                await wrk(url, "postback.lua", args, 2, opts.connections)
+                args = await bench.postback_args()
+                await wrk(bench.url, "postback.lua", args, 2, opts.connections)
                 before = await pool.fetchval("SELECT count(*) FROM conversions")
                 runs = []
                 for run in range(1, opts.runs + 1):
                     args[2] = str(run)  # txids stay unique across runs
                     runs.append(
-                        await wrk(url, "postback.lua", args, opts.duration, opts.connections)
+                        await wrk(
+                            bench.url,
+                            "postback.lua",
+                            args,
+                            opts.duration,
+                            opts.connections,
+                            serve_pid,
+                        )
                     )
                 stored = await pool.fetchval("SELECT count(*) FROM conversions") - before
-                results["postbacks"] = report_line("postback (unique txid)", runs, latency)
+                results["postbacks"] = report_line("postback (unique txid)", runs, measured)
                 results["postbacks"]["errors"] = sum(r["errors"] + r["bad_status"] for r in runs)
                 results["postbacks"]["stored_vs_answered"] = [
                     stored,
@@ -569,14 +842,17 @@ async def main() -> None:
                 )
                 # Fewer connections: latency when the process is not saturated.
                 await settle(redis, pool)
-                few = max(1, opts.connections // 3)
+                few = few_connections(opts.connections)
                 runs = []
                 for run in range(1, opts.runs + 1):
                     args[2] = f"few{run}"
-                    runs.append(await wrk(url, "postback.lua", args, opts.duration, few))
+                    runs.append(
+                        await wrk(bench.url, "postback.lua", args, opts.duration, few, serve_pid)
+                    )
                 results["postbacks_few_connections"] = report_line(
-                    f"postback, {few} connections", runs, latency
+                    f"postback, {few} connections", runs, measured
                 )
+                results["postbacks_few_connections"]["connections"] = few
             stack.stop_process("serve")
         results["deliveries"] = await deliveries_phase(pool, opts)
         if "clicks_workers_2" in results:
@@ -584,11 +860,6 @@ async def main() -> None:
             w2 = results["clicks_workers_2"]["rps"]["median"]
             results["workers_2_over_1"] = w2 / w1
             print(f"--workers 2 / --workers 1 = {w2 / w1:.2f} on {os.cpu_count()} cores")
-        await redis.aclose()
-        await pool.close()
-    finally:
-        stack.stop()
-        shutil.rmtree(root, ignore_errors=True)
     if opts.cluster:
         # One Redis against a 3-master cluster (bench/cluster.py), after the stack is gone.
         import cluster as cluster_bench  # it imports this module: not at the top
@@ -601,7 +872,10 @@ async def main() -> None:
         results["reports"] = await report_bench.run(
             report_bench.options(clicks=opts.reports, runs=opts.reports_runs)
         )
+    results["issue_14_goals"] = goals = issue_14_goals(results)
+    print_goals(goals)
     out = BENCH / "results" / f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
+    out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written {out.relative_to(BENCH.parent)}")
 

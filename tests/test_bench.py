@@ -1,0 +1,149 @@
+"""The benchmark's own arithmetic: CPU time of a process tree from /proc, and issue 14's
+goals worked out from a run's figures."""
+
+import copy
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+import run as bench_run
+
+# A parent that only sleeps, and its child that spins until told to stop.
+SPINNER = """
+import os, sys, time
+open(sys.argv[1], "w").write(str(os.getpid()))
+stop = sys.argv[2]
+while not os.path.exists(stop):
+    for _ in range(100000):
+        pass
+"""
+SLEEPER = """
+import os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2], sys.argv[3]])
+while not os.path.exists(sys.argv[3]):
+    time.sleep(0.05)
+child.wait()
+"""
+
+
+def test_cpu_meter_counts_the_children(tmp_path: Path) -> None:
+    ready, stop = tmp_path / "ready", tmp_path / "stop"
+    parent = subprocess.Popen([sys.executable, "-c", SLEEPER, SPINNER, str(ready), str(stop)])
+    try:
+        deadline = time.monotonic() + 20
+        while not (ready.exists() and ready.read_text()):
+            assert time.monotonic() < deadline, "the child never started"
+            time.sleep(0.05)
+        child = int(ready.read_text())
+        assert bench_run.process_tree(parent.pid) == [parent.pid, child]
+
+        meter = bench_run.CpuMeter(parent.pid)
+        own_before = bench_run.process_cpu_seconds(parent.pid)
+        while (used := meter.seconds()) < 0.3:
+            assert time.monotonic() < deadline, f"only {used:.2f} s of CPU counted"
+            time.sleep(0.05)
+        own = bench_run.process_cpu_seconds(parent.pid) - own_before
+        # The sleeping parent used next to nothing: what was counted is the child's.
+        assert own < 0.1
+        assert used - own >= 0.2
+    finally:
+        stop.touch()
+        parent.wait(timeout=20)
+
+
+def test_cpu_meter_of_a_process_without_children() -> None:
+    meter = bench_run.CpuMeter(bench_run.os.getpid())
+    deadline = time.monotonic() + 20
+    while meter.seconds() < 0.05:
+        assert time.monotonic() < deadline
+        sum(range(100000))
+    assert bench_run.process_tree(bench_run.os.getpid())[0] == bench_run.os.getpid()
+
+
+def phase(**figures: float) -> dict[str, Any]:
+    return {name: {"median": v, "min": v, "max": v} for name, v in figures.items()}
+
+
+# Every goal met, by a margin.
+MEETING: dict[str, Any] = {
+    "connections": 50,
+    "baseline": phase(rps=27000, p99_ms=3.0, cpu_us=43.0),
+    "clicks_workers_1": phase(rps=16000, p99_ms=8.0, cpu_us=60.0),
+    "clicks_workers_1_sink_stopped": phase(rps=17000, p99_ms=9.0, cpu_us=58.0),
+    "clicks_full_facts": phase(rps=14400, p99_ms=9.5, cpu_us=66.0),
+    "postbacks": phase(rps=6500, p99_ms=20.0, cpu_us=100.0),
+    "postbacks_few_connections": {**phase(rps=5000, p99_ms=6.0, cpu_us=95.0), "connections": 16},
+}
+
+
+def with_median(phase_name: str, figure: str, value: float) -> dict[str, Any]:
+    results = copy.deepcopy(MEETING)
+    results[phase_name][figure]["median"] = value
+    return results
+
+
+def test_goals_all_met() -> None:
+    rows = bench_run.issue_14_goals(MEETING)
+    assert len(rows) == 9
+    assert [row["met"] for row in rows] == [True] * 9
+    assert rows[0]["value"] == pytest.approx(60.0 / 43.0)
+
+
+@pytest.mark.parametrize(
+    ("phase_name", "figure", "value", "missed"),
+    [
+        ("clicks_workers_1", "cpu_us", 65.0, 0),  # 1.51x the baseline's 43 us
+        ("clicks_workers_1_sink_stopped", "rps", 16100, 1),  # 0.596x
+        ("clicks_workers_1", "rps", 14800, 2),  # 0.548x (and facts 0.97x: still met)
+        ("clicks_workers_1", "p99_ms", 10.1, 3),
+        ("clicks_workers_1_sink_stopped", "p99_ms", 10.1, 4),
+        ("clicks_full_facts", "rps", 13500, 5),  # 0.84x of plain
+        ("postbacks", "rps", 5999, 6),
+        ("postbacks", "p99_ms", 25.1, 7),
+        ("postbacks_few_connections", "p99_ms", 10.1, 8),
+    ],
+)
+def test_each_goal_missed_alone(phase_name: str, figure: str, value: float, missed: int) -> None:
+    rows = bench_run.issue_14_goals(with_median(phase_name, figure, value))
+    assert [i for i, row in enumerate(rows) if row["met"] is not True] == [missed]
+    assert rows[missed]["met"] is False
+
+
+def test_goals_on_the_limit_are_met() -> None:
+    results = with_median("clicks_workers_1", "cpu_us", 43.0 * 1.5)
+    results["postbacks"]["rps"]["median"] = 6000
+    results["postbacks"]["p99_ms"]["median"] = 25
+    assert all(row["met"] for row in bench_run.issue_14_goals(results))
+
+
+def test_goals_at_other_connection_counts_are_not_measured() -> None:
+    results = copy.deepcopy(MEETING)
+    results["connections"] = 100
+    results["postbacks_few_connections"]["connections"] = 33
+    rows = bench_run.issue_14_goals(results)
+    unmeasured = [row["goal"] for row in rows if row["met"] is None]
+    assert len(unmeasured) == 5
+    assert all("connections" in goal for goal in unmeasured)
+    assert [row["met"] for row in rows if row["met"] is not None] == [True] * 4
+
+
+def test_goals_need_the_single_worker_phases(capsys: pytest.CaptureFixture[str]) -> None:
+    results = copy.deepcopy(MEETING)
+    del results["clicks_full_facts"]
+    assert bench_run.issue_14_goals(results) == []
+    bench_run.print_goals([])
+    assert "not worked out" in capsys.readouterr().out
+
+
+def test_goals_table_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    bench_run.print_goals(bench_run.issue_14_goals(with_median("postbacks", "rps", 3400)))
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "issue 14 goals, from this run's medians: 8 of 9 met"
+    assert "3400/s" in out[7] and "MISSED" in out[7]
+    assert "1.40x" in out[1] and out[1].rstrip().endswith("(60.0 / 43.0 us)")
