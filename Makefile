@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 
-.PHONY: setup system-deps run test lint bench clean
+.PHONY: setup system-deps run test lint bench profile wrk clean
 
 setup: system-deps $(VENV)/.installed
 
@@ -28,9 +28,17 @@ run: setup
 test: setup
 	$(PY) -m pytest
 
-bench: setup
+wrk:
 	@command -v wrk >/dev/null 2>&1 || { $(APT) update -qq && $(APT) install -y -qq wrk; }
+
+bench: setup wrk
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# py-spy samples of the serve process under the click, full-facts and postback loads: top
+# frames printed, raw stacks and flame graphs in bench/results/. py-spy needs ptrace rights
+# (root, or kernel.yama.ptrace_scope=0).
+profile: setup wrk
+	$(PY) bench/profile.py $(PROFILE_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check tracker tests

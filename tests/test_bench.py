@@ -2,17 +2,20 @@
 goals worked out from a run's figures."""
 
 import copy
+import importlib.util
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
 
-import run as bench_run
+import run as bench_run  # noqa: E402
 
 # A parent that only sleeps, and its child that spins until told to stop.
 SPINNER = """
@@ -147,3 +150,87 @@ def test_goals_table_printed(capsys: pytest.CaptureFixture[str]) -> None:
     assert out[0] == "issue 14 goals, from this run's medians: 8 of 9 met"
     assert "3400/s" in out[7] and "MISSED" in out[7]
     assert "1.40x" in out[1] and out[1].rstrip().endswith("(60.0 / 43.0 us)")
+
+
+def load_profile_module() -> Any:
+    # Not importable as `profile`: the standard library has a module of that name.
+    spec = importlib.util.spec_from_file_location("bench_profile", BENCH / "profile.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench_profile = load_profile_module()
+
+COLLAPSED = """\
+<module> (a.py:1);serve (a.py:10);handle (b.py:5);dumps (c.py:2) 6
+<module> (a.py:1);serve (a.py:10);handle (b.py:5) 2
+<module> (a.py:1);serve (a.py:10);walk (d.py:1);walk (d.py:1);walk (d.py:1) 2
+garbage line
+"""
+
+
+def test_collapsed_stacks_and_shares() -> None:
+    stacks = bench_profile.read_collapsed(COLLAPSED + COLLAPSED.splitlines()[0] + "\n")
+    assert stacks[("<module> (a.py:1)", "serve (a.py:10)", "handle (b.py:5)")] == 2
+    assert (
+        stacks[("<module> (a.py:1)", "serve (a.py:10)", "handle (b.py:5)", "dumps (c.py:2)")] == 12
+    )
+    shares = bench_profile.frame_shares(stacks)
+    assert shares.total == 16
+    assert shares.top(shares.self_samples, 2) == [
+        ("dumps (c.py:2)", 0.75),
+        ("handle (b.py:5)", 0.125),
+    ]
+    cumulative = dict(shares.top(shares.cumulative, 10))
+    assert cumulative["serve (a.py:10)"] == 1.0
+    assert cumulative["handle (b.py:5)"] == 14 / 16
+    assert cumulative["walk (d.py:1)"] == 2 / 16  # recursion counted once per sample
+
+
+def test_flame_graph_is_svg_with_a_box_per_frame() -> None:
+    stacks = bench_profile.read_collapsed(COLLAPSED)
+    svg = bench_profile.flame_svg(stacks, "a <test> & more", width=1000)
+    root = ElementTree.fromstring(svg)
+    ns = "{http://www.w3.org/2000/svg}"
+    boxes = {
+        g.find(f"{ns}title").text.split(" (")[0]: g.find(f"{ns}rect") for g in root.iter(f"{ns}g")
+    }
+    # all, <module>, serve, handle, dumps, and walk three times over (one box per depth).
+    assert len(list(root.iter(f"{ns}g"))) == 8
+    assert float(boxes["all"].get("width")) == 1000
+    assert float(boxes["dumps"].get("width")) == 600
+    assert float(boxes["handle"].get("width")) == 800
+    # Callees sit above their callers.
+    assert float(boxes["dumps"].get("y")) < float(boxes["handle"].get("y"))
+    assert "a &lt;test&gt; &amp; more" in svg
+
+
+BUSY = """
+import time
+def spin_in_a_named_function():
+    end = time.monotonic() + 30
+    while time.monotonic() < end:
+        sum(range(1000))
+spin_in_a_named_function()
+"""
+
+
+def test_py_spy_record_read_back(tmp_path: Path) -> None:
+    busy = subprocess.Popen([sys.executable, "-c", BUSY])
+    raw = tmp_path / "raw.txt"
+    try:
+        time.sleep(0.3)
+        done = subprocess.run(
+            bench_profile.record_command(busy.pid, 1, 100, raw), capture_output=True, timeout=30
+        )
+        assert done.returncode == 0, done.stderr.decode()
+    finally:
+        busy.kill()
+        busy.wait()
+    shares = bench_profile.frame_shares(bench_profile.read_collapsed(raw.read_text()))
+    assert shares.total > 10
+    cumulative = dict(shares.top(shares.cumulative, 5))
+    [frame] = [f for f in cumulative if f.startswith("spin_in_a_named_function ")]
+    assert cumulative[frame] > 0.9
