@@ -187,6 +187,18 @@ def test_collapsed_stacks_and_shares() -> None:
     assert cumulative["serve (a.py:10)"] == 1.0
     assert cumulative["handle (b.py:5)"] == 14 / 16
     assert cumulative["walk (d.py:1)"] == 2 / 16  # recursion counted once per sample
+    # The trunk down to the event loop is left out of the cumulative ranking only.
+    shares = bench_profile.frame_shares(stacks, trunk="serve ")
+    assert shares.total == 16
+    assert shares.top(shares.cumulative, 10) == [
+        ("handle (b.py:5)", 14 / 16),
+        ("dumps (c.py:2)", 12 / 16),
+        ("walk (d.py:1)", 2 / 16),
+    ]
+    stacks[("<module> (a.py:1)", "serve (a.py:10)")] = 4  # the loop's own work
+    shares = bench_profile.frame_shares(stacks, trunk="serve ")
+    assert shares.top(shares.cumulative, 1) == [("handle (b.py:5)", 14 / 20)]
+    assert ("serve (a.py:10)", 4 / 20) in shares.top(shares.self_samples, 3)
 
 
 def test_flame_graph_is_svg_with_a_box_per_frame() -> None:
