@@ -134,7 +134,7 @@ class ClickFacts:
         """(IP version, address as a number), or None without a readable address.
         An IPv4-mapped IPv6 address counts as the IPv4 address it carries."""
         if not self._address_read:
-            self._address = parse_ip(self.visitor.ip)
+            self._address = self.visitor.address or parse_ip(self.visitor.ip)
             self._address_read = True
         return self._address
 
