@@ -1,5 +1,7 @@
+import ipaddress
 import time
 from pathlib import Path
+from random import Random
 
 import pytest
 from mmdb_writer import MMDBWriter
@@ -232,3 +234,55 @@ def test_unreadable_database_fails_at_startup(tmp_path):
 def test_asn_database_given_as_the_city_database(asn_db):
     with pytest.raises(GeoDataError, match="give it as TRACKER_GEOIP_ASN_DB"):
         GeoLookup(asn_db)
+
+
+def _geoip2fast_place(ip: str) -> Geo:
+    """geoip2fast's own answer for a public address, read as the tracker reads it: the
+    organisation only when its network holds the address (geoip2fast sizes IPv4
+    networks as IPv6 ones, so past a gap it names the network before the gap)."""
+    found = geo_module._embedded().lookup(ip)
+    if found.is_private:
+        return Geo()
+    isp = found.asn_name or None
+    if isp == "IANA.ORG" or not found.asn_cidr:
+        isp = None
+    elif isp is not None:
+        network = ipaddress.ip_network(found.asn_cidr)
+        if ipaddress.ip_address(ip) not in network:
+            isp = None
+    code = found.country_code
+    country = code if len(code) == 2 and code.isalpha() else None
+    return Geo(country=country, isp=isp)
+
+
+def test_embedded_tables_answer_as_geoip2fast_does():
+    """The tracker's own reading of the embedded tables against geoip2fast's lookup, for
+    addresses spread over IPv4 and the IPv6 space in use, and at network edges."""
+    random = Random(14)
+    lookup = GeoLookup()
+    addresses = [str(ipaddress.IPv4Address(random.getrandbits(32))) for _ in range(20_000)]
+    addresses += [
+        str(
+            ipaddress.IPv6Address(
+                (0x2000 + random.getrandbits(12)) << 112 | random.getrandbits(112)
+            )
+        )
+        for _ in range(5_000)
+    ]
+    # The first and last address of networks, and the ones just outside them.
+    for cidr in ("8.8.8.0/24", "1.0.0.0/24", "149.28.0.0/16", "2a02:ff00::/32", "18.130.0.0/16"):
+        network = ipaddress.ip_network(cidr)
+        for number in (-1, 0, network.num_addresses - 1, network.num_addresses):
+            addresses.append(str(network.network_address + number))
+    compared = placed = with_isp = 0
+    for ip in addresses:
+        if geo_module.public_address(ip) is None:
+            continue
+        expected = _geoip2fast_place(ip)
+        assert lookup.lookup(ip) == expected, ip
+        compared += 1
+        placed += expected.country is not None
+        with_isp += expected.isp is not None
+    print(f"compared {compared} addresses: {placed} placed, {with_isp} with an organisation")
+    # The sample reaches well into the data, so the comparison means something.
+    assert compared > 20_000 and placed > 10_000 and with_isp > 8_000

@@ -21,7 +21,7 @@ from tests.test_outbox import (  # noqa: F401 - receiver is a fixture
     wait_until,
 )
 from tracker.devstack import free_port, wait_for_port
-from tracker.metrics import serve_metrics
+from tracker.metrics import Metrics, serve_metrics
 from tracker.sink.metrics import sink_metrics
 from tracker.web.app import create_app
 
@@ -192,3 +192,25 @@ async def _click_and_scrape(port: int, base: int) -> tuple[int, list[float], int
                 break
         async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
             return sent, per_worker, resp.status
+
+
+def test_route_timer_is_made_once_per_route_and_counts_into_its_series() -> None:
+    metrics = Metrics()
+    timer = metrics.route_timer("/c/{campaign_key}", "GET")
+    assert metrics.route_timer("/c/{campaign_key}", "GET") is timer
+    timer(0.002)
+    timer(0.02)
+    metrics.route_timer("/postback", "GET")(0.002)
+    series = metrics.requests[("/c/{campaign_key}", "GET")]
+    assert sum(series.counts) == 2 and series.total == pytest.approx(0.022)
+    assert sum(metrics.requests[("/postback", "GET")].counts) == 1
+    metrics.count(metrics.clicks, "offer", "false")
+    metrics.count(metrics.clicks, "offer", "false")
+    assert metrics.clicks == {("offer", "false"): 2}
+
+
+def test_disabled_metrics_keep_nothing() -> None:
+    metrics = Metrics(enabled=False)
+    metrics.route_timer("/c/{campaign_key}", "GET")(0.002)
+    metrics.count(metrics.clicks, "offer", "false")
+    assert metrics.requests == {} and metrics.clicks == {}

@@ -130,6 +130,14 @@ def test_unreadable_address_is_missing():
     assert holds("ip", "in", ["0.0.0.0/0"], facts(visitor=visitor)) is False
 
 
+def test_the_address_parsed_with_the_visitor_facts_is_used():
+    # Gathered facts carry the parsed address; the text is not parsed again.
+    visitor = Visitor(ip="10.1.2.3", user_agent=None, referrer=None, language=None)
+    visitor.address = (4, 0x0B000001)  # 11.0.0.1
+    assert holds("ip", "in", ["11.0.0.0/8"], facts(visitor=visitor))
+    assert not holds("ip", "in", ["10.0.0.0/8"], facts(visitor=visitor))
+
+
 @pytest.mark.parametrize(
     ("ip", "networks", "expected"),
     [

@@ -126,6 +126,34 @@ def test_repeated_user_agent_and_address_come_from_the_cache():
     assert service.address_facts.cache_info().hits == 1
 
 
+def test_parsed_address_goes_with_the_visitor():
+    service = facts()
+    assert service.visitor("8.8.8.8", CHROME_WINDOWS, None, None).address == (4, 0x08080808)
+    assert service.visitor("::ffff:8.8.4.4", CHROME_WINDOWS, None, None).address == (4, 0x08080404)
+    assert service.visitor("2001:db8::1", CHROME_WINDOWS, None, None).address == (
+        6,
+        0x20010DB8 << 96 | 1,
+    )
+    for unreadable in ("garbage", "", None, "1" * 100):
+        assert service.visitor(unreadable, CHROME_WINDOWS, None, None).address is None
+
+
+def test_repeated_accept_language_comes_from_the_cache():
+    service = facts()
+    for header, expected in [("de-DE,de;q=0.9", "de"), ("fr;q=0.5, pt;q=0.8", "pt")] * 3:
+        assert service.visitor("8.8.8.8", CHROME_WINDOWS, None, header).language == expected
+    assert service.language.cache_info().hits == 4
+    assert service.language.cache_info().currsize == 2
+    # A header longer than any browser sends is read, but not kept.
+    long_header = ",".join(["x-private"] * 40) + ",es"
+    assert service.visitor("8.8.8.8", CHROME_WINDOWS, None, long_header).language is None
+    assert service.visitor("8.8.8.8", CHROME_WINDOWS, None, "x" * 300 + ",es").language == "es"
+    assert (
+        service.visitor("8.8.8.8", CHROME_WINDOWS, None, "en;q=0.1," * 30 + "it").language == "en"
+    )
+    assert service.language.cache_info().currsize == 2
+
+
 def test_cache_is_bounded():
     service = facts(fact_cache_size=3)
     for n in range(10):

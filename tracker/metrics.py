@@ -92,6 +92,8 @@ class Metrics(Collector):
         # By (status,): conversions created, and status changes, by their new status.
         self.conversions: Tally = collections.Counter()
         self.requests: dict[tuple[str, ...], Buckets] = {}  # by (route, method)
+        # Each series' bound `observe`, made once rather than per request.
+        self._timers: dict[tuple[str, str], Callable[[float], None]] = {}
         self.batch_sizes: dict[str, Buckets] = {}  # by writer
         # Read when scraped: pools, writers' queues, and counts kept by the code that counts
         # (a writer's `spooled`, a sender's `outcomes`): name -> (help, label, read), where
@@ -109,7 +111,13 @@ class Metrics(Collector):
             tally[labels] += 1
 
     def route_timer(self, route: str, method: str) -> Callable[[float], None]:
-        """Where a request's duration on `route` goes."""
+        """Where a request's duration on `route` goes (the same callable each time)."""
+        timer = self._timers.get((route, method))
+        if timer is None:
+            timer = self._timers[(route, method)] = self._new_timer(route, method)
+        return timer
+
+    def _new_timer(self, route: str, method: str) -> Callable[[float], None]:
         if not self.enabled:
             return _ignore
         series = self.requests.get((route, method))

@@ -11,6 +11,7 @@ parameter, uniqueness not decided) makes `in` false and `not_in` true: `not_in` 
 "is not one of these", and a missing value is not one of them.
 """
 
+import dataclasses
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -93,16 +94,7 @@ class ClickFacts:
     """One click as the rules read it. The local time and the parsed address are worked
     out on first use, so a campaign whose rules never ask for them never pays for them."""
 
-    __slots__ = (
-        "_address",
-        "_address_read",
-        "_local",
-        "_now_ms",
-        "_timezone",
-        "is_unique",
-        "params",
-        "visitor",
-    )
+    __slots__ = ("_local", "_now_ms", "_timezone", "is_unique", "params", "visitor")
 
     def __init__(
         self,
@@ -118,8 +110,6 @@ class ClickFacts:
         self._now_ms = now_ms
         self._timezone = timezone
         self._local: tuple[int, int] | None = None
-        self._address: Address | None = None
-        self._address_read = False
 
     @property
     def local_time(self) -> tuple[int, int]:
@@ -132,11 +122,9 @@ class ClickFacts:
     @property
     def address(self) -> Address | None:
         """(IP version, address as a number), or None without a readable address.
-        An IPv4-mapped IPv6 address counts as the IPv4 address it carries."""
-        if not self._address_read:
-            self._address = parse_ip(self.visitor.ip)
-            self._address_read = True
-        return self._address
+        An IPv4-mapped IPv6 address counts as the IPv4 address it carries. The visitor
+        facts parsed it already; a Visitor built without them has it parsed here."""
+        return self.visitor.address or parse_ip(self.visitor.ip)
 
 
 # Whether the click's fact is one of the condition's values; False when the fact is missing.
@@ -166,15 +154,28 @@ class Rule(Generic[P]):
     conditions: tuple[Condition, ...]
     path: P
 
+    # The conditions' tests with `not_in` folded in: each holds when its condition does.
+    _tests: tuple[Test, ...] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_tests", tuple(map(_holding, self.conditions)))
+
     def matches(self, facts: ClickFacts) -> bool:
-        for condition in self.conditions:
-            if condition.test(facts) == condition.negate:
+        for test in self._tests:
+            if not test(facts):
                 return False
         return True
 
     @property
     def uses_uniqueness(self) -> bool:
         return any(c.field == "is_unique" for c in self.conditions)
+
+
+def _holding(condition: Condition) -> Test:
+    test = condition.test
+    if condition.negate:
+        return lambda facts: not test(facts)
+    return test
 
 
 def field_problem(field: object) -> str | None:

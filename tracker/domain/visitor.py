@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass
 
+from tracker.domain.addresses import Address
+
 DEVICE_TYPES = ("desktop", "mobile", "tablet", "other")
 
 
@@ -32,7 +34,9 @@ NO_GEO = Geo()
 NO_AGENT = Agent()
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, though nothing changes it once built: one is built per click, and a frozen
+# dataclass's __init__ (object.__setattr__ per field) costs three times as much.
+@dataclass(slots=True)
 class Visitor:
     """Every fact about one click's visitor, gathered before the route is chosen."""
 
@@ -44,6 +48,9 @@ class Visitor:
     agent: Agent = NO_AGENT
     # Why the click is a bot (`crawler`, `empty-user-agent`, `ip-range`, `data-center`, ...).
     bot_reason: str | None = None
+    # `ip` as parsed by whoever gathered the facts, so that rules need not parse it again;
+    # None when it was not parsed or is not an address.
+    address: Address | None = None
 
     @property
     def is_bot(self) -> bool:

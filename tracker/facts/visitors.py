@@ -3,7 +3,7 @@ and addresses answered from in-process caches."""
 
 import functools
 
-from tracker.domain.addresses import AddressRanges, is_public, parse_ip
+from tracker.domain.addresses import Address, AddressRanges, is_public, parse_ip
 from tracker.domain.devices import MAX_USER_AGENT, implausible_user_agent, primary_language
 from tracker.domain.visitor import NO_AGENT, NO_GEO, Agent, Geo, Visitor
 from tracker.facts.agents import load_agent_data, parse_agent
@@ -12,6 +12,10 @@ from tracker.settings import Settings
 
 # Longer than any address in text form (45 characters, scope id aside).
 _MAX_ADDRESS = 64
+# Accept-Language values remembered, and the longest one remembered (a browser's is
+# shorter than 100 characters; a longer one is parsed each time, not kept).
+_LANGUAGE_CACHE_SIZE = 4096
+_MAX_CACHED_LANGUAGES = 256
 # Country codes CDNs send when they do not know (Cloudflare: XX unknown, T1 Tor).
 _UNKNOWN_COUNTRIES = frozenset({"XX", "T1"})
 
@@ -43,6 +47,7 @@ class VisitorFacts:
             self._bot_ranges = AddressRanges.of(settings.bot_ip_ranges)
         except ValueError as error:
             raise FactsSettingsError(f"TRACKER_BOT_IP_RANGES: {error}") from None
+        self._check_bot_ranges = bool(self._bot_ranges)
         self._bot_asn_numbers: set[int] = set()
         self._bot_asn_names: set[str] = set()
         for entry in settings.bot_asns:
@@ -56,6 +61,8 @@ class VisitorFacts:
         size = settings.fact_cache_size
         self.agent_facts = functools.lru_cache(maxsize=size)(self._agent_facts)
         self.address_facts = functools.lru_cache(maxsize=size)(self._address_facts)
+        # Browsers send a handful of Accept-Language values over and over.
+        self.language = functools.lru_cache(maxsize=_LANGUAGE_CACHE_SIZE)(primary_language)
 
     @property
     def description(self) -> str:
@@ -72,19 +79,19 @@ class VisitorFacts:
             return agent, "crawler"
         return agent, implausible_user_agent(user_agent)
 
-    def _address_facts(self, ip: str) -> tuple[Geo, str | None]:
-        """Where the address is and why it is a bot, if the address says so."""
+    def _address_facts(self, ip: str) -> tuple[Address | None, Geo, str | None]:
+        """The address parsed, where it is, and why it is a bot if the address says so."""
         address = parse_ip(ip)
         if address is None:
-            return NO_GEO, None
+            return None, NO_GEO, None
         geo = self.geo.locate(address) if is_public(address) else NO_GEO
-        if address in self._bot_ranges:
-            return geo, "ip-range"
+        if self._check_bot_ranges and address in self._bot_ranges:
+            return address, geo, "ip-range"
         if (geo.asn is not None and geo.asn in self._bot_asn_numbers) or (
             geo.isp is not None and geo.isp.casefold() in self._bot_asn_names
         ):
-            return geo, "data-center"
-        return geo, None
+            return address, geo, "data-center"
+        return address, geo, None
 
     def visitor(
         self,
@@ -98,24 +105,35 @@ class VisitorFacts:
         the caller already trusts (it came through a trusted proxy); when it names a
         country it overrides the GeoIP one. The first bot signal that applies gives the
         reason: crawler, empty/absurd User-Agent, listed address range, data-center network."""
-        if len(user_agent or "") > MAX_USER_AGENT:
-            agent, agent_reason = self._agent_facts(user_agent or "")  # not worth a cache slot
+        if user_agent is None:
+            agent, agent_reason = self.agent_facts("")
+        elif len(user_agent) > MAX_USER_AGENT:
+            agent, agent_reason = self._agent_facts(user_agent)  # not worth a cache slot
         else:
-            agent, agent_reason = self.agent_facts(user_agent or "")
+            agent, agent_reason = self.agent_facts(user_agent)
         if ip and len(ip) <= _MAX_ADDRESS:
-            geo, address_reason = self.address_facts(ip)
+            address, geo, address_reason = self.address_facts(ip)
         else:
-            geo, address_reason = NO_GEO, None
-        country = cdn_country_code(cdn_country)
-        if country is not None and country != geo.country:
-            # The GeoIP region and city belong to another country: keep only the network.
-            geo = Geo(country=country, asn=geo.asn, isp=geo.isp)
+            address, geo, address_reason = None, NO_GEO, None
+        if cdn_country is not None:
+            country = cdn_country_code(cdn_country)
+            if country is not None and country != geo.country:
+                # The GeoIP region and city belong to another country: keep only the network.
+                geo = Geo(country=country, asn=geo.asn, isp=geo.isp)
+        if accept_language is None:
+            language = None
+        elif len(accept_language) > _MAX_CACHED_LANGUAGES:
+            language = primary_language(accept_language)
+        else:
+            language = self.language(accept_language)
+        # By position: keyword arguments cost a click about 0.2 µs more here.
         return Visitor(
-            ip=ip,
-            user_agent=user_agent,
-            referrer=referrer,
-            language=primary_language(accept_language),
-            geo=geo,
-            agent=agent,
-            bot_reason=agent_reason or address_reason,
+            ip,
+            user_agent,
+            referrer,
+            language,
+            geo,
+            agent,
+            agent_reason or address_reason,
+            address,
         )
