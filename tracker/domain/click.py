@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from tracker.domain.campaign import CampaignRoute, FlowPath, LanderRoute, OfferRoute
+from tracker.domain.macros import FIELD_MACROS
 from tracker.domain.visitor import Visitor
 
 SUB_NAMES = tuple(f"sub{i}" for i in range(1, 11))
@@ -215,31 +216,6 @@ def _clip(value: str | None, limit: int) -> str | None:
     return value[:limit] if value is not None else None
 
 
-# Built-in macros and the record field each reads (text as stored).
-_FIELD_MACROS: dict[str, str] = {
-    "clickid": "click_id",
-    "campaign_id": "campaign_id",
-    "offer_id": "offer_id",
-    "traffic_source_id": "traffic_source_id",
-    "external_id": "external_id",
-    "cost": "cost",
-    "country": "country",
-    "region": "region",
-    "city": "city",
-    "device": "device",
-    "os": "os",
-    "browser": "browser",
-    "language": "language",
-    "isp": "isp",
-    "asn": "asn",
-    "ip": "ip",
-    "user_agent": "user_agent",
-    "referrer": "referrer",
-    "lander_id": "lander_id",
-    **{name: name for name in SUB_NAMES},
-}
-
-
 class ClickMacros:
     """The macro values of one click, computed only for the macros a template names.
 
@@ -262,7 +238,7 @@ class ClickMacros:
         self._raw_cost = raw_cost
 
     def get(self, name: str) -> str | None:
-        column = _FIELD_MACROS.get(name)
+        column = FIELD_MACROS.get(name)
         if column is not None:
             return _text(self._field(column))
         if name == "timestamp":

@@ -15,7 +15,7 @@ from tracker.domain.click import (
 )
 from tracker.domain.clickid import is_click_id, new_click_id
 from tracker.domain.macros import render
-from tracker.domain.params import clean_free_text
+from tracker.domain.params import clean_free_text, plain_query
 from tracker.domain.text import clean_optional
 from tracker.settings import Settings
 from tracker.store import keys
@@ -86,7 +86,9 @@ async def click(request: web.Request) -> web.StreamResponse:
         headers.get("Accept-Language"),
         cdn_country,
     )
-    query = clean_free_text(request.query.items())
+    query = plain_query(request.rel_url.raw_query_string)
+    if query is None:
+        query = clean_free_text(request.query.items())
     now_ms = time.time_ns() // 1_000_000
     vid, new_visitor = visitor_id(request.cookies.get(VISITOR_COOKIE), ip, user_agent)
     unique_ttl = campaign.unique_window_hours * 3600
@@ -122,22 +124,18 @@ async def click(request: web.Request) -> web.StreamResponse:
         record.is_unique = decided
 
     if record.is_bot and campaign.bot_action != "offer":
-        if campaign.bot_action == "404" or campaign.bot_url is None:
+        if campaign.bot_action == "404" or campaign.bot_click_url is None:
             metrics.count(metrics.clicks, "bot_404", "true")
             raise ApiError(404, "not found")
         metrics.count(metrics.clicks, "bot_url", "true")
-        target = campaign.bot_url
+        target = campaign.bot_click_url
+    elif plan.lander is None:
+        metrics.count(metrics.clicks, "offer", "true" if record.is_bot else "false")
+        target = campaign.offer_url(plan.offer)
     else:
-        result = "offer" if plan.lander is None else "lander"
-        metrics.count(metrics.clicks, result, "true" if record.is_bot else "false")
-        target = plan.offer.url if plan.lander is None else plan.lander.url
-    macros = ClickMacros(
-        record.__getattribute__,
-        campaign.external_id_param,
-        campaign.cost_param,
-        query.get(campaign.cost_param),
-    )
-    response_headers = CIMultiDict(Location=render(target, macros))
+        metrics.count(metrics.clicks, "lander", "true" if record.is_bot else "false")
+        target = campaign.lander_url(plan.lander)
+    response_headers = CIMultiDict(Location=target.render(record, query.get(campaign.cost_param)))
     attributes = app[COOKIE_ATTRIBUTES]
     response_headers.add(
         "Set-Cookie", f"{CLICK_COOKIE}={click_id}; Max-Age={campaign.ttl_seconds}{attributes}"
