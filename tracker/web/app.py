@@ -45,7 +45,7 @@ from tracker.web.appkeys import (
     TRUSTED_PROXIES,
     VISITOR_FACTS,
 )
-from tracker.web.click import click, cookie_attributes
+from tracker.web.click import click, click_services, cookie_attributes
 from tracker.web.errors import Handler, JsonErrors
 from tracker.web.routes import answer_per_route, setup_routes
 from tracker.web.ui import create_ui_app
@@ -241,6 +241,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     api = web.Application()
     app.on_startup.append(make_postback_processor)
     app.on_startup.append(watch_services)
+    app.on_startup.append(click_services)
     app.on_startup.append(freeze_startup_objects)
     setup_routes(app, api)
     answer_per_route(app, errors.wrap, bare=(click,))

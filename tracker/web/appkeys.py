@@ -20,6 +20,7 @@ from tracker.store.ratelimit import PostbackGuard
 from tracker.store.replica import ReportSource
 
 if TYPE_CHECKING:
+    from tracker.web.click import ClickServices
     from tracker.web.errors import JsonErrors
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -42,3 +43,5 @@ AUTH_FAILURES = web.AppKey("auth_failures", AuthFailures)
 REPORT_SOURCE = web.AppKey("report_source", ReportSource)
 # How the app answers failures as JSON (the click handler answers its own with it).
 ERRORS: web.AppKey["JsonErrors"] = web.AppKey("errors")
+# What the click handler reads, gathered at startup.
+CLICK_SERVICES: web.AppKey["ClickServices"] = web.AppKey("click_services")
