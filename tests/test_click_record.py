@@ -136,3 +136,59 @@ def test_cpm_and_conversion_cost_models_per_click():
     )
     assert campaign(cost_model="cpa", cost_value=Decimal("3")).click_cost(None) is None
     assert campaign(cost_model="revshare", cost_value=Decimal("40")).click_cost(None) is None
+
+
+def test_plan_fills_every_field_as_named():
+    """plan_click fills the record positionally: each field gets the value of its name."""
+    visitor = Visitor(
+        ip="ip",
+        user_agent="ua",
+        referrer="ref",
+        language="lang",
+        geo=Geo(country="GB", region="reg", city="city", asn=1, isp="isp"),
+        agent=Agent(device="dev", os="os", os_version="osv", browser="br", browser_version="brv"),
+        bot_reason="crawler",
+    )
+    query = {f"sub{i}": f"s{i}" for i in range(1, 11)} | {"ext": "e", "cost": "2", "p": "v"}
+    lander = LanderRoute(3, compile_template("https://l.example/"))
+    plan = plan_click(
+        campaign(landers=WeightedChoice([(lander, 1)])),
+        visitor,
+        query,
+        "cid",
+        1234,
+        ParamLimits(5, 50),
+        True,
+    )
+    expected = ClickRecord(
+        **{f"sub{i}": f"s{i}" for i in range(1, 11)},
+        click_id="cid",
+        created_ms=1234,
+        campaign_id=4,
+        offer_id=7,
+        traffic_source_id=2,
+        external_id="e",
+        cost="2",
+        params={"p": "v"},
+        ip="ip",
+        user_agent="ua",
+        referrer="ref",
+        country="GB",
+        region="reg",
+        city="city",
+        asn=1,
+        isp="isp",
+        device="dev",
+        os="os",
+        os_version="osv",
+        browser="br",
+        browser_version="brv",
+        language="lang",
+        is_bot=True,
+        bot_reason="crawler",
+        lander_id=3,
+        path=-1,
+        is_unique=True,
+    )
+    assert plan.record == expected
+    assert orjson.dumps(plan.record) == orjson.dumps(expected)

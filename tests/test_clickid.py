@@ -77,3 +77,22 @@ def test_visitor_shard_is_stable_and_spread():
     assert visitor_shard(5, "visitor", 8) == visitor_shard(5, "visitor", 8)
     assert {visitor_shard(5, f"v{i}", 8) for i in range(200)} == set(range(8))
     assert {visitor_shard(5, "v", 1)} == {0}
+
+
+def test_ids_in_a_shard_are_the_base32hex_of_time_random_bits_and_shard():
+    """Ids in a shard are built from whole characters; they read back as the same
+    layout: 48 time bits, 87 random bits, the 9 shard bits, a zero pad bit."""
+    stamps = [0, 1, 7, 8, 1_764_460_800_123, 2**48 - 1]
+    for stamp in stamps:
+        ids = {new_click_id(stamp, shard) for shard in range(MAX_SHARDS) for _ in range(2)}
+        assert len(ids) == 2 * MAX_SHARDS
+        for click_id in ids:
+            assert is_click_id(click_id) and click_id_time_ms(click_id) == stamp
+            n = int(click_id, 32)  # base32hex digits are base 32's
+            assert n >> 97 == stamp and n & 1 == 0  # the time, and the zero pad bit
+        assert sorted(click_shard(i) for i in ids) == sorted(list(range(MAX_SHARDS)) * 2)
+    # Every random character position takes every value.
+    ids = [new_click_id(1_764_460_800_123, 5) for _ in range(4000)]
+    for position in range(10, 27):
+        assert len({i[position] for i in ids}) == 32
+    assert len({i[9] for i in ids}) == 4  # 3 time bits, 2 random ones

@@ -1,4 +1,9 @@
+import string
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from yarl import URL
 
 from tracker.domain.params import (
     ParamError,
@@ -7,6 +12,7 @@ from tracker.domain.params import (
     form_pairs,
     json_pairs,
     load_json_object,
+    plain_query,
     postback_params,
 )
 
@@ -91,3 +97,33 @@ def test_json_pairs():
     for data in ({"payout": True}, {"txid": False}, {"a": [1]}, {"a": {"b": 1}}):
         with pytest.raises(ParamError):
             json_pairs(data)
+
+
+def _decoded(raw: str) -> dict[str, str]:
+    return clean_free_text(URL.build(path="/c/k", query_string=raw, encoded=True).query.items())
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        "a=1&b=2&a=3",
+        "external_id=ext1x5&sub1=zone5&sub3=US&sub5=banner-300x250&cost=0.0042",
+        "a&b=&=c&&d==e&x+y=1+2",
+        "a=1;b=2",
+    ],
+)
+def test_plain_query_reads_as_the_decoded_query(raw):
+    assert plain_query(raw) == _decoded(raw)
+
+
+@pytest.mark.parametrize("raw", ["a=%41", "a=\u00e9", "a=\x00", "%00=1"])
+def test_plain_query_leaves_what_needs_decoding(raw):
+    assert plain_query(raw) is None
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.text(alphabet=string.printable + "\x00é"))
+def test_plain_query_agrees_with_the_decoder(raw):
+    plain = plain_query(raw)
+    assert plain is None or plain == _decoded(raw)

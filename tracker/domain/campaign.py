@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, tzinfo
 from decimal import Decimal
 
-from tracker.domain.macros import Template
+from tracker.domain.macros import ClickTemplate, Template, compile_click_template
 from tracker.domain.money import parse_money_or_none
 from tracker.domain.routing import WeightedChoice
 from tracker.domain.rules import ClickFacts, Rule
@@ -107,6 +107,14 @@ class CampaignRoute:
     _default_choice: tuple[int, FlowPath] = field(init=False, repr=False, compare=False)
     _uses_uniqueness: bool = field(init=False, repr=False, compare=False)
     _fixed_click_cost: Decimal | None = field(init=False, repr=False, compare=False)
+    # The offer, lander and bot URLs bound to this campaign's parameter names.
+    _offer_urls: dict[int, tuple[OfferRoute, ClickTemplate]] = field(
+        init=False, repr=False, compare=False
+    )
+    _lander_urls: dict[int, tuple[LanderRoute, ClickTemplate]] = field(
+        init=False, repr=False, compare=False
+    )
+    bot_click_url: ClickTemplate | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Worked out once per configuration load, so a click pays for none of it.
@@ -125,6 +133,17 @@ class CampaignRoute:
         set_(self, "_default_choice", (-1, default))
         set_(self, "_uses_uniqueness", any(rule.uses_uniqueness for rule in live))
         set_(self, "_fixed_click_cost", fixed)
+        paths = (default, *(rule.path for rule in live))
+        bind = functools.partial(
+            compile_click_template,
+            external_id_param=self.external_id_param,
+            cost_param=self.cost_param,
+        )
+        offers = {offer.id: offer for path in paths for offer in path.offers}
+        landers = {lander.id: lander for path in paths for lander in path.landers}
+        set_(self, "_offer_urls", {i: (o, bind(o.url)) for i, o in offers.items()})
+        set_(self, "_lander_urls", {i: (lp, bind(lp.url)) for i, lp in landers.items()})
+        set_(self, "bot_click_url", bind(self.bot_url) if self.bot_url is not None else None)
 
     @property
     def ttl_seconds(self) -> int:
@@ -150,6 +169,20 @@ class CampaignRoute:
             if rule.matches(facts):
                 return rule.index, rule.path
         return self._default_choice
+
+    def offer_url(self, offer: OfferRoute) -> ClickTemplate:
+        """The URL template of one of the campaign's offers, bound to its parameters."""
+        bound = self._offer_urls.get(offer.id)
+        # Bound at load; an offer from elsewhere (not on a path of this campaign) now.
+        return bound[1] if bound is not None and bound[0] is offer else self._bind(offer.url)
+
+    def lander_url(self, lander: LanderRoute) -> ClickTemplate:
+        """The URL template of one of the campaign's landers, bound to its parameters."""
+        bound = self._lander_urls.get(lander.id)
+        return bound[1] if bound is not None and bound[0] is lander else self._bind(lander.url)
+
+    def _bind(self, template: Template) -> ClickTemplate:
+        return compile_click_template(template, self.external_id_param, self.cost_param)
 
     def path_at(self, index: int) -> FlowPath:
         """The path that `choose_path` answered with `index`, for a click that has come

@@ -12,10 +12,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from tracker.domain.campaign import CampaignRoute, FlowPath, LanderRoute, OfferRoute
+from tracker.domain.macros import FIELD_MACROS
 from tracker.domain.visitor import Visitor
 
 SUB_NAMES = tuple(f"sub{i}" for i in range(1, 11))
-_RESERVED = frozenset(SUB_NAMES)
 
 # Visitor facts, stored with the click and copied onto its conversions.
 FACT_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -170,74 +170,65 @@ def plan_click(
     index, path = campaign.choose_path(visitor, query, is_unique, now_ms)
     offer = path.offers.pick()
     lander = path.landers.pick() if path.landers else None
-    geo, agent = visitor.geo, visitor.agent
-    record = ClickRecord(
-        click_id=click_id,
-        created_ms=now_ms,
-        campaign_id=campaign.id,
-        offer_id=offer.id,
-        traffic_source_id=campaign.traffic_source_id,
-        external_id=external_id,
-        cost=str(cost) if cost is not None else None,
-        ip=visitor.ip,
-        user_agent=_clip(visitor.user_agent, limit),
-        referrer=_clip(visitor.referrer, limit),
-        country=geo.country,
-        region=geo.region,
-        city=geo.city,
-        asn=geo.asn,
-        isp=geo.isp,
-        device=agent.device,
-        os=agent.os,
-        os_version=agent.os_version,
-        browser=agent.browser,
-        browser_version=agent.browser_version,
-        language=visitor.language,
-        is_bot=visitor.bot_reason is not None,
-        bot_reason=visitor.bot_reason,
-        lander_id=lander.id if lander is not None else None,
-        path=index,
-        is_unique=is_unique,
-    )
+    # One pass over the parameters: sub ids to their columns, others (the external id
+    # and cost parameters aside) to `params`.
+    subs: list[str | None] = [None] * 10
     params: dict[str, str] = {}
     skip = (campaign.external_id_param, campaign.cost_param)
+    max_params = limits.max_params
     for name, value in query.items():
-        if name in _RESERVED:
-            setattr(record, name, value[:limit])
-        elif name not in skip and name not in params and len(params) < limits.max_params:
+        sub = _SUB_INDEX.get(name)
+        if sub is not None:
+            subs[sub] = value[:limit]
+        elif name not in skip and name not in params and len(params) < max_params:
             params[name[:64]] = value[:limit]
-    if params:
-        record.params = params
+    geo, agent = visitor.geo, visitor.agent
+    user_agent, referrer = visitor.user_agent, visitor.referrer
+    # Positional, in field order: by keyword, the record's 37 fields cost several times
+    # as much to fill (tests/test_click_record.py checks the order).
+    record = ClickRecord(
+        click_id,
+        now_ms,
+        campaign.id,
+        offer.id,
+        campaign.traffic_source_id,
+        external_id,
+        str(cost) if cost is not None else None,
+        subs[0],
+        subs[1],
+        subs[2],
+        subs[3],
+        subs[4],
+        subs[5],
+        subs[6],
+        subs[7],
+        subs[8],
+        subs[9],
+        params or None,
+        visitor.ip,
+        user_agent[:limit] if user_agent is not None else None,
+        referrer[:limit] if referrer is not None else None,
+        geo.country,
+        geo.region,
+        geo.city,
+        geo.asn,
+        geo.isp,
+        agent.device,
+        agent.os,
+        agent.os_version,
+        agent.browser,
+        agent.browser_version,
+        visitor.language,
+        visitor.bot_reason is not None,
+        visitor.bot_reason,
+        lander.id if lander is not None else None,
+        index,
+        is_unique,
+    )
     return ClickPlan(record, path, offer, lander, params)
 
 
-def _clip(value: str | None, limit: int) -> str | None:
-    return value[:limit] if value is not None else None
-
-
-# Built-in macros and the record field each reads (text as stored).
-_FIELD_MACROS: dict[str, str] = {
-    "clickid": "click_id",
-    "campaign_id": "campaign_id",
-    "offer_id": "offer_id",
-    "traffic_source_id": "traffic_source_id",
-    "external_id": "external_id",
-    "cost": "cost",
-    "country": "country",
-    "region": "region",
-    "city": "city",
-    "device": "device",
-    "os": "os",
-    "browser": "browser",
-    "language": "language",
-    "isp": "isp",
-    "asn": "asn",
-    "ip": "ip",
-    "user_agent": "user_agent",
-    "referrer": "referrer",
-    "lander_id": "lander_id",
-    **{name: name for name in SUB_NAMES},
-}
+_SUB_INDEX = {name: i for i, name in enumerate(SUB_NAMES)}
 
 
 class ClickMacros:
@@ -262,7 +253,7 @@ class ClickMacros:
         self._raw_cost = raw_cost
 
     def get(self, name: str) -> str | None:
-        column = _FIELD_MACROS.get(name)
+        column = FIELD_MACROS.get(name)
         if column is not None:
             return _text(self._field(column))
         if name == "timestamp":

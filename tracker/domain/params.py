@@ -45,7 +45,27 @@ def first_wins(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
 
 def clean_free_text(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
     """Click parameters: first occurrence wins, every value cleaned, nothing refused."""
-    return {name: clean_text(value) for name, value in first_wins(pairs).items()}
+    out: dict[str, str] = {}
+    for name, value in pairs:
+        name = clean_text(name)
+        if name not in out:
+            out[name] = clean_text(value)
+    return out
+
+
+def plain_query(raw_query: str) -> dict[str, str] | None:
+    """Click parameters read straight from a raw query string that needs neither
+    decoding nor cleaning (ASCII, no percent escape, no NUL): the same as
+    `clean_free_text` of its decoded pairs. None for any other query string."""
+    if "%" in raw_query or "\x00" in raw_query or not raw_query.isascii():
+        return None
+    out: dict[str, str] = {}
+    for pair in raw_query.replace("+", " ").split("&"):
+        if pair:
+            name, _, value = pair.partition("=")
+            if name not in out:
+                out[name] = value
+    return out
 
 
 def postback_params(*sources: Iterable[tuple[str, str]]) -> dict[str, str]:

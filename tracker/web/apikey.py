@@ -1,8 +1,5 @@
 """The API key check: a bearer key, with too many failures from one address refused."""
 
-from collections.abc import Callable
-from typing import Any
-
 from aiohttp import web
 
 from tracker.domain.auth import bearer_key_matches
@@ -33,12 +30,12 @@ async def api_key_refusal(request: web.Request) -> web.Response | None:
     return None
 
 
-def require_api_key() -> Callable[..., Any]:
-    """Middleware of the API sub-application (the click path never pays for it)."""
+def api_key_required(handler: Handler) -> Handler:
+    """`handler` behind the API key: every route of the API is registered so (a check in
+    the route, not middleware, so that the click path never pays for it)."""
 
-    @web.middleware
-    async def check_api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def checked(request: web.Request) -> web.StreamResponse:
         refusal = await api_key_refusal(request)
         return refusal if refusal is not None else await handler(request)
 
-    return check_api_key
+    return checked

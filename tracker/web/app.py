@@ -25,7 +25,7 @@ from tracker.store.postback_log import PostbackLog
 from tracker.store.ratelimit import PostbackGuard
 from tracker.store.redis import redis_for
 from tracker.store.replica import ReportSource, open_replica_pool
-from tracker.web.apikey import require_api_key
+from tracker.web.apikey import api_key_required
 from tracker.web.appkeys import (
     AUTH_FAILURES,
     CLICK_READER,
@@ -33,6 +33,7 @@ from tracker.web.appkeys import (
     CONFIG,
     CONVERSION_WRITER,
     COOKIE_ATTRIBUTES,
+    ERRORS,
     METRICS,
     PG_POOL,
     POSTBACK_GUARD,
@@ -44,9 +45,9 @@ from tracker.web.appkeys import (
     TRUSTED_PROXIES,
     VISITOR_FACTS,
 )
-from tracker.web.click import cookie_attributes
-from tracker.web.errors import error_middleware
-from tracker.web.routes import setup_routes
+from tracker.web.click import click, click_services, cookie_attributes
+from tracker.web.errors import Handler, JsonErrors
+from tracker.web.routes import answer_per_route, setup_routes
 from tracker.web.ui import create_ui_app
 
 
@@ -194,10 +195,10 @@ async def freeze_startup_objects(app: web.Application) -> None:
 def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings()
     metrics = Metrics(settings.metrics_enabled, settings.redis_shards)
-    app = web.Application(
-        middlewares=[error_middleware(settings.max_request_line, metrics)],
-        client_max_size=256 * 1024,
-    )
+    # No middleware anywhere: each route answers its errors itself (answer_per_route).
+    app = web.Application(client_max_size=256 * 1024)
+    errors = JsonErrors(settings.max_request_line, metrics)
+    app[ERRORS] = errors
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[TRUSTED_PROXIES] = AddressRanges(
@@ -237,11 +238,23 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[AUTH_FAILURES] = AuthFailures(
         settings.admin_auth_max_failures, settings.admin_auth_window_seconds
     )
-    api = web.Application(middlewares=[require_api_key()])
+    api = web.Application()
     app.on_startup.append(make_postback_processor)
     app.on_startup.append(watch_services)
+    app.on_startup.append(click_services)
     app.on_startup.append(freeze_startup_objects)
     setup_routes(app, api)
+    answer_per_route(app, errors.wrap, bare=(click,))
+
+    def behind_key(handler: Handler, route: str | None) -> Handler:
+        return errors.wrap(api_key_required(handler), route)
+
+    answer_per_route(api, behind_key, mounted=True)
     app.add_subapp("/api", api)
-    app.add_subapp("/ui", create_ui_app())
+    ui = create_ui_app()
+    # The dashboard's middlewares (session, CSRF, HTML errors) run in its routes instead.
+    ui_middlewares = list(ui.middlewares)
+    ui.middlewares.clear()
+    answer_per_route(ui, errors.wrap, ui_middlewares, mounted=True)
+    app.add_subapp("/ui", ui)
     return app

@@ -1,5 +1,7 @@
 """Every object shared through the aiohttp application, keyed in one place."""
 
+from typing import TYPE_CHECKING
+
 import asyncpg
 from aiohttp import web
 from redis.asyncio import Redis
@@ -16,6 +18,10 @@ from tracker.store.conversions import ConversionWriter
 from tracker.store.postback_log import PostbackLog
 from tracker.store.ratelimit import PostbackGuard
 from tracker.store.replica import ReportSource
+
+if TYPE_CHECKING:
+    from tracker.web.click import ClickServices
+    from tracker.web.errors import JsonErrors
 
 SETTINGS = web.AppKey("settings", Settings)
 PG_POOL = web.AppKey("pg_pool", asyncpg.Pool)
@@ -35,3 +41,7 @@ METRICS = web.AppKey("metrics", Metrics)
 AUTH_FAILURES = web.AppKey("auth_failures", AuthFailures)
 # Where reports read from: the reports replica's own pool, or the primary's.
 REPORT_SOURCE = web.AppKey("report_source", ReportSource)
+# How the app answers failures as JSON (the click handler answers its own with it).
+ERRORS: web.AppKey["JsonErrors"] = web.AppKey("errors")
+# What the click handler reads, gathered at startup.
+CLICK_SERVICES: web.AppKey["ClickServices"] = web.AppKey("click_services")

@@ -1,11 +1,13 @@
 """The click redirect `GET /c/{campaign_key}` and the lander click-through `GET /lp/click`."""
 
 import time
+from dataclasses import dataclass
+from time import perf_counter, time_ns
 
-import orjson
 from aiohttp import web
-from multidict import CIMultiDict
+from orjson import dumps
 
+from tracker.domain.addresses import AddressRanges
 from tracker.domain.auth import forwarded_client, is_trusted
 from tracker.domain.click import (
     ClickMacros,
@@ -15,29 +17,39 @@ from tracker.domain.click import (
 )
 from tracker.domain.clickid import is_click_id, new_click_id
 from tracker.domain.macros import render
-from tracker.domain.params import clean_free_text
+from tracker.domain.params import clean_free_text, plain_query
 from tracker.domain.text import clean_optional
+from tracker.facts.visitors import VisitorFacts
+from tracker.logs import REQUEST_ID
+from tracker.metrics import Metrics
 from tracker.settings import Settings
 from tracker.store import keys
-from tracker.store.clicks import ClickWriteError
+from tracker.store.clicks import ClickWriteError, ClickWriter
+from tracker.store.config import ConfigCache
+from tracker.web.access import REQUEST_TAG, RequestTag
 from tracker.web.appkeys import (
     CLICK_READER,
+    CLICK_SERVICES,
     CLICK_WRITER,
     CONFIG,
     COOKIE_ATTRIBUTES,
+    ERRORS,
     METRICS,
     SETTINGS,
     TRUSTED_PROXIES,
     VISITOR_FACTS,
 )
-from tracker.web.errors import ApiError
+from tracker.web.errors import ApiError, JsonErrors
 
 # First-party cookies: the visitor's last click (read by the lander click-through
 # when its link has no clickid), and a visitor id for counting unique clicks.
 CLICK_COOKIE = "tk_click"
 VISITOR_COOKIE = "tk_visitor"
 VISITOR_COOKIE_SECONDS = 400 * 86400
+_VISITOR_MAX_AGE = f"; Max-Age={VISITOR_COOKIE_SECONDS}"
 CF_COUNTRY_HEADER = "CF-IPCountry"
+# The click route, as the metrics name it.
+CLICK_ROUTE = "/c/{campaign_key}"
 
 
 def cookie_attributes(settings: Settings) -> str:
@@ -52,101 +64,142 @@ def cookie_attributes(settings: Settings) -> str:
     return "; Path=/; HttpOnly; SameSite=Lax"
 
 
+@dataclass(frozen=True, slots=True)
+class ClickServices:
+    """What the click handler reads from the app, looked up once at startup rather than
+    key by key on every click."""
+
+    errors: JsonErrors
+    metrics: Metrics
+    config: ConfigCache
+    settings: Settings
+    trusted: AddressRanges
+    facts: VisitorFacts
+    writer: ClickWriter
+    cookie_attributes: str
+    limits: ParamLimits
+
+
+async def click_services(app: web.Application) -> None:
+    """Startup: gather the click handler's services, once every one is open."""
+    settings = app[SETTINGS]
+    app[CLICK_SERVICES] = ClickServices(
+        errors=app[ERRORS],
+        metrics=app[METRICS],
+        config=app[CONFIG],
+        settings=settings,
+        trusted=app[TRUSTED_PROXIES],
+        facts=app[VISITOR_FACTS],
+        writer=app[CLICK_WRITER],
+        cookie_attributes=app[COOKIE_ATTRIBUTES],
+        limits=ParamLimits(settings.click_max_params, settings.click_max_param_length),
+    )
+
+
 async def click(request: web.Request) -> web.StreamResponse:
     """Record a click and redirect to the lander or offer its path chooses.
 
     The 302 goes out only after the click record is in Redis and on the sink
     stream, or (Redis failing or slow) fsynced to this process's spool for
     replay, so every visitor who reaches an offer has a click to convert on.
-    """
-    app = request.app
-    metrics = app[METRICS]
-    campaign = app[CONFIG].snapshot.campaigns.get(request.match_info["campaign_key"])
-    if campaign is None:
-        metrics.count(metrics.clicks, "unknown_campaign", "false")
-        raise ApiError(404, "unknown campaign")
-    settings = app[SETTINGS]
-    headers = request.headers
-    trusted = app[TRUSTED_PROXIES]
-    peer = request.remote
-    cdn_country = None
-    ip = peer
-    if trusted and is_trusted(peer, trusted):  # once per click: the peer is a proxy of ours
-        cdn_country = headers.get(CF_COUNTRY_HEADER) or (
-            headers.get(settings.country_header) if settings.country_header else None
-        )
-        forwarded = headers.getall("X-Forwarded-For", ())
-        if forwarded:
-            ip = forwarded_client(peer, forwarded, trusted)
-    user_agent = clean_optional(headers.get("User-Agent"))
-    visitor = app[VISITOR_FACTS].visitor(
-        ip,
-        user_agent,
-        clean_optional(headers.get("Referer")),
-        headers.get("Accept-Language"),
-        cdn_country,
-    )
-    query = clean_free_text(request.query.items())
-    now_ms = time.time_ns() // 1_000_000
-    vid, new_visitor = visitor_id(request.cookies.get(VISITOR_COOKIE), ip, user_agent)
-    unique_ttl = campaign.unique_window_hours * 3600
-    writer = app[CLICK_WRITER]
-    by_rules = campaign.uses_uniqueness_rules()
-    # Decided uniqueness puts the click in its visitor's shard, beside the unique-click key.
-    shard = writer.shard_for(campaign.id, vid, unique_ttl > 0 or by_rules)
-    click_id = new_click_id(now_ms, shard)
-    unique_key = keys.unique_visitor_key(campaign.id, vid, shard)
-    is_unique = None
-    if by_rules:
-        # A rule reads it, so it is decided before the path: one more round trip.
-        is_unique = await writer.check_unique(unique_key, unique_ttl, click_id)
-        unique_ttl = 0
-    plan = plan_click(
-        campaign,
-        visitor,
-        query,
-        click_id,
-        now_ms,
-        ParamLimits(settings.click_max_params, settings.click_max_param_length),
-        is_unique,
-    )
-    record = plan.record
-    try:
-        decided = await writer.write(
-            click_id, orjson.dumps(record), campaign.ttl_seconds, unique_key, unique_ttl
-        )
-    except ClickWriteError:
-        metrics.count(metrics.clicks, "failed", "true" if record.is_bot else "false")
-        raise ApiError(503, "click could not be recorded, try again") from None
-    if decided is not None:
-        record.is_unique = decided
 
-    if record.is_bot and campaign.bot_action != "offer":
-        if campaign.bot_action == "404" or campaign.bot_url is None:
-            metrics.count(metrics.clicks, "bot_404", "true")
-            raise ApiError(404, "not found")
-        metrics.count(metrics.clicks, "bot_url", "true")
-        target = campaign.bot_url
-    else:
-        result = "offer" if plan.lander is None else "lander"
-        metrics.count(metrics.clicks, result, "true" if record.is_bot else "false")
-        target = plan.offer.url if plan.lander is None else plan.lander.url
-    macros = ClickMacros(
-        record.__getattribute__,
-        campaign.external_id_param,
-        campaign.cost_param,
-        query.get(campaign.cost_param),
-    )
-    response_headers = CIMultiDict(Location=render(target, macros))
-    attributes = app[COOKIE_ATTRIBUTES]
-    response_headers.add(
-        "Set-Cookie", f"{CLICK_COOKIE}={click_id}; Max-Age={campaign.ttl_seconds}{attributes}"
-    )
-    if new_visitor:
-        response_headers.add(
-            "Set-Cookie", f"{VISITOR_COOKIE}={vid}; Max-Age={VISITOR_COOKIE_SECONDS}{attributes}"
+    The route runs no middleware: the handler answers its own failures, and tags and
+    times its request, as `JsonErrors.wrap` does for every other route.
+    """
+    services = request.app[CLICK_SERVICES]
+    errors = services.errors
+    tag = request[REQUEST_TAG] = RequestTag(request)
+    token = REQUEST_ID.set(tag)
+    started = perf_counter()
+    try:
+        refusal = errors.too_long(request)
+        if refusal is not None:
+            return refusal
+        metrics = services.metrics
+        campaign = services.config.snapshot.campaigns.get(request.match_info["campaign_key"])
+        if campaign is None:
+            metrics.count(metrics.clicks, "unknown_campaign", "false")
+            raise ApiError(404, "unknown campaign")
+        headers = request.headers
+        trusted = services.trusted
+        peer = request.remote
+        cdn_country = None
+        ip = peer
+        if trusted and is_trusted(peer, trusted):  # once per click: the peer is a proxy of ours
+            settings = services.settings
+            cdn_country = headers.get(CF_COUNTRY_HEADER) or (
+                headers.get(settings.country_header) if settings.country_header else None
+            )
+            forwarded = headers.getall("X-Forwarded-For", ())
+            if forwarded:
+                ip = forwarded_client(peer, forwarded, trusted)
+        user_agent = clean_optional(headers.get("User-Agent"))
+        visitor = services.facts.visitor(
+            ip,
+            user_agent,
+            clean_optional(headers.get("Referer")),
+            headers.get("Accept-Language"),
+            cdn_country,
         )
-    return web.Response(status=302, headers=response_headers)
+        query = plain_query(request.rel_url.raw_query_string)
+        if query is None:
+            query = clean_free_text(request.query.items())
+        now_ms = time_ns() // 1_000_000
+        # Cookies are parsed only when the request has some.
+        cookie = request.cookies.get(VISITOR_COOKIE) if "Cookie" in headers else None
+        vid, new_visitor = visitor_id(cookie, ip, user_agent)
+        campaign_id = campaign.id
+        unique_ttl = campaign.unique_window_hours * 3600
+        writer = services.writer
+        by_rules = campaign.uses_uniqueness_rules()
+        # Decided uniqueness puts the click in its visitor's shard, beside the unique-click key.
+        shard = writer.shard_for(campaign_id, vid, unique_ttl > 0 or by_rules)
+        click_id = new_click_id(now_ms, shard)
+        unique_key = keys.unique_visitor_key(campaign_id, vid, shard)
+        is_unique = None
+        if by_rules:
+            # A rule reads it, so it is decided before the path: one more round trip.
+            is_unique = await writer.check_unique(unique_key, unique_ttl, click_id)
+            unique_ttl = 0
+        plan = plan_click(campaign, visitor, query, click_id, now_ms, services.limits, is_unique)
+        record = plan.record
+        ttl = campaign.ttl_seconds
+        try:
+            decided = await writer.write(click_id, dumps(record), ttl, unique_key, unique_ttl)
+        except ClickWriteError:
+            metrics.count(metrics.clicks, "failed", "true" if record.is_bot else "false")
+            raise ApiError(503, "click could not be recorded, try again") from None
+        if decided is not None:
+            record.is_unique = decided
+
+        if record.is_bot and campaign.bot_action != "offer":
+            if campaign.bot_action == "404" or campaign.bot_click_url is None:
+                metrics.count(metrics.clicks, "bot_404", "true")
+                raise ApiError(404, "not found")
+            metrics.count(metrics.clicks, "bot_url", "true")
+            target = campaign.bot_click_url
+        elif plan.lander is None:
+            metrics.count(metrics.clicks, "offer", "true" if record.is_bot else "false")
+            target = campaign.offer_url(plan.offer)
+        else:
+            metrics.count(metrics.clicks, "lander", "true" if record.is_bot else "false")
+            target = campaign.lander_url(plan.lander)
+        response = web.Response(status=302)
+        response_headers = response.headers
+        response_headers["Location"] = target.render(record, query.get(campaign.cost_param))
+        attributes = services.cookie_attributes
+        response_headers.add("Set-Cookie", f"{CLICK_COOKIE}={click_id}; Max-Age={ttl}{attributes}")
+        if new_visitor:
+            response_headers.add(
+                "Set-Cookie",
+                f"{VISITOR_COOKIE}={vid}; Max-Age={VISITOR_COOKIE_SECONDS}{attributes}",
+            )
+        return response
+    except Exception as exc:
+        return errors.respond(request, exc)
+    finally:
+        REQUEST_ID.reset(token)
+        errors.metrics.route_timer(CLICK_ROUTE, "GET")(perf_counter() - started)
 
 
 async def lander_click(request: web.Request) -> web.StreamResponse:

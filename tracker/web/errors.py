@@ -93,53 +93,91 @@ def invalid(exc: ValidationError, what: str = "invalid request") -> ApiError:
     return ApiError(400, what, list(field_errors(exc)))
 
 
-def error_middleware(max_url_length: int, metrics: Metrics) -> Callable[..., Any]:
-    """Answer every failure as JSON: client errors as 4xx, anything else as a logged 500;
-    time every request for the metrics, by route."""
-    outage = Throttled(log)
+class JsonErrors:
+    """Every failure answered as JSON: client errors as 4xx, anything else as a logged
+    500; every request timed for the metrics, by route.
 
-    @web.middleware
-    async def answer_errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
-        # Every line logged while handling the request carries its id.
-        tag = request[REQUEST_TAG] = RequestTag(request)
-        token = REQUEST_ID.set(tag)
-        started = time.perf_counter()
-        try:
-            return await answer(request, handler)
-        finally:
-            REQUEST_ID.reset(token)
-            resource = request.match_info.route.resource
-            route = resource.canonical if resource is not None else "unmatched"
-            method = request.method if request.method in _METHODS else "other"
-            metrics.route_timer(route, method)(time.perf_counter() - started)
+    Applied to each route's handler when the app is built (`wrap`) rather than as
+    middleware: aiohttp runs an app's middleware chain, plus a layer of its own per
+    app, for every route of every app as soon as any app has middleware, and the click
+    route, which answers its own failures (`respond`), must run none of it."""
 
-    async def answer(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if len(request.raw_path) > max_url_length:
+    def __init__(self, max_url_length: int, metrics: Metrics) -> None:
+        self.max_url_length = max_url_length
+        self.metrics = metrics
+        self._outage = Throttled(log)
+
+    def too_long(self, request: web.Request) -> web.Response | None:
+        """The 414 for a request URL over the limit, or None."""
+        if len(request.raw_path) > self.max_url_length:
             return json_response(
-                {"error": f"request URL longer than {max_url_length} bytes"}, status=414
+                {"error": f"request URL longer than {self.max_url_length} bytes"}, status=414
             )
-        try:
-            return await handler(request)
-        except ApiError as exc:
+        return None
+
+    def respond(self, request: web.Request, exc: Exception) -> web.StreamResponse:
+        """The answer to `exc`, raised while handling `request`. An HTTPException below
+        400 (a redirect) is raised again, for aiohttp to send."""
+        if isinstance(exc, ApiError):
             return exc.response()
-        except ValidationError as exc:
+        if isinstance(exc, ValidationError):
             return invalid(exc).response()
-        except web.HTTPException as exc:
+        if isinstance(exc, web.HTTPException):
             if exc.status < 400:
-                raise
+                raise exc
             return json_response({"error": exc.reason}, exc.status)
-        except (asyncpg.DataError, ArgumentError) as exc:
+        if isinstance(exc, asyncpg.DataError | ArgumentError):
             # A value the database refuses (out of range, bad encoding) is the client's;
             # asyncpg's own argument errors subclass InterfaceError, so this comes first.
             log.warning("value refused on %s %s: %r", request.method, request.path, exc)
             return json_response({"error": "a value is out of range or malformed"}, 400)
-        except STORAGE_UNAVAILABLE as exc:
+        if isinstance(exc, STORAGE_UNAVAILABLE):
             # Networks and browsers retry on 5xx; say so rather than fail silently.
-            outage.warning("storage unavailable on %s %s: %r", request.method, request.path, exc)
+            self._outage.warning(
+                "storage unavailable on %s %s: %r", request.method, request.path, exc
+            )
             return json_response({"error": "storage unavailable, retry later"}, 503)
-        except Exception:
-            log.exception("unhandled error on %s %s", request.method, request.path)
-            request_id = request[REQUEST_TAG]()
-            return json_response({"error": "internal error", "request_id": request_id}, 500)
+        log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+        request_id = request[REQUEST_TAG]()
+        return json_response({"error": "internal error", "request_id": request_id}, 500)
+
+    def timer(self, request: web.Request, route: str | None) -> Callable[[float], None]:
+        """Where the request's duration goes; `route` None: the route it matched."""
+        if route is None:
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else "unmatched"
+        method = request.method if request.method in _METHODS else "other"
+        return self.metrics.route_timer(route, method)
+
+    def wrap(self, handler: Handler, route: str | None = None) -> Handler:
+        """`handler` answering its failures as JSON, its requests tagged and timed (under
+        `route`, by default the route it matched)."""
+
+        async def answered(request: web.Request) -> web.StreamResponse:
+            # Every line logged while handling the request carries its id.
+            tag = request[REQUEST_TAG] = RequestTag(request)
+            token = REQUEST_ID.set(tag)
+            started = time.perf_counter()
+            try:
+                refusal = self.too_long(request)
+                if refusal is not None:
+                    return refusal
+                return await handler(request)
+            except Exception as exc:
+                return self.respond(request, exc)
+            finally:
+                REQUEST_ID.reset(token)
+                self.timer(request, route)(time.perf_counter() - started)
+
+        return answered
+
+
+def error_middleware(max_url_length: int, metrics: Metrics) -> Callable[..., Any]:
+    """`JsonErrors` as a middleware, for an app of a single purpose (tests, tools)."""
+    errors = JsonErrors(max_url_length, metrics)
+
+    @web.middleware
+    async def answer_errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+        return await errors.wrap(handler)(request)
 
     return answer_errors_as_json

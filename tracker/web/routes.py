@@ -1,6 +1,6 @@
 """Every route, with what the API document says of it (tracker.web.openapi)."""
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from importlib import metadata
 
@@ -342,6 +342,70 @@ def _version() -> str:
         return metadata.version("tracker")
     except metadata.PackageNotFoundError:
         return "0.1.0"
+
+
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+Wrapper = Callable[[Handler, str | None], Handler]
+# The metrics' name of requests no route takes.
+UNMATCHED = "unmatched"
+
+
+async def unrouted(request: web.Request) -> web.StreamResponse:
+    """A request no other route of its app takes: 405 when the path is known for other
+    methods, else 404, as aiohttp's router answers (routes answer errors themselves, so
+    aiohttp's own answer, plain text, must not be reached)."""
+    this = request.match_info.route.resource
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not this and not isinstance(resource, web.PrefixedSubAppResource):
+            allowed |= (await resource.resolve(request))[1]
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()
+
+
+def _through(middleware: Middleware, handler: Handler) -> Handler:
+    async def handled(request: web.Request) -> web.StreamResponse:
+        return await middleware(request, handler)
+
+    return handled
+
+
+def answer_per_route(
+    app: web.Application,
+    wrap: Wrapper,
+    middlewares: Sequence[Middleware] = (),
+    bare: Collection[Handler] = (),
+    mounted: bool = False,
+) -> None:
+    """Give every route of `app` (a sub-app, `mounted`, before it is) its middlewares,
+    then `wrap`, in the route itself; `bare` handlers answer for themselves and get
+    neither. Unmatched paths and methods get a route of their own, so that they too are
+    answered through `wrap`. The app must have no middleware of its own: aiohttp then
+    runs none for any route, the click's included.
+
+    Done once every route is added, so that routes other modules add (the API
+    document, the dashboard) are covered too."""
+    if app.middlewares:
+        raise RuntimeError("answer_per_route: the app's middlewares would run as well")
+    if mounted:
+        app.router.add_route("*", "", unrouted)
+    app.router.add_route("*", "/{tail:.*}", unrouted)
+    # One wrapped handler per handler: a GET and the HEAD aiohttp adds beside it stay one.
+    wrapped: dict[Handler, Handler] = {}
+    for route in app.router.routes():
+        given = route.handler
+        if given in bare:
+            continue
+        handler = wrapped.get(given)
+        if handler is None:
+            handler = given
+            for middleware in reversed(middlewares):
+                handler = _through(middleware, handler)
+            handler = wrapped[given] = wrap(handler, UNMATCHED if given is unrouted else None)
+        # aiohttp has no public setter for a route's handler; a static directory's
+        # routes, added by the router, can be reached no other way.
+        route._handler = handler  # type: ignore[assignment]  # an async def, as aiohttp wants
 
 
 def setup_routes(app: web.Application, api: web.Application) -> None:
