@@ -6,8 +6,10 @@ from typing import Any
 
 import orjson
 import pytest
+from redis._parsers.hiredis import _AsyncHiredisParser
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.asyncio.connection import Connection
+from redis.exceptions import DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tracker.devstack import RedisServer, free_port
@@ -15,7 +17,35 @@ from tracker.domain.clickid import new_click_id
 from tracker.settings import Settings
 from tracker.store import keys
 from tracker.store.clicks import ClickWriter
-from tracker.store.redis import HotCalls, create_redis, pack
+from tracker.store.redis import HotCalls, PackedConnection, create_redis, pack
+
+ARGS: list[tuple[Any, ...]] = [
+    ("GET", "k"),
+    ("CONFIG GET", "maxmemory"),
+    (b"SCRIPT LOAD", b"return 1"),
+    ("SET", "k\u00e9", b"\x00\xffv", "EX", 60),
+    ("EVALSHA", "ab" * 20, 2, "a", "b", 1.5, -7, 2**70, 1e20, memoryview(b"mv")),
+]
+
+
+@pytest.mark.parametrize("args", ARGS)
+def test_commands_are_packed_as_redis_py_packs_them(args: tuple[Any, ...]) -> None:
+    ours = b"".join(PackedConnection().pack_command(*args))
+    theirs = b"".join(bytes(part) for part in Connection().pack_command(*args))
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("bad", [True, None, object()])
+def test_a_value_redis_py_refuses_is_refused_as_it_does(bad: object) -> None:
+    with pytest.raises(DataError):
+        PackedConnection().pack_command("SET", "k", bad)  # type: ignore[arg-type]
+
+
+def test_another_encoding_packs_as_redis_py_does() -> None:
+    latin = PackedConnection(encoding="latin-1")
+    assert latin.pack_command("SET", "k", "\u00e9") == Connection(encoding="latin-1").pack_command(
+        "SET", "k", "\u00e9"
+    )
 
 
 @pytest.fixture
@@ -23,6 +53,19 @@ async def packed(settings: Settings) -> AsyncIterator[Redis]:
     redis = create_redis(settings.redis_url)
     yield redis
     await redis.aclose()
+
+
+async def test_the_client_packs_with_hiredis_and_parses_with_hiredis(packed: Redis) -> None:
+    await packed.set("k", "v\u00e9")
+    async with packed.pipeline(transaction=True) as pipe:
+        replies = await pipe.incr("n").get("k").execute()
+    assert replies == [1, "v\u00e9".encode()]
+    conn = await packed.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        assert isinstance(conn, PackedConnection)
+        assert isinstance(conn._parser, _AsyncHiredisParser)
+    finally:
+        await packed.connection_pool.release(conn)
 
 
 async def test_hot_calls_answer_in_order_with_errors_in_place(packed: Redis) -> None:

@@ -156,7 +156,7 @@ def create_redis(
     Every command gives up after `timeout` seconds, so a frozen Redis costs a
     caller a bounded wait. A command that finds its pooled connection dead (Redis
     restarted) is retried once on a fresh one; a timed-out command is not retried,
-    which would double the wait.
+    which would double the wait. Its connections are `PackedConnection`s.
 
     With `cluster`, `url` names one node of a Redis Cluster and the client finds the
     others and follows slots as they move (a failover). It is typed as `Redis`: every
@@ -175,6 +175,11 @@ def create_redis(
             # A node that went away: find the new owner of its slots, a few times.
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 3),
         )
+        # The cluster client takes no connection class: set it where its nodes (the
+        # startup ones, and those it finds later) read it.
+        client.connection_kwargs["connection_class"] = PackedConnection
+        for node in client.startup_nodes:
+            node.connection_class = PackedConnection
         return cast(Redis, client)
     redis: Redis = Redis.from_url(
         url,
@@ -183,6 +188,7 @@ def create_redis(
         socket_timeout=timeout,
         socket_connect_timeout=connect_timeout,
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        connection_class=PackedConnection,
     )
     return redis
 
