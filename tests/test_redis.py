@@ -147,3 +147,12 @@ async def test_hot_calls_give_their_connections_back(tmp_path: Any) -> None:
         await redis.aclose()
     finally:
         server.stop()
+
+
+async def test_hot_calls_close_after_the_pool_was_reset(packed: Redis) -> None:
+    hot = HotCalls(packed)
+    await hot.call(pack("PING"))
+    (conn,) = hot._free
+    packed.connection_pool.reset()
+    await hot.close()  # the pool no longer knows the connection: closed, not handed back
+    assert not conn.is_connected

@@ -131,7 +131,10 @@ class HotCalls:
         """Hand the connections back to the client's pool."""
         free, self._free = self._free, []
         for conn in free:
-            await self._pool.release(conn)
+            try:
+                await self._pool.release(conn)
+            except KeyError:  # the pool was reset meanwhile: it no longer owns them
+                await conn.disconnect()
 
 
 async def _call_packed(conn: Connection, packed: bytes, replies: int) -> list[Any]:
