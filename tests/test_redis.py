@@ -8,7 +8,7 @@ import orjson
 import pytest
 from redis._parsers.hiredis import _AsyncHiredisParser
 from redis.asyncio import Redis
-from redis.asyncio.connection import Connection
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.exceptions import DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -156,3 +156,17 @@ async def test_hot_calls_close_after_the_pool_was_reset(packed: Redis) -> None:
     packed.connection_pool.reset()
     await hot.close()  # the pool no longer knows the connection: closed, not handed back
     assert not conn.is_connected
+
+
+async def test_tls_and_unix_socket_urls_keep_their_connection_classes() -> None:
+    single = create_redis("rediss://127.0.0.1:1/0")
+    unix = create_redis("unix:///tmp/nowhere.sock")
+    cluster: Any = create_redis("rediss://127.0.0.1:1/0", cluster=True)
+    try:
+        assert single.connection_pool.connection_class is SSLConnection
+        assert unix.connection_pool.connection_class is UnixDomainSocketConnection
+        assert all(node.connection_class is SSLConnection for node in cluster.startup_nodes)
+    finally:
+        await single.aclose()
+        await unix.aclose()
+        await cluster.aclose()

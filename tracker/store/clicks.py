@@ -418,8 +418,8 @@ class ClickWriter(BatchedService):
         for click_id, record, ttl, unique_key, unique_ttl in writes:
             shard = click_shard(click_id)
             key = f"{keys.CLICK_PREFIX}{tags[shard]}:{click_id}"
-            if unique_key and unique_ttl > 0:
-                click_keys += (stream_keys[shard], key, unique_key)
+            if unique_key is not None and unique_ttl > 0:
+                click_keys += (stream_keys[shard], key, unique_key or key)
                 args += (ttl, record, unique_ttl, 1)
             else:
                 click_keys += (stream_keys[shard], key, key)

@@ -159,7 +159,8 @@ def create_redis(
     Every command gives up after `timeout` seconds, so a frozen Redis costs a
     caller a bounded wait. A command that finds its pooled connection dead (Redis
     restarted) is retried once on a fresh one; a timed-out command is not retried,
-    which would double the wait. Its connections are `PackedConnection`s.
+    which would double the wait. Its connections are `PackedConnection`s (`redis://`;
+    `rediss://` and `unix://` keep redis-py's own).
 
     With `cluster`, `url` names one node of a Redis Cluster and the client finds the
     others and follows slots as they move (a failover). It is typed as `Redis`: every
@@ -179,10 +180,11 @@ def create_redis(
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 3),
         )
         # The cluster client takes no connection class: set it where its nodes (the
-        # startup ones, and those it finds later) read it.
-        client.connection_kwargs["connection_class"] = PackedConnection
-        for node in client.startup_nodes:
-            node.connection_class = PackedConnection
+        # startup ones, and those it finds later) read it; TLS (rediss://) keeps its own.
+        if client.connection_kwargs.get("connection_class") is Connection:
+            client.connection_kwargs["connection_class"] = PackedConnection
+            for node in client.startup_nodes:
+                node.connection_class = PackedConnection
         return cast(Redis, client)
     redis: Redis = Redis.from_url(
         url,
