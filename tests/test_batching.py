@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from tracker.store.batching import BatchClosedError, Batcher
+from tracker.store.batching import BatchClosedError, Batcher, BatchTimeoutError
 
 
 async def test_concurrent_items_share_a_flush_and_get_their_own_results():
@@ -60,3 +60,68 @@ async def test_max_batch_and_close():
     await batcher.close()
     with pytest.raises(BatchClosedError):
         await batcher.submit(1)
+
+
+async def test_each_item_times_out_on_its_own_deadline_never_before():
+    gate = asyncio.Event()
+
+    async def flush(items: list[str]) -> list[str | BaseException]:
+        await gate.wait()
+        return items
+
+    batcher: Batcher[str, str] = Batcher(flush, max_batch=100, name="t")
+    batcher.start()
+    loop = asyncio.get_running_loop()
+    timed_out: dict[str, float] = {}
+
+    async def submit(item: str, max_wait: float | None) -> str:
+        start = loop.time()
+        try:
+            return await batcher.submit(item, max_wait)
+        except BatchTimeoutError:
+            timed_out[item] = loop.time() - start
+            raise
+
+    first = asyncio.create_task(submit("first", 0.2))  # its flush hangs until the gate opens
+    await asyncio.sleep(0.1)
+    second = asyncio.create_task(submit("second", 0.5))  # queued behind it
+    patient = asyncio.create_task(submit("patient", None))
+    with pytest.raises(BatchTimeoutError):
+        await first
+    assert not second.done()  # due four tenths of a second after the first
+    with pytest.raises(BatchTimeoutError):
+        await second
+    assert timed_out["first"] >= 0.2 and timed_out["second"] >= 0.5
+    gate.set()
+    assert await patient == "patient"
+    await batcher.close()
+
+
+async def test_a_flush_answering_the_wrong_count_fails_its_batch_only():
+    async def flush(items: list[int]) -> list[int | BaseException]:
+        return items[:-1] if 13 in items else items
+
+    batcher: Batcher[int, int] = Batcher(flush, max_batch=1, name="t")
+    batcher.start()
+    with pytest.raises(RuntimeError, match="0 results for 1 items"):
+        await batcher.submit(13)
+    assert await batcher.submit(7) == 7
+    await batcher.close()
+
+
+async def test_several_flushes_in_flight_at_once():
+    started: list[list[int]] = []
+    both = asyncio.Event()
+
+    async def flush(items: list[int]) -> list[int | BaseException]:
+        started.append(items)
+        if len(started) == 2:
+            both.set()
+        await both.wait()
+        return items
+
+    batcher: Batcher[int, int] = Batcher(flush, max_batch=1, name="t", max_in_flight=2)
+    batcher.start()
+    assert await asyncio.wait_for(asyncio.gather(batcher.submit(1), batcher.submit(2)), 5) == [1, 2]
+    assert sorted(started) == [[1], [2]]
+    await batcher.close()

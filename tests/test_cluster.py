@@ -25,7 +25,7 @@ from tracker.store import keys
 from tracker.store.auth_failures import AuthFailures
 from tracker.store.clicks import ClickWriter
 from tracker.store.ratelimit import FailureLimiter
-from tracker.store.redis import create_redis, is_cluster
+from tracker.store.redis import PackedConnection, create_redis, is_cluster
 from tracker.web.app import create_app
 from tracker.web.appkeys import CLICK_WRITER
 
@@ -322,6 +322,17 @@ async def test_other_keys_work_on_the_cluster(cluster_redis):
         pipe.xack(keys.POSTBACK_STREAM, keys.POSTBACK_GROUP, entry)
         pipe.xdel(keys.POSTBACK_STREAM, entry)
         assert await pipe.execute() == [1, 1]
+
+
+async def test_every_node_connection_packs_with_hiredis(cluster_redis):
+    """The cluster client takes no connection class: the one `create_redis` sets reaches
+    every node it found, and the connections they made."""
+    await cluster_redis.set("k", "v")
+    nodes = cluster_redis.get_nodes()
+    assert nodes  # every node it knows of (a replica lost in a failover test rejoins later)
+    assert all(node.connection_class is PackedConnection for node in nodes)
+    made = [conn for node in nodes for conn in node._connections]
+    assert made and all(isinstance(conn, PackedConnection) for conn in made)
 
 
 async def test_a_dead_sinks_entries_are_claimed_by_another(cluster_settings, cluster_redis, pool):

@@ -26,9 +26,9 @@ class BatchTimeoutError(TimeoutError):
     """The caller's item was not written within the time it was willing to wait."""
 
 
-def _expire(future: "asyncio.Future[Any]", name: str) -> None:
-    if not future.done():
-        future.set_exception(BatchTimeoutError(f"{name}: no answer in time"))
+# Items' deadlines are kept in ticks of this many seconds, one timer per tick for all
+# the items due in it: an item times out at most a tick after its `max_wait`.
+TIMEOUT_TICKS_PER_SECOND = 100
 
 
 class Batcher(Generic[T, R]):
@@ -56,7 +56,12 @@ class Batcher(Generic[T, R]):
         self._slots = asyncio.Semaphore(max_in_flight)
         self._in_flight: set[asyncio.Task[None]] = set()
         self.name = name
-        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._max_in_flight = max_in_flight
+        # The queue: items and their callers' futures, in parallel lists.
+        self._items: list[T] = []
+        self._futures: list[asyncio.Future[R]] = []
+        # Futures by the tick they time out in (see `submit`).
+        self._deadlines: dict[int, list[asyncio.Future[R]]] = {}
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -68,7 +73,7 @@ class Batcher(Generic[T, R]):
     @property
     def pending(self) -> int:
         """Items queued for the next batches."""
-        return len(self._pending)
+        return len(self._items)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=self.name)
@@ -89,59 +94,89 @@ class Batcher(Generic[T, R]):
         """
         if self._task is None or self._closing:
             raise BatchClosedError(f"{self.name} is not running")
-        if len(self._pending) >= self._max_pending:
-            raise BatchQueueFullError(f"{self.name}: {len(self._pending)} items already queued")
+        if len(self._items) >= self._max_pending:
+            raise BatchQueueFullError(f"{self.name}: {len(self._items)} items already queued")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
-        self._pending.append((item, future))
+        self._items.append(item)
+        self._futures.append(future)
         self._wakeup.set()
-        if max_wait is None:
-            return await future
-        # A timer handle rather than wait_for: no extra task per item on the hot path.
-        timer = loop.call_later(max_wait, _expire, future, self.name)
-        try:
-            return await future
-        finally:
-            timer.cancel()
+        if max_wait is not None:
+            # Not a timer per item (and its cancel): one per tick, for the items due in it.
+            tick = int((loop.time() + max_wait) * TIMEOUT_TICKS_PER_SECOND) + 1
+            due = self._deadlines.get(tick)
+            if due is None:
+                due = self._deadlines[tick] = []
+                loop.call_at(tick / TIMEOUT_TICKS_PER_SECOND, self._expire, tick)
+            due.append(future)
+        return await future
+
+    def _expire(self, tick: int) -> None:
+        for future in self._deadlines.pop(tick):
+            if not future.done():
+                future.set_exception(BatchTimeoutError(f"{self.name}: no answer in time"))
 
     async def _run(self) -> None:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self._pending:
+            while self._items:
+                if self._max_in_flight == 1:
+                    # One write at a time: written here, no task per batch. Items that
+                    # arrive meanwhile make the next batch.
+                    items, futures = self._cut()
+                    await self._write(items, futures)
+                    continue
                 # Waiting for a free slot is what lets the next batch grow.
                 await self._slots.acquire()
-                batch = self._pending[: self._max_batch]
-                del self._pending[: self._max_batch]
-                task = asyncio.create_task(self._write(batch))
+                task = asyncio.create_task(self._write_in_slot(*self._cut()))
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
             if self._closing:
                 if self._in_flight:
                     await asyncio.gather(*self._in_flight)
-                if not self._pending:
+                if not self._items:
                     return
 
-    async def _write(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
-        self.batches += 1
-        self.items += len(batch)
-        if self.on_batch is not None:
-            self.on_batch(len(batch))
+    def _cut(self) -> tuple[list[T], list["asyncio.Future[R]"]]:
+        """The next batch, off the queue."""
+        size = self._max_batch
+        if len(self._items) <= size:
+            items, self._items = self._items, []
+            futures, self._futures = self._futures, []
+            return items, futures
+        items = self._items[:size]
+        futures = self._futures[:size]
+        del self._items[:size], self._futures[:size]
+        return items, futures
+
+    async def _write_in_slot(self, items: list[T], futures: list["asyncio.Future[R]"]) -> None:
         try:
-            results = await self._flush([item for item, _ in batch])
+            await self._write(items, futures)
+        finally:
+            self._slots.release()
+
+    async def _write(self, items: list[T], futures: list["asyncio.Future[R]"]) -> None:
+        self.batches += 1
+        self.items += len(items)
+        if self.on_batch is not None:
+            self.on_batch(len(items))
+        try:
+            results = await self._flush(items)
         except Exception as exc:
             if not self.failing:
                 self.failing = True
                 log.warning("%s: writes failing (%r); quiet until they work", self.name, exc)
-            results = [exc] * len(batch)
+            results = [exc] * len(items)
         else:
             if self.failing:
                 self.failing = False
                 log.info("%s: writes working again", self.name)
-        finally:
-            self._slots.release()
-        for (_, future), result in zip(batch, results, strict=True):
-            if future.done():  # the caller went away
+        if len(results) != len(items):  # a flush that broke its word: an error for each
+            error = RuntimeError(f"{self.name}: {len(results)} results for {len(items)} items")
+            results = [error] * len(items)
+        for future, result in zip(futures, results, strict=True):
+            if future.done():  # the caller went away, or its time ran out
                 continue
             if isinstance(result, BaseException):
                 future.set_exception(result)

@@ -8,19 +8,19 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import asyncpg
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from tracker.domain.click import CLICK_COLUMNS, ClickRecord
-from tracker.domain.clickid import click_shard, visitor_shard
+from tracker.domain.clickid import MAX_SHARDS, click_shard, visitor_shard
 from tracker.settings import Settings
 from tracker.store import keys
 from tracker.store.batching import BatchedService, Batcher, BatchQueueFullError
-from tracker.store.redis import is_cluster
+from tracker.store.redis import HotCalls, is_cluster, pack
 from tracker.store.spool import ClickSpool, SpoolFile, read_clicks, release
 
 log = logging.getLogger("tracker.clicks")
@@ -200,6 +200,11 @@ class ClickWriter(BatchedService):
         self._wait_timeout_ms = wait_timeout_ms
         self._store_batch = redis.register_script(STORE_CLICKS_SCRIPT)
         self._add_to_stream = redis.register_script(ADD_TO_STREAM_SCRIPT)
+        # On a single Redis, the batch script goes out as one packed EVALSHA on
+        # connections of the writer's own (a cluster client routes per node instead).
+        self._hot = None if self._cluster else HotCalls(redis)
+        # The stream key of each shard a click id can name (see `_stream_shard`).
+        self._stream_keys = [keys.click_stream(n % shards) for n in range(MAX_SHARDS)]
         self.batcher: Batcher[ClickWrite, bool | None] = Batcher(
             self._flush, max_batch, "click-writer", max_in_flight, max_pending
         )
@@ -242,6 +247,8 @@ class ClickWriter(BatchedService):
         """Write what is queued; with Redis up, replay the spool so none is left behind."""
         await self.batcher.close()
         if self.spool is None:
+            if self._hot is not None:
+                await self._hot.close()
             return
         if self._replayer is not None:
             self._closing = True  # a cancellation turned into another error still ends it
@@ -259,6 +266,8 @@ class ClickWriter(BatchedService):
         for spool_file in self._held:
             release(spool_file, remove=False)
         self._held.clear()
+        if self._hot is not None:
+            await self._hot.close()
 
     async def _ping_and_replay(self) -> None:
         await self._redis.ping()
@@ -343,6 +352,8 @@ class ClickWriter(BatchedService):
     async def _flush(self, batch: list[ClickWrite]) -> list[bool | BaseException | None]:
         """Store a batch: one script call per shard (on a single Redis, one in all),
         concurrently; each click gets its own shard's result or error."""
+        if not self._cluster:
+            return cast(list[bool | BaseException | None], await self._store(batch))
         groups = self._by_slot([write[0] for write in batch])
 
         async def store(indexes: list[int]) -> list[bool | None]:
@@ -369,26 +380,11 @@ class ClickWriter(BatchedService):
         """Store clicks whose keys share a slot (any clicks on a single Redis); return
         their `is_unique` as decided. With `wait_replicas`, a batch the replicas do not
         confirm in time is spooled too (without a spool, an error)."""
-        click_keys: list[str] = []
-        args: list[bytes | int] = []
-        strays: list[int] = []
-        for i, (click_id, record, ttl, unique_key, unique_ttl) in enumerate(writes):
-            shard = click_shard(click_id)
-            stream_shard = self._stream_shard(shard)
-            key = keys.click_key(click_id, shard)
-            click_keys.append(keys.click_stream(stream_shard))
-            click_keys.append(key)
-            unique = unique_key is not None and unique_ttl > 0
-            if unique_key and unique and self._cluster:
-                unique_key = _colocated(unique_key, shard)
-            click_keys.append(unique_key if unique_key and unique else key)
-            args.extend((ttl, record, unique_ttl if unique or unique_ttl == WRITTEN else 0))
-            if self._cluster and stream_shard != shard:
-                strays.append(i)
-                click_keys[-3] = key
-                args.append(0)
-            else:
-                args.append(1)
+        if self._cluster:
+            click_keys, args, strays = self._cluster_script_args(writes)
+        else:
+            click_keys, args = self._script_args(writes)
+            strays = []
         flags, confirmed = await self._call(STORE_CLICKS_SCRIPT, click_keys, args, click_keys[1])
         decided = [_DECIDED.get(flag) for flag in flags]
         if strays:
@@ -412,6 +408,52 @@ class ClickWriter(BatchedService):
             self.spooled += len(writes)
         return decided
 
+    def _script_args(self, writes: list[ClickWrite]) -> tuple[list[str], list[bytes | int]]:
+        """The store script's keys and arguments for clicks on a single Redis, where
+        one call holds keys of any shard (see STORE_CLICKS_SCRIPT)."""
+        stream_keys = self._stream_keys
+        tags = keys.SHARD_TAGS
+        click_keys: list[str] = []
+        args: list[bytes | int] = []
+        for click_id, record, ttl, unique_key, unique_ttl in writes:
+            shard = click_shard(click_id)
+            key = f"{keys.CLICK_PREFIX}{tags[shard]}:{click_id}"
+            if unique_key is not None and unique_ttl > 0:
+                click_keys += (stream_keys[shard], key, unique_key or key)
+                args += (ttl, record, unique_ttl, 1)
+            else:
+                click_keys += (stream_keys[shard], key, key)
+                args += (ttl, record, WRITTEN if unique_ttl == WRITTEN else 0, 1)
+        return click_keys, args
+
+    def _cluster_script_args(
+        self, writes: list[ClickWrite]
+    ) -> tuple[list[str], list[bytes | int], list[int]]:
+        """As `_script_args`, for clicks of one slot on a cluster: the unique-click key
+        moved beside the record, and the positions of clicks whose stream is in
+        another slot (added to it by a second call: "strays")."""
+        click_keys: list[str] = []
+        args: list[bytes | int] = []
+        strays: list[int] = []
+        for i, (click_id, record, ttl, unique_key, unique_ttl) in enumerate(writes):
+            shard = click_shard(click_id)
+            stream_shard = self._stream_shard(shard)
+            key = keys.click_key(click_id, shard)
+            click_keys.append(keys.click_stream(stream_shard))
+            click_keys.append(key)
+            unique = unique_key is not None and unique_ttl > 0
+            if unique_key and unique:
+                unique_key = _colocated(unique_key, shard)
+            click_keys.append(unique_key if unique_key and unique else key)
+            args.extend((ttl, record, unique_ttl if unique or unique_ttl == WRITTEN else 0))
+            if stream_shard != shard:
+                strays.append(i)
+                click_keys[-3] = key
+                args.append(0)
+            else:
+                args.append(1)
+        return click_keys, args, strays
+
     async def _call(
         self, script: str, script_keys: list[str], args: list[bytes | int], node_key: str
     ) -> tuple[Any, bool]:
@@ -424,6 +466,8 @@ class ClickWriter(BatchedService):
         then lose its writes to a replica that lacks them, and clicks are not held up
         for replicas that do not exist. Its replica count is asked again each second."""
         registered = self._store_batch if script is STORE_CLICKS_SCRIPT else self._add_to_stream
+        if self._hot is not None:
+            return await self._call_single(script, registered.sha, script_keys, args)
         node: Any = None
         if self._wait_replicas and self._cluster:
             await self._redis.initialize()  # slots known (typed as Redis)
@@ -451,6 +495,29 @@ class ClickWriter(BatchedService):
             return reply, True
         replicas = await self._count_replicas(node)
         return reply, int(acknowledged) >= min(wanted, replicas)
+
+    async def _call_single(
+        self, script: str, sha: str, script_keys: list[str], args: list[bytes | int]
+    ) -> tuple[Any, bool]:
+        """`_call` on a single Redis: EVALSHA (and WAIT) packed in one write on a
+        connection of the writer's; the script's text only when Redis lacks it."""
+        assert self._hot is not None
+        wanted = self._wanted_replicas(None)
+        wait = pack(b"WAIT", wanted, self._wait_timeout_ms) if wanted else b""
+        command = pack(b"EVALSHA", sha, len(script_keys), *script_keys, *args)
+        replies = await self._hot.call(command + wait, 2 if wanted else 1)
+        if isinstance(replies[0], NoScriptError):  # Redis restarted or flushed its scripts
+            command = pack(b"EVAL", script, len(script_keys), *script_keys, *args)
+            replies = await self._hot.call(command + wait, 2 if wanted else 1)
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        if not wanted:
+            return replies[0], True
+        acknowledged = int(replies[1])
+        if acknowledged >= wanted:
+            return replies[0], True
+        return replies[0], acknowledged >= min(wanted, await self._count_replicas(None))
 
     def _wanted_replicas(self, node: Any) -> int:
         if not self._wait_replicas:
@@ -558,15 +625,24 @@ class ClickReader(BatchedService):
         self._pool = pool
         self._timeout = timeout
         self._cluster = is_cluster(redis)
+        # On a single Redis, each batch's MGET goes out packed on connections of its own.
+        self._hot = None if self._cluster else HotCalls(redis)
         self.batcher: Batcher[str, bytes | None] = Batcher(
             self._flush, max_batch, "click-reader", 1, max_pending
         )
 
+    async def close(self) -> None:
+        await self.batcher.close()
+        if self._hot is not None:
+            await self._hot.close()
+
     async def _flush(self, click_keys: list[str]) -> list[bytes | BaseException | None]:
         """One MGET per batch; on a cluster one per shard, concurrently."""
-        if not self._cluster:
-            values: list[Any] = await self._redis.mget(click_keys)
-            return values
+        if self._hot is not None:
+            (values,) = await self._hot.call(pack(b"MGET", *click_keys))
+            if isinstance(values, ResponseError):
+                raise values
+            return cast(list[bytes | BaseException | None], values)
         groups: dict[str, list[int]] = {}
         for i, key in enumerate(click_keys):
             groups.setdefault(key.partition("}")[0], []).append(i)

@@ -5,7 +5,7 @@ click's record, its stream entry and its visitor's unique-click key share a slot
 so one script call stores them. A single Redis is the same P shards on one node.
 """
 
-from tracker.domain.clickid import click_shard
+from tracker.domain.clickid import MAX_SHARDS, click_shard
 
 CLICK_PREFIX = "clk:"
 # The click stream of shard n is `stream:clicks:{sn}`; the unsharded one held the
@@ -24,6 +24,10 @@ POSTBACK_GROUP = "postbacks"
 
 def shard_tag(shard: int) -> str:
     return f"{{s{shard}}}"
+
+
+# `shard_tag` of every shard a click id can name, made once: the click path's keys.
+SHARD_TAGS = tuple(shard_tag(n) for n in range(MAX_SHARDS))
 
 
 def click_stream(shard: int) -> str:
