@@ -18,6 +18,7 @@ Cost has two parts. What clicks cost (`cpc`, `auto`, `cpm`, and costs set with
 `cost_value`. Both are exact NUMERIC sums: nothing is rounded.
 """
 
+from collections.abc import Mapping
 from datetime import UTC, date, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -25,7 +26,9 @@ from zoneinfo import ZoneInfo
 import asyncpg
 
 from tracker.domain.reports import (
+    BLOCK_ROWS,
     COUNTERS,
+    GRAINS,
     ID_DIMENSIONS,
     RATIOS,
     TIME_DIMENSIONS,
@@ -34,6 +37,7 @@ from tracker.domain.reports import (
     day_blocks,
     dimension_column,
 )
+from tracker.store.admin import Conn
 from tracker.store.rollups import CONVERSION_ROLLUPS, rolled_up_zones
 
 # Id dimension -> (column of clicks and conversions, table of names).
@@ -134,9 +138,14 @@ _ZONE_ROLLUPS = (
     ("click_daily", "conversion_daily", "lander"),
     ("click_daily_geo", "conversion_daily_geo", "country"),
 )
-# Daily rollup -> its weekly blocks (migration 0018), read for whole weeks of a range when
-# the report has no time dimension.
-_WEEKLY = {"click_daily_geo": "click_weekly_geo", "conversion_daily_geo": "conversion_weekly_geo"}
+# Daily rollup -> its blocks by grain: weeks (migration 0018) and calendar months (0019),
+# read for the whole weeks and months of a range when the report has no time dimension.
+_BLOCKS = {
+    "click_daily_geo": {"day": "click_daily_geo", "week": "click_weekly_geo",
+                        "month": "click_monthly_geo"},
+    "conversion_daily_geo": {"day": "conversion_daily_geo", "week": "conversion_weekly_geo",
+                             "month": "conversion_monthly_geo"},
+}  # fmt: skip
 _ZONE_IDS = frozenset({"campaign", "offer", "traffic_source", "affiliate_network"})
 _ZONE_TIMES = frozenset({"day", "week", "month", "weekday"})
 # Grouping a month of rollup rows by several keys: in memory, not spilled to disk.
@@ -174,21 +183,51 @@ def _local_days(spec: ReportSpec) -> tuple[date, date]:
     return first, end
 
 
-def zone_blocks(spec: ReportSpec, table: str) -> list[Block] | None:
-    """The day and week blocks a report on the daily rollup `table` reads instead of its
-    days, when weekly blocks exist for it, the report has no time dimension and they
-    save reading; else None (the days are read as a range)."""
-    if table not in _WEEKLY or set(spec.group_by) & _ZONE_TIMES:
+# Rows per block of each grain, from the planner's statistics of the geo rollups (click and
+# conversion tables together): a table's rows over its distinct days (n_distinct < 0 is a
+# fraction of the rows).
+BLOCK_ROWS_SQL = """
+SELECT t.grain, sum(c.reltuples / CASE WHEN s.n_distinct < 0 THEN -s.n_distinct * c.reltuples
+                                       ELSE s.n_distinct END) AS rows
+FROM unnest($1::text[], $2::text[]) AS t (grain, name)
+JOIN pg_class c ON c.oid = to_regclass(t.name)
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_stats s ON s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = 'day'
+WHERE c.reltuples > 0 AND s.n_distinct <> 0
+GROUP BY t.grain
+"""
+
+
+async def block_rows(conn: Conn | asyncpg.Pool) -> dict[str, float]:
+    """Rows a block of each grain reads, relative to a day's (the statistics say how dense
+    the keys are: a month of dense keys holds about as many rows as a day); the default
+    ratio while a table has no statistics."""
+    pairs = [(grain, table) for by_grain in _BLOCKS.values() for grain, table in by_grain.items()]
+    found = await conn.fetch(BLOCK_ROWS_SQL, *map(list, zip(*pairs, strict=True)))
+    rows = {row["grain"]: float(row["rows"]) for row in found}
+    if set(rows) != set(GRAINS) or rows["day"] <= 0:
+        return dict(BLOCK_ROWS)
+    return {grain: rows[grain] / rows["day"] for grain in GRAINS}
+
+
+def zone_blocks(
+    spec: ReportSpec, table: str, rows: Mapping[str, float] = BLOCK_ROWS
+) -> list[Block] | None:
+    """The day, week and month blocks a report on the daily rollup `table` reads instead
+    of its days (the fewest rows by `rows`, a block's rows by grain), when blocks exist for
+    it, the report has no time dimension and they save reading; else None (the days are
+    read as a range)."""
+    if table not in _BLOCKS or set(spec.group_by) & _ZONE_TIMES:
         return None
-    blocks = day_blocks(*_local_days(spec))
-    return blocks if any(grain == "week" for grain, _, _ in blocks) else None
+    blocks = day_blocks(*_local_days(spec), rows)
+    return blocks if any(grain != "day" for grain, _, _ in blocks) else None
 
 
 def _blocks_source(table: str, columns: str, blocks: list[Block], query: _Query) -> str:
-    """Rows of the daily rollup `table` and of its weekly blocks, as the blocks select
-    them, each with `w`: +1, or -1 for a block taken away."""
+    """Rows of the daily rollup `table` and of its weekly and monthly blocks, as the blocks
+    select them, each with `w`: +1, or -1 for a block taken away."""
     parts = []
-    for grain, source in (("day", table), ("week", _WEEKLY[table])):
+    for grain, source in _BLOCKS[table].items():
         chosen = [(day, sign) for g, day, sign in blocks if g == grain]
         if not chosen:
             continue
@@ -322,17 +361,20 @@ def report_path(spec: ReportSpec, zones: frozenset[str] = frozenset()) -> str:
 
 
 def build_report(
-    spec: ReportSpec, zones: frozenset[str] = frozenset()
+    spec: ReportSpec,
+    zones: frozenset[str] = frozenset(),
+    grain_rows: Mapping[str, float] = BLOCK_ROWS,
 ) -> tuple[str, str, list[Any]]:
     """(rows SQL, totals SQL, parameters) of one report; names come from the catalogue
     in `domain.reports`, values are parameters. `zones` are those whose per-zone daily
-    rollups are whole (`rollup_zones`)."""
+    rollups are whole (`rollup_zones`); `grain_rows` the rows a block of each grain holds
+    (`block_rows`)."""
     query = _Query(spec)
     dims = [f"d{i}" for i in range(len(spec.group_by))]
     offers_join = " JOIN offers o ON o.id = {row}.offer_id" if _needs_offers(spec) else ""
     zoned = zone_rollup(spec, zones)
     # The same days and weeks for the click and the conversion rollups (both have weeks).
-    blocks = zone_blocks(spec, zoned[0]) if zoned is not None else None
+    blocks = zone_blocks(spec, zoned[0], grain_rows) if zoned is not None else None
 
     if zoned is not None:
         select = ", ".join(
@@ -567,6 +609,16 @@ FROM g"""
     return rows_sql, totals_sql, query.args
 
 
+async def _block_rows_for(
+    conn: Conn, spec: ReportSpec, zones: frozenset[str]
+) -> Mapping[str, float]:
+    """`block_rows`, read only for a report that may read blocks."""
+    zoned = zone_rollup(spec, zones)
+    if zoned is None or zoned[0] not in _BLOCKS or set(spec.group_by) & _ZONE_TIMES:
+        return BLOCK_ROWS
+    return await block_rows(conn)
+
+
 async def fetch_report(
     pool: asyncpg.Pool, spec: ReportSpec, time_limit: float
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -576,7 +628,9 @@ async def fetch_report(
         await conn.execute(SET_REPORT_MEMORY)
         # Read in the report's transaction: a zone listed here has whole rollups.
         zones = await rolled_up_zones(conn)
-        rows_sql, totals_sql, args = build_report(spec, zones)
+        rows_sql, totals_sql, args = build_report(
+            spec, zones, await _block_rows_for(conn, spec, zones)
+        )
         rows = await conn.fetch(rows_sql, *args, timeout=time_limit)
         if rows:
             first = rows[0]
