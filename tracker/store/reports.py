@@ -223,9 +223,11 @@ def zone_blocks(
     return blocks if any(grain != "day" for grain, _, _ in blocks) else None
 
 
-def _blocks_source(table: str, columns: str, blocks: list[Block], query: _Query) -> str:
+def _blocks_source(
+    table: str, columns: str, blocks: list[Block], query: _Query, condition: str = ""
+) -> str:
     """Rows of the daily rollup `table` and of its weekly and monthly blocks, as the blocks
-    select them, each with `w`: +1, or -1 for a block taken away."""
+    select them (and `condition`), each with `w`: +1, or -1 for a block taken away."""
     parts = []
     for grain, source in _BLOCKS[table].items():
         chosen = [(day, sign) for g, day, sign in blocks if g == grain]
@@ -240,7 +242,8 @@ def _blocks_source(table: str, columns: str, blocks: list[Block], query: _Query)
             else "1"
         )
         parts.append(
-            f"SELECT {columns}, {w} AS w FROM {source} WHERE zone = $3::text AND day = any({days})"
+            f"SELECT {columns}, {w} AS w FROM {source}"
+            f" WHERE zone = $3::text AND day = any({days}){condition}"
         )
     return "\n        UNION ALL\n        ".join(parts)
 
@@ -376,6 +379,9 @@ def build_report(
     # The same days and weeks for the click and the conversion rollups (both have weeks).
     blocks = zone_blocks(spec, zoned[0], grain_rows) if zoned is not None else None
 
+    if zoned is not None and not spec.events:
+        grouped = _merged_zone_groups(spec, query, zoned, dims, offers_join, blocks)
+        return _assemble(spec, query, dims, grouped=grouped)
     if zoned is not None:
         select = ", ".join(
             f"{_zone_dimension_sql(n)} AS {d}" for n, d in zip(spec.group_by, dims, strict=True)
@@ -503,6 +509,95 @@ def _rolled_conversions(
     HAVING sum({w}(r.conversions + r.leads + r.pending + r.rejected + r.chargebacks)) > 0"""
 
 
+_ROLLED_CLICKS = ("clicks", "bot_clicks", "unique_clicks", "lp_views", "lp_clicks")
+_ROLLED_CONVERSIONS = ("conversions", "leads", "pending", "rejected", "chargebacks", "unconverted")
+
+
+def _merged_zone_groups(
+    spec: ReportSpec,
+    query: _Query,
+    zoned: tuple[str, str],
+    dims: list[str],
+    offers_join: str,
+    blocks: list[Block] | None,
+) -> str:
+    """The groups of a report on the per-zone rollups in one pass: the click rows and the
+    conversion rows (and the changes not folded yet) side by side, each with the other's
+    counters NULL, summed by the dimensions at once. A group is one the clicks or the
+    conversions make (their net clicks or conversions are not zero), as in the raw rows;
+    the sums of a side that makes no group are zero, so its counters read 0 as before."""
+    click_table, conversion_table = zoned
+    fact = CONVERSION_ROLLUPS[conversion_table][0]
+    keys = f"zone, day, campaign_id, offer_id, traffic_source_id, {fact}"
+    click_nulls = ", ".join(f"NULL::bigint AS {c}" for c in _ROLLED_CONVERSIONS)
+    conversion_nulls = ", ".join(f"NULL::bigint AS {c}" for c in _ROLLED_CLICKS)
+    click_columns = (
+        f"{keys}, {', '.join(_ROLLED_CLICKS)}, cost, {click_nulls}, NULL::numeric AS revenue"
+    )
+    conversion_columns = (
+        f"{keys}, {conversion_nulls}, NULL::numeric AS cost, "
+        f"{', '.join(_ROLLED_CONVERSIONS)}, revenue"
+    )
+    basis = query.param("click" if spec.conversion_time == "click" else "postback", "text")
+    on_basis = f" AND basis = {basis}"
+    if blocks is None:
+        clicks = f"SELECT {click_columns}, 1 AS w FROM {click_table}"
+        conversions = (
+            f"SELECT {conversion_columns}, 1 AS w FROM {conversion_table} WHERE basis = {basis}"
+        )
+        changes_in_range = ""
+    else:
+        clicks = _blocks_source(click_table, click_columns, blocks, query)
+        conversions = _blocks_source(conversion_table, conversion_columns, blocks, query, on_basis)
+    moment = f"CASE WHEN {basis} = 'click' THEN c.click_time ELSE c.created_at END"
+    if blocks is not None:
+        changes_in_range = f"WHERE {moment} >= $1 AND {moment} < $2"
+    # The rollup rows, and the conversion changes the sink has not folded into them yet.
+    source = f"""(
+        {clicks}
+        UNION ALL
+        {conversions}
+        UNION ALL
+        SELECT $3::text, ({moment} AT TIME ZONE $3::text)::date,
+               c.campaign_id, c.offer_id, c.traffic_source_id, c.{fact},
+               {", ".join("NULL::bigint" for _ in _ROLLED_CLICKS)}, NULL::numeric,
+               CASE c.status WHEN 'approved' THEN c.sign ELSE 0 END,
+               CASE c.status WHEN 'lead' THEN c.sign ELSE 0 END,
+               CASE c.status WHEN 'pending' THEN c.sign ELSE 0 END,
+               CASE c.status WHEN 'rejected' THEN c.sign ELSE 0 END,
+               CASE c.status WHEN 'chargeback' THEN c.sign ELSE 0 END,
+               CASE WHEN c.status = 'approved' AND c.payout IS NULL THEN c.sign ELSE 0 END,
+               CASE WHEN c.status = 'approved' THEN c.sign * (c.payout - c.refunded) END,
+               1
+        FROM conversion_changes c {changes_in_range}
+    )"""
+    weight = _weight(blocks) if blocks is not None else ""
+    w = f"{weight} * " if weight else ""
+    select = "".join(
+        f"{_zone_dimension_sql(n)} AS {d}, " for n, d in zip(spec.group_by, dims, strict=True)
+    )
+    where = _zone_conditions(spec, query, days=blocks is None)
+    named = {"bot_clicks": "bots"}
+    offers_r = offers_join.format(row="r")
+    counters = ", ".join(
+        f"coalesce(sum({w}r.{c}), 0)::bigint AS {named.get(c, c)}"
+        for c in (*_ROLLED_CLICKS, *_ROLLED_CONVERSIONS)
+    )
+    return f"""
+    SELECT {select}{counters},
+           coalesce(sum({w}r.revenue), 0) AS revenue,
+           coalesce(sum({w}r.cost), 0) + coalesce(sum(CASE m.booking_model
+                   WHEN 'cpa' THEN m.booking_value * {w}r.conversions
+                   WHEN 'revshare' THEN m.booking_value * 0.01 * {w}r.revenue
+               END), 0) AS cost
+    FROM {source} r
+    LEFT JOIN {BOOKING_CAMPAIGNS} ON m.booking_campaign_id = r.campaign_id{offers_r}
+    WHERE {" AND ".join(where)}
+    {"GROUP BY " + ", ".join(dims) if dims else ""}
+    HAVING sum({w}(r.clicks + r.bot_clicks)) > 0
+        OR sum({w}(r.conversions + r.leads + r.pending + r.rejected + r.chargebacks)) > 0"""
+
+
 def _raw_conversions(spec: ReportSpec, query: _Query, dims: list[str], offers_join: str) -> str:
     moment = "v.click_time" if spec.conversion_time == "click" else "v.created_at"
     select = ", ".join(
@@ -534,8 +629,16 @@ def _raw_conversions(spec: ReportSpec, query: _Query, dims: list[str], offers_jo
 
 
 def _assemble(
-    spec: ReportSpec, query: _Query, dims: list[str], clicks: str, conversions: str
+    spec: ReportSpec,
+    query: _Query,
+    dims: list[str],
+    clicks: str = "",
+    conversions: str = "",
+    grouped: str = "",
 ) -> tuple[str, str, list[Any]]:
+    """The page and the totals of the groups: the click and the conversion sums merged by
+    the dimensions, or the groups `grouped` gives already (dimensions, counters, revenue,
+    cost)."""
     event_columns = [f"event_{i}" for i in range(len(spec.events))]
     lead = "".join(f"{d}, " for d in dims)
     zero_clicks = "".join(f"0 AS {c}, " for c in _CLICK_COUNTERS) + "0::numeric AS click_cost"
@@ -555,7 +658,12 @@ def _assemble(
             "coalesce(sum(click_cost), 0) + coalesce(sum(booked_cost), 0) AS cost",
         ]
     )
-    common = f"""
+    common = (
+        f"""
+WITH g AS ({grouped}
+)"""
+        if grouped
+        else f"""
 WITH k AS ({clicks}
 ), v AS ({conversions}
 ), u AS (
@@ -567,6 +675,7 @@ WITH k AS ({clicks}
     FROM u
     {"GROUP BY " + ", ".join(dims) if dims else ""}
 )"""
+    )
     names = []
     joins = []
     for name, d in zip(spec.group_by, dims, strict=True):
