@@ -38,7 +38,7 @@ from tracker.domain.reports import (
     dimension_column,
 )
 from tracker.store.admin import Conn
-from tracker.store.rollups import CONVERSION_ROLLUPS, rolled_up_zones
+from tracker.store.rollups import CLICK_ROLLUPS, CONVERSION_ROLLUPS, rolled_up_zones
 
 # Id dimension -> (column of clicks and conversions, table of names).
 _ID_COLUMNS = {
@@ -224,34 +224,30 @@ def zone_blocks(
 
 
 def _blocks_source(
-    table: str, columns: str, blocks: list[Block], query: _Query, condition: str = ""
+    table: str,
+    keys: str,
+    counters: list[str],
+    blocks: list[Block],
+    query: _Query,
+    condition: str = "",
 ) -> str:
     """Rows of the daily rollup `table` and of its weekly and monthly blocks, as the blocks
-    select them (and `condition`), each with `w`: +1, or -1 for a block taken away."""
+    select them (and `condition`): `keys`, then `counters` (columns, or NULL placeholders),
+    negated in the rows of a block taken away, so that a plain sum adds the blocks up."""
+    negated = ", ".join(c if c.startswith("NULL") else f"-{c} AS {c}" for c in counters)
     parts = []
     for grain, source in _BLOCKS[table].items():
-        chosen = [(day, sign) for g, day, sign in blocks if g == grain]
-        if not chosen:
-            continue
-        # `day = any(...)` lets the planner see how many days it reads, from the index.
-        days = query.param([day for day, _ in chosen], "date[]")
-        away = [day for day, sign in chosen if sign < 0]
-        w = (
-            f"CASE WHEN day = any({query.param(away, 'date[]')}) THEN -1 ELSE 1 END"
-            if away
-            else "1"
-        )
-        parts.append(
-            f"SELECT {columns}, {w} AS w FROM {source}"
-            f" WHERE zone = $3::text AND day = any({days}){condition}"
-        )
+        for sign, columns in ((1, ", ".join(counters)), (-1, negated)):
+            chosen = [day for g, day, s in blocks if g == grain and s == sign]
+            if not chosen:
+                continue
+            # `day = any(...)` lets the planner see how many days it reads, from the index.
+            days = query.param(chosen, "date[]")
+            parts.append(
+                f"SELECT {keys}, {columns} FROM {source}"
+                f" WHERE zone = $3::text AND day = any({days}){condition}"
+            )
     return "\n        UNION ALL\n        ".join(parts)
-
-
-def _weight(blocks: list[Block]) -> str:
-    """What to multiply a block's rows by: their sign `w`, or nothing when every block is
-    added (a multiplication per row and counter saved)."""
-    return "r.w" if any(sign < 0 for _, _, sign in blocks) else ""
 
 
 def _zone_dimension_sql(name: str) -> str:
@@ -288,23 +284,19 @@ def _zone_conditions(spec: ReportSpec, query: _Query, days: bool = True) -> list
     return where
 
 
-def _rolled_clicks(
-    source: str, row: str, select: str, where: list[str], dims: list[str], weight: str = ""
-) -> str:
-    """The click counters of a report from a rollup table (`source`, aliased `row`), each
-    row's counters times `weight` when given (a block's sign). A rollup row whose clicks
-    all moved away (a lander click-through to another offer) stays, at zero: it is no
-    group, as it is none in the raw clicks."""
-    w = f"{weight} * " if weight else ""
+def _rolled_clicks(source: str, row: str, select: str, where: list[str], dims: list[str]) -> str:
+    """The click counters of a report from a rollup table (`source`, aliased `row`). A
+    rollup row whose clicks all moved away (a lander click-through to another offer)
+    stays, at zero: it is no group, as it is none in the raw clicks."""
     return f"""
     SELECT {select + "," if select else ""}
-           sum({w}{row}.clicks) AS clicks, sum({w}{row}.unique_clicks) AS unique_clicks,
-           sum({w}{row}.bot_clicks) AS bots, sum({w}{row}.lp_views) AS lp_views,
-           sum({w}{row}.lp_clicks) AS lp_clicks, sum({w}{row}.cost) AS click_cost
+           sum({row}.clicks) AS clicks, sum({row}.unique_clicks) AS unique_clicks,
+           sum({row}.bot_clicks) AS bots, sum({row}.lp_views) AS lp_views,
+           sum({row}.lp_clicks) AS lp_clicks, sum({row}.cost) AS click_cost
     FROM {source}
     WHERE {" AND ".join(where)}
     {"GROUP BY " + ", ".join(dims) if dims else ""}
-    HAVING sum({w}{row}.clicks) + sum({w}{row}.bot_clicks) > 0"""
+    HAVING sum({row}.clicks) + sum({row}.bot_clicks) > 0"""
 
 
 def _dimension_sql(name: str, row: str, moment: str) -> str:
@@ -391,9 +383,11 @@ def build_report(
             source = f"{zoned[0]} r" + offers_join.format(row="r")
             clicks = _rolled_clicks(source, "r", select, where, dims)
         else:
-            rows = _blocks_source(zoned[0], "*", blocks, query)
+            fact = CLICK_ROLLUPS[zoned[0]][0]
+            keys = f"zone, day, campaign_id, offer_id, traffic_source_id, {fact}"
+            rows = _blocks_source(zoned[0], keys, [*_ROLLED_CLICKS, "cost"], blocks, query)
             source = f"(\n        {rows}\n    ) r" + offers_join.format(row="r")
-            clicks = _rolled_clicks(source, "r", select, where, dims, _weight(blocks))
+            clicks = _rolled_clicks(source, "r", select, where, dims)
     elif uses_rollups(spec):
         select = ", ".join(
             f"{_dimension_sql(n, 'r', '') if n != 'day' else 'r.day'} AS {d}"
@@ -436,77 +430,8 @@ def build_report(
     WHERE {" AND ".join(where)}
     {"GROUP BY " + ", ".join(dims) if dims else ""}"""
 
-    if zoned is not None and not spec.events:
-        conversions = _rolled_conversions(spec, query, zoned[1], dims, offers_join, blocks)
-    else:
-        conversions = _raw_conversions(spec, query, dims, offers_join)
+    conversions = _raw_conversions(spec, query, dims, offers_join)
     return _assemble(spec, query, dims, clicks, conversions)
-
-
-def _rolled_conversions(
-    spec: ReportSpec,
-    query: _Query,
-    table: str,
-    dims: list[str],
-    offers_join: str,
-    blocks: list[Block] | None,
-) -> str:
-    """The conversion counters of a report from a per-zone conversion rollup (or its days
-    and weekly blocks). Booked cost is derived from the sums (`cpa`: per approved
-    conversion; `revshare`: a share of the revenue), with the campaign's current terms as
-    the raw path books it. A row whose conversions all changed away is no group, as it
-    is none in the raw rows."""
-    select = ", ".join(
-        f"{_zone_dimension_sql(n)} AS {d}" for n, d in zip(spec.group_by, dims, strict=True)
-    )
-    where = _zone_conditions(spec, query, days=blocks is None)
-    basis = query.param("click" if spec.conversion_time == "click" else "postback", "text")
-    where.append(f"r.basis = {basis}")
-    offers_r = offers_join.format(row="r")
-    fact = CONVERSION_ROLLUPS[table][0]
-    columns = (
-        f"zone, basis, day, campaign_id, offer_id, traffic_source_id, {fact}, "
-        "conversions, leads, pending, rejected, chargebacks, unconverted, revenue"
-    )
-    moment = f"CASE WHEN {basis} = 'click' THEN c.click_time ELSE c.created_at END"
-    if blocks is None:
-        rolled, changes_in_range = f"SELECT {columns}, 1 AS w FROM {table}", ""
-    else:
-        rolled = _blocks_source(table, columns, blocks, query)
-        changes_in_range = f"WHERE {moment} >= $1 AND {moment} < $2"
-    # The rollup rows, and the changes the sink has not folded into them yet.
-    source = f"""(
-        {rolled}
-        UNION ALL
-        SELECT $3::text, {basis}, ({moment} AT TIME ZONE $3::text)::date,
-               c.campaign_id, c.offer_id, c.traffic_source_id, c.{fact},
-               CASE c.status WHEN 'approved' THEN c.sign ELSE 0 END,
-               CASE c.status WHEN 'lead' THEN c.sign ELSE 0 END,
-               CASE c.status WHEN 'pending' THEN c.sign ELSE 0 END,
-               CASE c.status WHEN 'rejected' THEN c.sign ELSE 0 END,
-               CASE c.status WHEN 'chargeback' THEN c.sign ELSE 0 END,
-               CASE WHEN c.status = 'approved' AND c.payout IS NULL THEN c.sign ELSE 0 END,
-               CASE WHEN c.status = 'approved' THEN c.sign * (c.payout - c.refunded) END,
-               1
-        FROM conversion_changes c {changes_in_range}
-    )"""
-    weight = _weight(blocks) if blocks is not None else ""
-    w = f"{weight} * " if weight else ""
-    return f"""
-    SELECT {select + "," if select else ""}
-           sum({w}r.conversions) AS conversions, sum({w}r.leads) AS leads,
-           sum({w}r.pending) AS pending, sum({w}r.rejected) AS rejected,
-           sum({w}r.chargebacks) AS chargebacks, sum({w}r.unconverted) AS unconverted,
-           sum({w}r.revenue) AS revenue,
-           sum(CASE m.booking_model
-                   WHEN 'cpa' THEN m.booking_value * {w}r.conversions
-                   WHEN 'revshare' THEN m.booking_value * 0.01 * {w}r.revenue
-               END) AS booked_cost
-    FROM {source} r
-    LEFT JOIN {BOOKING_CAMPAIGNS} ON m.booking_campaign_id = r.campaign_id{offers_r}
-    WHERE {" AND ".join(where)}
-    {"GROUP BY " + ", ".join(dims) if dims else ""}
-    HAVING sum({w}(r.conversions + r.leads + r.pending + r.rejected + r.chargebacks)) > 0"""
 
 
 _ROLLED_CLICKS = ("clicks", "bot_clicks", "unique_clicks", "lp_views", "lp_clicks")
@@ -529,28 +454,32 @@ def _merged_zone_groups(
     click_table, conversion_table = zoned
     fact = CONVERSION_ROLLUPS[conversion_table][0]
     keys = f"zone, day, campaign_id, offer_id, traffic_source_id, {fact}"
-    click_nulls = ", ".join(f"NULL::bigint AS {c}" for c in _ROLLED_CONVERSIONS)
-    conversion_nulls = ", ".join(f"NULL::bigint AS {c}" for c in _ROLLED_CLICKS)
-    click_columns = (
-        f"{keys}, {', '.join(_ROLLED_CLICKS)}, cost, {click_nulls}, NULL::numeric AS revenue"
-    )
-    conversion_columns = (
-        f"{keys}, {conversion_nulls}, NULL::numeric AS cost, "
-        f"{', '.join(_ROLLED_CONVERSIONS)}, revenue"
-    )
+    click_counters = [
+        *_ROLLED_CLICKS,
+        "cost",
+        *(f"NULL::bigint AS {c}" for c in _ROLLED_CONVERSIONS),
+        "NULL::numeric AS revenue",
+    ]
+    conversion_counters = [
+        *(f"NULL::bigint AS {c}" for c in _ROLLED_CLICKS),
+        "NULL::numeric AS cost",
+        *_ROLLED_CONVERSIONS,
+        "revenue",
+    ]
     basis = query.param("click" if spec.conversion_time == "click" else "postback", "text")
-    on_basis = f" AND basis = {basis}"
+    moment = f"CASE WHEN {basis} = 'click' THEN c.click_time ELSE c.created_at END"
     if blocks is None:
-        clicks = f"SELECT {click_columns}, 1 AS w FROM {click_table}"
+        clicks = f"SELECT {keys}, {', '.join(click_counters)} FROM {click_table}"
         conversions = (
-            f"SELECT {conversion_columns}, 1 AS w FROM {conversion_table} WHERE basis = {basis}"
+            f"SELECT {keys}, {', '.join(conversion_counters)} FROM {conversion_table}"
+            f" WHERE basis = {basis}"
         )
         changes_in_range = ""
     else:
-        clicks = _blocks_source(click_table, click_columns, blocks, query)
-        conversions = _blocks_source(conversion_table, conversion_columns, blocks, query, on_basis)
-    moment = f"CASE WHEN {basis} = 'click' THEN c.click_time ELSE c.created_at END"
-    if blocks is not None:
+        clicks = _blocks_source(click_table, keys, click_counters, blocks, query)
+        conversions = _blocks_source(
+            conversion_table, keys, conversion_counters, blocks, query, f" AND basis = {basis}"
+        )
         changes_in_range = f"WHERE {moment} >= $1 AND {moment} < $2"
     # The rollup rows, and the conversion changes the sink has not folded into them yet.
     source = f"""(
@@ -567,12 +496,9 @@ def _merged_zone_groups(
                CASE c.status WHEN 'rejected' THEN c.sign ELSE 0 END,
                CASE c.status WHEN 'chargeback' THEN c.sign ELSE 0 END,
                CASE WHEN c.status = 'approved' AND c.payout IS NULL THEN c.sign ELSE 0 END,
-               CASE WHEN c.status = 'approved' THEN c.sign * (c.payout - c.refunded) END,
-               1
+               CASE WHEN c.status = 'approved' THEN c.sign * (c.payout - c.refunded) END
         FROM conversion_changes c {changes_in_range}
     )"""
-    weight = _weight(blocks) if blocks is not None else ""
-    w = f"{weight} * " if weight else ""
     select = "".join(
         f"{_zone_dimension_sql(n)} AS {d}, " for n, d in zip(spec.group_by, dims, strict=True)
     )
@@ -580,22 +506,23 @@ def _merged_zone_groups(
     named = {"bot_clicks": "bots"}
     offers_r = offers_join.format(row="r")
     counters = ", ".join(
-        f"coalesce(sum({w}r.{c}), 0)::bigint AS {named.get(c, c)}"
+        f"coalesce(sum(r.{c}), 0)::bigint AS {named.get(c, c)}"
         for c in (*_ROLLED_CLICKS, *_ROLLED_CONVERSIONS)
     )
     return f"""
     SELECT {select}{counters},
-           coalesce(sum({w}r.revenue), 0) AS revenue,
-           coalesce(sum({w}r.cost), 0) + coalesce(sum(CASE m.booking_model
-                   WHEN 'cpa' THEN m.booking_value * {w}r.conversions
-                   WHEN 'revshare' THEN m.booking_value * 0.01 * {w}r.revenue
+           coalesce(sum(r.revenue), 0) AS revenue,
+           coalesce(sum(r.cost), 0) + coalesce(sum(CASE m.booking_model
+                   WHEN 'cpa' THEN m.booking_value * r.conversions
+                   WHEN 'revshare' THEN m.booking_value * 0.01 * r.revenue
                END), 0) AS cost
     FROM {source} r
     LEFT JOIN {BOOKING_CAMPAIGNS} ON m.booking_campaign_id = r.campaign_id{offers_r}
     WHERE {" AND ".join(where)}
     {"GROUP BY " + ", ".join(dims) if dims else ""}
-    HAVING sum({w}(r.clicks + r.bot_clicks)) > 0
-        OR sum({w}(r.conversions + r.leads + r.pending + r.rejected + r.chargebacks)) > 0"""
+    HAVING sum(r.clicks) + sum(r.bot_clicks) > 0
+        OR sum(r.conversions) + sum(r.leads) + sum(r.pending) + sum(r.rejected)
+           + sum(r.chargebacks) > 0"""
 
 
 def _raw_conversions(spec: ReportSpec, query: _Query, dims: list[str], offers_join: str) -> str:
@@ -677,12 +604,10 @@ WITH k AS ({clicks}
 )"""
     )
     names = []
-    joins = []
     for name, d in zip(spec.group_by, dims, strict=True):
         if name in _ID_COLUMNS:
             table = _ID_COLUMNS[name][1]
-            joins.append(f"LEFT JOIN {table} n_{d} ON n_{d}.id = g.{d}")
-            names.append(f"n_{d}.name AS {d}_name")
+            names.append(f"(SELECT n.name FROM {table} n WHERE n.id = g.{d}) AS {d}_name")
     order = []
     for key, descending in spec.sort:
         if key in spec.group_by:
@@ -703,11 +628,18 @@ WITH k AS ({clicks}
         ["count(*) OVER () AS t_groups"]
         + [f"sum(g.{c}) OVER () AS t_{c}" for c in (*COUNTERS, *event_columns, "revenue", "cost")]
     )
+    # Names are looked up for the page only (ordered again: the page's order, by the
+    # same keys, over its rows).
+    order_by = f"ORDER BY {', '.join(order)}" if order else ""
     rows_sql = f"""{common}
-SELECT g.*{"".join(", " + n for n in names)}, {window_totals}
-FROM g {" ".join(joins)}
-{"ORDER BY " + ", ".join(order) if order else ""}
-LIMIT {limit} OFFSET {offset}"""
+SELECT g.*{"".join(", " + n for n in names)}
+FROM (
+    SELECT g.*, {window_totals}
+    FROM g
+    {order_by}
+    LIMIT {limit} OFFSET {offset}
+) g
+{order_by}"""
     total_sums = ", ".join(
         [f"coalesce(sum({c}), 0)::bigint AS {c}" for c in (*COUNTERS, *event_columns)]
         + ["coalesce(sum(revenue), 0) AS revenue", "coalesce(sum(cost), 0) AS cost"]
