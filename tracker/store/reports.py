@@ -505,8 +505,9 @@ def _merged_zone_groups(
     where = _zone_conditions(spec, query, days=blocks is None)
     named = {"bot_clicks": "bots"}
     offers_r = offers_join.format(row="r")
+    # sum_bigint (migration 0019): a running bigint, no numeric per group and counter.
     counters = ", ".join(
-        f"coalesce(sum(r.{c}), 0)::bigint AS {named.get(c, c)}"
+        f"coalesce(sum_bigint(r.{c}), 0) AS {named.get(c, c)}"
         for c in (*_ROLLED_CLICKS, *_ROLLED_CONVERSIONS)
     )
     return f"""
@@ -520,9 +521,9 @@ def _merged_zone_groups(
     LEFT JOIN {BOOKING_CAMPAIGNS} ON m.booking_campaign_id = r.campaign_id{offers_r}
     WHERE {" AND ".join(where)}
     {"GROUP BY " + ", ".join(dims) if dims else ""}
-    HAVING sum(r.clicks) + sum(r.bot_clicks) > 0
-        OR sum(r.conversions) + sum(r.leads) + sum(r.pending) + sum(r.rejected)
-           + sum(r.chargebacks) > 0"""
+    HAVING sum_bigint(r.clicks) + sum_bigint(r.bot_clicks) > 0
+        OR sum_bigint(r.conversions) + sum_bigint(r.leads) + sum_bigint(r.pending)
+           + sum_bigint(r.rejected) + sum_bigint(r.chargebacks) > 0"""
 
 
 def _raw_conversions(spec: ReportSpec, query: _Query, dims: list[str], offers_join: str) -> str:

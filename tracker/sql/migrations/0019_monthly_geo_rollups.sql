@@ -59,3 +59,13 @@ SELECT zone, basis, date_trunc('month', day)::date, campaign_id, offer_id, traff
        sum(unconverted), sum(revenue)
 FROM conversion_daily_geo
 GROUP BY 1, 2, 3, 4, 5, 6, 7;
+
+-- A sum of bigints as a bigint, its running total a plain bigint (int8pl: an overflow is an
+-- error): the built-in sum(bigint) keeps a 128-bit total in memory of its own for every
+-- group and returns numeric. Reports sum the rollups' counters with it.
+CREATE AGGREGATE sum_bigint(bigint) (
+    SFUNC = int8pl,
+    STYPE = bigint,
+    COMBINEFUNC = int8pl,
+    PARALLEL = SAFE
+);
