@@ -1,10 +1,11 @@
-"""What the weekly geo rollup costs the sink: its click statement with and without the
-`click_weekly_geo` upsert, on the same batches' kind, alternating, in one run.
+"""What a block rollup costs the sink: its click statement with and without the upsert of
+one rollup (`click_monthly_geo` by default, `--table click_weekly_geo` for the weeks), on
+the same batches' kind, alternating, in one run.
 
 Starts its own PostgreSQL (the devstack's settings), rolls up UTC and America/New_York,
 creates the report bench's 50 campaigns, and sends generated click batches (the report
 bench's generator: 30 days in time order) through `tracker.sink.clicks.INSERT_CLICKS`,
-every other batch through the same statement without the weekly upsert. Prints the median
+every other batch through the same statement without that upsert. Prints the median
 time per batch of each and their ratio.
 
 Usage: python bench/rollup_cost.py [--clicks 400000] [--batch 5000]
@@ -27,24 +28,29 @@ from tracker.sink.clicks import INSERT_CLICKS
 from tracker.store import partitions
 from tracker.store.db import create_pool, migrate
 from tracker.store.rollups import (
+    CLICK_ROLLUPS,
     ROLLUP_COUNTERS,
     add_to_rollup,
     sync_rollup_zones,
     zone_rollup_keys,
 )
 
-WEEKLY = (
-    "\n, click_weekly_geo_moved AS ("
-    + add_to_rollup(
-        "click_weekly_geo",
-        zone_rollup_keys("country", "week"),
-        "counted CROSS JOIN rollup_zones z",
-        ROLLUP_COUNTERS,
+
+def without_upsert(table: str) -> str:
+    """The sink's click statement without the upsert of `table`."""
+    fact, grain = CLICK_ROLLUPS[table]
+    upsert = (
+        f"\n, {table}_moved AS ("
+        + add_to_rollup(
+            table,
+            zone_rollup_keys(fact, grain),
+            "counted CROSS JOIN rollup_zones z",
+            ROLLUP_COUNTERS,
+        )
+        + "\n)"
     )
-    + "\n)"
-)
-assert WEEKLY in INSERT_CLICKS
-WITHOUT_WEEKLY = INSERT_CLICKS.replace(WEEKLY, "")
+    assert upsert in INSERT_CLICKS
+    return INSERT_CLICKS.replace(upsert, "")
 
 
 class Batches(list[str]):
@@ -70,12 +76,11 @@ async def run(opts: argparse.Namespace) -> None:
         moments = [datetime.combine(first + timedelta(days=d), datetime.min.time(), UTC)
                    for d in range(31)]  # fmt: skip
         await partitions.ensure_partitions(pool, "clicks", moments)
-        times: dict[str, list[float]] = {"with weekly": [], "without": []}
+        without = without_upsert(opts.table)
+        times: dict[str, list[float]] = {"with": [], "without": []}
         async with pool.acquire() as conn:
             for i, body in enumerate(batches):
-                name, statement = (
-                    ("with weekly", INSERT_CLICKS) if i % 2 else ("without", WITHOUT_WEEKLY)
-                )
+                name, statement = ("with", INSERT_CLICKS) if i % 2 else ("without", without)
                 started = time.perf_counter()
                 await conn.execute(statement, body, timeout=None)
                 times[name].append((time.perf_counter() - started) * 1000)
@@ -87,13 +92,15 @@ async def run(opts: argparse.Namespace) -> None:
     for name, ms in medians.items():
         print(f"{name:<12} {len(times[name])} batches of {opts.batch:,}: median {ms:7.1f} ms, "
               f"{opts.batch / ms * 1000:,.0f} clicks/s")  # fmt: skip
-    print(f"with / without: {medians['with weekly'] / medians['without']:.3f} x the time per batch")
+    print(f"with / without {opts.table}: {medians['with'] / medians['without']:.3f} x the time "
+          "per batch")  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clicks", type=int, default=400_000)
     parser.add_argument("--batch", type=int, default=5000)
+    parser.add_argument("--table", default="click_monthly_geo", choices=sorted(CLICK_ROLLUPS))
     asyncio.run(run(parser.parse_args()))
 
 

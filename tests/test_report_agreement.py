@@ -6,7 +6,7 @@ change and on both conversion time bases, compared with the same report computed
 the raw rows."""
 
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import orjson
@@ -18,7 +18,7 @@ from tracker.sink.clicks import INSERT_CLICKS, STORE_LANDER_CLICKS
 from tracker.store.conversions import ConversionWriter
 from tracker.store.costs import set_slice_cost
 from tracker.store.partitions import ensure_for_click_batch
-from tracker.store.reports import report_path, zone_blocks
+from tracker.store.reports import block_rows, report_path, zone_blocks
 from tracker.store.rollups import (
     add_rollup_zone,
     fold_conversion_changes,
@@ -174,7 +174,7 @@ async def agree_on_random_data(api, pool):
                         assert rolled["totals"]["conversions"] > 0
                     compared += len(rolled["rows"])
     assert compared > 2000
-    await compare_long_ranges(api, zones)
+    await compare_long_ranges(api, pool, zones)
     # Folded, the rollups alone give the same reports.
     assert await fold_conversion_changes(pool) > 0
     assert await pool.fetchval("SELECT count(*) FROM conversion_changes") == 0
@@ -188,7 +188,7 @@ async def agree_on_random_data(api, pool):
                 assert rolled["rows"] == raw["rows"], (tz, grouping, basis)
                 assert rolled["totals"] == raw["totals"], (tz, grouping, basis)
                 assert rolled["totals"]["conversions"] > 0
-    await compare_long_ranges(api, zones)
+    await compare_long_ranges(api, pool, zones)
     assert {"click_daily+conversion_daily", "click_daily_geo+conversion_daily_geo"} <= paths
     # Part of a local day: not the daily rollups.
     spec = parse_report_query(
@@ -206,29 +206,51 @@ LONG_RANGES = (
     ("2026-03-23", "2026-04-05"),
     ("2026-03-21", "2026-04-06"),
 )
+# Ranges that read March as a month block: March, the days around it, March without its
+# first two days (taken away from the month), and February to April.
+MONTH_RANGES = (
+    ("2026-03-01", "2026-03-31"),
+    ("2026-02-27", "2026-04-02"),
+    ("2026-03-03", "2026-03-31"),
+    ("2026-02-01", "2026-04-30"),
+)
 
 
-async def compare_long_ranges(api, zones):
-    """Reports over weeks with no time dimension read the weekly blocks: the same rows and
-    totals as the raw rows give."""
-    for tz in ("UTC", "Europe/Berlin", "Asia/Kolkata"):
-        for first, last in LONG_RANGES:
-            for filters in FILTERS:
-                for basis in ("click", "postback"):
-                    base = {"from": first, "to": last, "tz": tz, "conversion_time": basis,
-                            "group_by": "campaign,offer,country", **filters}  # fmt: skip
-                    spec = parse_report_query(MultiDict(base), "UTC", 366)
-                    assert zone_blocks(spec, "click_daily_geo") is not None
-                    if not any("lander" in name for name in filters):  # no geo rollup has it
-                        assert report_path(spec, zones) == "click_daily_geo+conversion_daily_geo"
-                    rolled = await api.call("GET", "/api/reports", params=base)
-                    raw = await api.call(
-                        "GET", "/api/reports", params={**base, "exclude[sub1]": "-"}
-                    )
-                    assert rolled["rows"] == raw["rows"], (tz, first, filters, basis)
-                    assert rolled["totals"] == raw["totals"], (tz, first, filters, basis)
-                    if not filters:
-                        assert rolled["totals"]["clicks"] + rolled["totals"]["bots"] == 3000
+async def compare_long_ranges(api, pool, zones):
+    """Reports over weeks and months with no time dimension read the weekly and monthly
+    blocks: the same rows and totals as the raw rows give."""
+    grain_rows = await block_rows(pool)
+    months = 0
+    cases = [
+        (tz, first, last, filters)
+        for tz in ("UTC", "Europe/Berlin", "Asia/Kolkata")
+        for first, last in LONG_RANGES
+        for filters in FILTERS
+    ] + [
+        (tz, first, last, filters)
+        for tz in ("UTC", "Asia/Kolkata")
+        for first, last in MONTH_RANGES
+        for filters in FILTERS[:3]
+    ]
+    for tz, first, last, filters in cases:
+        for basis in ("click", "postback"):
+            base = {"from": first, "to": last, "tz": tz, "conversion_time": basis,
+                    "group_by": "campaign,offer,country", **filters}  # fmt: skip
+            spec = parse_report_query(MultiDict(base), "UTC", 366)
+            blocks = zone_blocks(spec, "click_daily_geo", grain_rows)
+            assert blocks is not None
+            if (first, last) in MONTH_RANGES:
+                assert ("month", date(2026, 3, 1), 1) in blocks, (first, last, blocks)
+                months += 1
+            if not any("lander" in name for name in filters):  # no geo rollup has it
+                assert report_path(spec, zones) == "click_daily_geo+conversion_daily_geo"
+            rolled = await api.call("GET", "/api/reports", params=base)
+            raw = await api.call("GET", "/api/reports", params={**base, "exclude[sub1]": "-"})
+            assert rolled["rows"] == raw["rows"], (tz, first, filters, basis)
+            assert rolled["totals"] == raw["totals"], (tz, first, filters, basis)
+            if not filters:
+                assert rolled["totals"]["clicks"] + rolled["totals"]["bots"] == 3000
+    assert months == 2 * len(MONTH_RANGES) * 3 * 2
 
 
 def postback(values, txid, status, payout, parent=None):

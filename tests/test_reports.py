@@ -14,6 +14,7 @@ async def mirror_click_rollups(pool):
         ("click_daily", "day"),
         ("click_daily_geo", "day"),
         ("click_weekly_geo", "date_trunc('week', day)::date"),
+        ("click_monthly_geo", "date_trunc('month', day)::date"),
     ):
         await pool.execute(f"DELETE FROM {table} WHERE zone = 'UTC'")
         await pool.execute(

@@ -39,15 +39,16 @@ WHERE zone = $1 GROUP BY 1, 2, 3 HAVING sum(clicks + bot_clicks) > 0
 ORDER BY 1, 2, 3 NULLS FIRST
 """
 
-RAW_WEEKLY_GEO = """
-SELECT date_trunc('week', created_at AT TIME ZONE $1::text)::date AS week, campaign_id, country,
-       count(*) AS n, coalesce(sum(cost), 0) AS cost
+# The weekly (or monthly) blocks: $2 is the grain.
+RAW_BLOCK_GEO = """
+SELECT date_trunc($2::text, created_at AT TIME ZONE $1::text)::date AS block, campaign_id,
+       country, count(*) AS n, coalesce(sum(cost), 0) AS cost
 FROM clicks GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 NULLS FIRST
 """
-ROLLED_WEEKLY_GEO = """
+ROLLED_BLOCK_GEO = """
 SELECT day, campaign_id, country, sum(clicks + bot_clicks) AS n, sum(cost) AS cost
-FROM click_weekly_geo
-WHERE zone = $1 GROUP BY 1, 2, 3 HAVING sum(clicks + bot_clicks) > 0
+FROM {table}
+WHERE zone = $1 AND $2::text IS NOT NULL GROUP BY 1, 2, 3 HAVING sum(clicks + bot_clicks) > 0
 ORDER BY 1, 2, 3 NULLS FIRST
 """
 
@@ -99,10 +100,14 @@ async def test_a_zone_added_while_clicks_are_written_is_whole(pool):
         raw = [tuple(r) for r in await pool.fetch(RAW_GEO, ZONE)]
         rolled = [tuple(r) for r in await pool.fetch(ROLLED_GEO, ZONE)]
         assert rolled == raw and len(raw) > 20
-        raw = [tuple(r) for r in await pool.fetch(RAW_WEEKLY_GEO, ZONE)]
-        rolled = [tuple(r) for r in await pool.fetch(ROLLED_WEEKLY_GEO, ZONE)]
-        assert rolled == raw and len(raw) > 5
-        print(f"zone added mid-write: {len(raw)} (day, campaign, country) groups agree")
+        for grain, table in (("week", "click_weekly_geo"), ("month", "click_monthly_geo")):
+            raw = [tuple(r) for r in await pool.fetch(RAW_BLOCK_GEO, ZONE, grain)]
+            rolled = [
+                tuple(r)
+                for r in await pool.fetch(ROLLED_BLOCK_GEO.format(table=table), ZONE, grain)
+            ]
+            assert rolled == raw and len(raw) > 5, grain
+        print("zone added mid-write: its daily, weekly and monthly rollups agree with the clicks")
     finally:
         await sync_rollup_zones(pool, ("UTC",))
     assert ZONE not in await rolled_up_zones(pool)
@@ -145,4 +150,12 @@ async def test_the_sink_folds_conversion_changes_into_the_rollups(redis, pool):
     assert [tuple(r) for r in weeks] == [
         ("click", date(2026, 2, 23), 1, Decimal("2.500000")),
         ("postback", monday, 1, Decimal("2.500000")),
+    ]
+    months = await pool.fetch(
+        "SELECT basis, day, conversions, revenue FROM conversion_monthly_geo"
+        " WHERE zone = 'UTC' AND country = 'DE' ORDER BY basis"
+    )
+    assert [tuple(r) for r in months] == [
+        ("click", date(2026, 3, 1), 1, Decimal("2.500000")),
+        ("postback", today.replace(day=1), 1, Decimal("2.500000")),
     ]

@@ -5,10 +5,11 @@ into one. Counters and money sums come from the store; every ratio is derived he
 exactly, from those sums.
 """
 
-from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from heapq import heappop, heappush
 from typing import Any
 
 from tracker.domain.money import format_money
@@ -79,43 +80,68 @@ class ReportSpec:
     offset: int = 0
 
 
-# (grain, first day, +1 to add the block or -1 to take it away)
+# (grain: "day", "week" or "month", first day, +1 to add the block or -1 to take it away)
 Block = tuple[str, date, int]
+GRAINS = ("day", "week", "month")
+# Rows a block of each grain holds, relative to a day's, when the tables say nothing (no
+# statistics yet): a week or a month of sparse keys holds more rows than a day, of dense
+# keys (every key every day) as many.
+BLOCK_ROWS = {"day": 1.0, "week": 3.0, "month": 8.0}
 _DAY = timedelta(days=1)
 _WEEK = timedelta(days=7)
+_MONTH_REACH = timedelta(days=31)
 
 
-def day_blocks(first: date, end: date) -> list[Block]:
-    """The fewest day and week blocks (weeks from Monday) whose signed sum covers the
-    days from `first` up to `end` (excluded): a week may be added and some of its days
-    taken away, when that reads fewer blocks than adding the days. Counters are sums,
-    so any such cover gives the same totals as the days themselves."""
+def _next_month(day: date) -> date:
+    return date(day.year + day.month // 12, day.month % 12 + 1, 1)
+
+
+def _previous_month(day: date) -> date:
+    return date(day.year - (day.month == 1), (day.month - 2) % 12 + 1, 1)
+
+
+def day_blocks(first: date, end: date, rows: Mapping[str, float] = BLOCK_ROWS) -> list[Block]:
+    """The day, week (from Monday) and calendar month blocks whose signed sum covers the
+    days from `first` up to `end` (excluded) and that read the fewest rows, `rows` giving
+    a block's rows by grain (fewest blocks among equals): a week or a month may be added
+    and some of its days (or weeks) taken away. Counters are sums, so any such cover
+    gives the same totals as the days themselves. A grain missing from `rows` is not used."""
     if end <= first:
         return []
-    low, high = first - _WEEK, end + _WEEK
-    # Breadth first over day boundaries: each step adds a block (moving forward) or
-    # takes one away (moving back), so the first path to `end` reads the fewest blocks.
+    low, high = first - _MONTH_REACH, end + _MONTH_REACH
+    # Cheapest paths over day boundaries (Dijkstra): each step adds a block (moving
+    # forward) or takes one away (moving back); a path from `first` to `end` is a cover.
+    best: dict[date, tuple[float, int]] = {first: (0.0, 0)}
     came_from: dict[date, tuple[date, Block]] = {}
-    seen = {first}
-    queue = deque([first])
+    queue: list[tuple[float, int, date]] = [(0.0, 0, first)]
+    done: set[date] = set()
     while queue:
-        at = queue.popleft()
+        cost, count, at = heappop(queue)
+        if at in done:
+            continue
+        done.add(at)
         if at == end:
             break
         steps = [(at + _DAY, ("day", at, 1)), (at - _DAY, ("day", at - _DAY, -1))]
-        if at.isoweekday() == 1:
+        if "week" in rows and at.isoweekday() == 1:
             steps += [(at + _WEEK, ("week", at, 1)), (at - _WEEK, ("week", at - _WEEK, -1))]
+        if "month" in rows and at.day == 1:
+            back = _previous_month(at)
+            steps += [(_next_month(at), ("month", at, 1)), (back, ("month", back, -1))]
         for step, block in steps:
-            if low <= step <= high and step not in seen:
-                seen.add(step)
+            if not low <= step <= high or step in done:
+                continue
+            reached = (cost + rows[block[0]], count + 1)
+            if step not in best or reached < best[step]:
+                best[step] = reached
                 came_from[step] = (at, block)
-                queue.append(step)
+                heappush(queue, (*reached, step))
     blocks = []
     at = end
     while at != first:
         at, block = came_from[at]
         blocks.append(block)
-    return sorted(blocks, key=lambda b: (b[1], b[0]))
+    return sorted(blocks, key=lambda b: (b[1], GRAINS.index(b[0])))
 
 
 def filter_value(dimension: str, text: str) -> Any:

@@ -18,6 +18,7 @@ Cost has two parts. What clicks cost (`cpc`, `auto`, `cpm`, and costs set with
 `cost_value`. Both are exact NUMERIC sums: nothing is rounded.
 """
 
+from collections.abc import Mapping
 from datetime import UTC, date, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -25,7 +26,9 @@ from zoneinfo import ZoneInfo
 import asyncpg
 
 from tracker.domain.reports import (
+    BLOCK_ROWS,
     COUNTERS,
+    GRAINS,
     ID_DIMENSIONS,
     RATIOS,
     TIME_DIMENSIONS,
@@ -34,7 +37,8 @@ from tracker.domain.reports import (
     day_blocks,
     dimension_column,
 )
-from tracker.store.rollups import CONVERSION_ROLLUPS, rolled_up_zones
+from tracker.store.admin import Conn
+from tracker.store.rollups import CLICK_ROLLUPS, CONVERSION_ROLLUPS, rolled_up_zones
 
 # Id dimension -> (column of clicks and conversions, table of names).
 _ID_COLUMNS = {
@@ -134,9 +138,14 @@ _ZONE_ROLLUPS = (
     ("click_daily", "conversion_daily", "lander"),
     ("click_daily_geo", "conversion_daily_geo", "country"),
 )
-# Daily rollup -> its weekly blocks (migration 0018), read for whole weeks of a range when
-# the report has no time dimension.
-_WEEKLY = {"click_daily_geo": "click_weekly_geo", "conversion_daily_geo": "conversion_weekly_geo"}
+# Daily rollup -> its blocks by grain: weeks (migration 0018) and calendar months (0019),
+# read for the whole weeks and months of a range when the report has no time dimension.
+_BLOCKS = {
+    "click_daily_geo": {"day": "click_daily_geo", "week": "click_weekly_geo",
+                        "month": "click_monthly_geo"},
+    "conversion_daily_geo": {"day": "conversion_daily_geo", "week": "conversion_weekly_geo",
+                             "month": "conversion_monthly_geo"},
+}  # fmt: skip
 _ZONE_IDS = frozenset({"campaign", "offer", "traffic_source", "affiliate_network"})
 _ZONE_TIMES = frozenset({"day", "week", "month", "weekday"})
 # Grouping a month of rollup rows by several keys: in memory, not spilled to disk.
@@ -174,42 +183,71 @@ def _local_days(spec: ReportSpec) -> tuple[date, date]:
     return first, end
 
 
-def zone_blocks(spec: ReportSpec, table: str) -> list[Block] | None:
-    """The day and week blocks a report on the daily rollup `table` reads instead of its
-    days, when weekly blocks exist for it, the report has no time dimension and they
-    save reading; else None (the days are read as a range)."""
-    if table not in _WEEKLY or set(spec.group_by) & _ZONE_TIMES:
+# Rows per block of each grain, from the planner's statistics of the geo rollups (click and
+# conversion tables together): a table's rows over its distinct days (n_distinct < 0 is a
+# fraction of the rows).
+BLOCK_ROWS_SQL = """
+SELECT t.grain, sum(c.reltuples / CASE WHEN s.n_distinct < 0 THEN -s.n_distinct * c.reltuples
+                                       ELSE s.n_distinct END) AS rows
+FROM unnest($1::text[], $2::text[]) AS t (grain, name)
+JOIN pg_class c ON c.oid = to_regclass(t.name)
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_stats s ON s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = 'day'
+WHERE c.reltuples > 0 AND s.n_distinct <> 0
+GROUP BY t.grain
+"""
+
+
+async def block_rows(conn: Conn | asyncpg.Pool) -> dict[str, float]:
+    """Rows a block of each grain reads, relative to a day's (the statistics say how dense
+    the keys are: a month of dense keys holds about as many rows as a day); the default
+    ratio while a table has no statistics."""
+    pairs = [(grain, table) for by_grain in _BLOCKS.values() for grain, table in by_grain.items()]
+    found = await conn.fetch(BLOCK_ROWS_SQL, *map(list, zip(*pairs, strict=True)))
+    rows = {row["grain"]: float(row["rows"]) for row in found}
+    if set(rows) != set(GRAINS) or rows["day"] <= 0:
+        return dict(BLOCK_ROWS)
+    return {grain: rows[grain] / rows["day"] for grain in GRAINS}
+
+
+def zone_blocks(
+    spec: ReportSpec, table: str, rows: Mapping[str, float] = BLOCK_ROWS
+) -> list[Block] | None:
+    """The day, week and month blocks a report on the daily rollup `table` reads instead
+    of its days (the fewest rows by `rows`, a block's rows by grain), when blocks exist for
+    it, the report has no time dimension and they save reading; else None (the days are
+    read as a range)."""
+    if table not in _BLOCKS or set(spec.group_by) & _ZONE_TIMES:
         return None
-    blocks = day_blocks(*_local_days(spec))
-    return blocks if any(grain == "week" for grain, _, _ in blocks) else None
+    blocks = day_blocks(*_local_days(spec), rows)
+    return blocks if any(grain != "day" for grain, _, _ in blocks) else None
 
 
-def _blocks_source(table: str, columns: str, blocks: list[Block], query: _Query) -> str:
-    """Rows of the daily rollup `table` and of its weekly blocks, as the blocks select
-    them, each with `w`: +1, or -1 for a block taken away."""
+def _blocks_source(
+    table: str,
+    keys: str,
+    counters: list[str],
+    blocks: list[Block],
+    query: _Query,
+    condition: str = "",
+) -> str:
+    """Rows of the daily rollup `table` and of its weekly and monthly blocks, as the blocks
+    select them (and `condition`): `keys`, then `counters` (columns, or NULL placeholders),
+    negated in the rows of a block taken away, so that a plain sum adds the blocks up."""
+    negated = ", ".join(c if c.startswith("NULL") else f"-{c} AS {c}" for c in counters)
     parts = []
-    for grain, source in (("day", table), ("week", _WEEKLY[table])):
-        chosen = [(day, sign) for g, day, sign in blocks if g == grain]
-        if not chosen:
-            continue
-        # `day = any(...)` lets the planner see how many days it reads, from the index.
-        days = query.param([day for day, _ in chosen], "date[]")
-        away = [day for day, sign in chosen if sign < 0]
-        w = (
-            f"CASE WHEN day = any({query.param(away, 'date[]')}) THEN -1 ELSE 1 END"
-            if away
-            else "1"
-        )
-        parts.append(
-            f"SELECT {columns}, {w} AS w FROM {source} WHERE zone = $3::text AND day = any({days})"
-        )
+    for grain, source in _BLOCKS[table].items():
+        for sign, columns in ((1, ", ".join(counters)), (-1, negated)):
+            chosen = [day for g, day, s in blocks if g == grain and s == sign]
+            if not chosen:
+                continue
+            # `day = any(...)` lets the planner see how many days it reads, from the index.
+            days = query.param(chosen, "date[]")
+            parts.append(
+                f"SELECT {keys}, {columns} FROM {source}"
+                f" WHERE zone = $3::text AND day = any({days}){condition}"
+            )
     return "\n        UNION ALL\n        ".join(parts)
-
-
-def _weight(blocks: list[Block]) -> str:
-    """What to multiply a block's rows by: their sign `w`, or nothing when every block is
-    added (a multiplication per row and counter saved)."""
-    return "r.w" if any(sign < 0 for _, _, sign in blocks) else ""
 
 
 def _zone_dimension_sql(name: str) -> str:
@@ -246,23 +284,19 @@ def _zone_conditions(spec: ReportSpec, query: _Query, days: bool = True) -> list
     return where
 
 
-def _rolled_clicks(
-    source: str, row: str, select: str, where: list[str], dims: list[str], weight: str = ""
-) -> str:
-    """The click counters of a report from a rollup table (`source`, aliased `row`), each
-    row's counters times `weight` when given (a block's sign). A rollup row whose clicks
-    all moved away (a lander click-through to another offer) stays, at zero: it is no
-    group, as it is none in the raw clicks."""
-    w = f"{weight} * " if weight else ""
+def _rolled_clicks(source: str, row: str, select: str, where: list[str], dims: list[str]) -> str:
+    """The click counters of a report from a rollup table (`source`, aliased `row`). A
+    rollup row whose clicks all moved away (a lander click-through to another offer)
+    stays, at zero: it is no group, as it is none in the raw clicks."""
     return f"""
     SELECT {select + "," if select else ""}
-           sum({w}{row}.clicks) AS clicks, sum({w}{row}.unique_clicks) AS unique_clicks,
-           sum({w}{row}.bot_clicks) AS bots, sum({w}{row}.lp_views) AS lp_views,
-           sum({w}{row}.lp_clicks) AS lp_clicks, sum({w}{row}.cost) AS click_cost
+           sum({row}.clicks) AS clicks, sum({row}.unique_clicks) AS unique_clicks,
+           sum({row}.bot_clicks) AS bots, sum({row}.lp_views) AS lp_views,
+           sum({row}.lp_clicks) AS lp_clicks, sum({row}.cost) AS click_cost
     FROM {source}
     WHERE {" AND ".join(where)}
     {"GROUP BY " + ", ".join(dims) if dims else ""}
-    HAVING sum({w}{row}.clicks) + sum({w}{row}.bot_clicks) > 0"""
+    HAVING sum({row}.clicks) + sum({row}.bot_clicks) > 0"""
 
 
 def _dimension_sql(name: str, row: str, moment: str) -> str:
@@ -322,18 +356,24 @@ def report_path(spec: ReportSpec, zones: frozenset[str] = frozenset()) -> str:
 
 
 def build_report(
-    spec: ReportSpec, zones: frozenset[str] = frozenset()
+    spec: ReportSpec,
+    zones: frozenset[str] = frozenset(),
+    grain_rows: Mapping[str, float] = BLOCK_ROWS,
 ) -> tuple[str, str, list[Any]]:
     """(rows SQL, totals SQL, parameters) of one report; names come from the catalogue
     in `domain.reports`, values are parameters. `zones` are those whose per-zone daily
-    rollups are whole (`rollup_zones`)."""
+    rollups are whole (`rollup_zones`); `grain_rows` the rows a block of each grain holds
+    (`block_rows`)."""
     query = _Query(spec)
     dims = [f"d{i}" for i in range(len(spec.group_by))]
     offers_join = " JOIN offers o ON o.id = {row}.offer_id" if _needs_offers(spec) else ""
     zoned = zone_rollup(spec, zones)
     # The same days and weeks for the click and the conversion rollups (both have weeks).
-    blocks = zone_blocks(spec, zoned[0]) if zoned is not None else None
+    blocks = zone_blocks(spec, zoned[0], grain_rows) if zoned is not None else None
 
+    if zoned is not None and not spec.events:
+        grouped = _merged_zone_groups(spec, query, zoned, dims, offers_join, blocks)
+        return _assemble(spec, query, dims, grouped=grouped)
     if zoned is not None:
         select = ", ".join(
             f"{_zone_dimension_sql(n)} AS {d}" for n, d in zip(spec.group_by, dims, strict=True)
@@ -343,9 +383,11 @@ def build_report(
             source = f"{zoned[0]} r" + offers_join.format(row="r")
             clicks = _rolled_clicks(source, "r", select, where, dims)
         else:
-            rows = _blocks_source(zoned[0], "*", blocks, query)
+            fact = CLICK_ROLLUPS[zoned[0]][0]
+            keys = f"zone, day, campaign_id, offer_id, traffic_source_id, {fact}"
+            rows = _blocks_source(zoned[0], keys, [*_ROLLED_CLICKS, "cost"], blocks, query)
             source = f"(\n        {rows}\n    ) r" + offers_join.format(row="r")
-            clicks = _rolled_clicks(source, "r", select, where, dims, _weight(blocks))
+            clicks = _rolled_clicks(source, "r", select, where, dims)
     elif uses_rollups(spec):
         select = ", ".join(
             f"{_dimension_sql(n, 'r', '') if n != 'day' else 'r.day'} AS {d}"
@@ -388,77 +430,100 @@ def build_report(
     WHERE {" AND ".join(where)}
     {"GROUP BY " + ", ".join(dims) if dims else ""}"""
 
-    if zoned is not None and not spec.events:
-        conversions = _rolled_conversions(spec, query, zoned[1], dims, offers_join, blocks)
-    else:
-        conversions = _raw_conversions(spec, query, dims, offers_join)
+    conversions = _raw_conversions(spec, query, dims, offers_join)
     return _assemble(spec, query, dims, clicks, conversions)
 
 
-def _rolled_conversions(
+_ROLLED_CLICKS = ("clicks", "bot_clicks", "unique_clicks", "lp_views", "lp_clicks")
+_ROLLED_CONVERSIONS = ("conversions", "leads", "pending", "rejected", "chargebacks", "unconverted")
+
+
+def _merged_zone_groups(
     spec: ReportSpec,
     query: _Query,
-    table: str,
+    zoned: tuple[str, str],
     dims: list[str],
     offers_join: str,
     blocks: list[Block] | None,
 ) -> str:
-    """The conversion counters of a report from a per-zone conversion rollup (or its days
-    and weekly blocks). Booked cost is derived from the sums (`cpa`: per approved
-    conversion; `revshare`: a share of the revenue), with the campaign's current terms as
-    the raw path books it. A row whose conversions all changed away is no group, as it
-    is none in the raw rows."""
-    select = ", ".join(
-        f"{_zone_dimension_sql(n)} AS {d}" for n, d in zip(spec.group_by, dims, strict=True)
-    )
-    where = _zone_conditions(spec, query, days=blocks is None)
+    """The groups of a report on the per-zone rollups in one pass: the click rows and the
+    conversion rows (and the changes not folded yet) side by side, each with the other's
+    counters NULL, summed by the dimensions at once. A group is one the clicks or the
+    conversions make (their net clicks or conversions are not zero), as in the raw rows;
+    the sums of a side that makes no group are zero, so its counters read 0 as before."""
+    click_table, conversion_table = zoned
+    fact = CONVERSION_ROLLUPS[conversion_table][0]
+    keys = f"zone, day, campaign_id, offer_id, traffic_source_id, {fact}"
+    click_counters = [
+        *_ROLLED_CLICKS,
+        "cost",
+        *(f"NULL::bigint AS {c}" for c in _ROLLED_CONVERSIONS),
+        "NULL::numeric AS revenue",
+    ]
+    conversion_counters = [
+        *(f"NULL::bigint AS {c}" for c in _ROLLED_CLICKS),
+        "NULL::numeric AS cost",
+        *_ROLLED_CONVERSIONS,
+        "revenue",
+    ]
     basis = query.param("click" if spec.conversion_time == "click" else "postback", "text")
-    where.append(f"r.basis = {basis}")
-    offers_r = offers_join.format(row="r")
-    fact = CONVERSION_ROLLUPS[table][0]
-    columns = (
-        f"zone, basis, day, campaign_id, offer_id, traffic_source_id, {fact}, "
-        "conversions, leads, pending, rejected, chargebacks, unconverted, revenue"
-    )
     moment = f"CASE WHEN {basis} = 'click' THEN c.click_time ELSE c.created_at END"
     if blocks is None:
-        rolled, changes_in_range = f"SELECT {columns}, 1 AS w FROM {table}", ""
+        clicks = f"SELECT {keys}, {', '.join(click_counters)} FROM {click_table}"
+        conversions = (
+            f"SELECT {keys}, {', '.join(conversion_counters)} FROM {conversion_table}"
+            f" WHERE basis = {basis}"
+        )
+        changes_in_range = ""
     else:
-        rolled = _blocks_source(table, columns, blocks, query)
+        clicks = _blocks_source(click_table, keys, click_counters, blocks, query)
+        conversions = _blocks_source(
+            conversion_table, keys, conversion_counters, blocks, query, f" AND basis = {basis}"
+        )
         changes_in_range = f"WHERE {moment} >= $1 AND {moment} < $2"
-    # The rollup rows, and the changes the sink has not folded into them yet.
+    # The rollup rows, and the conversion changes the sink has not folded into them yet.
     source = f"""(
-        {rolled}
+        {clicks}
         UNION ALL
-        SELECT $3::text, {basis}, ({moment} AT TIME ZONE $3::text)::date,
+        {conversions}
+        UNION ALL
+        SELECT $3::text, ({moment} AT TIME ZONE $3::text)::date,
                c.campaign_id, c.offer_id, c.traffic_source_id, c.{fact},
+               {", ".join("NULL::bigint" for _ in _ROLLED_CLICKS)}, NULL::numeric,
                CASE c.status WHEN 'approved' THEN c.sign ELSE 0 END,
                CASE c.status WHEN 'lead' THEN c.sign ELSE 0 END,
                CASE c.status WHEN 'pending' THEN c.sign ELSE 0 END,
                CASE c.status WHEN 'rejected' THEN c.sign ELSE 0 END,
                CASE c.status WHEN 'chargeback' THEN c.sign ELSE 0 END,
                CASE WHEN c.status = 'approved' AND c.payout IS NULL THEN c.sign ELSE 0 END,
-               CASE WHEN c.status = 'approved' THEN c.sign * (c.payout - c.refunded) END,
-               1
+               CASE WHEN c.status = 'approved' THEN c.sign * (c.payout - c.refunded) END
         FROM conversion_changes c {changes_in_range}
     )"""
-    weight = _weight(blocks) if blocks is not None else ""
-    w = f"{weight} * " if weight else ""
+    select = "".join(
+        f"{_zone_dimension_sql(n)} AS {d}, " for n, d in zip(spec.group_by, dims, strict=True)
+    )
+    where = _zone_conditions(spec, query, days=blocks is None)
+    named = {"bot_clicks": "bots"}
+    offers_r = offers_join.format(row="r")
+    # sum_bigint (migration 0019): a running bigint, no numeric per group and counter.
+    counters = ", ".join(
+        f"coalesce(sum_bigint(r.{c}), 0) AS {named.get(c, c)}"
+        for c in (*_ROLLED_CLICKS, *_ROLLED_CONVERSIONS)
+    )
     return f"""
-    SELECT {select + "," if select else ""}
-           sum({w}r.conversions) AS conversions, sum({w}r.leads) AS leads,
-           sum({w}r.pending) AS pending, sum({w}r.rejected) AS rejected,
-           sum({w}r.chargebacks) AS chargebacks, sum({w}r.unconverted) AS unconverted,
-           sum({w}r.revenue) AS revenue,
-           sum(CASE m.booking_model
-                   WHEN 'cpa' THEN m.booking_value * {w}r.conversions
-                   WHEN 'revshare' THEN m.booking_value * 0.01 * {w}r.revenue
-               END) AS booked_cost
+    SELECT {select}{counters},
+           coalesce(sum(r.revenue), 0) AS revenue,
+           coalesce(sum(r.cost), 0) + coalesce(sum(CASE m.booking_model
+                   WHEN 'cpa' THEN m.booking_value * r.conversions
+                   WHEN 'revshare' THEN m.booking_value * 0.01 * r.revenue
+               END), 0) AS cost
     FROM {source} r
     LEFT JOIN {BOOKING_CAMPAIGNS} ON m.booking_campaign_id = r.campaign_id{offers_r}
     WHERE {" AND ".join(where)}
     {"GROUP BY " + ", ".join(dims) if dims else ""}
-    HAVING sum({w}(r.conversions + r.leads + r.pending + r.rejected + r.chargebacks)) > 0"""
+    HAVING sum_bigint(r.clicks) + sum_bigint(r.bot_clicks) > 0
+        OR sum_bigint(r.conversions) + sum_bigint(r.leads) + sum_bigint(r.pending)
+           + sum_bigint(r.rejected) + sum_bigint(r.chargebacks) > 0"""
 
 
 def _raw_conversions(spec: ReportSpec, query: _Query, dims: list[str], offers_join: str) -> str:
@@ -492,8 +557,16 @@ def _raw_conversions(spec: ReportSpec, query: _Query, dims: list[str], offers_jo
 
 
 def _assemble(
-    spec: ReportSpec, query: _Query, dims: list[str], clicks: str, conversions: str
+    spec: ReportSpec,
+    query: _Query,
+    dims: list[str],
+    clicks: str = "",
+    conversions: str = "",
+    grouped: str = "",
 ) -> tuple[str, str, list[Any]]:
+    """The page and the totals of the groups: the click and the conversion sums merged by
+    the dimensions, or the groups `grouped` gives already (dimensions, counters, revenue,
+    cost)."""
     event_columns = [f"event_{i}" for i in range(len(spec.events))]
     lead = "".join(f"{d}, " for d in dims)
     zero_clicks = "".join(f"0 AS {c}, " for c in _CLICK_COUNTERS) + "0::numeric AS click_cost"
@@ -513,7 +586,12 @@ def _assemble(
             "coalesce(sum(click_cost), 0) + coalesce(sum(booked_cost), 0) AS cost",
         ]
     )
-    common = f"""
+    common = (
+        f"""
+WITH g AS ({grouped}
+)"""
+        if grouped
+        else f"""
 WITH k AS ({clicks}
 ), v AS ({conversions}
 ), u AS (
@@ -525,13 +603,12 @@ WITH k AS ({clicks}
     FROM u
     {"GROUP BY " + ", ".join(dims) if dims else ""}
 )"""
+    )
     names = []
-    joins = []
     for name, d in zip(spec.group_by, dims, strict=True):
         if name in _ID_COLUMNS:
             table = _ID_COLUMNS[name][1]
-            joins.append(f"LEFT JOIN {table} n_{d} ON n_{d}.id = g.{d}")
-            names.append(f"n_{d}.name AS {d}_name")
+            names.append(f"(SELECT n.name FROM {table} n WHERE n.id = g.{d}) AS {d}_name")
     order = []
     for key, descending in spec.sort:
         if key in spec.group_by:
@@ -552,11 +629,18 @@ WITH k AS ({clicks}
         ["count(*) OVER () AS t_groups"]
         + [f"sum(g.{c}) OVER () AS t_{c}" for c in (*COUNTERS, *event_columns, "revenue", "cost")]
     )
+    # Names are looked up for the page only (ordered again: the page's order, by the
+    # same keys, over its rows).
+    order_by = f"ORDER BY {', '.join(order)}" if order else ""
     rows_sql = f"""{common}
-SELECT g.*{"".join(", " + n for n in names)}, {window_totals}
-FROM g {" ".join(joins)}
-{"ORDER BY " + ", ".join(order) if order else ""}
-LIMIT {limit} OFFSET {offset}"""
+SELECT g.*{"".join(", " + n for n in names)}
+FROM (
+    SELECT g.*, {window_totals}
+    FROM g
+    {order_by}
+    LIMIT {limit} OFFSET {offset}
+) g
+{order_by}"""
     total_sums = ", ".join(
         [f"coalesce(sum({c}), 0)::bigint AS {c}" for c in (*COUNTERS, *event_columns)]
         + ["coalesce(sum(revenue), 0) AS revenue", "coalesce(sum(cost), 0) AS cost"]
@@ -565,6 +649,16 @@ LIMIT {limit} OFFSET {offset}"""
 SELECT count(*) AS groups, {total_sums}
 FROM g"""
     return rows_sql, totals_sql, query.args
+
+
+async def _block_rows_for(
+    conn: Conn, spec: ReportSpec, zones: frozenset[str]
+) -> Mapping[str, float]:
+    """`block_rows`, read only for a report that may read blocks."""
+    zoned = zone_rollup(spec, zones)
+    if zoned is None or zoned[0] not in _BLOCKS or set(spec.group_by) & _ZONE_TIMES:
+        return BLOCK_ROWS
+    return await block_rows(conn)
 
 
 async def fetch_report(
@@ -576,7 +670,9 @@ async def fetch_report(
         await conn.execute(SET_REPORT_MEMORY)
         # Read in the report's transaction: a zone listed here has whole rollups.
         zones = await rolled_up_zones(conn)
-        rows_sql, totals_sql, args = build_report(spec, zones)
+        rows_sql, totals_sql, args = build_report(
+            spec, zones, await _block_rows_for(conn, spec, zones)
+        )
         rows = await conn.fetch(rows_sql, *args, timeout=time_limit)
         if rows:
             first = rows[0]

@@ -21,16 +21,18 @@ log = logging.getLogger("tracker.rollups")
 
 ROLLUP_COUNTERS = ("clicks", "bot_clicks", "unique_clicks", "lp_views", "lp_clicks", "cost")
 # Click rollup table -> (the fact besides the ids (campaign, offer, source) it is keyed
-# by, its grain: local days, or local weeks from Monday).
+# by, its grain: local days, local weeks from Monday, or local calendar months).
 CLICK_ROLLUPS = {
     "click_daily": ("lander_id", "day"),
     "click_daily_geo": ("country", "day"),
     "click_weekly_geo": ("country", "week"),
+    "click_monthly_geo": ("country", "month"),
 }
 CONVERSION_ROLLUPS = {
     "conversion_daily": ("lander_id", "day"),
     "conversion_daily_geo": ("country", "day"),
     "conversion_weekly_geo": ("country", "week"),
+    "conversion_monthly_geo": ("country", "month"),
 }
 # Per-click counters, as the columns of a row of `clicks` give them.
 CLICK_COUNTERS = """
