@@ -24,6 +24,7 @@ from tracker.store.postback_log import (
     PIXEL,
     POSTBACK,
     Inbound,
+    dumps_with_log,
     log_fields,
 )
 
@@ -300,10 +301,9 @@ class ConversionWriter(BatchedService):
         for i in indexes:
             row = batch[i].as_row(i)
             if (inbound := batch[i].inbound) is not None:
-                row["log"] = log_fields(inbound)
+                row["log"] = inbound
             rows_in.append(row)
-        payload = orjson.dumps(rows_in).decode()
-        rows = await self._pool.fetch(INSERT_CONVERSIONS, payload)
+        rows = await self._pool.fetch(INSERT_CONVERSIONS, dumps_with_log(rows_in))
         created = {(row["click_id"], row["dedupe_key"]): row["id"] for row in rows}
         for i in indexes:
             key = (batch[i].click["click_id"], batch[i].dedupe_key)
