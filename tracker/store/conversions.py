@@ -169,26 +169,35 @@ class ConversionPostback:
         return click_ms(str(self.click["click_id"]), int(self.click["created_ms"]))
 
     def as_row(self, idx: int) -> dict[str, Any]:
-        row = {name: self.click.get(name) for name in COPIED_TO_CONVERSION}
-        row["is_bot"] = bool(row["is_bot"])  # records older than the column lack it
+        """The conversion as a member of INSERT_CONVERSIONS' input. Null members are left
+        out (the recordset reads a missing key as null): a click carries mostly nulls,
+        and Postgres parses a third less JSON without them."""
+        click = self.click
+        row = {
+            name: value for name in COPIED_TO_CONVERSION if (value := click.get(name)) is not None
+        }
+        row["is_bot"] = bool(row.get("is_bot"))  # records older than the column lack it
         row.update(
             idx=idx,
-            click_id=self.click["click_id"],
+            click_id=click["click_id"],
             dedupe_key=self.dedupe_key,
             txid=self.txid,
-            parent_txid=self.parent_txid,
             network_id=self.network_id,
-            click_params=self.click.get("params"),
+            click_params=click.get("params"),
             click_ms=self.click_ms,
-            payout=None if self.payout is None else str(self.payout),
             currency=self.currency,
             original_payout=str(self.original_payout),
             original_currency=self.original_currency,
             status=self.status,
-            event=self.event,
             params=self.params,
             source=self.source,
         )
+        if self.parent_txid is not None:
+            row["parent_txid"] = self.parent_txid
+        if self.payout is not None:
+            row["payout"] = str(self.payout)
+        if self.event is not None:
+            row["event"] = self.event
         return row
 
 
