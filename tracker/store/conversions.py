@@ -365,11 +365,11 @@ class ConversionWriter(BatchedService):
         statement = INSERT_SIGNED_CONVERSIONS if signed else INSERT_CONVERSIONS
         rows = await self._pool.fetch(statement, dumps_with_log(rows_in))
         created = {}
-        for row in rows:
-            if row["replay"] is None:
-                created[(row["click_id"], row["dedupe_key"])] = row["id"]
+        for record in rows:
+            if record["replay"] is None:
+                created[(record["click_id"], record["dedupe_key"])] = record["id"]
             else:
-                results[row["replay"]] = SignatureUsed("signature already used")
+                results[record["replay"]] = SignatureUsed("signature already used")
         for i in indexes:
             if results[i] is not None:
                 continue

@@ -342,7 +342,9 @@ def dumps_with_log(rows: list[dict[str, Any]]) -> str:
         data = b"\\u0000"
     if b"\\u0000" in data:
         rows = [
-            {**row, "log": log_fields(log)} if isinstance(log := row.get("log"), Inbound) else row
+            {**row, "log": log_fields(entry)}
+            if isinstance(entry := row.get("log"), Inbound)
+            else row
             for row in rows
         ]
         data = orjson.dumps(rows)
