@@ -1,9 +1,11 @@
 """Group commit: shared round trips, each caller's own data, and clean failures."""
 
 import asyncio
+import dataclasses
 from decimal import Decimal
 from urllib.parse import parse_qs, urlsplit
 
+import asyncpg
 import orjson
 import pytest
 from redis.asyncio import Redis
@@ -12,7 +14,7 @@ from tests.conftest import break_click_streams, click_stream_length, usd_convers
 from tracker.devstack import free_port
 from tracker.store import keys
 from tracker.store.clicks import ClickWriteError, ClickWriter
-from tracker.store.conversions import ConversionPostback, ConversionWriter
+from tracker.store.conversions import ConversionPostback, ConversionWriter, SignatureUsed
 from tracker.store.db import create_pool
 from tracker.web.appkeys import CLICK_WRITER, CONVERSION_WRITER
 
@@ -165,3 +167,50 @@ async def test_writers_inserting_the_same_keys_in_opposite_orders_do_not_deadloc
             await writer.close()
         for p in pools:
             await p.close()
+
+
+async def test_signatures_are_spent_in_the_batch_that_writes_them(pool):
+    """Two receipts of one signed postback in one batch: one conversion, one replay; the
+    same receipt applied again is no replay; a signed update is refused to another
+    receipt; a batch that fails gives its signatures back."""
+    writer = ConversionWriter(pool)
+    await writer.start()
+    click = {
+        "click_id": "c1",
+        "created_ms": 1_700_000_000_000,
+        "campaign_id": 1,
+        "offer_id": 1,
+        "traffic_source_id": 1,
+    }
+
+    def signed(txid, receipt, signature="sha256=" + "a" * 64, **extra):
+        return dataclasses.replace(
+            usd_conversion(click, txid, **extra), signature_claim=(signature, receipt)
+        )
+
+    try:
+        # Different dedupe keys (as under the `accept` policy): only the signature decides.
+        first = await asyncio.gather(
+            writer.record(signed("t1", "r1")),
+            writer.record(signed("t2", "r2")),
+            writer.record(usd_conversion(click, "plain")),
+            return_exceptions=True,
+        )
+        assert first[0][0] == "created" and first[2][0] == "created"
+        assert isinstance(first[1], SignatureUsed)
+        assert await writer.record(signed("t1", "r1")) == ("duplicate", first[0][1])
+        with pytest.raises(SignatureUsed):  # an update (t1 exists) from another receipt
+            await writer.record(signed("t1", "r3", status="rejected"))
+        await pool.execute("ALTER TABLE conversions ADD CONSTRAINT no_t9 CHECK (txid <> 't9')")
+        try:
+            with pytest.raises(asyncpg.CheckViolationError):
+                await writer.record(signed("t9", "r9", signature="sha256=" + "b" * 64))
+        finally:
+            await pool.execute("ALTER TABLE conversions DROP CONSTRAINT no_t9")
+    finally:
+        await writer.close()
+    holders = await pool.fetch("SELECT signature, receipt_id FROM postback_signatures")
+    print("signature holders:", [tuple(row) for row in holders])
+    assert [tuple(row) for row in holders] == [("sha256=" + "a" * 64, "r1")]
+    rows = await pool.fetch("SELECT txid, status FROM conversions ORDER BY txid")
+    assert [tuple(row) for row in rows] == [("plain", "approved"), ("t1", "approved")]

@@ -4,6 +4,7 @@ authenticated networks never limited; expired rows deleted in batches."""
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 from redis.asyncio import Redis
 
@@ -13,7 +14,7 @@ from tracker.settings import Settings
 from tracker.sink.housekeeping import Housekeeper
 from tracker.sink.orphans import orphan_matcher
 from tracker.store.partitions import ensure_partitions
-from tracker.store.postback_log import Inbound, truncated_for_log
+from tracker.store.postback_log import Inbound, dumps_with_log, log_fields, truncated_for_log
 from tracker.store.ratelimit import FailureLimiter
 from tracker.web.appkeys import POSTBACK_GUARD
 
@@ -154,6 +155,23 @@ async def insert_log(pool, age_days, result, n=1):
         "VALUES ($1, $2, 'GET', '', '{}')",
         [(when, result)] * n,
     )
+
+
+def test_batch_json_carries_log_columns_cleaned_only_when_dirty():
+    clean = inbound({"clickid": "c1"}, raw="clickid=c1")
+    # A NUL in the path token and a lone surrogate in the forwarded address: Postgres and
+    # JSON refuse them, so the log columns of the whole batch are cleaned as log_fields does.
+    dirty = Inbound(
+        {"clickid": "c2"}, "GET", "c2", datetime.now(UTC), "\udcff", path_token="t\x00k"
+    )
+    rows = orjson.loads(dumps_with_log([{"idx": 0, "log": clean}]))
+    assert rows == [{"idx": 0, "log": orjson.loads(orjson.dumps(log_fields(clean)))}]
+    rows = orjson.loads(dumps_with_log([{"idx": 0, "log": clean}, {"idx": 1, "log": dirty}]))
+    assert rows[1]["log"]["path_token"] == "tk"
+    assert rows[1]["log"]["client_ip"] == "\ufffd"
+    assert rows[0]["log"]["receipt_id"] == clean.receipt_id
+    nul_only = inbound({"clickid": "c3"}, raw="a\x00b")
+    assert orjson.loads(dumps_with_log([{"log": nul_only}]))[0]["log"]["raw"] == "ab"
 
 
 async def test_retention_deletes_old_rows_in_batches(settings, pool, redis):

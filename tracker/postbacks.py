@@ -30,7 +30,12 @@ from tracker.logs import Throttled
 from tracker.store import signatures
 from tracker.store.clicks import ClickReader
 from tracker.store.config import ConfigCache
-from tracker.store.conversions import ConversionPostback, ConversionWriter, ParentNotFound
+from tracker.store.conversions import (
+    ConversionPostback,
+    ConversionWriter,
+    ParentNotFound,
+    SignatureUsed,
+)
 from tracker.store.postback_log import PIXEL, UPLOAD, Inbound, mark_rematched, unmatched_for
 
 log = logging.getLogger("tracker.postback")
@@ -228,13 +233,11 @@ class PostbackProcessor:
             dedupe_key = "accept:" + inbound.receipt_id
         else:
             dedupe_key = fields.txid
-        # Spent last, just before the write, so that only a postback that passed every
-        # other check uses up its signature.
-        if network.signing_secret and networks_auth and not await self.claim_signature(inbound):
-            self._refusals.warning(
-                "postback for click %s refused: signature already used", fields.clickid
-            )
-            return Outcome(REJECTED_AUTH, 403, reason="forbidden: signature already used", **found)
+        # Spent with the write, in its transaction, so that only a postback that passed
+        # every other check uses up its signature, and one not written gives it back.
+        claim = None
+        if network.signing_secret and networks_auth:
+            claim = (canonical_signature(inbound.signature) or "", inbound.receipt_id)
         try:
             result, conversion_id = await self._conversions.record(
                 ConversionPostback(
@@ -253,20 +256,19 @@ class PostbackProcessor:
                     params={k: v for k, v in inbound.params.items() if k != "token"},
                     inbound=inbound,
                     source=inbound.source,
+                    signature_claim=claim,
                 )
             )
         except ParentNotFound as exc:
             return Outcome(INVALID, 404, reason=str(exc), **found)
+        except SignatureUsed:
+            self._refusals.warning(
+                "postback for click %s refused: signature already used", fields.clickid
+            )
+            return Outcome(REJECTED_AUTH, 403, reason="forbidden: signature already used", **found)
         return Outcome(
             result, 200, conversion_id=conversion_id, logged=True, status=status, **found
         )
-
-    async def claim_signature(self, inbound: Inbound) -> bool:
-        """Spend the postback's signature (in any spelling); False when another receipt
-        spent it (a replay). The same receipt applied again (from the queue, or an orphan
-        re-matched) is not its own replay."""
-        signature = canonical_signature(inbound.signature) or ""
-        return await signatures.claim(self._pool, signature, inbound.receipt_id)
 
     async def release_signature(self, inbound: Inbound) -> None:
         """Give the signature back after a failed write, so the network's retry is no replay."""

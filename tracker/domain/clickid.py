@@ -8,7 +8,6 @@ characters) name the click's Redis shard, 0 to 511: the key of its record and it
 stream are derivable from the id alone, whatever the number of shards in use.
 """
 
-import base64
 import os
 import re
 import time
@@ -140,8 +139,9 @@ def visitor_shard(campaign_id: int, visitor_id: str, shards: int) -> int:
 
 def click_id_time_ms(click_id: str) -> int:
     """The millisecond timestamp encoded in a click id."""
-    padded = click_id[:CLICK_ID_LENGTH].upper() + "==="
-    return int.from_bytes(base64.b32hexdecode(padded)[:6], "big")
+    # base32hex digits are int()'s base-32 digits: 10 characters hold the 48 time bits
+    # and 2 more (the standard library's decoder is pure Python, ten times slower).
+    return int(click_id[:10], 32) >> 2
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -26,18 +26,37 @@ class DialectConflict(ValueError):
         self.names = list(values)
 
 
+# Each alias with the field it stands for.
+FIELD_OF: dict[str, str] = {name: field for field, names in ALIASES.items() for name in names}
+
+
 def canonical_params(params: Mapping[str, str]) -> dict[str, str]:
     """Our field names with their values, from whichever aliases were sent.
 
     Empty values count as absent (an unfilled macro). Two aliases of one field
     with different values raise `DialectConflict` naming both.
     """
+    # One pass over what was sent (a handful of names) rather than over every alias.
     fields: dict[str, str] = {}
+    conflict = False
+    for name, value in params.items():
+        field = FIELD_OF.get(name)
+        if field is None or value == "":
+            continue
+        seen = fields.get(field)
+        if seen is None:
+            fields[field] = value
+        elif seen != value:
+            conflict = True
+    if conflict:
+        _raise_conflict(params)
+    return fields
+
+
+def _raise_conflict(params: Mapping[str, str]) -> None:
+    """Raise `DialectConflict` for the first field (in ALIASES order) whose aliases were
+    sent with different values, naming them in ALIASES order."""
     for field, names in ALIASES.items():
         found = {name: params[name] for name in names if params.get(name, "") != ""}
-        if not found:
-            continue
         if len(set(found.values())) > 1:
             raise DialectConflict(field, found)
-        fields[field] = next(iter(found.values()))
-    return fields

@@ -15,6 +15,8 @@ PAYOUT_DECIMALS = 4
 MAX_ABS = Decimal("1e12")
 # NUMERIC(18, 6), the type of every amount column, holds magnitudes below 10^12.
 COLUMN_LIMIT = Decimal("1e12")
+# What rounds (to 6 places) to below COLUMN_LIMIT; worked out once, not per amount.
+_LARGEST_ROUNDED = COLUMN_LIMIT - Decimal("0.0000005")
 _MAX_TEXT = 64
 _AMOUNT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 _SPACES = " \t\r\n"
@@ -107,7 +109,7 @@ def format_money(value: Decimal) -> str:
 
 def fits_amount_column(value: Decimal) -> bool:
     """True when `value`, rounded to 6 places, fits a NUMERIC(18, 6) column."""
-    return value.is_finite() and abs(value) < COLUMN_LIMIT - Decimal("0.0000005")
+    return value.is_finite() and abs(value) < _LARGEST_ROUNDED
 
 
 def payout_refusal(

@@ -16,7 +16,7 @@ from tracker.domain.clickid import click_ms
 from tracker.domain.fx import RateTable, convert
 from tracker.domain.lifecycle import CHARGEBACK, REJECTED, decide_change, refund_key
 from tracker.domain.money import fits_amount_column
-from tracker.store import partitions
+from tracker.store import partitions, signatures
 from tracker.store.batching import BatchedService, Batcher
 from tracker.store.postback_log import (
     INSERT_LOG,
@@ -24,6 +24,7 @@ from tracker.store.postback_log import (
     PIXEL,
     POSTBACK,
     Inbound,
+    dumps_with_log,
     log_fields,
 )
 
@@ -39,19 +40,52 @@ T = TypeVar("T")
 
 _LOG_COLUMNS = ", ".join(LOG_INBOUND_COLUMNS)
 
-# One statement per batch: insert the conversions whose (click, dedupe key) is new,
-# with their first history row and the postback's log row (rows carrying `log`).
-# Rows that meet an existing conversion are left out here and handled one by one,
-# under a row lock, as possible updates.
-INSERT_CONVERSIONS = f"""
+# Signed postbacks spend their signature in the statement that writes them (see
+# `_insert_conversions`), in signature order, the same in every batch like the keys.
+_CLAIMS = """, claimed AS (
+    INSERT INTO postback_signatures (signature, receipt_id)
+    SELECT DISTINCT ON (signature) signature, claimant FROM input
+    WHERE signature IS NOT NULL
+    ORDER BY signature, idx
+    ON CONFLICT (signature) DO NOTHING
+    RETURNING signature, receipt_id
+), replays AS (
+    -- Held by another receipt, from before or from a row earlier in this batch; the
+    -- same receipt applied again (from the queue, an orphan re-matched) is no replay.
+    SELECT i.idx FROM input i
+    WHERE i.signature IS NOT NULL
+      AND NOT EXISTS (
+          SELECT FROM claimed c WHERE c.signature = i.signature AND c.receipt_id = i.claimant
+      )
+      AND NOT EXISTS (
+          SELECT FROM postback_signatures s
+          WHERE s.signature = i.signature AND s.receipt_id = i.claimant
+      )
+)"""
+
+
+def _insert_conversions(signed: bool) -> str:
+    """One statement per batch: insert the conversions whose (click, dedupe key) is new,
+    with their first history row and the postback's log row (rows carrying `log`).
+    Rows that meet an existing conversion are left out here and handled one by one,
+    under a row lock, as possible updates.
+
+    `signed`: rows carrying `signature` spend it for receipt `claimant` in the same
+    statement; a replay writes nothing and comes back as its `replay` idx, and a
+    statement that fails gives its signatures back with its rows. Batches without a
+    signed postback use the statement without the claims, which costs less."""
+    accepted = "input WHERE idx NOT IN (SELECT idx FROM replays)" if signed else "input"
+    replays = "\nUNION ALL\nSELECT NULL, NULL, NULL, idx FROM replays" if signed else ""
+    return f"""
 WITH input AS (
     SELECT * FROM jsonb_to_recordset($1::text::jsonb) AS r(
         idx integer, click_id text, dedupe_key text, txid text, parent_txid text,
         network_id bigint, {_COPIED_TYPES}, click_params jsonb,
         click_ms bigint, payout numeric, currency text, original_payout numeric,
-        original_currency text, status text, event text, params jsonb, source text, log jsonb
+        original_currency text, status text, event text, params jsonb, source text,
+        log jsonb{", signature text, claimant text" if signed else ""}
     )
-), inserted AS (
+){_CLAIMS if signed else ""}, inserted AS (
     INSERT INTO conversions (
         click_id, dedupe_key, txid, parent_txid, network_id, {_COPIED}, click_params,
         click_time, payout, currency, original_payout, original_currency, status, event, params,
@@ -60,7 +94,7 @@ WITH input AS (
     SELECT click_id, dedupe_key, txid, parent_txid, network_id, {_COPIED}, click_params,
            to_timestamp(click_ms / 1000.0), payout, currency, original_payout,
            original_currency, status, event, params, source
-    FROM input
+    FROM {accepted}
     -- Key order, the same in every batch and process, so that concurrent batches wait
     -- for each other's new rows in one order instead of deadlocking.
     ORDER BY click_id, dedupe_key, idx
@@ -73,7 +107,7 @@ WITH input AS (
 ), creators AS (
     -- Of equal keys in one batch, the first (by idx) is the one inserted.
     SELECT DISTINCT ON (click_id, dedupe_key) click_id, dedupe_key, network_id, log
-    FROM input ORDER BY click_id, dedupe_key, idx
+    FROM {accepted} ORDER BY click_id, dedupe_key, idx
 ), logged AS (
     INSERT INTO postback_log ({_LOG_COLUMNS}, result, conversion_id, network_id, click_id)
     SELECT {", ".join(f"p.{c}" for c in LOG_INBOUND_COLUMNS)}, 'created', i.id, c.network_id,
@@ -84,8 +118,12 @@ WITH input AS (
     WHERE c.log IS NOT NULL
     ON CONFLICT (receipt_id, received_at) DO NOTHING
 )
-SELECT id, click_id, dedupe_key FROM inserted
+SELECT id, click_id, dedupe_key, NULL::integer AS replay FROM inserted{replays}
 """
+
+
+INSERT_CONVERSIONS = _insert_conversions(signed=False)
+INSERT_SIGNED_CONVERSIONS = _insert_conversions(signed=True)
 _LOCKED_COLUMNS = "id, click_time, status, payout, refunded, original_payout, original_currency"
 # $3: the click's time in ms, which pins the conversion's partition (the same expression
 # as the insert's, so the two are equal to the microsecond).
@@ -135,6 +173,10 @@ class ParentNotFound(LookupError):
     """A refund names a parent transaction the click has no conversion for."""
 
 
+class SignatureUsed(Exception):
+    """The postback's signature was spent by another receipt: a replay, not written."""
+
+
 @dataclass(frozen=True, slots=True)
 class ConversionPostback:
     """A matched, authenticated and validated postback, ready to be written."""
@@ -156,6 +198,8 @@ class ConversionPostback:
     inbound: Inbound | None = None
     # PIXEL: it may create a conversion but never changes one (see `_update`).
     source: str = POSTBACK
+    # (canonical signature, receipt id) of a signed postback: spent with the write.
+    signature_claim: tuple[str, str] | None = None
 
     @property
     def is_refund(self) -> bool:
@@ -168,26 +212,37 @@ class ConversionPostback:
         return click_ms(str(self.click["click_id"]), int(self.click["created_ms"]))
 
     def as_row(self, idx: int) -> dict[str, Any]:
-        row = {name: self.click.get(name) for name in COPIED_TO_CONVERSION}
-        row["is_bot"] = bool(row["is_bot"])  # records older than the column lack it
+        """The conversion as a member of INSERT_CONVERSIONS' input. Null members are left
+        out (the recordset reads a missing key as null): a click carries mostly nulls,
+        and Postgres parses a third less JSON without them."""
+        click = self.click
+        row = {
+            name: value for name in COPIED_TO_CONVERSION if (value := click.get(name)) is not None
+        }
+        row["is_bot"] = bool(row.get("is_bot"))  # records older than the column lack it
         row.update(
             idx=idx,
-            click_id=self.click["click_id"],
+            click_id=click["click_id"],
             dedupe_key=self.dedupe_key,
             txid=self.txid,
-            parent_txid=self.parent_txid,
             network_id=self.network_id,
-            click_params=self.click.get("params"),
+            click_params=click.get("params"),
             click_ms=self.click_ms,
-            payout=None if self.payout is None else str(self.payout),
             currency=self.currency,
             original_payout=str(self.original_payout),
             original_currency=self.original_currency,
             status=self.status,
-            event=self.event,
             params=self.params,
             source=self.source,
         )
+        if self.parent_txid is not None:
+            row["parent_txid"] = self.parent_txid
+        if self.payout is not None:
+            row["payout"] = str(self.payout)
+        if self.event is not None:
+            row["event"] = self.event
+        if self.signature_claim is not None:
+            row["signature"], row["claimant"] = self.signature_claim
         return row
 
 
@@ -276,6 +331,10 @@ class ConversionWriter(BatchedService):
     async def _update_logged(self, pb: ConversionPostback) -> ConversionResult:
         """An update or refund and the postback's log row, in one transaction."""
         async with self._pool.acquire() as conn, conn.transaction():
+            if pb.signature_claim is not None:  # spent with the change, or given back
+                signature, receipt_id = pb.signature_claim
+                if await conn.fetchval(signatures.CLAIM, signature, receipt_id) != receipt_id:
+                    raise SignatureUsed("signature already used")
             result, conversion_id = await (
                 self._refund(conn, pb) if pb.is_refund else self._update(conn, pb)
             )
@@ -300,12 +359,20 @@ class ConversionWriter(BatchedService):
         for i in indexes:
             row = batch[i].as_row(i)
             if (inbound := batch[i].inbound) is not None:
-                row["log"] = log_fields(inbound)
+                row["log"] = inbound
             rows_in.append(row)
-        payload = orjson.dumps(rows_in).decode()
-        rows = await self._pool.fetch(INSERT_CONVERSIONS, payload)
-        created = {(row["click_id"], row["dedupe_key"]): row["id"] for row in rows}
+        signed = any(batch[i].signature_claim is not None for i in indexes)
+        statement = INSERT_SIGNED_CONVERSIONS if signed else INSERT_CONVERSIONS
+        rows = await self._pool.fetch(statement, dumps_with_log(rows_in))
+        created = {}
+        for record in rows:
+            if record["replay"] is None:
+                created[(record["click_id"], record["dedupe_key"])] = record["id"]
+            else:
+                results[record["replay"]] = SignatureUsed("signature already used")
         for i in indexes:
+            if results[i] is not None:
+                continue
             key = (batch[i].click["click_id"], batch[i].dedupe_key)
             conversion_id = created.pop(key, None)  # only the first of equal keys created
             if conversion_id is not None:
@@ -316,6 +383,7 @@ class ConversionWriter(BatchedService):
         lock = (LOCK_CONVERSION, pb.click["click_id"], pb.dedupe_key, pb.click_ms)
         row = await conn.fetchrow(*lock)
         if row is None:  # the conflicting row was rolled back: this one creates
+            # Its signature is already spent in this transaction (`_update_logged`).
             inserted = await conn.fetch(INSERT_CONVERSIONS, orjson.dumps([pb.as_row(0)]).decode())
             if inserted:
                 return CREATED, int(inserted[0]["id"])

@@ -330,6 +330,27 @@ def log_fields(inbound: Inbound) -> dict[str, Any]:
     return {name: getattr(clean, name) for name in _INBOUND}
 
 
+def dumps_with_log(rows: list[dict[str, Any]]) -> str:
+    """`rows` as a JSON array, each `log` member (an Inbound) as its log columns.
+
+    orjson writes the dataclass itself; only when that text holds what Postgres or
+    JSON refuses (a NUL, a lone surrogate) are the log fields cleaned, as `log_fields`
+    does, and the rows written again."""
+    try:
+        data = orjson.dumps(rows)
+    except orjson.JSONEncodeError:
+        data = b"\\u0000"
+    if b"\\u0000" in data:
+        rows = [
+            {**row, "log": log_fields(entry)}
+            if isinstance(entry := row.get("log"), Inbound)
+            else row
+            for row in rows
+        ]
+        data = orjson.dumps(rows)
+    return data.decode()
+
+
 def dump_inbound(inbound: Inbound) -> bytes:
     try:
         return orjson.dumps(inbound)

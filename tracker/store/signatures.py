@@ -1,11 +1,13 @@
 """Signatures of signed postbacks already used: each is accepted once.
 
-A signature is claimed by the receipt of the postback that carries it, just before
-that postback is recorded. The same receipt claiming again (a queued postback
-applied later, an orphan re-matched) is not a replay; another receipt is. A claim
-whose write then fails is given back, so the network's retry is not taken for a
-replay. Kept in Postgres: a postback can be recorded only when Postgres answers,
-so the guard is there whenever it is needed, Redis or not.
+A signature is claimed by the receipt of the postback that carries it, in the
+statement or transaction that records that postback (see store/conversions.py), so
+a write that fails or is refused gives it back with it. The same receipt claiming
+again (a queued postback applied later, an orphan re-matched) is not a replay;
+another receipt is. A claim that a later, separate write fails after is given back
+by `release`, so the network's retry is not taken for a replay. Kept in Postgres: a
+postback can be recorded only when Postgres answers, so the guard is there whenever
+it is needed, Redis or not.
 """
 
 from datetime import datetime, timedelta
@@ -28,12 +30,6 @@ LIMIT 1
 """
 RELEASE = "DELETE FROM postback_signatures WHERE signature = $1 AND receipt_id = $2"
 DELETE_EXPIRED = "DELETE FROM postback_signatures WHERE claimed_at < $1"
-
-
-async def claim(pool: asyncpg.Pool, signature: str, receipt_id: str) -> bool:
-    """Claim `signature` for `receipt_id`; False when another receipt holds it."""
-    holder = await pool.fetchval(CLAIM, signature, receipt_id)
-    return bool(holder == receipt_id)
 
 
 async def release(pool: asyncpg.Pool, signature: str, receipt_id: str) -> None:
