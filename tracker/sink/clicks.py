@@ -16,8 +16,9 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from tracker.domain.click import CLICK_COLUMNS
-from tracker.sink.stream import Entry, StreamConsumer
+from tracker.sink.stream import Entry, Read, StreamConsumer
 from tracker.store import keys, partitions
+from tracker.store.redis import is_cluster
 from tracker.store.rollups import (
     CLICK_COUNTERS,
     add_to_rollup,
@@ -183,12 +184,24 @@ class ClickSink(StreamConsumer):
         return self._streams
 
     async def handle(self, stream: str, entries: list[Entry]) -> None:
-        await self.store(entries, stream)
+        await self.store_reads([(stream, entries)])
+
+    async def handle_reads(self, reads: list[Read]) -> None:
+        await self.store_reads(reads)
 
     async def store(self, entries: list[Entry], stream: str = keys.CLICK_STREAM) -> None:
         """Write entries (read from `stream`) to Postgres, then acknowledge them."""
-        ids = [entry_id for entry_id, _ in entries]
-        payloads = [(entry_id, fields[b"d"]) for entry_id, fields in entries if fields]
+        await self.store_reads([(stream, entries)])
+
+    async def store_reads(self, reads: list[Read]) -> None:
+        """Write the entries of `reads` (from one or more streams) to Postgres in one
+        batch, then acknowledge them, per stream."""
+        payloads = [
+            (entry_id, fields[b"d"])
+            for _, entries in reads
+            for entry_id, fields in entries
+            if fields
+        ]
         clicks = [p for p in payloads if not _LANDER_CLICK.search(p[1])]
         lander_clicks = [p for p in payloads if _LANDER_CLICK.search(p[1])]
         for statement, part in ((INSERT_CLICKS, clicks), (STORE_LANDER_CLICKS, lander_clicks)):
@@ -203,8 +216,21 @@ class ClickSink(StreamConsumer):
             if self.on_stored is not None:
                 click_ids = [m[1].decode() for _, p in payloads if (m := _CLICK_ID.search(p))]
                 await self.on_stored(click_ids)
-        await self.redis.xack(stream, keys.SINK_GROUP, *ids)
+        await self._acknowledge(reads)
         self.stored += len(payloads)
+
+    async def _acknowledge(self, reads: list[Read]) -> None:
+        by_stream: dict[str, list[bytes]] = {}
+        for stream, entries in reads:
+            by_stream.setdefault(stream, []).extend(entry_id for entry_id, _ in entries)
+        if is_cluster(self.redis) or len(by_stream) == 1:
+            for stream, ids in by_stream.items():
+                await self.redis.xack(stream, keys.SINK_GROUP, *ids)
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream, ids in by_stream.items():
+                pipe.xack(stream, keys.SINK_GROUP, *ids)
+            await pipe.execute()
 
     async def _execute(self, statement: str, records: str) -> None:
         """Run a click statement on a batch, creating the partitions it needs if missing."""
