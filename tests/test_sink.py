@@ -207,3 +207,45 @@ async def test_a_refused_batch_fails_every_read_in_it_and_no_other(redis):
     assert consumer.batches == [["a"], ["b", "c"]]
     # Neither loop may take its entries as handled (it would go on to newer ones).
     assert [str(r) for r in results] == ["batch refused", "batch refused"]
+
+
+async def test_full_batches_are_read_again_at_once_despite_the_linger(redis, pool):
+    for i in range(12):
+        await redis.xadd(keys.click_stream(2), {b"d": record(f"f{i}")})
+    # A linger far beyond the test's timeout: only batches that were full may skip it.
+    sink = RecordingSink(redis, pool, consumer="busy", batch_size=5, block_ms=50, linger_ms=60_000)
+    task = asyncio.create_task(sink.run())
+    try:
+        await wait_for_sink(sink)
+        assert [sum(n for _, n in batch) for batch in sink.batches] == [5, 5, 2]
+    finally:
+        sink.stop()
+        # Stopping ends the linger at once.
+        await asyncio.wait_for(task, 5)
+    assert await pool.fetchval("SELECT count(*) FROM clicks") == 12
+
+
+async def test_after_a_batch_that_was_not_full_entries_gather_for_the_linger(redis, pool):
+    stream = keys.click_stream(4)
+    sink = RecordingSink(redis, pool, consumer="idle", block_ms=50, linger_ms=60_000)
+    task = asyncio.create_task(sink.run())
+    try:
+        await redis.xadd(stream, {b"d": record("first")})
+        await wait_for_sink(sink)  # an idle sink stores a lone click at once
+        for i in range(3):
+            await redis.xadd(stream, {b"d": record(f"later{i}")})
+        await asyncio.sleep(0.5)
+        assert await sink.backlog() == 3  # held for the next batch
+    finally:
+        sink.stop()
+        await asyncio.wait_for(task, 5)
+    assert sink.batches == [[(stream, 1)]]
+    again = RecordingSink(redis, pool, consumer="idle", block_ms=50)
+    task = asyncio.create_task(again.run())
+    try:
+        await wait_for_sink(again)
+    finally:
+        again.stop()
+        await asyncio.wait_for(task, 5)
+    assert again.batches == [[(stream, 3)]]
+    assert await pool.fetchval("SELECT count(*) FROM clicks") == 4

@@ -154,8 +154,11 @@ class ClickSink(StreamConsumer):
         housekeeping_seconds: float = 2.0,
         on_stored: StoredHook | None = None,
         shards: int = keys.DEFAULT_SHARDS,
+        linger_ms: int = 0,
     ) -> None:
-        super().__init__(redis, consumer, batch_size, block_ms, claim_idle_ms, housekeeping_seconds)
+        super().__init__(
+            redis, consumer, batch_size, block_ms, claim_idle_ms, housekeeping_seconds, linger_ms
+        )
         self.pool = pool
         self.shards = shards
         self._streams = keys.click_streams(shards)

@@ -8,7 +8,10 @@ is away the loop backs off, with one warning per outage rather than one a second
 
 On one Redis a single XREADGROUP reads every stream; on a Redis Cluster (streams in
 different slots) each stream has a reading loop of its own, and what the loops read
-while a batch was being handled is handled together next.
+while a batch was being handled is handled together next. After a batch that was not
+full the loop waits `linger_ms` before reading again, so that a busy consumer handles
+fewer, bigger batches: each batch costs a commit and its fixed share of work
+whatever its size.
 """
 
 import asyncio
@@ -68,6 +71,7 @@ class StreamConsumer(ABC):
         block_ms: int = 500,
         claim_idle_ms: int = 30000,
         housekeeping_seconds: float = 2.0,
+        linger_ms: int = 0,
     ) -> None:
         self.redis = redis
         self.consumer = consumer or default_consumer_name()
@@ -75,6 +79,7 @@ class StreamConsumer(ABC):
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
         self.housekeeping_seconds = housekeeping_seconds
+        self.linger_ms = linger_ms
         self._stopping = asyncio.Event()
         self._handling = asyncio.Lock()
         self._waiting: list[_Waiting] = []
@@ -171,6 +176,7 @@ class StreamConsumer(ABC):
     async def _read(self, streams: list[str]) -> None:
         """Read `streams` in one call at a time: first this consumer's own pending entries
         (id 0, per stream until it has none), then new ones (id >)."""
+        loop = asyncio.get_running_loop()
         ids = dict.fromkeys(streams, "0")
         group_ready = False
         failures = 0
@@ -188,11 +194,14 @@ class StreamConsumer(ABC):
                     count=self.batch_size,
                     block=None if history else self.block_ms,
                 )
+                read_at = loop.time()
                 reads: list[Read] = []
+                full = False
                 for name, entries in reply or ():
                     stream = name.decode() if isinstance(name, bytes) else name
                     if entries:
                         reads.append((stream, entries))
+                        full = full or len(entries) >= self.batch_size
                     elif ids.get(stream) == "0":
                         ids[stream] = ">"  # its own pending entries are all handled
                 if reads:
@@ -200,6 +209,9 @@ class StreamConsumer(ABC):
                 if failures:
                     log.info("%s consumer working again after %d failures", self.what, failures)
                     failures = 0
+                if reads and not full and not history and self.linger_ms:
+                    # Let entries gather for the next batch, unless this one left some behind.
+                    await self._pause(read_at + self.linger_ms / 1000 - loop.time())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
