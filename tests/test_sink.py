@@ -2,13 +2,16 @@
 
 import asyncio
 import time
+from datetime import timedelta
 
 import orjson
 
 from tests.conftest import wait_for_sink
+from tracker.domain.clickid import click_time, new_click_id
 from tracker.sink.clicks import ClickSink
 from tracker.sink.stream import StreamConsumer
 from tracker.store import keys
+from tracker.store.postback_log import unmatched_query
 
 
 def record(click_id: str, cost: str | None = "0.10", **extra):
@@ -249,3 +252,16 @@ async def test_after_a_batch_that_was_not_full_entries_gather_for_the_linger(red
         await asyncio.wait_for(task, 5)
     assert again.batches == [[(stream, 3)]]
     assert await pool.fetchval("SELECT count(*) FROM clicks") == 4
+
+
+def test_a_batchs_orphans_are_looked_up_from_a_day_before_its_oldest_click():
+    # The sink hands every stored click id to the orphan lookup: ids in any order, some
+    # not click ids (a replayed record may carry any text).
+    oldest = new_click_id(1_700_000_000_000)
+    ids = [new_click_id(1_700_000_900_000), "not-a-click-id", oldest, new_click_id()]
+    found = unmatched_query(ids)
+    assert found is not None
+    _, (looked_up, since) = found
+    assert sorted(looked_up) == sorted(i for i in ids if i != "not-a-click-id")
+    assert since == click_time(oldest) - timedelta(days=1)
+    assert unmatched_query(["not-a-click-id"]) is None

@@ -131,6 +131,7 @@ _CLICK_ID = re.compile(rb'"click_id":"([^"]+)"')
 # A lander click-through's record ends with its `lp_ms` (the top-level object's last
 # key: a nested object's key cannot be followed by the end of the record).
 _LANDER_CLICK = re.compile(rb'"lp_ms":[0-9]+}$')
+_LANDER_TAIL = len(b'"lp_ms":') + 20 + len(b"}")  # at most 20 digits in a bigint
 
 
 def _id_key(stream_id: bytes) -> tuple[int, int]:
@@ -199,14 +200,17 @@ class ClickSink(StreamConsumer):
     async def store_reads(self, reads: list[Read]) -> None:
         """Write the entries of `reads` (from one or more streams) to Postgres in one
         batch, then acknowledge them, per stream."""
-        payloads = [
-            (entry_id, fields[b"d"])
-            for _, entries in reads
-            for entry_id, fields in entries
-            if fields
-        ]
-        clicks = [p for p in payloads if not _LANDER_CLICK.search(p[1])]
-        lander_clicks = [p for p in payloads if _LANDER_CLICK.search(p[1])]
+        clicks: list[tuple[bytes, bytes]] = []
+        lander_clicks: list[tuple[bytes, bytes]] = []
+        for _, entries in reads:
+            for entry_id, fields in entries:
+                if fields:
+                    payload = fields[b"d"]
+                    # Only the record's tail can say it is a click-through: search just that.
+                    tail = len(payload) - _LANDER_TAIL
+                    part = lander_clicks if _LANDER_CLICK.search(payload, tail) else clicks
+                    part.append((entry_id, payload))
+        payloads = clicks + lander_clicks
         for statement, part in ((INSERT_CLICKS, clicks), (STORE_LANDER_CLICKS, lander_clicks)):
             if not part:
                 continue
