@@ -131,6 +131,7 @@ async def _run_sink(settings: Settings) -> None:
                 claim_idle_ms=settings.sink_claim_idle_ms,
                 on_stored=matcher.rematch,
                 shards=settings.redis_shards,
+                linger_ms=settings.sink_linger_ms,
             )
             sender = DeliverySender(pool, settings, name=sink.consumer)
             loop = asyncio.get_running_loop()

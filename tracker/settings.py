@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     sink_batch_size: int = 2000
     sink_block_ms: int = 500
     sink_claim_idle_ms: int = 30000
+    # After a batch that was not full, the sink waits this long before reading again, so
+    # that under load it writes fewer, bigger batches (each costs a commit and rollup upserts).
+    sink_linger_ms: int = Field(default=200, ge=0, le=5000)
 
     # Unauthenticated failed postbacks (unmatched, invalid, refused) one address may send a
     # minute before it gets 429s; a network's authenticated postbacks are never counted.

@@ -16,8 +16,9 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from tracker.domain.click import CLICK_COLUMNS
-from tracker.sink.stream import Entry, StreamConsumer
+from tracker.sink.stream import Entry, Read, StreamConsumer
 from tracker.store import keys, partitions
+from tracker.store.redis import is_cluster
 from tracker.store.rollups import (
     CLICK_COUNTERS,
     add_to_rollup,
@@ -117,6 +118,7 @@ WITH batch AS (
 )
 {_ADD_TO_ROLLUPS}
 """
+NO_JIT = "SET LOCAL jit = off"
 INSERT_DEAD_LETTER = """
 INSERT INTO click_dead_letters (stream_id, payload, error) VALUES ($1, $2, $3)
 """
@@ -129,6 +131,7 @@ _CLICK_ID = re.compile(rb'"click_id":"([^"]+)"')
 # A lander click-through's record ends with its `lp_ms` (the top-level object's last
 # key: a nested object's key cannot be followed by the end of the record).
 _LANDER_CLICK = re.compile(rb'"lp_ms":[0-9]+}$')
+_LANDER_TAIL = len(b'"lp_ms":') + 20 + len(b"}")  # at most 20 digits in a bigint
 
 
 def _id_key(stream_id: bytes) -> tuple[int, int]:
@@ -152,8 +155,11 @@ class ClickSink(StreamConsumer):
         housekeeping_seconds: float = 2.0,
         on_stored: StoredHook | None = None,
         shards: int = keys.DEFAULT_SHARDS,
+        linger_ms: int = 0,
     ) -> None:
-        super().__init__(redis, consumer, batch_size, block_ms, claim_idle_ms, housekeeping_seconds)
+        super().__init__(
+            redis, consumer, batch_size, block_ms, claim_idle_ms, housekeeping_seconds, linger_ms
+        )
         self.pool = pool
         self.shards = shards
         self._streams = keys.click_streams(shards)
@@ -165,7 +171,16 @@ class ClickSink(StreamConsumer):
         # Not beside a batch being stored: one writer of the rollups per sink, as before.
         async with self._handling:
             await self.trim()
-            await fold_conversion_changes(self.pool)
+            await self.fold_conversions()
+
+    async def fold_conversions(self) -> None:
+        """Fold the recorded conversion changes into the conversion rollups, without JIT:
+        the statement's estimates (every zone, both bases) pass the JIT thresholds, and
+        compiling it cost about a second of CPU per call, every few seconds, for a
+        statement that mostly moves nothing."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(NO_JIT)
+            await fold_conversion_changes(conn)
 
     @property
     def streams(self) -> list[str]:
@@ -173,14 +188,29 @@ class ClickSink(StreamConsumer):
         return self._streams
 
     async def handle(self, stream: str, entries: list[Entry]) -> None:
-        await self.store(entries, stream)
+        await self.store_reads([(stream, entries)])
+
+    async def handle_reads(self, reads: list[Read]) -> None:
+        await self.store_reads(reads)
 
     async def store(self, entries: list[Entry], stream: str = keys.CLICK_STREAM) -> None:
         """Write entries (read from `stream`) to Postgres, then acknowledge them."""
-        ids = [entry_id for entry_id, _ in entries]
-        payloads = [(entry_id, fields[b"d"]) for entry_id, fields in entries if fields]
-        clicks = [p for p in payloads if not _LANDER_CLICK.search(p[1])]
-        lander_clicks = [p for p in payloads if _LANDER_CLICK.search(p[1])]
+        await self.store_reads([(stream, entries)])
+
+    async def store_reads(self, reads: list[Read]) -> None:
+        """Write the entries of `reads` (from one or more streams) to Postgres in one
+        batch, then acknowledge them, per stream."""
+        clicks: list[tuple[bytes, bytes]] = []
+        lander_clicks: list[tuple[bytes, bytes]] = []
+        for _, entries in reads:
+            for entry_id, fields in entries:
+                if fields:
+                    payload = fields[b"d"]
+                    # Only the record's tail can say it is a click-through: search just that.
+                    tail = len(payload) - _LANDER_TAIL
+                    part = lander_clicks if _LANDER_CLICK.search(payload, tail) else clicks
+                    part.append((entry_id, payload))
+        payloads = clicks + lander_clicks
         for statement, part in ((INSERT_CLICKS, clicks), (STORE_LANDER_CLICKS, lander_clicks)):
             if not part:
                 continue
@@ -193,8 +223,21 @@ class ClickSink(StreamConsumer):
             if self.on_stored is not None:
                 click_ids = [m[1].decode() for _, p in payloads if (m := _CLICK_ID.search(p))]
                 await self.on_stored(click_ids)
-        await self.redis.xack(stream, keys.SINK_GROUP, *ids)
+        await self._acknowledge(reads)
         self.stored += len(payloads)
+
+    async def _acknowledge(self, reads: list[Read]) -> None:
+        by_stream: dict[str, list[bytes]] = {}
+        for stream, entries in reads:
+            by_stream.setdefault(stream, []).extend(entry_id for entry_id, _ in entries)
+        if is_cluster(self.redis) or len(by_stream) == 1:
+            for stream, ids in by_stream.items():
+                await self.redis.xack(stream, keys.SINK_GROUP, *ids)
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream, ids in by_stream.items():
+                pipe.xack(stream, keys.SINK_GROUP, *ids)
+            await pipe.execute()
 
     async def _execute(self, statement: str, records: str) -> None:
         """Run a click statement on a batch, creating the partitions it needs if missing."""

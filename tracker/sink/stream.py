@@ -5,6 +5,13 @@ name), then new ones; every `housekeeping_seconds` it claims the entries of
 consumers that died. Entries are acknowledged by `handle` once their effect is
 committed, so a crash only means they are handled again. While Redis or Postgres
 is away the loop backs off, with one warning per outage rather than one a second.
+
+On one Redis a single XREADGROUP reads every stream; on a Redis Cluster (streams in
+different slots) each stream has a reading loop of its own, and what the loops read
+while a batch was being handled is handled together next. After a batch that was not
+full the loop waits `linger_ms` before reading again, so that a busy consumer handles
+fewer, bigger batches: each batch costs a commit and its fixed share of work
+whatever its size.
 """
 
 import asyncio
@@ -19,10 +26,13 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from tracker.store.health import streams_backlog
+from tracker.store.redis import is_cluster
 
 log = logging.getLogger("tracker.sink")
 
 Entry = tuple[bytes, dict[bytes, bytes] | None]
+# Entries read from one stream.
+Read = tuple[str, list[Entry]]
 MAX_BACKOFF_SECONDS = 5.0
 
 
@@ -30,13 +40,23 @@ def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+class _Waiting:
+    """Reads handed to `_handle`, and how their handling ended once it has."""
+
+    __slots__ = ("error", "handled", "reads")
+
+    def __init__(self, reads: list[Read]) -> None:
+        self.reads = reads
+        self.handled = False
+        self.error: BaseException | None = None
+
+
 class StreamConsumer(ABC):
     """A consumer of `stream` (or of each of `streams`) in `group`; subclasses say how
     to `handle` entries.
 
-    Each stream is read by a loop of its own (on a Redis Cluster the streams are in
-    different slots, so one XREADGROUP cannot block on all), with one blocking
-    connection per stream; entries are handled one batch at a time per process.
+    Entries are handled one batch at a time per process: reads that arrive while a
+    batch is in hand wait, and are then handled together (`handle_reads`).
     """
 
     stream: str
@@ -51,6 +71,7 @@ class StreamConsumer(ABC):
         block_ms: int = 500,
         claim_idle_ms: int = 30000,
         housekeeping_seconds: float = 2.0,
+        linger_ms: int = 0,
     ) -> None:
         self.redis = redis
         self.consumer = consumer or default_consumer_name()
@@ -58,8 +79,10 @@ class StreamConsumer(ABC):
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
         self.housekeeping_seconds = housekeeping_seconds
+        self.linger_ms = linger_ms
         self._stopping = asyncio.Event()
         self._handling = asyncio.Lock()
+        self._waiting: list[_Waiting] = []
 
     @property
     def streams(self) -> list[str]:
@@ -71,9 +94,39 @@ class StreamConsumer(ABC):
         """Apply `entries`, read from `stream` (one of `streams`), and acknowledge those
         whose effect is committed."""
 
-    async def _handle(self, stream: str, entries: list[Entry]) -> None:
-        async with self._handling:
+    async def handle_reads(self, reads: list[Read]) -> None:
+        """Apply entries read together from one or more streams, and acknowledge those
+        whose effect is committed; by default `handle` per stream, in turn."""
+        for stream, entries in reads:
             await self.handle(stream, entries)
+
+    async def _handle(self, reads: list[Read]) -> None:
+        """Handle `reads` with every read waiting beside it, one batch at a time; raise
+        what handling them raised."""
+        mine = _Waiting(reads)
+        self._waiting.append(mine)
+        try:
+            async with self._handling:
+                if not mine.handled:
+                    batch, self._waiting = self._waiting, []
+                    error: BaseException | None = None
+                    try:
+                        await self.handle_reads([read for w in batch for read in w.reads])
+                    except BaseException as exc:
+                        error = exc
+                        raise
+                    finally:
+                        if isinstance(error, asyncio.CancelledError):
+                            # Not the others' cancellation: theirs is a batch to read again.
+                            error = RuntimeError(f"handling {self.what} was cancelled")
+                        for w in batch:
+                            w.handled, w.error = True, error
+        except asyncio.CancelledError:
+            if mine in self._waiting:
+                self._waiting.remove(mine)
+            raise
+        if mine.error is not None:
+            raise mine.error
 
     async def housekeep(self) -> None:
         await self.claim_abandoned()
@@ -92,7 +145,12 @@ class StreamConsumer(ABC):
 
     async def run(self) -> None:
         """Read every stream, and housekeep, until `stop`."""
-        await asyncio.gather(*(self._read(stream) for stream in self.streams), self._housekeeping())
+        if is_cluster(self.redis):
+            # Keys of different slots cannot share a call: one blocking read per stream.
+            loops = [self._read([stream]) for stream in self.streams]
+        else:
+            loops = [self._read(self.streams)]
+        await asyncio.gather(*loops, self._housekeeping())
 
     async def _housekeeping(self) -> None:
         failing = False
@@ -106,38 +164,59 @@ class StreamConsumer(ABC):
                 if not failing:
                     log.warning("%s housekeeping failed (%r); retrying", self.what, exc)
                 failing = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.housekeeping_seconds)
+            await self._pause(self.housekeeping_seconds)
 
-    async def _read(self, stream: str) -> None:
-        next_id = "0"
+    async def _pause(self, seconds: float) -> None:
+        """Wait `seconds`, or less if `stop` is called."""
+        if seconds <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _read(self, streams: list[str]) -> None:
+        """Read `streams` in one call at a time: first this consumer's own pending entries
+        (id 0, per stream until it has none), then new ones (id >)."""
+        loop = asyncio.get_running_loop()
+        ids = dict.fromkeys(streams, "0")
         group_ready = False
         failures = 0
         while not self._stopping.is_set():
             try:
                 if not group_ready:
-                    await self.ensure_group(stream)
+                    for stream in streams:
+                        await self.ensure_group(stream)
                     group_ready = True
+                history = "0" in ids.values()
                 reply: Any = await self.redis.xreadgroup(
                     self.group,
                     self.consumer,
-                    {stream: next_id},
+                    ids,  # type: ignore[arg-type]
                     count=self.batch_size,
-                    block=None if next_id == "0" else self.block_ms,
+                    block=None if history else self.block_ms,
                 )
-                entries: list[Entry] = reply[0][1] if reply else []
-                if entries:
-                    await self._handle(stream, entries)
+                read_at = loop.time()
+                reads: list[Read] = []
+                full = False
+                for name, entries in reply or ():
+                    stream = name.decode() if isinstance(name, bytes) else name
+                    if entries:
+                        reads.append((stream, entries))
+                        full = full or len(entries) >= self.batch_size
+                    elif ids.get(stream) == "0":
+                        ids[stream] = ">"  # its own pending entries are all handled
+                if reads:
+                    await self._handle(reads)
                 if failures:
                     log.info("%s consumer working again after %d failures", self.what, failures)
                     failures = 0
-                if next_id == "0" and not entries:
-                    next_id = ">"
+                if reads and not full and not history and self.linger_ms:
+                    # Let entries gather for the next batch, unless this one left some behind.
+                    await self._pause(read_at + self.linger_ms / 1000 - loop.time())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
-                    group_ready = False  # the stream was deleted; recreate the group
+                    group_ready = False  # a stream was deleted; recreate the group
                     continue
                 if not failures:
                     log.warning(
@@ -146,10 +225,8 @@ class StreamConsumer(ABC):
                         exc,
                     )
                 failures += 1
-                next_id = "0"
-                delay = min(0.1 * 2 ** min(failures, 6), MAX_BACKOFF_SECONDS)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
+                ids = dict.fromkeys(streams, "0")
+                await self._pause(min(0.1 * 2 ** min(failures, 6), MAX_BACKOFF_SECONDS))
 
     async def claim_abandoned(self) -> None:
         """Take over entries another consumer read but never acknowledged."""
@@ -175,7 +252,7 @@ class StreamConsumer(ABC):
             start, claimed = reply[0], reply[1]
             if claimed:
                 log.info("claimed %d abandoned %s", len(claimed), self.what)
-                await self._handle(stream, claimed)
+                await self._handle([(stream, claimed)])
             if start in (b"0-0", "0-0") or not claimed:
                 return
 

@@ -14,7 +14,7 @@ import asyncpg
 import orjson
 from redis.asyncio import Redis
 
-from tracker.domain.clickid import click_time
+from tracker.domain.clickid import click_time, is_click_id
 from tracker.domain.text import clean_optional, clean_text
 from tracker.store import keys, partitions
 from tracker.store.batching import BatchedService, Batcher
@@ -167,12 +167,15 @@ def unmatched_query(
     `click_ids` that are click ids (no other can match a click), received since `since`
     (default: a little before the oldest of the clicks was made); None when there is
     none."""
-    times = {click_id: moment for click_id in click_ids if (moment := click_time(click_id))}
-    if not times:
+    ids = [click_id for click_id in click_ids if is_click_id(click_id)]
+    if not ids:
         return None
     if since is None:
-        since = min(times.values()) - ORPHAN_CLOCK_SLACK
-    return SELECT_UNMATCHED_FOR, (list(times), since)
+        # Click ids sort as their times do: one decoded time, not one per id (a sink batch).
+        oldest = click_time(min(ids))
+        assert oldest is not None
+        since = oldest - ORPHAN_CLOCK_SLACK
+    return SELECT_UNMATCHED_FOR, (ids, since)
 
 
 async def unmatched_for(
