@@ -125,3 +125,35 @@ async def test_several_flushes_in_flight_at_once():
     assert await asyncio.wait_for(asyncio.gather(batcher.submit(1), batcher.submit(2)), 5) == [1, 2]
     assert sorted(started) == [[1], [2]]
     await batcher.close()
+
+
+@pytest.mark.parametrize("in_flight", [1, 2])
+async def test_a_batch_that_breaks_oddly_fails_alone_and_the_batcher_serves_on(in_flight: int):
+    """A hook that raises, a flush that returns no list or is cancelled from within: the
+    batch's callers get an error (none waits for ever), later items are written."""
+    broken: dict[str, int] = {"hook": 0}
+
+    async def flush(items: list[str]) -> list[str | BaseException]:
+        if "none" in items:
+            return None  # type: ignore[return-value]
+        if "cancel" in items:
+            raise asyncio.CancelledError
+        return items
+
+    def hook(size: int) -> None:
+        if broken["hook"]:
+            broken["hook"] -= 1
+            raise ValueError("hook")
+
+    batcher: Batcher[str, str] = Batcher(flush, max_batch=1, max_in_flight=in_flight, name="t")
+    batcher.on_batch = hook
+    batcher.start()
+    for bad in ("none", "cancel"):
+        with pytest.raises(Exception):  # noqa: B017 - any error, but an answer
+            await asyncio.wait_for(batcher.submit(bad), 5)
+        assert await asyncio.wait_for(batcher.submit("ok"), 5) == "ok"
+    broken["hook"] = 1
+    with pytest.raises(ValueError, match="hook"):
+        await asyncio.wait_for(batcher.submit("x"), 5)
+    assert await asyncio.wait_for(batcher.submit("ok"), 5) == "ok"
+    await asyncio.wait_for(batcher.close(), 5)

@@ -1,10 +1,12 @@
 """Every route answers its own failures, with no middleware on any app: the answers
 aiohttp's middleware gave before, and the click route reaching its handler directly."""
 
+import asyncio
 import logging
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
@@ -93,3 +95,26 @@ async def test_a_click_failing_unexpectedly_is_a_json_500_without_traceback(
     logged = [r for r in caplog.records if r.name == "tracker.web"]
     assert [r.getMessage() for r in logged] == [f"unhandled error on GET {path}"]
     assert logged[0].exc_info is not None  # the traceback goes to the log, not the client
+
+
+async def test_request_targets_without_a_leading_slash_are_json(
+    client: TestClient[Any, Any],
+) -> None:
+    """`OPTIONS *` (the one method the HTTP parser lets use that target) and targets in
+    absolute form still get a JSON 404, not aiohttp's plain-text one."""
+    url = urlsplit(str(client.make_url("/")))
+    for target in ("*", "http://other.example/x"):
+        reader, writer = await asyncio.open_connection(url.hostname, url.port)
+        try:
+            for _ in range(2):  # twice: the connection stays usable
+                writer.write(f"OPTIONS {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                await writer.drain()
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+                body = await reader.readexactly(length)
+                assert (target, head.split(b" ")[1]) == (target, b"404"), head
+                assert b"application/json" in head, target
+                assert orjson.loads(body) == {"error": "Not Found"}
+        finally:
+            writer.close()
+            await writer.wait_closed()

@@ -157,6 +157,27 @@ class Batcher(Generic[T, R]):
             self._slots.release()
 
     async def _write(self, items: list[T], futures: list["asyncio.Future[R]"]) -> None:
+        """Write a batch and answer its callers, whatever goes wrong: a hook that raises, a
+        flush that returns no list or is cancelled from within. Only a cancellation of the
+        batcher itself goes on up; anything else fails this batch alone, and the batcher
+        keeps serving (its callers may have no deadline of their own)."""
+        try:
+            await self._answer(items, futures)
+        except BaseException as exc:
+            task = asyncio.current_task()
+            stopping = task is not None and task.cancelling() > 0
+            if not isinstance(exc, Exception | asyncio.CancelledError) or stopping:
+                error: BaseException = BatchClosedError(f"{self.name}: batch abandoned")
+            else:
+                error = exc if isinstance(exc, Exception) else RuntimeError(repr(exc))
+            for future in futures:
+                if not future.done():
+                    future.set_exception(error)
+            if stopping or not isinstance(exc, Exception | asyncio.CancelledError):
+                raise
+            log.error("%s: a batch failed: %r", self.name, exc)
+
+    async def _answer(self, items: list[T], futures: list["asyncio.Future[R]"]) -> None:
         self.batches += 1
         self.items += len(items)
         if self.on_batch is not None:

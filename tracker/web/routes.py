@@ -5,6 +5,7 @@ from dataclasses import dataclass, replace
 from importlib import metadata
 
 from aiohttp import web
+from aiohttp.web_urldispatcher import DynamicResource
 from pydantic import BaseModel
 
 from tracker.postbacks import PostbackFields
@@ -350,6 +351,17 @@ Wrapper = Callable[[Handler, str | None], Handler]
 UNMATCHED = "unmatched"
 
 
+class AnyTarget(DynamicResource):
+    """Every request target, those not starting with `/` too (`OPTIONS *`), which a
+    `/{tail:.*}` pattern would leave to aiohttp's own plain-text 404."""
+
+    def __init__(self) -> None:
+        super().__init__("/{tail:.*}")
+
+    def _match(self, path: str) -> dict[str, str] | None:
+        return {"tail": path}
+
+
 async def unrouted(request: web.Request) -> web.StreamResponse:
     """A request no other route of its app takes: 405 when the path is known for other
     methods, else 404, as aiohttp's router answers (routes answer errors themselves, so
@@ -357,7 +369,9 @@ async def unrouted(request: web.Request) -> web.StreamResponse:
     this = request.match_info.route.resource
     allowed: set[str] = set()
     for resource in request.app.router.resources():
-        if resource is not this and not isinstance(resource, web.PrefixedSubAppResource):
+        if resource is not this and not isinstance(
+            resource, web.PrefixedSubAppResource | AnyTarget
+        ):
             allowed |= (await resource.resolve(request))[1]
     if allowed:
         raise web.HTTPMethodNotAllowed(request.method, allowed)
@@ -390,7 +404,11 @@ def answer_per_route(
         raise RuntimeError("answer_per_route: the app's middlewares would run as well")
     if mounted:
         app.router.add_route("*", "", unrouted)
-    app.router.add_route("*", "/{tail:.*}", unrouted)
+        app.router.add_route("*", "/{tail:.*}", unrouted)
+    else:
+        anywhere = AnyTarget()
+        app.router.register_resource(anywhere)
+        anywhere.add_route("*", unrouted)
     # One wrapped handler per handler: a GET and the HEAD aiohttp adds beside it stay one.
     wrapped: dict[Handler, Handler] = {}
     for route in app.router.routes():
