@@ -14,6 +14,16 @@ from tracker.store import keys
 from tracker.store.postback_log import unmatched_query
 
 
+async def drain(sink: ClickSink) -> None:
+    """Run `sink` until the click streams are stored, then stop it."""
+    task = asyncio.create_task(sink.run())
+    try:
+        await wait_for_sink(sink)
+    finally:
+        sink.stop()
+        await asyncio.wait_for(task, 5)
+
+
 def record(click_id: str, cost: str | None = "0.10", **extra):
     return orjson.dumps(
         {
@@ -119,12 +129,7 @@ async def test_every_stream_is_read_and_stored_in_one_batch(redis, pool):
         for j in range(3):
             await redis.xadd(stream, {b"d": record(f"s{i}c{j}")})
     sink = RecordingSink(redis, pool, consumer="one", block_ms=50)
-    task = asyncio.create_task(sink.run())
-    try:
-        await wait_for_sink(sink)
-    finally:
-        sink.stop()
-        await asyncio.wait_for(task, 5)
+    await drain(sink)
     # One XREADGROUP over every stream, one INSERT for all it returned, acked per stream.
     assert sink.batches == [[(stream, 3) for stream in streams]]
     assert await pool.fetchval("SELECT count(*) FROM clicks") == 15
@@ -146,12 +151,7 @@ async def test_own_pending_entries_of_every_stream_are_stored_after_a_restart(re
     await redis.xadd(streams[0], {b"d": record("new")})
     # Claiming is not what stores them here: the restarted sink reads its own pending first.
     again = RecordingSink(redis, pool, consumer="same", block_ms=50, claim_idle_ms=3_600_000)
-    task = asyncio.create_task(again.run())
-    try:
-        await wait_for_sink(again)
-    finally:
-        again.stop()
-        await asyncio.wait_for(task, 5)
+    await drain(again)
     assert await pool.fetchval("SELECT count(*) FROM clicks") == 5
     assert again.batches[0] == [(streams[0], 2), (streams[1], 2)]
 
@@ -244,12 +244,7 @@ async def test_after_a_batch_that_was_not_full_entries_gather_for_the_linger(red
         await asyncio.wait_for(task, 5)
     assert sink.batches == [[(stream, 1)]]
     again = RecordingSink(redis, pool, consumer="idle", block_ms=50)
-    task = asyncio.create_task(again.run())
-    try:
-        await wait_for_sink(again)
-    finally:
-        again.stop()
-        await asyncio.wait_for(task, 5)
+    await drain(again)
     assert again.batches == [[(stream, 3)]]
     assert await pool.fetchval("SELECT count(*) FROM clicks") == 4
 
