@@ -4,17 +4,17 @@ from decimal import Decimal
 
 import orjson
 
+from tests.macro_reference import ClickMacros, render
 from tracker.domain.campaign import CampaignRoute, LanderRoute, OfferRoute
 from tracker.domain.click import (
     CLICK_COLUMNS,
     COPIED_TO_CONVERSION,
-    ClickMacros,
     ClickRecord,
     ParamLimits,
     plan_click,
     visitor_id,
 )
-from tracker.domain.macros import compile_template, render
+from tracker.domain.macros import compile_template
 from tracker.domain.routing import WeightedChoice
 from tracker.domain.visitor import Agent, Geo, Visitor
 

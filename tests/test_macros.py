@@ -4,13 +4,13 @@ from urllib.parse import quote
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tracker.domain.click import ClickMacros, ClickRecord
+from tests.macro_reference import ClickMacros, render
+from tracker.domain.click import ClickRecord
 from tracker.domain.macros import (
     FIELD_MACROS,
     compile_click_template,
     compile_template,
     encode,
-    render,
 )
 
 

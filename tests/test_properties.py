@@ -7,10 +7,11 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.macro_reference import render
 from tracker.domain.clickid import CLICK_ID_LENGTH, click_id_time_ms, is_click_id, new_click_id
 from tracker.domain.dialects import ALIASES, DialectConflict, canonical_params
 from tracker.domain.lifecycle import ALLOWED, CHARGEBACK, STATUSES, decide_change
-from tracker.domain.macros import compile_template, render
+from tracker.domain.macros import compile_template
 from tracker.domain.money import MoneyError, format_money, parse_money
 from tracker.domain.params import VALUE_NAMES, ParamError, first_wins, postback_params
 from tracker.domain.text import clean_text, dirt_in

@@ -134,11 +134,7 @@ class CampaignRoute:
         set_(self, "_uses_uniqueness", any(rule.uses_uniqueness for rule in live))
         set_(self, "_fixed_click_cost", fixed)
         paths = (default, *(rule.path for rule in live))
-        bind = functools.partial(
-            compile_click_template,
-            external_id_param=self.external_id_param,
-            cost_param=self.cost_param,
-        )
+        bind = self._bind
         offers = {offer.id: offer for path in paths for offer in path.offers}
         landers = {lander.id: lander for path in paths for lander in path.landers}
         set_(self, "_offer_urls", {i: (o, bind(o.url)) for i, o in offers.items()})

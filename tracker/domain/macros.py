@@ -3,7 +3,7 @@
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote
 
 _MACRO = re.compile(r"\{([A-Za-z0-9_.\-]{1,64})\}")
@@ -55,19 +55,6 @@ def encode(value: str) -> str:
     return quote(value, safe="")
 
 
-class MacroValues(Protocol):
-    def get(self, name: str, /) -> str | None: ...
-
-
-def render(template: Template, values: MacroValues) -> str:
-    """Substitute macros; unknown or empty macros become the empty string."""
-    parts = list(template)
-    for i in range(1, len(parts), 2):
-        value = values.get(parts[i])
-        parts[i] = encode(value) if value else ""
-    return "".join(parts)
-
-
 # Reads one macro's URL-encoded text off a click record, given the raw value of the
 # source's cost parameter.
 SlotReader = Callable[[Any, str | None], str]
@@ -82,8 +69,7 @@ class ClickTemplate:
     slots: tuple[tuple[int, SlotReader], ...]
 
     def render(self, record: Any, raw_cost: str | None) -> str:
-        """The URL for `record` (a click record); the same text as `render` with the
-        record's `ClickMacros`."""
+        """The URL for `record` (a click record, or any object with its fields)."""
         if not self.slots:
             return self.parts[0]
         parts = list(self.parts)

@@ -1,8 +1,8 @@
 """The click redirect `GET /c/{campaign_key}` and the lander click-through `GET /lp/click`."""
 
-import time
 from dataclasses import dataclass
 from time import perf_counter, time_ns
+from types import SimpleNamespace
 
 from aiohttp import web
 from orjson import dumps
@@ -10,13 +10,11 @@ from orjson import dumps
 from tracker.domain.addresses import AddressRanges
 from tracker.domain.auth import forwarded_client, is_trusted
 from tracker.domain.click import (
-    ClickMacros,
     ParamLimits,
     plan_click,
     visitor_id,
 )
 from tracker.domain.clickid import is_click_id, new_click_id
-from tracker.domain.macros import render
 from tracker.domain.params import clean_free_text, plain_query
 from tracker.domain.text import clean_optional
 from tracker.facts.visitors import VisitorFacts
@@ -241,14 +239,13 @@ async def lander_click(request: web.Request) -> web.StreamResponse:
         record["offer_id"] = offer.id
         try:
             await app[CLICK_WRITER].record_lander_click(
-                record, campaign.ttl_seconds, time.time_ns() // 1_000_000
+                record, campaign.ttl_seconds, time_ns() // 1_000_000
             )
         except ClickWriteError:
             raise ApiError(503, "click could not be recorded, try again") from None
-    macros = ClickMacros(
-        record.get, campaign.external_id_param, campaign.cost_param, record.get("cost")
-    )
-    raise web.HTTPFound(render(offer.url, macros))
+    # The campaign's bound template, as on the click: the record read back gives its fields.
+    url = campaign.offer_url(offer).render(SimpleNamespace(**record), record.get("cost"))
+    raise web.HTTPFound(url)
 
 
 async def probe_campaign(request: web.Request) -> web.StreamResponse:
