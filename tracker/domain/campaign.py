@@ -108,12 +108,8 @@ class CampaignRoute:
     _uses_uniqueness: bool = field(init=False, repr=False, compare=False)
     _fixed_click_cost: Decimal | None = field(init=False, repr=False, compare=False)
     # The offer, lander and bot URLs bound to this campaign's parameter names.
-    _offer_urls: dict[int, tuple[OfferRoute, ClickTemplate]] = field(
-        init=False, repr=False, compare=False
-    )
-    _lander_urls: dict[int, tuple[LanderRoute, ClickTemplate]] = field(
-        init=False, repr=False, compare=False
-    )
+    _offer_urls: dict[int, ClickTemplate] = field(init=False, repr=False, compare=False)
+    _lander_urls: dict[int, ClickTemplate] = field(init=False, repr=False, compare=False)
     bot_click_url: ClickTemplate | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -137,8 +133,8 @@ class CampaignRoute:
         bind = self._bind
         offers = {offer.id: offer for path in paths for offer in path.offers}
         landers = {lander.id: lander for path in paths for lander in path.landers}
-        set_(self, "_offer_urls", {i: (o, bind(o.url)) for i, o in offers.items()})
-        set_(self, "_lander_urls", {i: (lp, bind(lp.url)) for i, lp in landers.items()})
+        set_(self, "_offer_urls", {i: bind(o.url) for i, o in offers.items()})
+        set_(self, "_lander_urls", {i: bind(lp.url) for i, lp in landers.items()})
         set_(self, "bot_click_url", bind(self.bot_url) if self.bot_url is not None else None)
 
     @property
@@ -168,14 +164,12 @@ class CampaignRoute:
 
     def offer_url(self, offer: OfferRoute) -> ClickTemplate:
         """The URL template of one of the campaign's offers, bound to its parameters."""
-        bound = self._offer_urls.get(offer.id)
         # Bound at load; an offer from elsewhere (not on a path of this campaign) now.
-        return bound[1] if bound is not None and bound[0] is offer else self._bind(offer.url)
+        return self._offer_urls.get(offer.id) or self._bind(offer.url)
 
     def lander_url(self, lander: LanderRoute) -> ClickTemplate:
         """The URL template of one of the campaign's landers, bound to its parameters."""
-        bound = self._lander_urls.get(lander.id)
-        return bound[1] if bound is not None and bound[0] is lander else self._bind(lander.url)
+        return self._lander_urls.get(lander.id) or self._bind(lander.url)
 
     def _bind(self, template: Template) -> ClickTemplate:
         return compile_click_template(template, self.external_id_param, self.cost_param)

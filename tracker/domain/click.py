@@ -9,9 +9,9 @@ import base64
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from tracker.domain.campaign import CampaignRoute, FlowPath, LanderRoute, OfferRoute
+from tracker.domain.campaign import CampaignRoute, LanderRoute, OfferRoute
 from tracker.domain.visitor import Visitor
 
 SUB_NAMES = tuple(f"sub{i}" for i in range(1, 11))
@@ -133,11 +133,8 @@ class ClickPlan:
     """A click's record and where its visitor goes."""
 
     record: ClickRecord
-    path: FlowPath
     offer: OfferRoute
     lander: LanderRoute | None
-    # Macro values from the click URL that are not columns of their own.
-    params: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +221,7 @@ def plan_click(
         index,
         is_unique,
     )
-    return ClickPlan(record, path, offer, lander, params)
+    return ClickPlan(record, offer, lander)
 
 
 _SUB_INDEX = {name: i for i, name in enumerate(SUB_NAMES)}

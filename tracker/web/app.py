@@ -48,7 +48,7 @@ from tracker.web.appkeys import (
 from tracker.web.click import click, click_services, cookie_attributes
 from tracker.web.errors import Handler, JsonErrors
 from tracker.web.routes import answer_per_route, setup_routes
-from tracker.web.ui import create_ui_app
+from tracker.web.ui import create_ui_app, session
 
 
 async def postgres_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -252,9 +252,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     answer_per_route(api, behind_key, mounted=True)
     app.add_subapp("/api", api)
     ui = create_ui_app()
-    # The dashboard's middlewares (session, CSRF, HTML errors) run in its routes instead.
-    ui_middlewares = list(ui.middlewares)
-    ui.middlewares.clear()
-    answer_per_route(ui, errors.wrap, ui_middlewares, mounted=True)
+    # The dashboard's middlewares (session, CSRF, HTML errors) run in its routes.
+    answer_per_route(ui, errors.wrap, session.ui_middlewares(), mounted=True)
     app.add_subapp("/ui", ui)
     return app

@@ -1,5 +1,6 @@
 """The click redirect `GET /c/{campaign_key}` and the lander click-through `GET /lp/click`."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter, time_ns
 from types import SimpleNamespace
@@ -76,6 +77,8 @@ class ClickServices:
     writer: ClickWriter
     cookie_attributes: str
     limits: ParamLimits
+    # Where each click's duration goes.
+    timer: Callable[[float], None]
 
 
 async def click_services(app: web.Application) -> None:
@@ -91,6 +94,7 @@ async def click_services(app: web.Application) -> None:
         writer=app[CLICK_WRITER],
         cookie_attributes=app[COOKIE_ATTRIBUTES],
         limits=ParamLimits(settings.click_max_params, settings.click_max_param_length),
+        timer=app[METRICS].route_timer(CLICK_ROUTE, "GET"),
     )
 
 
@@ -190,14 +194,14 @@ async def click(request: web.Request) -> web.StreamResponse:
         if new_visitor:
             response_headers.add(
                 "Set-Cookie",
-                f"{VISITOR_COOKIE}={vid}; Max-Age={VISITOR_COOKIE_SECONDS}{attributes}",
+                f"{VISITOR_COOKIE}={vid}{_VISITOR_MAX_AGE}{attributes}",
             )
         return response
     except Exception as exc:
         return errors.respond(request, exc)
     finally:
         REQUEST_ID.reset(token)
-        errors.metrics.route_timer(CLICK_ROUTE, "GET")(perf_counter() - started)
+        services.timer(perf_counter() - started)
 
 
 async def lander_click(request: web.Request) -> web.StreamResponse:

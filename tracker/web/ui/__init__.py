@@ -9,7 +9,8 @@ from tracker.web.ui.render import static
 
 def create_ui_app() -> web.Application:
     """The dashboard, to mount at /ui; it reads what the main app opened (pool, Redis)."""
-    ui = web.Application(middlewares=session.ui_middlewares())
+    # Its middlewares (session, CSRF, HTML errors) run inside its routes: see create_app.
+    ui = web.Application()
     router = ui.router
     router.add_get("/static/{name}", static)
     router.add_get("/login", session.login_form)
