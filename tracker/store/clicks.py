@@ -108,8 +108,9 @@ _ABSENT: dict[str, Any] = {field.name: None for field in dataclasses.fields(Clic
 # How often a running process looks for spool files left by processes that died.
 ORPHAN_SCAN_SECONDS = 5.0
 
-# (click id, JSON record, TTL in seconds, unique-click key, unique window in seconds)
-ClickWrite = tuple[str, bytes, int, str | None, int]
+# (click id, JSON record, TTL in seconds, unique-click key, unique window in seconds,
+# the shard the id names)
+ClickWrite = tuple[str, bytes, int, str | None, int, int]
 _DECIDED = {1: True, 0: False}
 
 
@@ -280,8 +281,10 @@ class ClickWriter(BatchedService):
         ttl_seconds: int,
         unique_key: str | None = None,
         unique_ttl: int = 0,
+        shard: int | None = None,
     ) -> bool | None:
         """Store one click; return once it is in Redis and on the stream, or in the spool.
+        `shard`: the one the id was made for, when the caller knows it.
 
         With `unique_key` and a `unique_ttl` above 0, the record's `is_unique` (its JSON
         must end in `null}`) is decided in the same round trip and returned; None when
@@ -289,7 +292,9 @@ class ClickWriter(BatchedService):
         The record's TTL in Redis is `ttl_seconds` cut to the hot window."""
         ttl_seconds = self.redis_ttl(ttl_seconds)
         record = compact_record(record)
-        write = (click_id, record, ttl_seconds, unique_key, unique_ttl)
+        if shard is None:
+            shard = click_shard(click_id)
+        write = (click_id, record, ttl_seconds, unique_key, unique_ttl, shard)
         if not self.degraded or self.spool is None:
             try:
                 return await self.batcher.submit(write, self._write_timeout)
@@ -310,12 +315,14 @@ class ClickWriter(BatchedService):
             return ttl_seconds
         return min(ttl_seconds, self.hot_seconds)
 
-    async def check_unique(self, unique_key: str, unique_ttl: int, click_id: str) -> bool | None:
+    async def check_unique(
+        self, unique_key: str, unique_ttl: int, click_id: str, shard: int | None = None
+    ) -> bool | None:
         """Whether the visitor's click is unique, decided ahead of the write (for rules
         that read it); None when Redis does not answer in time. Like the store script,
         the key holds the deciding click's record key, so a call sent again decides the
         same."""
-        mine = keys.click_key(click_id)
+        mine = keys.click_key(click_id, shard)
         try:
             seen = await asyncio.wait_for(
                 self._redis.set(unique_key, mine, ex=unique_ttl, get=True), self._write_timeout
@@ -354,21 +361,21 @@ class ClickWriter(BatchedService):
         concurrently; each click gets its own shard's result or error."""
         if not self._cluster:
             return cast(list[bool | BaseException | None], await self._store(batch))
-        groups = self._by_slot([write[0] for write in batch])
+        groups = self._by_slot(batch)
 
         async def store(indexes: list[int]) -> list[bool | None]:
             return await self._store([batch[i] for i in indexes])
 
         return await per_group(groups, len(batch), store)
 
-    def _by_slot(self, click_ids: list[str]) -> list[list[int]]:
-        """Indexes of `click_ids` grouped by the shard of their keys (one group on a
+    def _by_slot(self, writes: list[ClickWrite]) -> list[list[int]]:
+        """Indexes of `writes` grouped by the shard of their keys (one group on a
         single Redis, where a call may hold keys of any shard)."""
         if not self._cluster:
-            return [list(range(len(click_ids)))]
+            return [list(range(len(writes)))]
         groups: dict[int, list[int]] = {}
-        for i, click_id in enumerate(click_ids):
-            groups.setdefault(click_shard(click_id), []).append(i)
+        for i, write in enumerate(writes):
+            groups.setdefault(write[5], []).append(i)
         return list(groups.values())
 
     def _stream_shard(self, shard: int) -> int:
@@ -388,7 +395,7 @@ class ClickWriter(BatchedService):
         flags, confirmed = await self._call(STORE_CLICKS_SCRIPT, click_keys, args, click_keys[1])
         decided = [_DECIDED.get(flag) for flag in flags]
         if strays:
-            stream = keys.click_stream(self._stream_shard(click_shard(writes[strays[0]][0])))
+            stream = keys.click_stream(self._stream_shard(writes[strays[0]][5]))
             records: list[bytes | int] = [_as_decided(writes[i][1], decided[i]) for i in strays]
             _, stray_confirmed = await self._call(ADD_TO_STREAM_SCRIPT, [stream], records, stream)
             confirmed = confirmed and stray_confirmed
@@ -402,7 +409,7 @@ class ClickWriter(BatchedService):
             await asyncio.gather(
                 *(
                     self.spool.append(click_id, _as_decided(record, flag), ttl, written=True)
-                    for (click_id, record, ttl, _, _), flag in zip(writes, decided, strict=True)
+                    for (click_id, record, ttl, *_), flag in zip(writes, decided, strict=True)
                 )
             )
             self.spooled += len(writes)
@@ -415,8 +422,7 @@ class ClickWriter(BatchedService):
         tags = keys.SHARD_TAGS
         click_keys: list[str] = []
         args: list[bytes | int] = []
-        for click_id, record, ttl, unique_key, unique_ttl in writes:
-            shard = click_shard(click_id)
+        for click_id, record, ttl, unique_key, unique_ttl, shard in writes:
             key = f"{keys.CLICK_PREFIX}{tags[shard]}:{click_id}"
             if unique_key is not None and unique_ttl > 0:
                 click_keys += (stream_keys[shard], key, unique_key or key)
@@ -435,8 +441,7 @@ class ClickWriter(BatchedService):
         click_keys: list[str] = []
         args: list[bytes | int] = []
         strays: list[int] = []
-        for i, (click_id, record, ttl, unique_key, unique_ttl) in enumerate(writes):
-            shard = click_shard(click_id)
+        for i, (click_id, record, ttl, unique_key, unique_ttl, shard) in enumerate(writes):
             stream_shard = self._stream_shard(shard)
             key = keys.click_key(click_id, shard)
             click_keys.append(keys.click_stream(stream_shard))
@@ -594,10 +599,11 @@ class ClickWriter(BatchedService):
                         self.redis_ttl(click.remaining_ttl(now)),
                         None if click.written else click.unique_key,
                         WRITTEN if click.written else click.unique_ttl if click.unique_key else 0,
+                        click_shard(click.click_id),
                     )
                     for click in part
                 ]
-                groups = self._by_slot([write[0] for write in writes])
+                groups = self._by_slot(writes)
                 # Not confirmed by the replicas: spooled again as written, so that the
                 # next replay neither decides uniqueness again nor overwrites the record.
                 await asyncio.gather(

@@ -161,13 +161,15 @@ async def click(request: web.Request) -> web.StreamResponse:
         is_unique = None
         if by_rules:
             # A rule reads it, so it is decided before the path: one more round trip.
-            is_unique = await writer.check_unique(unique_key, unique_ttl, click_id)
+            is_unique = await writer.check_unique(unique_key, unique_ttl, click_id, shard)
             unique_ttl = 0
         plan = plan_click(campaign, visitor, query, click_id, now_ms, services.limits, is_unique)
         record = plan.record
         ttl = campaign.ttl_seconds
         try:
-            decided = await writer.write(click_id, dumps(record), ttl, unique_key, unique_ttl)
+            decided = await writer.write(
+                click_id, dumps(record), ttl, unique_key, unique_ttl, shard
+            )
         except ClickWriteError:
             metrics.count(metrics.clicks, "failed", "true" if record.is_bot else "false")
             raise ApiError(503, "click could not be recorded, try again") from None
