@@ -83,18 +83,6 @@ class PackedConnection(Connection):
             await self.disconnect(nowait=True)
             raise
 
-    async def call_packed(self, packed: bytes, replies: int) -> list[Any]:
-        """Send commands packed already (`pack`) and read their `replies` replies,
-        each a value or the `ResponseError` its command got."""
-        await self.send_packed_command([packed])
-        answers: list[Any] = []
-        for _ in range(replies):
-            try:
-                answers.append(await self.read_response())
-            except ResponseError as exc:  # the connection is still in step: read on
-                answers.append(exc)
-        return answers
-
 
 def pack(*args: bytes | str | int) -> bytes:
     """One command in the Redis protocol (text as UTF-8), to concatenate with others
@@ -138,15 +126,15 @@ class HotCalls:
 
 
 async def _call_packed(conn: Connection, packed: bytes, replies: int) -> list[Any]:
-    if isinstance(conn, PackedConnection):
-        return await conn.call_packed(packed, replies)
-    # A pool of plain connections (a client not made by `create_redis`).
+    """Send commands packed already (`pack`) and read their `replies` replies, each a
+    value or the `ResponseError` its command got; on any connection (a
+    `PackedConnection` sends without its timeout task)."""
     await conn.send_packed_command([packed])
     answers: list[Any] = []
     for _ in range(replies):
         try:
             answers.append(await conn.read_response())
-        except ResponseError as exc:
+        except ResponseError as exc:  # the connection is still in step: read on
             answers.append(exc)
     return answers
 
