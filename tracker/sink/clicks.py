@@ -118,7 +118,6 @@ WITH batch AS (
 )
 {_ADD_TO_ROLLUPS}
 """
-NO_JIT = "SET LOCAL jit = off"
 INSERT_DEAD_LETTER = """
 INSERT INTO click_dead_letters (stream_id, payload, error) VALUES ($1, $2, $3)
 """
@@ -171,16 +170,9 @@ class ClickSink(StreamConsumer):
         # Not beside a batch being stored: one writer of the rollups per sink, as before.
         async with self._handling:
             await self.trim()
-            await self.fold_conversions()
-
-    async def fold_conversions(self) -> None:
-        """Fold the recorded conversion changes into the conversion rollups, without JIT:
-        the statement's estimates (every zone, both bases) pass the JIT thresholds, and
-        compiling it cost about a second of CPU per call, every few seconds, for a
-        statement that mostly moves nothing."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(NO_JIT)
-            await fold_conversion_changes(conn)
+            # Without JIT, as every statement of the pool (see create_pool): compiling
+            # this one cost about a second of CPU per round.
+            await fold_conversion_changes(self.pool)
 
     @property
     def streams(self) -> list[str]:
