@@ -3,7 +3,7 @@
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -303,6 +303,8 @@ class ConversionWriter(BatchedService):
         for i, pb in enumerate(batch):
             result = results[i]
             if result is None:
+                if not pb.is_refund:  # its signature was spent by the batch's statement
+                    pb = replace(pb, signature_claim=None)
                 try:
                     result = await _retrying(
                         lambda: self._with_partitions([pb], lambda: self._update_logged(pb))  # noqa: B023
@@ -331,7 +333,7 @@ class ConversionWriter(BatchedService):
     async def _update_logged(self, pb: ConversionPostback) -> ConversionResult:
         """An update or refund and the postback's log row, in one transaction."""
         async with self._pool.acquire() as conn, conn.transaction():
-            if pb.signature_claim is not None:  # spent with the change, or given back
+            if pb.signature_claim is not None:  # a refund's: spent with the change, or given back
                 signature, receipt_id = pb.signature_claim
                 if await conn.fetchval(signatures.CLAIM, signature, receipt_id) != receipt_id:
                     raise SignatureUsed("signature already used")
