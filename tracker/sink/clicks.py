@@ -160,7 +160,6 @@ class ClickSink(StreamConsumer):
             redis, consumer, batch_size, block_ms, claim_idle_ms, housekeeping_seconds, linger_ms
         )
         self.pool = pool
-        self.shards = shards
         self._streams = keys.click_streams(shards)
         self.on_stored = on_stored
         self.stored = 0

@@ -20,8 +20,9 @@ def sink_metrics(
     sink: ClickSink | None,
     queue: PostbackQueueSink | None,
     sender: DeliverySender,
+    shards: int = keys.DEFAULT_SHARDS,
 ) -> Metrics:
-    metrics = Metrics(shards=sink.shards if sink is not None else keys.DEFAULT_SHARDS)
+    metrics = Metrics(shards=shards)
     watched = metrics
     watched.pools["sink"] = pool
     if sink is not None:
@@ -54,6 +55,6 @@ async def serving_sink_metrics(
     sender: DeliverySender,
 ) -> AsyncIterator[None]:
     """Serve the sink's metrics while the block runs, if a port is set."""
-    metrics = sink_metrics(pool, sink, queue, sender)
+    metrics = sink_metrics(pool, sink, queue, sender, settings.redis_shards)
     async with serving_metrics(metrics, redis, settings.metrics_host, settings.sink_metrics_port):
         yield
