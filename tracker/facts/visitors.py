@@ -47,7 +47,6 @@ class VisitorFacts:
             self._bot_ranges = AddressRanges.of(settings.bot_ip_ranges)
         except ValueError as error:
             raise FactsSettingsError(f"TRACKER_BOT_IP_RANGES: {error}") from None
-        self._check_bot_ranges = bool(self._bot_ranges)
         self._bot_asn_numbers: set[int] = set()
         self._bot_asn_names: set[str] = set()
         for entry in settings.bot_asns:
@@ -85,7 +84,7 @@ class VisitorFacts:
         if address is None:
             return None, NO_GEO, None
         geo = self.geo.locate(address) if is_public(address) else NO_GEO
-        if self._check_bot_ranges and address in self._bot_ranges:
+        if address in self._bot_ranges:
             return address, geo, "ip-range"
         if (geo.asn is not None and geo.asn in self._bot_asn_numbers) or (
             geo.isp is not None and geo.isp.casefold() in self._bot_asn_names
