@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import pytest
@@ -286,11 +287,22 @@ async def store_clicks_late(redis: Redis, pool: asyncpg.Pool, settings: Settings
     """Run a sink, with orphan re-matching, until the click stream is drained; for tests
     whose postbacks arrive before their click is stored."""
     async with orphan_matcher(pool, redis, settings) as matcher:
-        late = ClickSink(redis, pool, consumer="late", block_ms=50, on_stored=matcher.rematch)
-        task = asyncio.create_task(late.run())
-        await wait_for_sink(late)
-        late.stop()
-        await task
+        await drain(ClickSink(redis, pool, consumer="late", block_ms=50, on_stored=matcher.rematch))
+
+
+def clickid_from(location: str) -> str:
+    """The click id a test offer URL (`...?cid={clickid}`) was given."""
+    return parse_qs(urlsplit(location).query)["cid"][0]
+
+
+async def drain(sink: ClickSink) -> None:
+    """Run `sink` until the click streams are stored, then stop it."""
+    task = asyncio.create_task(sink.run())
+    try:
+        await wait_for_sink(sink)
+    finally:
+        sink.stop()
+        await asyncio.wait_for(task, 5)
 
 
 async def click_entries(redis: Redis) -> list[tuple[bytes, dict[bytes, bytes]]]:

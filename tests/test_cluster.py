@@ -8,14 +8,14 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from tests.conftest import BROWSER, Api, start_client
+from tests.conftest import BROWSER, Api, clickid_from, start_client
 from tracker.devstack import RedisClusterServer
 from tracker.domain.clickid import click_shard, new_click_id
 from tracker.settings import Settings
@@ -104,10 +104,6 @@ async def drained(sink: ClickSink, within: float = 30.0) -> None:
             pass
         assert time.monotonic() < deadline, "the sink did not drain the click streams"
         await asyncio.sleep(0.1)
-
-
-def clickid_from(location: str) -> str:
-    return parse_qs(urlsplit(location).query)["cid"][0]
 
 
 async def click(client: Any, path: str, visitor: int) -> str | None:

@@ -1,13 +1,9 @@
 """Click -> postback -> ROI report, through HTTP only."""
 
 from datetime import UTC, datetime
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
-from tests.conftest import wait_for_sink
-
-
-def clickid_from(location: str) -> str:
-    return parse_qs(urlsplit(location).query)["cid"][0]
+from tests.conftest import clickid_from, wait_for_sink
 
 
 async def test_click_postback_report(client, api, sink):

@@ -93,16 +93,20 @@ async def test_concurrent_postbacks_share_commits_and_get_their_own_ids(client, 
     assert client.server.app[CONVERSION_WRITER].batcher.batches < len(sends)
 
 
+# A click as the conversion writer reads it (the fields it copies).
+CLICK = {
+    "click_id": "c1",
+    "created_ms": 1_700_000_000_000,
+    "campaign_id": 1,
+    "offer_id": 1,
+    "traffic_source_id": 1,
+}
+
+
 async def test_a_bad_row_fails_alone(pool):
     writer = ConversionWriter(pool)
     await writer.start()
-    click = {
-        "click_id": "c1",
-        "created_ms": 1_700_000_000_000,
-        "campaign_id": 1,
-        "offer_id": 1,
-        "traffic_source_id": 1,
-    }
+    click = CLICK
 
     def conversion(txid, payout):
         return usd_conversion(click, txid, payout)
@@ -175,13 +179,7 @@ async def test_signatures_are_spent_in_the_batch_that_writes_them(pool):
     receipt; a batch that fails gives its signatures back."""
     writer = ConversionWriter(pool)
     await writer.start()
-    click = {
-        "click_id": "c1",
-        "created_ms": 1_700_000_000_000,
-        "campaign_id": 1,
-        "offer_id": 1,
-        "traffic_source_id": 1,
-    }
+    click = CLICK
 
     def signed(txid, receipt, signature="sha256=" + "a" * 64, **extra):
         return dataclasses.replace(

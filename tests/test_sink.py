@@ -6,22 +6,12 @@ from datetime import timedelta
 
 import orjson
 
-from tests.conftest import wait_for_sink
+from tests.conftest import drain, wait_for_sink
 from tracker.domain.clickid import click_time, new_click_id
 from tracker.sink.clicks import ClickSink
 from tracker.sink.stream import StreamConsumer
 from tracker.store import keys
 from tracker.store.postback_log import unmatched_query
-
-
-async def drain(sink: ClickSink) -> None:
-    """Run `sink` until the click streams are stored, then stop it."""
-    task = asyncio.create_task(sink.run())
-    try:
-        await wait_for_sink(sink)
-    finally:
-        sink.stop()
-        await asyncio.wait_for(task, 5)
 
 
 def record(click_id: str, cost: str | None = "0.10", **extra):
