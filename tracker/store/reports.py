@@ -18,7 +18,7 @@ Cost has two parts. What clicks cost (`cpc`, `auto`, `cpm`, and costs set with
 `cost_value`. Both are exact NUMERIC sums: nothing is rounded.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -38,7 +38,13 @@ from tracker.domain.reports import (
     dimension_column,
 )
 from tracker.store.admin import Conn
-from tracker.store.rollups import CLICK_ROLLUPS, CONVERSION_ROLLUPS, rolled_up_zones
+from tracker.store.rollups import (
+    CLICK_ROLLUPS,
+    CONVERSION_ROLLUPS,
+    ROLLUP_COUNTERS,
+    rolled_up_zones,
+    zone_rollup_keys,
+)
 
 # Id dimension -> (column of clicks and conversions, table of names).
 _ID_COLUMNS = {
@@ -226,7 +232,7 @@ def zone_blocks(
 def _blocks_source(
     table: str,
     keys: str,
-    counters: list[str],
+    counters: Sequence[str],
     blocks: list[Block],
     query: _Query,
     condition: str = "",
@@ -384,8 +390,8 @@ def build_report(
             clicks = _rolled_clicks(source, "r", select, where, dims)
         else:
             fact = CLICK_ROLLUPS[zoned[0]][0]
-            keys = f"zone, day, campaign_id, offer_id, traffic_source_id, {fact}"
-            rows = _blocks_source(zoned[0], keys, [*_ROLLED_CLICKS, "cost"], blocks, query)
+            keys = ", ".join(zone_rollup_keys(fact))
+            rows = _blocks_source(zoned[0], keys, ROLLUP_COUNTERS, blocks, query)
             source = f"(\n        {rows}\n    ) r" + offers_join.format(row="r")
             clicks = _rolled_clicks(source, "r", select, where, dims)
     elif uses_rollups(spec):
@@ -453,10 +459,9 @@ def _merged_zone_groups(
     the sums of a side that makes no group are zero, so its counters read 0 as before."""
     click_table, conversion_table = zoned
     fact = CONVERSION_ROLLUPS[conversion_table][0]
-    keys = f"zone, day, campaign_id, offer_id, traffic_source_id, {fact}"
+    keys = ", ".join(zone_rollup_keys(fact))
     click_counters = [
-        *_ROLLED_CLICKS,
-        "cost",
+        *ROLLUP_COUNTERS,
         *(f"NULL::bigint AS {c}" for c in _ROLLED_CONVERSIONS),
         "NULL::numeric AS revenue",
     ]
