@@ -178,9 +178,6 @@ class ClickSink(StreamConsumer):
         """Every shard's stream, and the one clicks went to before shards existed."""
         return self._streams
 
-    async def handle(self, stream: str, entries: list[Entry]) -> None:
-        await self.store_reads([(stream, entries)])
-
     async def handle_reads(self, reads: list[Read]) -> None:
         await self.store_reads(reads)
 

@@ -23,7 +23,7 @@ from tracker.domain.dialects import DialectConflict, canonical_params
 from tracker.postbacks import FAILED, Outcome, PostbackProcessor
 from tracker.settings import Settings
 from tracker.sink.services import PostbackServices, postback_services
-from tracker.sink.stream import Entry, StreamConsumer
+from tracker.sink.stream import Entry, Read, StreamConsumer
 from tracker.store import keys
 from tracker.store.db import POSTGRES_UNAVAILABLE
 from tracker.store.postback_log import Inbound, PostbackLog, load_inbound
@@ -63,8 +63,9 @@ class PostbackQueueSink(StreamConsumer):
         self.postback_log = postback_log
         self.applied = 0
 
-    async def handle(self, stream: str, entries: list[Entry]) -> None:
-        await self.apply(entries)
+    async def handle_reads(self, reads: list[Read]) -> None:
+        for _, entries in reads:
+            await self.apply(entries)
 
     async def apply(self, entries: list[Entry]) -> None:
         """Apply entries (in order per click), acknowledging each one applied.

@@ -90,15 +90,9 @@ class StreamConsumer(ABC):
         return [self.stream]
 
     @abstractmethod
-    async def handle(self, stream: str, entries: list[Entry]) -> None:
-        """Apply `entries`, read from `stream` (one of `streams`), and acknowledge those
-        whose effect is committed."""
-
     async def handle_reads(self, reads: list[Read]) -> None:
-        """Apply entries read together from one or more streams, and acknowledge those
-        whose effect is committed; by default `handle` per stream, in turn."""
-        for stream, entries in reads:
-            await self.handle(stream, entries)
+        """Apply entries read together from one or more of `streams` (stream, entries),
+        and acknowledge those whose effect is committed."""
 
     async def _handle(self, reads: list[Read]) -> None:
         """Handle `reads` with every read waiting beside it, one batch at a time; raise
