@@ -281,6 +281,20 @@ async def test_three_levels_filters_excludes_sort_and_paging(api, pool):
     ]
     assert page["total_rows"] == 6 and page["totals"]["clicks"] == 17
     assert page["totals"]["revenue"] == "10.00"
+    # A ratio sorts, then the next key, then the dimensions.
+    by_epc = await api.call(
+        "GET", "/api/reports", params={**base, "sort": "-epc,clicks", "limit": "4"}
+    )
+    assert [(r["country"], r["device"], r["sub1"], r["epc"]) for r in by_epc["rows"]] == [
+        ("DE", "mobile", "z1", "3.3333"),
+        ("DE", "mobile", "z2", "0.0000"),
+        ("DE", "desktop", "z1", "0.0000"),
+        ("DE", "mobile", None, "0.0000"),
+    ]
+    # A page past the last group is empty; the totals are still every group's.
+    past = await api.call("GET", "/api/reports", params={**base, "offset": "6"})
+    assert past["rows"] == [] and past["total_rows"] == 6
+    assert past["totals"]["clicks"] == 17 and past["totals"]["revenue"] == "10.00"
 
 
 async def test_names_networks_and_the_campaign_filter(api, pool):

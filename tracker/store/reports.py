@@ -58,10 +58,12 @@ _ID_COLUMNS = {
 _ROLLUP_DIMENSIONS = frozenset({"campaign", "offer", "traffic_source", "day"})
 
 # Campaigns whose conversions carry a cost; names chosen to clash with no conversions column.
-BOOKING_CAMPAIGNS = """(
+_BOOKS = "cost_model IN ('cpa', 'revshare')"
+BOOKING_CAMPAIGNS = f"""(
     SELECT id AS booking_campaign_id, cost_model AS booking_model, cost_value AS booking_value
-    FROM campaigns WHERE cost_model IN ('cpa', 'revshare')
+    FROM campaigns WHERE {_BOOKS}
 ) m"""
+BOOKING_EXISTS = f"SELECT EXISTS (SELECT FROM campaigns WHERE {_BOOKS})"
 # Per approved conversion: `cpa` books cost_value; `revshare` books cost_value percent
 # of the revenue kept (payout less refunds), exactly (the product of two 6-place
 # amounts and 0.01 has 14 places; NULL while the payout awaits an exchange rate).
@@ -69,6 +71,13 @@ BOOKED_COST = """CASE m.booking_model
     WHEN 'cpa' THEN m.booking_value
     WHEN 'revshare' THEN m.booking_value * 0.01 * (v.payout - v.refunded)
 END"""
+
+
+def _booking_join(row: str) -> str:
+    """Each row's campaign's cost per conversion (`m`, NULL for a campaign booking none)."""
+    return f"\n    LEFT JOIN {BOOKING_CAMPAIGNS} ON m.booking_campaign_id = {row}.campaign_id"
+
+
 _CLICK_COUNTERS = ("clicks", "unique_clicks", "bots", "lp_views", "lp_clicks")
 _CONVERSION_COUNTERS = tuple(c for c in COUNTERS if c not in _CLICK_COUNTERS)
 # Ratios as SQL over a group's sums, for sorting; NULL when the denominator is zero.
@@ -365,11 +374,13 @@ def build_report(
     spec: ReportSpec,
     zones: frozenset[str] = frozenset(),
     grain_rows: Mapping[str, float] = BLOCK_ROWS,
-) -> tuple[str, str, list[Any]]:
-    """(rows SQL, totals SQL, parameters) of one report; names come from the catalogue
-    in `domain.reports`, values are parameters. `zones` are those whose per-zone daily
-    rollups are whole (`rollup_zones`); `grain_rows` the rows a block of each grain holds
-    (`block_rows`)."""
+    booking: bool = True,
+) -> tuple[str, list[Any]]:
+    """(SQL, parameters) of one report: its first row the totals, then the page. Names
+    come from the catalogue in `domain.reports`, values are parameters. `zones` are those
+    whose per-zone daily rollups are whole (`rollup_zones`); `grain_rows` the rows a block
+    of each grain holds (`block_rows`); `booking` whether any campaign books a cost per
+    conversion (`BOOKING_EXISTS`: without one, no conversion row looks its campaign up)."""
     query = _Query(spec)
     dims = [f"d{i}" for i in range(len(spec.group_by))]
     offers_join = " JOIN offers o ON o.id = {row}.offer_id" if _needs_offers(spec) else ""
@@ -378,7 +389,7 @@ def build_report(
     blocks = zone_blocks(spec, zoned[0], grain_rows) if zoned is not None else None
 
     if zoned is not None and not spec.events:
-        grouped = _merged_zone_groups(spec, query, zoned, dims, offers_join, blocks)
+        grouped = _merged_zone_groups(spec, query, zoned, dims, offers_join, blocks, booking)
         return _assemble(spec, query, dims, grouped=grouped)
     if zoned is not None:
         select = ", ".join(
@@ -436,7 +447,7 @@ def build_report(
     WHERE {" AND ".join(where)}
     {"GROUP BY " + ", ".join(dims) if dims else ""}"""
 
-    conversions = _raw_conversions(spec, query, dims, offers_join)
+    conversions = _raw_conversions(spec, query, dims, offers_join, booking)
     return _assemble(spec, query, dims, clicks, conversions)
 
 
@@ -451,6 +462,7 @@ def _merged_zone_groups(
     dims: list[str],
     offers_join: str,
     blocks: list[Block] | None,
+    booking: bool,
 ) -> str:
     """The groups of a report on the per-zone rollups in one pass: the click rows and the
     conversion rows (and the changes not folded yet) side by side, each with the other's
@@ -510,6 +522,13 @@ def _merged_zone_groups(
     where = _zone_conditions(spec, query, days=blocks is None)
     named = {"bot_clicks": "bots"}
     offers_r = offers_join.format(row="r")
+    booked, booking_join = "", ""
+    if booking:
+        booked = """ + coalesce(sum(CASE m.booking_model
+                   WHEN 'cpa' THEN m.booking_value * r.conversions
+                   WHEN 'revshare' THEN m.booking_value * 0.01 * r.revenue
+               END), 0)"""
+        booking_join = _booking_join("r")
     # sum_bigint (migration 0019): a running bigint, no numeric per group and counter.
     counters = ", ".join(
         f"coalesce(sum_bigint(r.{c}), 0) AS {named.get(c, c)}"
@@ -518,12 +537,8 @@ def _merged_zone_groups(
     return f"""
     SELECT {select}{counters},
            coalesce(sum(r.revenue), 0) AS revenue,
-           coalesce(sum(r.cost), 0) + coalesce(sum(CASE m.booking_model
-                   WHEN 'cpa' THEN m.booking_value * r.conversions
-                   WHEN 'revshare' THEN m.booking_value * 0.01 * r.revenue
-               END), 0) AS cost
-    FROM {source} r
-    LEFT JOIN {BOOKING_CAMPAIGNS} ON m.booking_campaign_id = r.campaign_id{offers_r}
+           coalesce(sum(r.cost), 0){booked} AS cost
+    FROM {source} r{booking_join}{offers_r}
     WHERE {" AND ".join(where)}
     {"GROUP BY " + ", ".join(dims) if dims else ""}
     HAVING sum_bigint(r.clicks) + sum_bigint(r.bot_clicks) > 0
@@ -531,7 +546,9 @@ def _merged_zone_groups(
            + sum_bigint(r.rejected) + sum_bigint(r.chargebacks) > 0"""
 
 
-def _raw_conversions(spec: ReportSpec, query: _Query, dims: list[str], offers_join: str) -> str:
+def _raw_conversions(
+    spec: ReportSpec, query: _Query, dims: list[str], offers_join: str, booking: bool
+) -> str:
     moment = "v.click_time" if spec.conversion_time == "click" else "v.created_at"
     select = ", ".join(
         f"{_dimension_sql(n, 'v', moment)} AS {d}" for n, d in zip(spec.group_by, dims, strict=True)
@@ -543,6 +560,10 @@ def _raw_conversions(spec: ReportSpec, query: _Query, dims: list[str], offers_jo
         for i, name in enumerate(spec.events)
     )
     offers_v = offers_join.format(row="v")
+    booked, booking_join = "NULL::numeric", ""
+    if booking:
+        booked = f"sum({BOOKED_COST}) FILTER (WHERE v.status = 'approved')"
+        booking_join = _booking_join("v")
     conversions = f"""
     SELECT {select + "," if select else ""}
            count(*) FILTER (WHERE v.status = 'approved') AS conversions,
@@ -552,10 +573,9 @@ def _raw_conversions(spec: ReportSpec, query: _Query, dims: list[str], offers_jo
            count(*) FILTER (WHERE v.status = 'chargeback') AS chargebacks,
            count(*) FILTER (WHERE v.status = 'approved' AND v.payout IS NULL) AS unconverted,
            sum(v.payout - v.refunded) FILTER (WHERE v.status = 'approved') AS revenue,
-           sum({BOOKED_COST}) FILTER (WHERE v.status = 'approved') AS booked_cost
+           {booked} AS booked_cost
            {", " + events if events else ""}
-    FROM conversions v
-    LEFT JOIN {BOOKING_CAMPAIGNS} ON m.booking_campaign_id = v.campaign_id{offers_v}
+    FROM conversions v{booking_join}{offers_v}
     WHERE {" AND ".join(where)}
     {"GROUP BY " + ", ".join(dims) if dims else ""}"""
     return conversions
@@ -568,8 +588,8 @@ def _assemble(
     clicks: str = "",
     conversions: str = "",
     grouped: str = "",
-) -> tuple[str, str, list[Any]]:
-    """The page and the totals of the groups: the click and the conversion sums merged by
+) -> tuple[str, list[Any]]:
+    """The totals of the groups and their page: the click and the conversion sums merged by
     the dimensions, or the groups `grouped` gives already (dimensions, counters, revenue,
     cost)."""
     event_columns = [f"event_{i}" for i in range(len(spec.events))]
@@ -609,51 +629,62 @@ WITH k AS ({clicks}
     {"GROUP BY " + ", ".join(dims) if dims else ""}
 )"""
     )
-    names = []
+    # The page: its groups sorted, and their names joined (a lookup per page row, by key).
+    values = (*COUNTERS, *event_columns, "revenue", "cost")
+    names, joins = [], []
     for name, d in zip(spec.group_by, dims, strict=True):
         if name in _ID_COLUMNS:
-            table = _ID_COLUMNS[name][1]
-            names.append(f"(SELECT n.name FROM {table} n WHERE n.id = g.{d}) AS {d}_name")
-    order = []
-    for key, descending in spec.sort:
+            names.append(f"n_{d}.name AS {d}_name")
+            joins.append(f"LEFT JOIN {_ID_COLUMNS[name][1]} n_{d} ON n_{d}.id = p.{d}")
+    order, keys = [], []
+    for i, (key, descending) in enumerate(spec.sort):
         if key in spec.group_by:
-            expr = f"g.{dims[spec.group_by.index(key)]}"
+            column = dims[spec.group_by.index(key)]
         elif key in _RATIO_SQL:
-            expr = f"({_RATIO_SQL[key]})"
+            # A ratio is sorted on as a column of the page, so that the page and the
+            # totals row can be sorted together by output columns.
+            column = f"x_sort{i}"
+            keys.append(f"{_RATIO_SQL[key]} AS {column}")
         elif key.startswith("event:"):
-            expr = f"g.event_{spec.events.index(key.removeprefix('event:'))}"
+            column = f"event_{spec.events.index(key.removeprefix('event:'))}"
         else:
-            expr = f"g.{key}"
-        order.append(f"{expr} {'DESC' if descending else 'ASC'} NULLS LAST")
-    order += [f"g.{d} ASC NULLS LAST" for d in dims]
+            column = key
+        order.append(f"{column} {'DESC' if descending else 'ASC'} NULLS LAST")
+    order += [f"{d} ASC NULLS LAST" for d in dims]
+    order_by = f"ORDER BY {', '.join(order)}" if order else ""
     limit = query.param(spec.limit, "bigint")
     offset = query.param(spec.offset, "bigint")
-    # The totals ride along on every row of the page (windows see every group before the
-    # LIMIT): one pass over the data. Only an empty page needs `totals_sql`.
-    window_totals = ", ".join(
-        ["count(*) OVER () AS t_groups"]
-        + [f"sum(g.{c}) OVER () AS t_{c}" for c in (*COUNTERS, *event_columns, "revenue", "cost")]
+    # The totals over every group come first, as a row of their own (x_part 0): one pass
+    # over the groups, sent once rather than beside every row of the page. The union's
+    # columns are named by its first part, the page.
+    totals = ", ".join(
+        ["count(*) AS groups"]
+        + [f"coalesce(sum_bigint({c}), 0) AS {c}" for c in (*COUNTERS, *event_columns)]
+        + ["coalesce(sum(revenue), 0) AS revenue", "coalesce(sum(cost), 0) AS cost"]
     )
-    # Names are looked up for the page only (ordered again: the page's order, by the
-    # same keys, over its rows).
-    order_by = f"ORDER BY {', '.join(order)}" if order else ""
-    rows_sql = f"""{common}
-SELECT g.*{"".join(", " + n for n in names)}
+    page_columns = ", ".join(
+        ["1 AS x_part", *(f"p.{d}" for d in dims), *(f"p.{c}" for c in values), *names,
+         *(f"p.{k.rsplit(' AS ', 1)[1]}" for k in keys), "NULL::bigint AS x_groups"]
+    )  # fmt: skip
+    total_columns = ", ".join(
+        ["0", *("NULL" for _ in dims), *(f"t.{c}" for c in values), *("NULL" for _ in names),
+         *("NULL" for _ in keys), "t.groups"]
+    )  # fmt: skip
+    sql = f"""{common}, t AS (
+    SELECT {totals} FROM g
+)
+SELECT {page_columns}
 FROM (
-    SELECT g.*, {window_totals}
+    SELECT g.*{"".join(", " + k for k in keys)}
     FROM g
     {order_by}
     LIMIT {limit} OFFSET {offset}
-) g
-{order_by}"""
-    total_sums = ", ".join(
-        [f"coalesce(sum({c}), 0)::bigint AS {c}" for c in (*COUNTERS, *event_columns)]
-        + ["coalesce(sum(revenue), 0) AS revenue", "coalesce(sum(cost), 0) AS cost"]
-    )
-    totals_sql = f"""{common}
-SELECT count(*) AS groups, {total_sums}
-FROM g"""
-    return rows_sql, totals_sql, query.args
+) p
+{chr(10).join(joins)}
+UNION ALL
+SELECT {total_columns} FROM t
+ORDER BY x_part{"".join(", " + o for o in order)}"""
+    return sql, query.args
 
 
 async def _block_rows_for(
@@ -666,6 +697,10 @@ async def _block_rows_for(
     return await block_rows(conn)
 
 
+# The columns of a report row that are sums (not dimensions, names or helpers).
+_VALUE_PREFIXES = (*COUNTERS, "event_", "revenue", "cost")
+
+
 async def fetch_report(
     pool: asyncpg.Pool, spec: ReportSpec, time_limit: float
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -675,24 +710,20 @@ async def fetch_report(
         await conn.execute(SET_REPORT_MEMORY)
         # Read in the report's transaction: a zone listed here has whole rollups.
         zones = await rolled_up_zones(conn)
-        rows_sql, totals_sql, args = build_report(
-            spec, zones, await _block_rows_for(conn, spec, zones)
-        )
-        rows = await conn.fetch(rows_sql, *args, timeout=time_limit)
-        if rows:
-            first = rows[0]
-            totals = {k.removeprefix("t_"): v for k, v in first.items() if k.startswith("t_")}
-        else:
-            found = await conn.fetchrow(totals_sql, *args[:-2], timeout=time_limit)
-            assert found is not None
-            totals = dict(found)
-    dims = [f"d{i}" for i in range(len(spec.group_by))]
-    out = []
-    for row in rows:
-        item = {k: v for k, v in row.items() if not k.startswith("t_")}
-        for name, d in zip(spec.group_by, dims, strict=True):
-            item[dimension_column(name)] = item.pop(d)
-            if f"{d}_name" in item:
-                item[f"{name}_name"] = item.pop(f"{d}_name")
-        out.append(item)
+        grain_rows = await _block_rows_for(conn, spec, zones)
+        booking = bool(await conn.fetchval(BOOKING_EXISTS))
+        sql, args = build_report(spec, zones, grain_rows, booking)
+        found = await conn.fetch(sql, *args, timeout=time_limit)
+    # The first row is the totals' (`build_report`), the page follows: the sums, then
+    # each dimension under its own name (and its name's), by column position.
+    columns = list(found[0].keys())
+    sums = [(i, k) for i, k in enumerate(columns) if k.startswith(_VALUE_PREFIXES)]
+    totals = {k: found[0][i] for i, k in sums}
+    totals["groups"] = found[0]["x_groups"]
+    picks = list(sums)
+    for i, name in enumerate(spec.group_by):
+        picks.append((columns.index(f"d{i}"), dimension_column(name)))
+        if f"d{i}_name" in columns:
+            picks.append((columns.index(f"d{i}_name"), f"{name}_name"))
+    out = [{k: row[i] for i, k in picks} for row in found[1:]]
     return out, totals
