@@ -466,7 +466,8 @@ def _merged_zone_groups(
 ) -> str:
     """The groups of a report on the per-zone rollups in one pass: the click rows and the
     conversion rows (and the changes not folded yet) side by side, each with the other's
-    counters NULL, summed by the dimensions at once. A group is one the clicks or the
+    counters NULL (a conversion row's cost is what its campaign books for it), summed by
+    the dimensions at once. A group is one the clicks or the
     conversions make (their net clicks or conversions are not zero), as in the raw rows;
     the sums of a side that makes no group are zero, so its counters read 0 as before."""
     click_table, conversion_table = zoned
@@ -498,11 +499,8 @@ def _merged_zone_groups(
             conversion_table, keys, conversion_counters, blocks, query, f" AND basis = {basis}"
         )
         changes_in_range = f"WHERE {moment} >= $1 AND {moment} < $2"
-    # The rollup rows, and the conversion changes the sink has not folded into them yet.
-    source = f"""(
-        {clicks}
-        UNION ALL
-        {conversions}
+    # The conversion rollup rows, and the changes the sink has not folded into them yet.
+    conversion_rows = f"""{conversions}
         UNION ALL
         SELECT $3::text, ({moment} AT TIME ZONE $3::text)::date,
                c.campaign_id, c.offer_id, c.traffic_source_id, c.{fact},
@@ -514,7 +512,24 @@ def _merged_zone_groups(
                CASE c.status WHEN 'chargeback' THEN c.sign ELSE 0 END,
                CASE WHEN c.status = 'approved' AND c.payout IS NULL THEN c.sign ELSE 0 END,
                CASE WHEN c.status = 'approved' THEN c.sign * (c.payout - c.refunded) END
-        FROM conversion_changes c {changes_in_range}
+        FROM conversion_changes c {changes_in_range}"""
+    if booking:
+        # The cost their campaigns book per conversion, as the conversion rows' cost: the
+        # click rows (the most) look no campaign up.
+        conversion_rows = f"""SELECT {", ".join(f"u.{k}" for k in zone_rollup_keys(fact))},
+               {", ".join(f"u.{c}" for c in _ROLLED_CLICKS)},
+               CASE m.booking_model
+                   WHEN 'cpa' THEN m.booking_value * u.conversions
+                   WHEN 'revshare' THEN m.booking_value * 0.01 * u.revenue
+               END AS cost,
+               {", ".join(f"u.{c}" for c in (*_ROLLED_CONVERSIONS, "revenue"))}
+        FROM (
+        {conversion_rows}
+        ) u{_booking_join("u")}"""
+    source = f"""(
+        {clicks}
+        UNION ALL
+        {conversion_rows}
     )"""
     select = "".join(
         f"{_zone_dimension_sql(n)} AS {d}, " for n, d in zip(spec.group_by, dims, strict=True)
@@ -522,13 +537,6 @@ def _merged_zone_groups(
     where = _zone_conditions(spec, query, days=blocks is None)
     named = {"bot_clicks": "bots"}
     offers_r = offers_join.format(row="r")
-    booked, booking_join = "", ""
-    if booking:
-        booked = """ + coalesce(sum(CASE m.booking_model
-                   WHEN 'cpa' THEN m.booking_value * r.conversions
-                   WHEN 'revshare' THEN m.booking_value * 0.01 * r.revenue
-               END), 0)"""
-        booking_join = _booking_join("r")
     # sum_bigint (migration 0019): a running bigint, no numeric per group and counter.
     counters = ", ".join(
         f"coalesce(sum_bigint(r.{c}), 0) AS {named.get(c, c)}"
@@ -537,8 +545,8 @@ def _merged_zone_groups(
     return f"""
     SELECT {select}{counters},
            coalesce(sum(r.revenue), 0) AS revenue,
-           coalesce(sum(r.cost), 0){booked} AS cost
-    FROM {source} r{booking_join}{offers_r}
+           coalesce(sum(r.cost), 0) AS cost
+    FROM {source} r{offers_r}
     WHERE {" AND ".join(where)}
     {"GROUP BY " + ", ".join(dims) if dims else ""}
     HAVING sum_bigint(r.clicks) + sum_bigint(r.bot_clicks) > 0
