@@ -17,7 +17,13 @@ from tracker.domain.clickid import new_click_id
 from tracker.settings import Settings
 from tracker.store import keys
 from tracker.store.clicks import ClickWriter
-from tracker.store.redis import HotCalls, PackedConnection, create_redis, pack
+from tracker.store.redis import (
+    HotCalls,
+    PackedConnection,
+    PackedUnixConnection,
+    create_redis,
+    pack,
+)
 
 ARGS: list[tuple[Any, ...]] = [
     ("GET", "k"),
@@ -158,15 +164,42 @@ async def test_hot_calls_close_after_the_pool_was_reset(packed: Redis) -> None:
     assert not conn.is_connected
 
 
-async def test_tls_and_unix_socket_urls_keep_their_connection_classes() -> None:
+async def test_tls_urls_keep_their_connection_class() -> None:
     single = create_redis("rediss://127.0.0.1:1/0")
-    unix = create_redis("unix:///tmp/nowhere.sock")
     cluster: Any = create_redis("rediss://127.0.0.1:1/0", cluster=True)
     try:
         assert single.connection_pool.connection_class is SSLConnection
-        assert unix.connection_pool.connection_class is UnixDomainSocketConnection
         assert all(node.connection_class is SSLConnection for node in cluster.startup_nodes)
     finally:
         await single.aclose()
-        await unix.aclose()
         await cluster.aclose()
+
+
+async def test_a_unix_socket_packs_too_and_stores_clicks(tmp_path: Any) -> None:
+    server = RedisServer(tmp_path / "redis", free_port(), persistent=False)
+    server.start()
+    redis = create_redis(server.unix_url())
+    writer = ClickWriter(redis)
+    await writer.start()
+    try:
+        await redis.set("k", "v")
+        conn = await redis.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            assert isinstance(conn, PackedUnixConnection)
+            assert isinstance(conn, UnixDomainSocketConnection)
+        finally:
+            await redis.connection_pool.release(conn)
+        hot = HotCalls(redis)
+        assert await hot.call(pack("GET", "k") + pack("INCR", "n"), 2) == [b"v", 1]
+        await hot.close()
+        click_id = new_click_id()
+        await writer.write(click_id, b'{"n":1}', 60)
+        assert orjson.loads(await redis.get(keys.click_key(click_id))) == {"n": 1}
+        # The same server over TCP sees what the socket wrote.
+        tcp = create_redis(server.url())
+        assert await tcp.get("k") == b"v"
+        await tcp.aclose()
+    finally:
+        await writer.close()
+        await redis.aclose()
+        server.stop()

@@ -150,6 +150,10 @@ class RedisServer:
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
+    def unix_url(self, db: int = 0) -> str:
+        """The same server on its Unix socket (no TCP stack between it and a local client)."""
+        return f"unix://{self.root / 'redis.sock'}?db={db}"
+
     def start(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -169,6 +173,10 @@ class RedisServer:
                 str(self.port),
                 "--bind",
                 "127.0.0.1",
+                "--unixsocket",
+                str(self.root / "redis.sock"),
+                "--unixsocketperm",
+                "700",
                 "--dir",
                 str(self.root),
                 "--logfile",
@@ -329,6 +337,10 @@ class RedisClusterServer:
                 str(port),
                 "--bind",
                 "127.0.0.1",
+                "--unixsocket",
+                str(self.root / "redis.sock"),
+                "--unixsocketperm",
+                "700",
                 "--dir",
                 str(directory),
                 "--logfile",

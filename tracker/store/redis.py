@@ -5,7 +5,7 @@ from typing import Any, cast
 import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import Connection
+from redis.asyncio.connection import AbstractConnection, Connection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -19,7 +19,7 @@ from tracker.settings import Settings
 _hiredis_pack: Callable[[tuple[Any, ...]], bytes] = hiredis.pack_command
 
 
-class PackedConnection(Connection):
+class _Packed(AbstractConnection):
     """redis-py's connection, with its two per-command costs in Python taken out:
     commands are packed by hiredis (C) in one buffer, and a write the socket takes
     at once is not wrapped in a timeout task. Replies are parsed by redis-py's
@@ -82,6 +82,14 @@ class PackedConnection(Connection):
         except BaseException:
             await self.disconnect(nowait=True)
             raise
+
+
+class PackedConnection(_Packed, Connection):
+    """A TCP connection (`redis://`) that packs and sends as `_Packed` does."""
+
+
+class PackedUnixConnection(_Packed, UnixDomainSocketConnection):
+    """A Unix socket connection (`unix://`) that packs and sends as `_Packed` does."""
 
 
 def pack(*args: bytes | str | int) -> bytes:
@@ -147,8 +155,9 @@ def create_redis(
     Every command gives up after `timeout` seconds, so a frozen Redis costs a
     caller a bounded wait. A command that finds its pooled connection dead (Redis
     restarted) is retried once on a fresh one; a timed-out command is not retried,
-    which would double the wait. Its connections are `PackedConnection`s (`redis://`;
-    `rediss://` and `unix://` keep redis-py's own).
+    which would double the wait. Its connections pack commands with hiredis
+    (`PackedConnection` for `redis://`, `PackedUnixConnection` for `unix://`; `rediss://`
+    keeps redis-py's own).
 
     With `cluster`, `url` names one node of a Redis Cluster and the client finds the
     others and follows slots as they move (a failover). It is typed as `Redis`: every
@@ -183,6 +192,10 @@ def create_redis(
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         connection_class=PackedConnection,
     )
+    pool = redis.connection_pool
+    # The URL's scheme chose the class: a Unix socket's gets the same packing.
+    if pool.connection_class is UnixDomainSocketConnection:
+        pool.connection_class = PackedUnixConnection
     return redis
 
 
