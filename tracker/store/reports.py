@@ -714,7 +714,9 @@ async def fetch_report(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The page of groups the spec asks for, each with its sums, and the totals over
     every group (with `groups`, their number). TimeoutError past `time_limit` seconds."""
-    async with pool.acquire() as conn, conn.transaction(readonly=True):
+    # One snapshot for every read below: the zones, the statistics, whether a campaign
+    # books a cost per conversion, and the report agree with each other.
+    async with pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
         await conn.execute(SET_REPORT_MEMORY)
         # Read in the report's transaction: a zone listed here has whole rollups.
         zones = await rolled_up_zones(conn)
