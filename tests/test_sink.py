@@ -79,6 +79,19 @@ async def test_bad_entry_goes_to_dead_letters_and_the_rest_is_stored(redis, pool
     assert b'"bad"' in dead["payload"].encode()
 
 
+async def test_text_and_params_are_stored_as_the_record_has_them(redis, pool, sink):
+    odd = 'q"uote \\back\\slash /slash \u2028 \t tab 日本 😀 \u00e9'
+    params = {"k": odd, "nested": {"n": [1, "2", None, True]}, "num": "0.0042", "e": ""}
+    await redis.xadd(
+        keys.CLICK_STREAM,
+        {b"d": record("odd", sub1=odd, user_agent=odd, referrer=None, params=params)},
+    )
+    await wait_for_sink(sink)
+    row = await pool.fetchrow("SELECT sub1, user_agent, referrer, params FROM clicks")
+    assert (row["sub1"], row["user_agent"], row["referrer"]) == (odd, odd, None)
+    assert row["params"] == params
+
+
 async def test_clicks_reach_postgres(client, api, pool, sink):
     setup = await api.setup_campaign()
     path = "/c/" + setup["campaign"]["key"]

@@ -78,7 +78,7 @@ def _insert_conversions(signed: bool) -> str:
     replays = "\nUNION ALL\nSELECT NULL, NULL, NULL, idx FROM replays" if signed else ""
     return f"""
 WITH input AS (
-    SELECT * FROM jsonb_to_recordset($1::text::jsonb) AS r(
+    SELECT * FROM json_to_recordset($1::text::json) AS r(
         idx integer, click_id text, dedupe_key text, txid text, parent_txid text,
         network_id bigint, {_COPIED_TYPES}, click_params jsonb,
         click_ms bigint, payout numeric, currency text, original_payout numeric,

@@ -47,7 +47,7 @@ ORDER BY starts
 # The UTC days of a batch of click records, by the rule the sink stores them with.
 CLICK_BATCH_DAYS = """
 SELECT DISTINCT date_trunc('day', click_created_at(click_id, created_ms), 'UTC') AS day
-FROM jsonb_to_recordset($1::text::jsonb) AS r(click_id text, created_ms bigint)
+FROM json_to_recordset($1::text::json) AS r(click_id text, created_ms bigint)
 """
 
 
