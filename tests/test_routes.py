@@ -2,6 +2,7 @@
 aiohttp's middleware gave before, and the click route reaching its handler directly."""
 
 import asyncio
+import gc
 import logging
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,6 +33,34 @@ async def test_no_app_has_middleware_and_the_click_route_is_its_handler(
     assert [r.handler for r in clicks] == [click.click]
     # Every other route is wrapped: none is a bare handler of a module.
     assert all(r.handler.__qualname__.endswith("answered") for r in routes if r not in clicks)
+
+
+async def test_requests_leave_no_reference_cycles(
+    client: TestClient[Any, Any], api: Api, sink: Any
+) -> None:
+    """A request's objects are freed when it ends, not left in a cycle for the garbage
+    collector's passes (each such pass a pause every request waits through)."""
+    setup = await api.setup_campaign()
+    path = "/c/" + setup["campaign"]["key"]
+    resp = await client.get(path, allow_redirects=False)
+    click_id = urlsplit(resp.headers["Location"]).query.removeprefix("cid=")
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what a pass finds unreachable is kept, to be looked at
+    try:
+        for _ in range(5):
+            assert (await client.get(path, allow_redirects=False)).status == 302
+        assert (await client.get("/c/nope", allow_redirects=False)).status == 404
+        await api.call("GET", "/api/campaigns")
+        await client.get("/api/campaigns")  # 401
+        await client.get("/nope")  # 404
+        params = {"clickid": click_id, "token": setup["network"]["postback_token"]}
+        assert (await client.get("/postback", params=params)).status == 200
+        gc.collect()
+        cyclic = [type(o).__name__ for o in gc.garbage if isinstance(o, web.BaseRequest)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert cyclic == []
 
 
 async def test_unknown_paths_and_methods_are_json(client: TestClient[Any, Any]) -> None:
