@@ -2,8 +2,10 @@
 line of a request; secrets masked; the access log."""
 
 import contextlib
+import gc
 import ipaddress
 import logging
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,12 +13,12 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestServer, make_mocked_request
 
 from tracker.domain.addresses import AddressRanges
 from tracker.logs import JsonFormatter, OncePerInterval, Throttled, mask_secrets
 from tracker.metrics import Metrics
-from tracker.web.access import JsonAccessLogger, access_logger
+from tracker.web.access import JsonAccessLogger, RequestTag, access_logger
 from tracker.web.app import create_app, handler_args
 from tracker.web.appkeys import TRUSTED_PROXIES
 from tracker.web.errors import error_middleware
@@ -184,6 +186,27 @@ async def test_an_untrusted_peers_request_id_is_not_believed(aiohttp_client):
     client = await aiohttp_client(app)
     resp = await client.get("/fail", headers={"X-Request-Id": "forged-1"})
     assert (await resp.json())["request_id"] != "forged-1"
+
+
+def test_a_tag_keeps_its_id_after_its_request_is_gone():
+    """A line logged late (a task the request started) still carries the request's id,
+    though the tag keeps nothing of the request."""
+    app = web.Application()
+    app[TRUSTED_PROXIES] = AddressRanges([ipaddress.ip_network("127.0.0.1/32")])
+    given = make_mocked_request("GET", "/", headers={"X-Request-Id": "proxy-7"}, app=app)
+    given._transport_peername = ("127.0.0.1", 1)
+    forged = make_mocked_request("GET", "/", headers={"X-Request-Id": "forged"}, app=app)
+    forged._transport_peername = ("10.0.0.9", 1)
+    plain = make_mocked_request("GET", "/", app=app)
+    tags = [RequestTag(request) for request in (given, forged, plain)]
+    ref = weakref.ref(given)
+    del given, forged, plain
+    gc.collect()
+    assert ref() is None
+    ids = [tag() for tag in tags]
+    assert ids[0] == "proxy-7"
+    assert all(len(i) == 16 and i != "forged" for i in ids[1:]) and ids[1] != ids[2]
+    assert [tag() for tag in tags] == ids  # made once
 
 
 async def test_access_log_lines(settings, api):

@@ -3,7 +3,6 @@
 import logging
 import os
 import re
-import weakref
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -18,32 +17,29 @@ _GIVEN_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 
 
 class RequestTag:
-    """A request's id, made the first time a line is logged: the X-Request-Id a trusted
-    proxy sent, else 16 random hex digits.
+    """A request's id: the X-Request-Id a trusted proxy sent, else 16 random hex digits,
+    made the first time a line is logged.
 
-    The tag is kept in the request, so it holds the request by a weak reference: a
-    strong one would make a cycle of every request's objects, which only the garbage
-    collector's passes could free (a pause of milliseconds under load, and CPU)."""
+    The tag is kept in the request and keeps nothing of it: a reference back would make a
+    cycle of every request's objects, which only the garbage collector's passes could free
+    (a pause of milliseconds under load, and CPU). A given id is judged when the tag is
+    made, which costs one header lookup when there is none."""
 
-    __slots__ = ("_request", "_value")
+    __slots__ = ("_value",)
 
     def __init__(self, request: web.Request) -> None:
-        self._request = weakref.ref(request)
-        self._value: str | None = None
+        given = request.headers.get("X-Request-Id")
+        self._value: str | None = (
+            given
+            if given is not None
+            and _GIVEN_ID.fullmatch(given)
+            and is_trusted(request.remote, request.config_dict[TRUSTED_PROXIES])
+            else None
+        )
 
     def __call__(self) -> str:
         if self._value is None:
-            request = self._request()
-            given = request.headers.get("X-Request-Id") if request is not None else None
-            if (
-                request is not None
-                and given is not None
-                and _GIVEN_ID.fullmatch(given)
-                and is_trusted(request.remote, request.config_dict[TRUSTED_PROXIES])
-            ):
-                self._value = given
-            else:
-                self._value = os.urandom(8).hex()
+            self._value = os.urandom(8).hex()
         return self._value
 
 
