@@ -3,16 +3,19 @@
 import asyncio
 import fcntl
 import os
+import signal
 import time
 
 import orjson
 import pytest
 
 from tests.conftest import click_entries
+from tracker.devstack import RedisServer, free_port
 from tracker.domain.clickid import new_click_id
 from tracker.store import keys
 from tracker.store.batching import Batcher, BatchQueueFullError
 from tracker.store.clicks import ClickWriter
+from tracker.store.redis import create_redis
 from tracker.store.spool import ClickSpool, encode_click, read_clicks, release
 
 
@@ -167,6 +170,42 @@ async def test_a_written_click_spooled_for_its_replicas_is_written_again_only_if
     assert await redis.get(keys.click_key(lost)) == spooled[lost]
     assert 590 <= await redis.ttl(keys.click_key(lost)) <= 600
     assert [orjson.loads(f[b"d"])["click_id"] for _, f in await click_entries(redis)] == [lost]
+
+
+@pytest.mark.faults
+async def test_a_uniqueness_check_on_a_frozen_redis_gives_up_in_time(tmp_path):
+    """Undecided (None) within the write timeout while Redis is frozen, and decided again
+    once it thaws: the connection that timed out is not reused half-read."""
+    server = RedisServer(tmp_path / "redis", free_port(), persistent=False)
+    server.start()
+    redis = create_redis(server.url(), timeout=5.0)
+    # With a spool, as the web app runs it: a click waits for Redis only so long.
+    writer = ClickWriter(redis, ClickSpool(tmp_path / "spool"), write_timeout=0.25)
+    await writer.start()
+    try:
+        first = new_click_id()
+        assert await writer.check_unique("uv:1:f", 60, first) is True
+        assert server.process is not None
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            frozen = await asyncio.gather(
+                *(writer.check_unique("uv:1:f", 60, new_click_id()) for _ in range(5))
+            )
+            waited = time.monotonic() - started
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        print(f"frozen redis: {frozen} after {waited:.2f} s")
+        assert frozen == [None] * 5 and waited < 2.0
+        # Thawed: decided again (the checks sent while frozen ran on the thaw, and each
+        # set the key, as any later click of the visitor does).
+        again = new_click_id()
+        assert await writer.check_unique("uv:1:f", 60, again) is False
+        assert await writer.check_unique("uv:1:g", 60, again) is True
+    finally:
+        await writer.close()
+        await redis.aclose()
+        server.stop()
 
 
 async def test_a_click_stored_twice_keeps_its_first_uniqueness(redis):

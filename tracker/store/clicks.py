@@ -324,9 +324,16 @@ class ClickWriter(BatchedService):
         same."""
         mine = keys.click_key(click_id, shard)
         try:
-            seen = await asyncio.wait_for(
-                self._redis.set(unique_key, mine, ex=unique_ttl, get=True), self._write_timeout
-            )
+            # A deadline, not a task around the call (as `wait_for` makes); on a single
+            # Redis the command goes packed on the writer's own connections.
+            async with asyncio.timeout(self._write_timeout):
+                if self._hot is not None:
+                    command = pack(b"SET", unique_key, mine, b"EX", unique_ttl, b"GET")
+                    (seen,) = await self._hot.call(command)
+                    if isinstance(seen, ResponseError):
+                        return None
+                else:
+                    seen = await self._redis.set(unique_key, mine, ex=unique_ttl, get=True)
         except (RedisError, RedisClusterException, OSError, TimeoutError):
             return None
         return seen is None or seen == mine.encode()
