@@ -225,6 +225,12 @@ async def block_rows(conn: Conn | asyncpg.Pool) -> dict[str, float]:
     return {grain: rows[grain] / rows["day"] for grain in GRAINS}
 
 
+def _may_read_blocks(spec: ReportSpec, table: str) -> bool:
+    """Whether blocks exist for the daily rollup `table` and the report can read them (it
+    has no time dimension)."""
+    return table in _BLOCKS and not set(spec.group_by) & _ZONE_TIMES
+
+
 def zone_blocks(
     spec: ReportSpec, table: str, rows: Mapping[str, float] = BLOCK_ROWS
 ) -> list[Block] | None:
@@ -232,7 +238,7 @@ def zone_blocks(
     of its days (the fewest rows by `rows`, a block's rows by grain), when blocks exist for
     it, the report has no time dimension and they save reading; else None (the days are
     read as a range)."""
-    if table not in _BLOCKS or set(spec.group_by) & _ZONE_TIMES:
+    if not _may_read_blocks(spec, table):
         return None
     blocks = day_blocks(*_local_days(spec), rows)
     return blocks if any(grain != "day" for grain, _, _ in blocks) else None
@@ -451,7 +457,8 @@ def build_report(
     return _assemble(spec, query, dims, clicks, conversions)
 
 
-_ROLLED_CLICKS = ("clicks", "bot_clicks", "unique_clicks", "lp_views", "lp_clicks")
+# The click rollups' counters but their cost (which the conversion rows fill with booked cost).
+_ROLLED_CLICKS = tuple(c for c in ROLLUP_COUNTERS if c != "cost")
 _ROLLED_CONVERSIONS = ("conversions", "leads", "pending", "rejected", "chargebacks", "unconverted")
 
 
@@ -467,8 +474,8 @@ def _merged_zone_groups(
     """The groups of a report on the per-zone rollups in one pass: the click rows and the
     conversion rows (and the changes not folded yet) side by side, each with the other's
     counters NULL (a conversion row's cost is what its campaign books for it), summed by
-    the dimensions at once. A group is one the clicks or the
-    conversions make (their net clicks or conversions are not zero), as in the raw rows;
+    the dimensions at once. A group is one the clicks or the conversions make (their net
+    clicks or conversions are not zero), as in the raw rows;
     the sums of a side that makes no group are zero, so its counters read 0 as before."""
     click_table, conversion_table = zoned
     fact = CONVERSION_ROLLUPS[conversion_table][0]
@@ -700,7 +707,7 @@ async def _block_rows_for(
 ) -> Mapping[str, float]:
     """`block_rows`, read only for a report that may read blocks."""
     zoned = zone_rollup(spec, zones)
-    if zoned is None or zoned[0] not in _BLOCKS or set(spec.group_by) & _ZONE_TIMES:
+    if zoned is None or not _may_read_blocks(spec, zoned[0]):
         return BLOCK_ROWS
     return await block_rows(conn)
 
