@@ -150,9 +150,13 @@ class RedisServer:
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
+    @property
+    def socket_path(self) -> Path:
+        return self.root / "redis.sock"
+
     def unix_url(self, db: int = 0) -> str:
         """The same server on its Unix socket (no TCP stack between it and a local client)."""
-        return f"unix://{self.root / 'redis.sock'}?db={db}"
+        return f"unix://{self.socket_path}?db={db}"
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
@@ -174,7 +178,7 @@ class RedisServer:
                 "--bind",
                 "127.0.0.1",
                 "--unixsocket",
-                str(self.root / "redis.sock"),
+                str(self.socket_path),
                 "--unixsocketperm",
                 "700",
                 "--dir",
@@ -337,10 +341,6 @@ class RedisClusterServer:
                 str(port),
                 "--bind",
                 "127.0.0.1",
-                "--unixsocket",
-                str(self.root / "redis.sock"),
-                "--unixsocketperm",
-                "700",
                 "--dir",
                 str(directory),
                 "--logfile",
