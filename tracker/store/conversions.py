@@ -3,7 +3,7 @@
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -303,8 +303,6 @@ class ConversionWriter(BatchedService):
         for i, pb in enumerate(batch):
             result = results[i]
             if result is None:
-                if not pb.is_refund:  # its signature was spent by the batch's statement
-                    pb = replace(pb, signature_claim=None)
                 try:
                     result = await _retrying(
                         lambda: self._with_partitions([pb], lambda: self._update_logged(pb))  # noqa: B023
@@ -333,9 +331,10 @@ class ConversionWriter(BatchedService):
     async def _update_logged(self, pb: ConversionPostback) -> ConversionResult:
         """An update or refund and the postback's log row, in one transaction."""
         async with self._pool.acquire() as conn, conn.transaction():
-            if pb.signature_claim is not None:  # a refund's: spent with the change, or given back
-                signature, receipt_id = pb.signature_claim
-                if await conn.fetchval(signatures.CLAIM, signature, receipt_id) != receipt_id:
+            # A refund's signature is spent with the change, or given back with it; any
+            # other postback's was spent by the batch's statement that met the conversion.
+            if pb.is_refund and pb.signature_claim is not None:
+                if not await signatures.claim(conn, *pb.signature_claim):
                     raise SignatureUsed("signature already used")
             result, conversion_id = await (
                 self._refund(conn, pb) if pb.is_refund else self._update(conn, pb)
@@ -385,7 +384,7 @@ class ConversionWriter(BatchedService):
         lock = (LOCK_CONVERSION, pb.click["click_id"], pb.dedupe_key, pb.click_ms)
         row = await conn.fetchrow(*lock)
         if row is None:  # the conflicting row was rolled back: this one creates
-            # Its signature is already spent in this transaction (`_update_logged`).
+            # Its signature was spent by the batch's statement that met that row.
             inserted = await conn.fetch(INSERT_CONVERSIONS, orjson.dumps([pb.as_row(0)]).decode())
             if inserted:
                 return CREATED, int(inserted[0]["id"])

@@ -14,6 +14,8 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from tracker.store.admin import Conn
+
 # Twice the window in which a signature's timestamp is accepted at all.
 KEEP_FOR = timedelta(seconds=600)
 
@@ -30,6 +32,12 @@ LIMIT 1
 """
 RELEASE = "DELETE FROM postback_signatures WHERE signature = $1 AND receipt_id = $2"
 DELETE_EXPIRED = "DELETE FROM postback_signatures WHERE claimed_at < $1"
+
+
+async def claim(conn: Conn | asyncpg.Pool, signature: str, receipt_id: str) -> bool:
+    """Claim `signature` for `receipt_id`; False when another receipt holds it."""
+    holder = await conn.fetchval(CLAIM, signature, receipt_id)
+    return bool(holder == receipt_id)
 
 
 async def release(pool: asyncpg.Pool, signature: str, receipt_id: str) -> None:
