@@ -205,10 +205,10 @@ class ClickWriter(BatchedService):
         # connections of the writer's own (a cluster client routes per node instead).
         self._hot = None if self._cluster else HotCalls(redis)
         # The stream key of each shard a click id can name (see `_stream_shard`).
-        self._stream_keys = [keys.click_stream(n % shards) for n in range(MAX_SHARDS)]
         self.batcher: Batcher[ClickWrite, bool | None] = Batcher(
             self._flush, max_batch, "click-writer", max_in_flight, max_pending
         )
+        self._stream_keys = [keys.click_stream(self._stream_shard(n)) for n in range(MAX_SHARDS)]
         self.spool = spool
         self._write_timeout = write_timeout if spool is not None else None
         self._probe_seconds = probe_seconds
@@ -247,28 +247,28 @@ class ClickWriter(BatchedService):
     async def close(self) -> None:
         """Write what is queued; with Redis up, replay the spool so none is left behind."""
         await self.batcher.close()
-        if self.spool is None:
-            if self._hot is not None:
-                await self._hot.close()
-            return
+        if self.spool is not None:
+            await self._close_spool(self.spool)
+        if self._hot is not None:
+            await self._hot.close()
+
+    async def _close_spool(self, spool: ClickSpool) -> None:
         if self._replayer is not None:
             self._closing = True  # a cancellation turned into another error still ends it
             self._replayer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._replayer
             self._replayer = None
-        await self.spool.batcher.close()
-        if self._held or self.spool.has_clicks:
+        await spool.batcher.close()
+        if self._held or spool.has_clicks:
             try:
                 await asyncio.wait_for(self._ping_and_replay(), 5)
             except Exception as exc:
                 log.warning("spooled clicks left for the next start: %r", exc)
-        await self.spool.close()
+        await spool.close()
         for spool_file in self._held:
             release(spool_file, remove=False)
         self._held.clear()
-        if self._hot is not None:
-            await self._hot.close()
 
     async def _ping_and_replay(self) -> None:
         await self._redis.ping()
@@ -402,7 +402,7 @@ class ClickWriter(BatchedService):
         flags, confirmed = await self._call(STORE_CLICKS_SCRIPT, click_keys, args, click_keys[1])
         decided = [_DECIDED.get(flag) for flag in flags]
         if strays:
-            stream = keys.click_stream(self._stream_shard(writes[strays[0]][5]))
+            stream = self._stream_keys[writes[strays[0]][5]]
             records: list[bytes | int] = [_as_decided(writes[i][1], decided[i]) for i in strays]
             _, stray_confirmed = await self._call(ADD_TO_STREAM_SCRIPT, [stream], records, stream)
             confirmed = confirmed and stray_confirmed
@@ -451,7 +451,7 @@ class ClickWriter(BatchedService):
         for i, (click_id, record, ttl, unique_key, unique_ttl, shard) in enumerate(writes):
             stream_shard = self._stream_shard(shard)
             key = keys.click_key(click_id, shard)
-            click_keys.append(keys.click_stream(stream_shard))
+            click_keys.append(self._stream_keys[shard])
             click_keys.append(key)
             unique = unique_key is not None and unique_ttl > 0
             if unique_key and unique:

@@ -58,9 +58,8 @@ def unique_visitor_key(campaign_id: int, visitor_id: str, shard: int = 0) -> str
 
 def click_key(click_id: str, shard: int | None = None) -> str:
     """The record's key; `shard` when the caller has read it from the id already."""
-    return (
-        f"{CLICK_PREFIX}{shard_tag(click_shard(click_id) if shard is None else shard)}:{click_id}"
-    )
+    tag = SHARD_TAGS[click_shard(click_id) if shard is None else shard]
+    return f"{CLICK_PREFIX}{tag}:{click_id}"
 
 
 def auth_failures_key(address: str) -> str:
