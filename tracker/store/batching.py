@@ -166,14 +166,16 @@ class Batcher(Generic[T, R]):
         except BaseException as exc:
             task = asyncio.current_task()
             stopping = task is not None and task.cancelling() > 0
-            if not isinstance(exc, Exception | asyncio.CancelledError) or stopping:
+            # The batcher itself is stopping (or the process is exiting): no batch goes on.
+            fatal = stopping or not isinstance(exc, Exception | asyncio.CancelledError)
+            if fatal:
                 error: BaseException = BatchClosedError(f"{self.name}: batch abandoned")
             else:
                 error = exc if isinstance(exc, Exception) else RuntimeError(repr(exc))
             for future in futures:
                 if not future.done():
                     future.set_exception(error)
-            if stopping or not isinstance(exc, Exception | asyncio.CancelledError):
+            if fatal:
                 raise
             log.error("%s: a batch failed: %r", self.name, exc)
 
