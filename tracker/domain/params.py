@@ -45,12 +45,7 @@ def first_wins(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
 
 def clean_free_text(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
     """Click parameters: first occurrence wins, every value cleaned, nothing refused."""
-    out: dict[str, str] = {}
-    for name, value in pairs:
-        name = clean_text(name)
-        if name not in out:
-            out[name] = clean_text(value)
-    return out
+    return {name: clean_text(value) for name, value in first_wins(pairs).items()}
 
 
 def plain_query(raw_query: str) -> dict[str, str] | None:

@@ -71,7 +71,8 @@ class ClickServices:
     errors: JsonErrors
     metrics: Metrics
     config: ConfigCache
-    settings: Settings
+    # A CDN's country header besides Cloudflare's, read from a trusted proxy ("": none).
+    country_header: str
     trusted: AddressRanges
     facts: VisitorFacts
     writer: ClickWriter
@@ -88,7 +89,7 @@ async def click_services(app: web.Application) -> None:
         errors=app[ERRORS],
         metrics=app[METRICS],
         config=app[CONFIG],
-        settings=settings,
+        country_header=settings.country_header,
         trusted=app[TRUSTED_PROXIES],
         facts=app[VISITOR_FACTS],
         writer=app[CLICK_WRITER],
@@ -128,9 +129,9 @@ async def click(request: web.Request) -> web.StreamResponse:
         cdn_country = None
         ip = peer
         if trusted and is_trusted(peer, trusted):  # once per click: the peer is a proxy of ours
-            settings = services.settings
+            country_header = services.country_header
             cdn_country = headers.get(CF_COUNTRY_HEADER) or (
-                headers.get(settings.country_header) if settings.country_header else None
+                headers.get(country_header) if country_header else None
             )
             forwarded = headers.getall("X-Forwarded-For", ())
             if forwarded:

@@ -40,6 +40,9 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# The metrics' name of requests no route takes.
+UNMATCHED = "unmatched"
+
 
 def _default(value: Any) -> Any:
     if isinstance(value, Decimal):
@@ -145,7 +148,7 @@ class JsonErrors:
         """Where the request's duration goes; `route` None: the route it matched."""
         if route is None:
             resource = request.match_info.route.resource
-            route = resource.canonical if resource is not None else "unmatched"
+            route = resource.canonical if resource is not None else UNMATCHED
         method = request.method if request.method in _METHODS else "other"
         return self.metrics.route_timer(route, method)
 

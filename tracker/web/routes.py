@@ -22,6 +22,7 @@ from tracker.web import (
     upload,
 )
 from tracker.web.admin import RESOURCES, AffiliateNetworks, ListQuery, ResourceViews
+from tracker.web.errors import UNMATCHED
 from tracker.web.openapi import JSON, Answer, Documented, Method, Op, document_routes
 from tracker.web.responses import (
     CostOut,
@@ -170,12 +171,12 @@ def _postback_paths() -> list[Route]:
 
 
 PUBLIC: tuple[Route, ...] = (
-    Route("GET", "/c/{campaign_key}", click.click, Op(
+    Route("GET", click.CLICK_ROUTE, click.click, Op(
         "Record a click and redirect to its lander or offer", "clicks",
         {302: REDIRECT}, errors=(404, 503), parameters=(CLICK_PARAMS,),
         description="A bot may instead get the campaign's bot URL or a 404.",
     )),
-    Route("HEAD", "/c/{campaign_key}", click.probe_campaign, Op(
+    Route("HEAD", click.CLICK_ROUTE, click.probe_campaign, Op(
         "Check a click URL (no click is recorded)", "clicks",
         {200: NO_BODY, 404: Answer("Unknown campaign", media=None)},
     )),
@@ -347,8 +348,6 @@ def _version() -> str:
 
 Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 Wrapper = Callable[[Handler, str | None], Handler]
-# The metrics' name of requests no route takes.
-UNMATCHED = "unmatched"
 
 
 class AnyTarget(DynamicResource):
