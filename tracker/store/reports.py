@@ -651,7 +651,7 @@ WITH k AS ({clicks}
         if name in _ID_COLUMNS:
             names.append(f"n_{d}.name AS {d}_name")
             joins.append(f"LEFT JOIN {_ID_COLUMNS[name][1]} n_{d} ON n_{d}.id = p.{d}")
-    order, keys = [], []
+    order, sorts = [], {}  # sorts: a ratio's page column -> its SQL
     for i, (key, descending) in enumerate(spec.sort):
         if key in spec.group_by:
             column = dims[spec.group_by.index(key)]
@@ -659,7 +659,7 @@ WITH k AS ({clicks}
             # A ratio is sorted on as a column of the page, so that the page and the
             # totals row can be sorted together by output columns.
             column = f"x_sort{i}"
-            keys.append(f"{_RATIO_SQL[key]} AS {column}")
+            sorts[column] = _RATIO_SQL[key]
         elif key.startswith("event:"):
             column = f"event_{spec.events.index(key.removeprefix('event:'))}"
         else:
@@ -679,18 +679,18 @@ WITH k AS ({clicks}
     )
     page_columns = ", ".join(
         ["1 AS x_part", *(f"p.{d}" for d in dims), *(f"p.{c}" for c in values), *names,
-         *(f"p.{k.rsplit(' AS ', 1)[1]}" for k in keys), "NULL::bigint AS x_groups"]
+         *(f"p.{c}" for c in sorts), "NULL::bigint AS x_groups"]
     )  # fmt: skip
     total_columns = ", ".join(
         ["0", *("NULL" for _ in dims), *(f"t.{c}" for c in values), *("NULL" for _ in names),
-         *("NULL" for _ in keys), "t.groups"]
+         *("NULL" for _ in sorts), "t.groups"]
     )  # fmt: skip
     sql = f"""{common}, t AS (
     SELECT {totals} FROM g
 )
 SELECT {page_columns}
 FROM (
-    SELECT g.*{"".join(", " + k for k in keys)}
+    SELECT g.*{"".join(f", {sql} AS {c}" for c, sql in sorts.items())}
     FROM g
     {order_by}
     LIMIT {limit} OFFSET {offset}
