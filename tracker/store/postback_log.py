@@ -341,17 +341,15 @@ def dumps_with_log(rows: list[dict[str, Any]]) -> str:
     does, and the rows written again."""
     try:
         data = orjson.dumps(rows)
+        if b"\\u0000" not in data:
+            return data.decode()
     except orjson.JSONEncodeError:
-        data = b"\\u0000"
-    if b"\\u0000" in data:
-        rows = [
-            {**row, "log": log_fields(entry)}
-            if isinstance(entry := row.get("log"), Inbound)
-            else row
-            for row in rows
-        ]
-        data = orjson.dumps(rows)
-    return data.decode()
+        pass
+    rows = [
+        {**row, "log": log_fields(entry)} if isinstance(entry := row.get("log"), Inbound) else row
+        for row in rows
+    ]
+    return orjson.dumps(rows).decode()
 
 
 def dump_inbound(inbound: Inbound) -> bytes:
