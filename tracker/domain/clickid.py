@@ -10,36 +10,16 @@ stream are derivable from the id alone, whatever the number of shards in use.
 
 import os
 import re
+import secrets
 import time
 import zlib
 from datetime import UTC, datetime, timedelta
 
 CLICK_ID_LENGTH = 29  # 144 bits / 5 bits per character, rounded up
-_RANDOM_BYTES = 12  # 96 bits
 _VALID = re.compile(r"[0-9a-v]{29}")
 _ALPHABET = "0123456789abcdefghijklmnopqrstuv"
 # Every pair of characters, indexed by the 10 bits they encode.
 _PAIRS = tuple(a + b for a in _ALPHABET for b in _ALPHABET)
-
-
-class _RandomPool:
-    """Random bytes from the OS, fetched in blocks: one syscall per 512 ids."""
-
-    def __init__(self, block: int = _RANDOM_BYTES * 512) -> None:
-        self._block = block
-        self._buffer = b""
-        self._pos = block
-
-    def take(self) -> int:
-        if self._pos >= self._block:
-            self._buffer = os.urandom(self._block)
-            self._pos = 0
-        start = self._pos
-        self._pos = start + _RANDOM_BYTES
-        return int.from_bytes(self._buffer[start : self._pos], "big")
-
-
-_random = _RandomPool()
 
 
 MAX_SHARDS = 512  # the 9 bits of a click id that name its shard
@@ -48,16 +28,16 @@ _SHARD_MASK = MAX_SHARDS - 1
 
 def new_click_id(now_ms: int | None = None, shard: int | None = None) -> str:
     """Return a new click id stamped with `now_ms` (default: the current time), in
-    `shard` (0 to 511; default: the random bits decide).
+    `shard` (0 to 511; default: a random one).
 
-    The same text as base32hex of the 6-byte time and 12 random bytes. With a shard,
-    built from whole characters: the time's, cached for the millisecond; random ones
-    straight from the pool; and the shard's tail."""
+    The same text as base32hex of the 6-byte time and 12 random bytes, built from whole
+    characters: the time's, cached for the millisecond; random ones straight from the
+    pool; and the shard's tail."""
     if now_ms is None:
         now_ms = time.time_ns() // 1_000_000
     if shard is None:
-        return _encode((now_ms << 97) | (_random.take() << 1))
-    if not 0 <= shard < MAX_SHARDS:
+        shard = secrets.randbelow(MAX_SHARDS)
+    elif not 0 <= shard < MAX_SHARDS:
         raise ValueError(f"shard {shard} is not in 0..{MAX_SHARDS - 1}")
     head = _heads.get(now_ms)
     if head is None:
