@@ -82,7 +82,7 @@ def compile_click_template(
     template: Template, external_id_param: str, cost_param: str
 ) -> ClickTemplate:
     """Bind `template` to a campaign whose source names its external id and cost
-    parameters so (the order of precedence is `ClickMacros.get`'s)."""
+    parameters so (`_slot_reader` says which source each macro reads)."""
     slots = tuple(
         (index, _slot_reader(template[index], external_id_param, cost_param))
         for index in range(1, len(template), 2)
