@@ -12,6 +12,7 @@ from tracker.domain.click import (
     ClickRecord,
     ParamLimits,
     plan_click,
+    stored_json,
     visitor_id,
 )
 from tracker.domain.macros import compile_template
@@ -85,6 +86,7 @@ def test_bot_visitors_are_marked():
 def test_record_json_ends_with_is_unique_for_the_store_to_decide():
     record = plan_click(campaign(), VISITOR, {}, "id", 1, LIMITS).record
     assert orjson.dumps(record).endswith(b'"is_unique":null}')
+    assert stored_json(record).endswith(b',"is_unique":null}')
 
 
 def test_every_column_is_a_record_field_and_conversions_copy_stored_columns():

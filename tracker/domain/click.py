@@ -9,7 +9,10 @@ import base64
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from operator import attrgetter
+
+import orjson
 
 from tracker.domain.campaign import CampaignRoute, LanderRoute, OfferRoute
 from tracker.domain.visitor import Visitor
@@ -126,6 +129,24 @@ class ClickRecord:
     # The rule whose path the click took (-1: the default path), for the lander click.
     path: int = -1
     is_unique: bool | None = None
+
+
+# Every member but `is_unique`, in the record's order, and a getter of their values.
+_STORED_MEMBERS = tuple(f.name for f in fields(ClickRecord) if f.name != "is_unique")
+_stored_values = attrgetter(*_STORED_MEMBERS)
+
+
+def stored_json(record: ClickRecord) -> bytes:
+    """The record as Redis and the stream keep it: JSON without its null members (about
+    half a typical click's bytes; readers and the sink take a missing member as null),
+    and `is_unique` last even when null, as the store decides it by that `null}` tail."""
+    members = {
+        name: value
+        for name, value in zip(_STORED_MEMBERS, _stored_values(record), strict=True)
+        if value is not None
+    }
+    members["is_unique"] = record.is_unique
+    return orjson.dumps(members)
 
 
 @dataclass(slots=True)

@@ -6,13 +6,13 @@ from time import perf_counter, time_ns
 from types import SimpleNamespace
 
 from aiohttp import web
-from orjson import dumps
 
 from tracker.domain.addresses import AddressRanges
 from tracker.domain.auth import forwarded_client, is_trusted
 from tracker.domain.click import (
     ParamLimits,
     plan_click,
+    stored_json,
     visitor_id,
 )
 from tracker.domain.clickid import is_click_id, new_click_id
@@ -169,7 +169,7 @@ async def click(request: web.Request) -> web.StreamResponse:
         ttl = campaign.ttl_seconds
         try:
             decided = await writer.write(
-                click_id, dumps(record), ttl, unique_key, unique_ttl, shard
+                click_id, stored_json(record), ttl, unique_key, unique_ttl, shard
             )
         except ClickWriteError:
             metrics.count(metrics.clicks, "failed", "true" if record.is_bot else "false")
