@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from floor_app import CLICK_KEY, CLICK_RECORD
 from run import BENCH, few_connections, report_line, wait_listening, wrk
 
 from tracker.devstack import PostgresServer, RedisServer, free_port
@@ -31,10 +32,10 @@ MEASURED = ["rps", "p99_ms", "cpu_us", "failed"]
 async def store_clicks(redis_url: str, ids_file: Path) -> None:
     """Clicks for the floor's postbacks to convert, and their ids for postback.lua."""
     redis = create_redis(redis_url, timeout=10)
-    record = orjson.dumps({"campaign_id": 1, "offer_id": 1, "ip": "203.0.113.7"})
+    record = orjson.dumps(CLICK_RECORD)
     ids = [f"floor{i:07d}" for i in range(FLOOR_CLICKS)]
     for start in range(0, len(ids), 5000):
-        await redis.mset({f"floor:click:{i}": record for i in ids[start : start + 5000]})
+        await redis.mset({CLICK_KEY + i: record for i in ids[start : start + 5000]})
     await redis.aclose()
     ids_file.write_text("\n".join(ids) + "\n")
 

@@ -32,6 +32,10 @@ LOCATION = "https://offer.example.com/lp?campaign=1&clickid="
 TOKEN = "floor"
 # The clicks the postback load converts (bench/floor.py stores them).
 CLICK_KEY = "floor:click:"
+CLICK_RECORD = {"campaign_id": 1, "offer_id": 1, "ip": "203.0.113.7"}
+# What a click stores: its record under this prefix and id, and an entry on the stream.
+RECORD_KEY = "floor:c:"
+STREAM = "floor:stream"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS floor_conversions (
     id bigserial PRIMARY KEY, click_id text NOT NULL, txid text NOT NULL,
@@ -71,8 +75,8 @@ async def create_floor(redis_url: str, database_url: str) -> web.Application:
         script_keys: list[str] = []
         args: list[bytes | int] = []
         for click_id, record in batch:
-            key = f"floor:c:{click_id}"
-            script_keys += ("floor:stream", key, key)
+            key = RECORD_KEY + click_id
+            script_keys += (STREAM, key, key)
             args += (86400, record, 0, 1)
         (flags,) = await hot.call(pack(b"EVALSHA", sha, len(script_keys), *script_keys, *args))
         return list(flags)

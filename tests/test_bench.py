@@ -10,12 +10,20 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
+import aiohttp
+import asyncpg
+import orjson
 import pytest
+
+from tests.conftest import fresh_database
+from tracker.devstack import free_port, wait_for_port
+from tracker.store.redis import create_redis
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
 
 import run as bench_run  # noqa: E402
+from floor_app import CLICK_KEY, CLICK_RECORD, RECORD_KEY, STREAM, TOKEN  # noqa: E402
 
 # A parent that only sleeps, and its child that spins until told to stop.
 SPINNER = """
@@ -246,3 +254,48 @@ def test_py_spy_record_read_back(tmp_path: Path) -> None:
     cumulative = dict(shares.top(shares.cumulative, 5))
     [frame] = [f for f in cumulative if f.startswith("spin_in_a_named_function ")]
     assert cumulative[frame] > 0.9
+
+
+async def test_the_floor_app_does_the_work_it_stands_for(servers: Any, tmp_path: Path) -> None:
+    """bench/floor.py's figures mean something only if its app stores what it answers for."""
+    _, redis_server = servers
+    dsn = await fresh_database(servers, "floor_bench")
+    redis = create_redis(redis_server.url())
+    await redis.set(CLICK_KEY + "k1", orjson.dumps(CLICK_RECORD))
+    port = free_port()
+    app = subprocess.Popen(
+        [sys.executable, str(BENCH / "floor_app.py"), str(port), redis_server.url(), dsn]
+    )
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    try:
+        wait_for_port(port, "floor app")
+        base = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/c/any", allow_redirects=False) as resp:
+                assert resp.status == 302
+                click_id = resp.headers["Location"].rpartition("=")[2]
+            assert await redis.get(RECORD_KEY + click_id) is not None
+            entries = [e for _, e in await redis.xrange(STREAM) if click_id.encode() in e[b"d"]]
+            assert len(entries) == 1
+
+            postback = f"{base}/postback?clickid=k1&txid=t1&payout=1.25&token={TOKEN}"
+            async with http.get(postback) as resp:
+                first = await resp.json()
+                assert (resp.status, first["result"]) == (200, "created")
+            async with http.get(postback) as resp:
+                assert (resp.status, (await resp.json())["result"]) == (200, "duplicate")
+            for query, status in [
+                (f"clickid=nope&txid=t1&payout=1&token={TOKEN}", 404),
+                ("clickid=k1&txid=t2&payout=1&token=wrong", 400),
+                (f"clickid=k1&txid=t2&payout=lots&token={TOKEN}", 400),
+            ]:
+                async with http.get(f"{base}/postback?{query}") as resp:
+                    assert resp.status == status, query
+        row = await pool.fetchrow("SELECT id, payout FROM floor_conversions WHERE txid = 't1'")
+        assert (row["id"], str(row["payout"])) == (first["conversion_id"], "1.25")
+        assert await pool.fetchval("SELECT count(*) FROM floor_log") == 2
+    finally:
+        app.terminate()
+        app.wait(timeout=30)
+        await pool.close()
+        await redis.aclose()
