@@ -212,3 +212,53 @@ async def test_signatures_are_spent_in_the_batch_that_writes_them(pool):
     assert [tuple(row) for row in holders] == [("sha256=" + "a" * 64, "r1")]
     rows = await pool.fetch("SELECT txid, status FROM conversions ORDER BY txid")
     assert [tuple(row) for row in rows] == [("plain", "approved"), ("t1", "approved")]
+
+
+async def test_updates_of_different_clicks_go_side_by_side_and_each_clicks_in_order(pool, settings):
+    """Status updates: while another transaction holds one click's conversion, the other
+    clicks' updates are applied and answered meanwhile, each click's two in the order they
+    came (approved, then rejected; the other way round would end approved), and new
+    conversions are written meanwhile too."""
+    writer = ConversionWriter(pool)
+    await writer.start()
+    clicks = [{**CLICK, "click_id": f"u{i}"} for i in range(4)]
+    watcher = await asyncpg.connect(settings.database_url)
+    try:
+        created = await asyncio.gather(
+            *(writer.record(usd_conversion(c, "t", Decimal(1), "pending")) for c in clicks)
+        )
+        assert [r[0] for r in created] == ["created"] * 4
+        holder = await pool.acquire()
+        hold = holder.transaction()
+        await hold.start()
+        try:
+            await holder.execute("SELECT FROM conversions WHERE click_id = 'u0' FOR UPDATE")
+            # Submitted together, they make one batch, the held click first.
+            held = asyncio.ensure_future(writer.record(usd_conversion(clicks[0], "t", Decimal(2))))
+            others = asyncio.gather(
+                *(
+                    writer.record(usd_conversion(c, "t", Decimal(2), status))
+                    for c in clicks[1:]
+                    for status in ("approved", "rejected")
+                )
+            )
+            query = "SELECT click_id, status FROM conversions WHERE click_id IN ('u1', 'u2', 'u3')"
+            deadline = asyncio.get_running_loop().time() + 10
+            rejected = {"u1": "rejected", "u2": "rejected", "u3": "rejected"}
+            while dict(await watcher.fetch(query)) != rejected:
+                assert asyncio.get_running_loop().time() < deadline, "updates waited in line"
+                await asyncio.sleep(0.02)
+            updated = await asyncio.wait_for(others, 10)
+            assert [r[0] for r in updated] == ["updated"] * 6
+            new = usd_conversion({**CLICK, "click_id": "n1"}, "t")
+            assert (await asyncio.wait_for(writer.record(new), 10))[0] == "created"
+            assert not held.done()
+        finally:
+            await hold.rollback()
+            await pool.release(holder)
+        assert (await held)[0] == "updated"
+    finally:
+        await writer.close()
+        await watcher.close()
+    statuses = dict(await pool.fetch("SELECT click_id, status FROM conversions"))
+    assert statuses == {"u0": "approved", **rejected, "n1": "approved"}

@@ -35,6 +35,9 @@ _COPIED = ", ".join(COPIED_TO_CONVERSION)
 _COPIED_TYPES = ", ".join(f"{name} {_CLICK_TYPES[name]}" for name in COPIED_TO_CONVERSION)
 
 CREATED, UPDATED, DUPLICATE = "created", "updated", "duplicate"
+# Clicks whose updates and refunds a writer applies at a time (a transaction, and a pool
+# connection, each).
+UPDATES_AT_ONCE = 4
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 T = TypeVar("T")
 
@@ -254,9 +257,9 @@ class ConversionWriter(BatchedService):
     """Writes conversions with group commit.
 
     New conversions from concurrent postbacks share one statement and one commit.
-    A postback that meets an existing conversion is applied in its own
-    transaction under a row lock: a status change the lifecycle allows, a
-    partial refund, or nothing (a duplicate). The unique constraint on
+    A postback that meets an existing conversion is applied afterwards, outside the
+    batches, in its own transaction under a row lock: a status change the lifecycle
+    allows, a partial refund, or nothing (a duplicate). The unique constraint on
     (click id, dedupe key), not a prior read, decides which postback creates.
 
     One batch is written at a time: the next one grows meanwhile, and Postgres pays
@@ -272,16 +275,54 @@ class ConversionWriter(BatchedService):
         max_pending: int = 20000,
     ) -> None:
         self._pool = pool
-        self.batcher: Batcher[ConversionPostback, ConversionResult] = Batcher(
+        # A batch answers None for a postback it did not create a conversion for.
+        self.batcher: Batcher[ConversionPostback, ConversionResult | None] = Batcher(
             self._flush, max_batch, "conversion-writer", max_in_flight, max_pending
         )
+        self._updates = asyncio.Semaphore(UPDATES_AT_ONCE)
+        # Per click with an update applying or waiting: its lock, and how many hold or
+        # wait for it (the entry goes with the last one).
+        self._clicks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        self._no_updates = asyncio.Event()  # set while no update applies or waits
+        self._no_updates.set()
+
+    async def close(self) -> None:
+        """Write what is queued, and let the updates it leads to finish."""
+        await self.batcher.close()
+        await self._no_updates.wait()
 
     async def record(self, postback: ConversionPostback) -> ConversionResult:
-        return await self.batcher.submit(postback)
+        created = await self.batcher.submit(postback)
+        if created is not None:
+            return created
+        return await self._update_in_turn(postback)
+
+    async def _update_in_turn(self, pb: ConversionPostback) -> ConversionResult:
+        """A postback that met a conversion, or a refund: in its own transaction, outside
+        the batches, so that new conversions never wait for it. Those of one click go in
+        the order their batches answered them (a refund and its parent's change share the
+        click); other clicks' go side by side, up to UPDATES_AT_ONCE."""
+        click_id = str(pb.click["click_id"])
+        lock, users = self._clicks.setdefault(click_id, (asyncio.Lock(), [0]))
+        users[0] += 1
+        self._no_updates.clear()
+        try:
+            async with lock, self._updates:
+                return await _retrying(
+                    lambda: self._with_partitions([pb], lambda: self._update_logged(pb))
+                )
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._clicks[click_id]
+                if not self._clicks:
+                    self._no_updates.set()
 
     async def _flush(
         self, batch: list[ConversionPostback]
-    ) -> list[ConversionResult | BaseException]:
+    ) -> list[ConversionResult | BaseException | None]:
+        """Create the batch's new conversions in one statement; None for each postback
+        that met a conversion, and for refunds (see `_update_in_turn`)."""
         results: list[ConversionResult | BaseException | None] = [None] * len(batch)
         inserts = [i for i, pb in enumerate(batch) if not pb.is_refund]
         if inserts:
@@ -303,18 +344,7 @@ class ConversionWriter(BatchedService):
                         )
                     except Exception as row_exc:
                         results[i] = row_exc
-        done: list[ConversionResult | BaseException] = []
-        for i, pb in enumerate(batch):
-            result = results[i]
-            if result is None:
-                try:
-                    result = await _retrying(
-                        lambda: self._with_partitions([pb], lambda: self._update_logged(pb))  # noqa: B023
-                    )
-                except Exception as exc:
-                    result = exc
-            done.append(result)
-        return done
+        return results
 
     async def _with_partitions(
         self, postbacks: list[ConversionPostback], write: Callable[[], Awaitable[T]]
