@@ -53,11 +53,14 @@ async def measure(
     try:
         await wait_listening(port)
         url = f"http://127.0.0.1:{port}"
-        for name, script, args, connections in loads:
-            await wrk(url, script, [*args, "warm"], 2, connections)
+        for n, (name, script, args, connections) in enumerate(loads):
+            # Each load and run its own tag: postback.lua makes its txids from it, and a
+            # txid used before would make a duplicate, not a conversion.
+            await wrk(url, script, [*args, f"w{n}"], 2, connections)
             runs = []
             for i in range(opts.runs):
-                run = await wrk(url, script, [*args, f"r{i}"], opts.duration, connections, app.pid)
+                tag = f"l{n}r{i}"
+                run = await wrk(url, script, [*args, tag], opts.duration, connections, app.pid)
                 run["failed"] = run["errors"] + run["bad_status"]  # a floor that fails is none
                 runs.append(run)
             results[name] = report_line(name, runs, MEASURED)

@@ -58,7 +58,9 @@ WITH input AS (
     ON CONFLICT (click_id, txid) DO NOTHING
     RETURNING id, click_id, txid
 ), logged AS (
-    INSERT INTO floor_log (params, result) SELECT params, 'created' FROM input
+    INSERT INTO floor_log (params, result)
+    SELECT i.params, CASE WHEN c.id IS NULL THEN 'duplicate' ELSE 'created' END
+    FROM input i LEFT JOIN inserted c USING (click_id, txid)
 )
 SELECT id, click_id, txid FROM inserted
 """
@@ -92,7 +94,8 @@ async def create_floor(redis_url: str, database_url: str) -> web.Application:
             (r["click_id"], r["txid"]): r["id"]
             for r in await pool.fetch(INSERT, orjson.dumps(rows).decode())
         }
-        return [made.get((row["click_id"], row["txid"])) for row in rows]
+        # Of equal keys in one batch, only the first created.
+        return [made.pop((row["click_id"], row["txid"]), None) for row in rows]
 
     clicks: Batcher[tuple[str, bytes], Any] = Batcher(store, 500, "floor-clicks")
     reads: Batcher[str, Any] = Batcher(read, 500, "floor-reads")

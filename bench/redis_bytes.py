@@ -26,12 +26,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 from redis.asyncio import Redis
 
 from tracker.devstack import PostgresServer, RedisServer, free_port
 from tracker.domain.campaign import CampaignRoute, OfferRoute
-from tracker.domain.click import ParamLimits, plan_click, visitor_id
+from tracker.domain.click import ParamLimits, plan_click, stored_json, visitor_id
 from tracker.domain.clickid import new_click_id
 from tracker.domain.macros import compile_template
 from tracker.domain.routing import WeightedChoice
@@ -134,7 +133,7 @@ def make_records(
         click_id = new_click_id(now_ms + i)
         plan = plan_click(route, visitor, query, click_id, now_ms + i, limits)
         vid, _ = visitor_id(None, ip, agent)
-        out.append((click_id, orjson.dumps(plan.record), keys.unique_visitor_key(route.id, vid)))
+        out.append((click_id, stored_json(plan.record), keys.unique_visitor_key(route.id, vid)))
     return out
 
 

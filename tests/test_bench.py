@@ -261,13 +261,14 @@ async def test_the_floor_app_does_the_work_it_stands_for(servers: Any, tmp_path:
     _, redis_server = servers
     dsn = await fresh_database(servers, "floor_bench")
     redis = create_redis(redis_server.url())
-    await redis.set(CLICK_KEY + "k1", orjson.dumps(CLICK_RECORD))
-    port = free_port()
-    app = subprocess.Popen(
-        [sys.executable, str(BENCH / "floor_app.py"), str(port), redis_server.url(), dsn]
-    )
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    port = free_port()
+    app = None
     try:
+        await redis.set(CLICK_KEY + "k1", orjson.dumps(CLICK_RECORD))
+        app = subprocess.Popen(
+            [sys.executable, str(BENCH / "floor_app.py"), str(port), redis_server.url(), dsn]
+        )
         wait_for_port(port, "floor app")
         base = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession() as http:
@@ -293,9 +294,15 @@ async def test_the_floor_app_does_the_work_it_stands_for(servers: Any, tmp_path:
                     assert resp.status == status, query
         row = await pool.fetchrow("SELECT id, payout FROM floor_conversions WHERE txid = 't1'")
         assert (row["id"], str(row["payout"])) == (first["conversion_id"], "1.25")
-        assert await pool.fetchval("SELECT count(*) FROM floor_log") == 2
+        logged = await pool.fetch("SELECT result FROM floor_log ORDER BY id")
+        assert [r["result"] for r in logged] == ["created", "duplicate"]
     finally:
-        app.terminate()
-        app.wait(timeout=30)
+        if app is not None:
+            app.terminate()
+            try:
+                app.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                app.kill()
+                app.wait()
         await pool.close()
         await redis.aclose()
