@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from tests.conftest import break_click_streams, click_stream_length, usd_conversion
 from tracker.devstack import free_port
 from tracker.store import keys
+from tracker.store.batching import BatchQueueFullError
 from tracker.store.clicks import ClickWriteError, ClickWriter
 from tracker.store.conversions import ConversionPostback, ConversionWriter, SignatureUsed
 from tracker.store.db import create_pool
@@ -218,7 +219,8 @@ async def test_updates_of_different_clicks_go_side_by_side_and_each_clicks_in_or
     """Status updates: while another transaction holds one click's conversion, the other
     clicks' updates are applied and answered meanwhile, each click's two in the order they
     came (approved, then rejected; the other way round would end approved), and new
-    conversions are written meanwhile too."""
+    conversions are written meanwhile too. The held update is not lost when its caller
+    gives up, and closing the writer waits for it."""
     writer = ConversionWriter(pool)
     await writer.start()
     clicks = [{**CLICK, "click_id": f"u{i}"} for i in range(4)]
@@ -253,12 +255,36 @@ async def test_updates_of_different_clicks_go_side_by_side_and_each_clicks_in_or
             new = usd_conversion({**CLICK, "click_id": "n1"}, "t")
             assert (await asyncio.wait_for(writer.record(new), 10))[0] == "created"
             assert not held.done()
+            # Its caller gives up (a handler cancelled at shutdown): the update goes on.
+            held.cancel()
         finally:
             await hold.rollback()
             await pool.release(holder)
-        assert (await held)[0] == "updated"
+        with pytest.raises(asyncio.CancelledError):
+            await held
     finally:
-        await writer.close()
+        await writer.close()  # once the held update is through
         await watcher.close()
     statuses = dict(await pool.fetch("SELECT click_id, status FROM conversions"))
     assert statuses == {"u0": "approved", **rejected, "n1": "approved"}
+
+
+async def test_updates_waiting_past_the_limit_are_refused_at_once(pool):
+    """Updates that wait (here on a conversion another transaction holds) count against
+    the writer's `max_pending`, as queued postbacks do: the next one is refused at once."""
+    writer = ConversionWriter(pool, max_pending=1)
+    await writer.start()
+    try:
+        await writer.record(usd_conversion(CLICK, "t", Decimal(1), "pending"))
+        async with pool.acquire() as holder, holder.transaction():
+            await holder.execute("SELECT FROM conversions WHERE click_id = 'c1' FOR UPDATE")
+            waiting = asyncio.ensure_future(writer.record(usd_conversion(CLICK, "t", Decimal(2))))
+            deadline = asyncio.get_running_loop().time() + 10
+            while not writer.updates:
+                assert asyncio.get_running_loop().time() < deadline, "the update never started"
+                await asyncio.sleep(0.01)
+            with pytest.raises(BatchQueueFullError):
+                await writer.record(usd_conversion(CLICK, "t", Decimal(3), "rejected"))
+        assert (await waiting)[0] == "updated"
+    finally:
+        await writer.close()

@@ -30,7 +30,8 @@ async def postback_services(
     conversion writer, and a postback log writer; all closed on exit."""
     config = ConfigCache(pool, redis, settings.config_refresh_seconds)
     reader = click_reader_for(redis, pool, settings)
-    writer = ConversionWriter(pool, max_pending=settings.batch_max_pending)
+    # Two updates at a time: the sink's pool is small, and its clicks and sender share it.
+    writer = ConversionWriter(pool, max_pending=settings.batch_max_pending, max_updates=2)
     postback_log = PostbackLog(pool, max_pending=settings.batch_max_pending)
     async with contextlib.AsyncExitStack() as running:
         for service in (config, reader, writer, postback_log):

@@ -17,7 +17,7 @@ from tracker.domain.fx import RateTable, convert
 from tracker.domain.lifecycle import CHARGEBACK, REJECTED, decide_change, refund_key
 from tracker.domain.money import fits_amount_column
 from tracker.store import partitions, signatures
-from tracker.store.batching import BatchedService, Batcher
+from tracker.store.batching import BatchedService, Batcher, BatchQueueFullError
 from tracker.store.postback_log import (
     INSERT_LOG,
     LOG_INBOUND_COLUMNS,
@@ -35,8 +35,8 @@ _COPIED = ", ".join(COPIED_TO_CONVERSION)
 _COPIED_TYPES = ", ".join(f"{name} {_CLICK_TYPES[name]}" for name in COPIED_TO_CONVERSION)
 
 CREATED, UPDATED, DUPLICATE = "created", "updated", "duplicate"
-# Clicks whose updates and refunds a writer applies at a time (a transaction, and a pool
-# connection, each).
+# Clicks whose updates and refunds a writer applies at a time by default (a transaction,
+# and a pool connection, each: keep it below the pool's size).
 UPDATES_AT_ONCE = 4
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 T = TypeVar("T")
@@ -273,39 +273,56 @@ class ConversionWriter(BatchedService):
         max_batch: int = 500,
         max_in_flight: int = 1,
         max_pending: int = 20000,
+        max_updates: int = UPDATES_AT_ONCE,
     ) -> None:
         self._pool = pool
         # A batch answers None for a postback it did not create a conversion for.
         self.batcher: Batcher[ConversionPostback, ConversionResult | None] = Batcher(
             self._flush, max_batch, "conversion-writer", max_in_flight, max_pending
         )
-        self._updates = asyncio.Semaphore(UPDATES_AT_ONCE)
+        self._updates = asyncio.Semaphore(max_updates)
+        self._max_pending = max_pending
         # Per click with an update applying or waiting: its lock, and how many hold or
         # wait for it (the entry goes with the last one).
         self._clicks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
-        self._no_updates = asyncio.Event()  # set while no update applies or waits
-        self._no_updates.set()
+        # The updates applying or waiting: the writer's own tasks, so that a caller that
+        # gives up (a handler cancelled at shutdown) does not take one down half done.
+        self._applying: set[asyncio.Task[ConversionResult]] = set()
+
+    @property
+    def updates(self) -> int:
+        """Updates (and refunds) applying or waiting."""
+        return len(self._applying)
 
     async def close(self) -> None:
         """Write what is queued, and let the updates it leads to finish."""
         await self.batcher.close()
-        await self._no_updates.wait()
+        while self._applying:
+            await asyncio.wait(self._applying)
 
     async def record(self, postback: ConversionPostback) -> ConversionResult:
         created = await self.batcher.submit(postback)
         if created is not None:
             return created
-        return await self._update_in_turn(postback)
+        if len(self._applying) >= self._max_pending:
+            raise BatchQueueFullError(f"{len(self._applying)} conversion updates already waiting")
+        # Queued on its click's lock now, in the order the batches answered (a task's first
+        # step runs after those of the tasks made before it).
+        click_id = str(postback.click["click_id"])
+        lock, users = self._clicks.setdefault(click_id, (asyncio.Lock(), [0]))
+        users[0] += 1
+        task = asyncio.create_task(self._update_in_turn(postback, click_id, lock, users))
+        self._applying.add(task)
+        task.add_done_callback(self._applying.discard)
+        return await asyncio.shield(task)
 
-    async def _update_in_turn(self, pb: ConversionPostback) -> ConversionResult:
+    async def _update_in_turn(
+        self, pb: ConversionPostback, click_id: str, lock: asyncio.Lock, users: list[int]
+    ) -> ConversionResult:
         """A postback that met a conversion, or a refund: in its own transaction, outside
         the batches, so that new conversions never wait for it. Those of one click go in
         the order their batches answered them (a refund and its parent's change share the
-        click); other clicks' go side by side, up to UPDATES_AT_ONCE."""
-        click_id = str(pb.click["click_id"])
-        lock, users = self._clicks.setdefault(click_id, (asyncio.Lock(), [0]))
-        users[0] += 1
-        self._no_updates.clear()
+        click); other clicks' go side by side, up to `max_updates`."""
         try:
             async with lock, self._updates:
                 return await _retrying(
@@ -315,8 +332,6 @@ class ConversionWriter(BatchedService):
             users[0] -= 1
             if not users[0]:
                 del self._clicks[click_id]
-                if not self._clicks:
-                    self._no_updates.set()
 
     async def _flush(
         self, batch: list[ConversionPostback]
