@@ -1,6 +1,7 @@
 """Conversions: group-committed inserts, lifecycle updates, refunds and their history."""
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -282,12 +283,11 @@ class ConversionWriter(BatchedService):
         )
         self._updates = asyncio.Semaphore(max_updates)
         self._max_pending = max_pending
-        # Per click with an update applying or waiting: its lock, and how many hold or
-        # wait for it (the entry goes with the last one).
-        self._clicks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         # The updates applying or waiting: the writer's own tasks, so that a caller that
         # gives up (a handler cancelled at shutdown) does not take one down half done.
         self._applying: set[asyncio.Task[ConversionResult]] = set()
+        # Per click with an update applying or waiting, the latest: the next waits for it.
+        self._latest: dict[str, asyncio.Task[ConversionResult]] = {}
 
     @property
     def updates(self) -> int:
@@ -306,38 +306,38 @@ class ConversionWriter(BatchedService):
             return created
         if len(self._applying) >= self._max_pending:
             raise BatchQueueFullError(f"{len(self._applying)} conversion updates already waiting")
-        # Queued on its click's lock now, in the order the batches answered (a task's first
-        # step runs after those of the tasks made before it).
         click_id = str(postback.click["click_id"])
-        lock, users = self._clicks.setdefault(click_id, (asyncio.Lock(), [0]))
-        users[0] += 1
-        task = asyncio.create_task(self._update_in_turn(postback, click_id, lock, users))
+        task = asyncio.create_task(self._update_after(self._latest.get(click_id), postback))
+        self._latest[click_id] = task
         self._applying.add(task)
-        task.add_done_callback(self._applying.discard)
+        task.add_done_callback(functools.partial(self._forget, click_id))
         return await asyncio.shield(task)
 
-    async def _update_in_turn(
-        self, pb: ConversionPostback, click_id: str, lock: asyncio.Lock, users: list[int]
+    def _forget(self, click_id: str, task: "asyncio.Task[ConversionResult]") -> None:
+        self._applying.discard(task)
+        if self._latest.get(click_id) is task:
+            del self._latest[click_id]
+
+    async def _update_after(
+        self, before: "asyncio.Task[ConversionResult] | None", pb: ConversionPostback
     ) -> ConversionResult:
         """A postback that met a conversion, or a refund: in its own transaction, outside
-        the batches, so that new conversions never wait for it. Those of one click go in
-        the order their batches answered them (a refund and its parent's change share the
-        click); other clicks' go side by side, up to `max_updates`."""
-        try:
-            async with lock, self._updates:
-                return await _retrying(
-                    lambda: self._with_partitions([pb], lambda: self._update_logged(pb))
-                )
-        finally:
-            users[0] -= 1
-            if not users[0]:
-                del self._clicks[click_id]
+        the batches, so that new conversions never wait for it. It waits for the update of
+        its click before it (`before`), so that one click's go in the order the batches
+        answered them (a refund and its parent's change share the click); other clicks'
+        go side by side, up to `max_updates`."""
+        if before is not None:
+            await asyncio.wait((before,))
+        async with self._updates:
+            return await _retrying(
+                lambda: self._with_partitions([pb], lambda: self._update_logged(pb))
+            )
 
     async def _flush(
         self, batch: list[ConversionPostback]
     ) -> list[ConversionResult | BaseException | None]:
         """Create the batch's new conversions in one statement; None for each postback
-        that met a conversion, and for refunds (see `_update_in_turn`)."""
+        that met a conversion, and for refunds (see `_update_after`)."""
         results: list[ConversionResult | BaseException | None] = [None] * len(batch)
         inserts = [i for i, pb in enumerate(batch) if not pb.is_refund]
         if inserts:
