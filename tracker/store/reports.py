@@ -64,12 +64,16 @@ BOOKING_CAMPAIGNS = f"""(
     FROM campaigns WHERE {_BOOKS}
 ) m"""
 BOOKING_EXISTS = f"SELECT EXISTS (SELECT FROM campaigns WHERE {_BOOKS})"
-# Per approved conversion: `cpa` books cost_value; `revshare` books cost_value percent
-# of the revenue kept (payout less refunds), exactly (the product of two 6-place
-# amounts and 0.01 has 14 places; NULL while the payout awaits an exchange rate).
-BOOKED_COST = """CASE m.booking_model
-    WHEN 'cpa' THEN m.booking_value
-    WHEN 'revshare' THEN m.booking_value * 0.01 * (v.payout - v.refunded)
+
+
+def _booked_cost(conversions: str, revenue: str) -> str:
+    """What the campaigns (`m`) book for `conversions` approved conversions that kept
+    `revenue` (SQL for each): `cpa` books cost_value a conversion; `revshare` cost_value
+    percent of the revenue kept (payout less refunds), exactly (the product of two 6-place
+    amounts and 0.01 has 14 places; NULL while a payout awaits an exchange rate)."""
+    return f"""CASE m.booking_model
+    WHEN 'cpa' THEN m.booking_value * {conversions}
+    WHEN 'revshare' THEN m.booking_value * 0.01 * {revenue}
 END"""
 
 
@@ -525,10 +529,7 @@ def _merged_zone_groups(
         # click rows (the most) look no campaign up.
         conversion_rows = f"""SELECT {", ".join(f"u.{k}" for k in zone_rollup_keys(fact))},
                {", ".join(f"u.{c}" for c in _ROLLED_CLICKS)},
-               CASE m.booking_model
-                   WHEN 'cpa' THEN m.booking_value * u.conversions
-                   WHEN 'revshare' THEN m.booking_value * 0.01 * u.revenue
-               END AS cost,
+               {_booked_cost("u.conversions", "u.revenue")} AS cost,
                {", ".join(f"u.{c}" for c in (*_ROLLED_CONVERSIONS, "revenue"))}
         FROM (
         {conversion_rows}
@@ -577,7 +578,8 @@ def _raw_conversions(
     offers_v = offers_join.format(row="v")
     booked, booking_join = "NULL::numeric", ""
     if booking:
-        booked = f"sum({BOOKED_COST}) FILTER (WHERE v.status = 'approved')"
+        each = _booked_cost("1", "(v.payout - v.refunded)")  # one conversion's
+        booked = f"sum({each}) FILTER (WHERE v.status = 'approved')"
         booking_join = _booking_join("v")
     conversions = f"""
     SELECT {select + "," if select else ""}
